@@ -1,0 +1,1 @@
+"""Adapters: one outside technology each, behind a port defined in `gateway.ports`."""

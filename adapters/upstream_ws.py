@@ -1,0 +1,83 @@
+"""Upstream OCPP-J WebSocket client: one connection per charger to `{url}/{charger_id}`.
+
+Offers exactly the charger's negotiated subprotocol, presents the charger's identity with its
+per-charger `upstream_password` (HTTP Basic, user = charger id), verifies TLS for `wss://` against
+`ca_file` or the system's trust store. The charger's own Authorization header never travels
+upstream: these links are built from configuration only.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+from typing import AsyncIterator
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from gateway.config import Settings
+from gateway.errors import LinkClosed, LinkFailed
+from gateway.identity import url_segment
+from gateway.protocol.frames import OcppVersion
+
+
+class WsUpstreamLink:
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+
+    async def send(self, text: str) -> None:
+        try:
+            await self.ws.send(text)
+        except ConnectionClosed as exc:
+            raise LinkClosed(str(exc)) from None
+
+    async def frames(self) -> AsyncIterator[str]:
+        try:
+            async for message in self.ws:
+                if isinstance(message, str):
+                    yield message
+        except ConnectionClosed:
+            return
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+class WsUpstreamConnector:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        up = settings.upstream
+        self.base = up.url
+        self.ssl: ssl.SSLContext | None = None
+        if up.url.startswith("wss://"):
+            self.ssl = ssl.create_default_context(cafile=up.ca_file or None)
+
+    def url(self, charger_id: str) -> str:
+        return f"{self.base}/{url_segment(charger_id)}"
+
+    async def connect(self, charger_id: str, version: OcppVersion, password: str | None) -> WsUpstreamLink:
+        up = self.settings.upstream
+        headers = {}
+        if password:
+            token = base64.b64encode(f"{charger_id}:{password}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        try:
+            ws = await connect(
+                self.url(charger_id),
+                subprotocols=[version.value],  # type: ignore[list-item]
+                additional_headers=headers,
+                ssl=self.ssl,
+                open_timeout=up.connect_timeout,
+                compression="deflate" if up.compression else None,
+                max_size=self.settings.websocket.max_frame_size,
+                ping_interval=self.settings.websocket.ping_interval or None,
+                ping_timeout=self.settings.websocket.ping_timeout,
+                proxy=None,
+                user_agent_header="ocpp-site-gateway",
+            )
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            raise LinkFailed(f"{type(exc).__name__}: {exc}") from None
+        if ws.subprotocol != version.value:
+            await ws.close(1002, "subprotocol not accepted")
+            raise LinkFailed(f"CSMS did not accept subprotocol {version.value}")
+        return WsUpstreamLink(ws)

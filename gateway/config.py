@@ -1,0 +1,322 @@
+"""Settings: TOML file, then `OCPPGW_<SECTION>__<KEY>` environment overrides, then embedded defaults.
+
+Where the file comes from: `-c FILE`, else `$OCPPGW_CONFIG`, else `./gateway.toml`, else none (the
+embedded defaults: standalone, no MQTT, no InfluxDB, store under `./data`).
+
+Every key is listed with its default in `config/gateway.example.toml`; `tests/test_config.py` checks
+that the example and this module agree. Secrets are `SecretStr`: they print as `**********`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from gateway.protocol.frames import OcppVersion
+
+ENV_PREFIX = "OCPPGW_"
+CONFIG_ENV = "OCPPGW_CONFIG"
+DEFAULT_FILE = "gateway.toml"
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the offending key."""
+
+
+def _listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("must be HOST:PORT, e.g. 0.0.0.0:9000")
+    return value
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(listen: str) -> bool:
+    host, _ = split_listen(listen)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class WebSocketSettings(_Section):
+    listen: str = "0.0.0.0:9000"
+    path: str = "/ocpp"
+    versions: list[OcppVersion] = Field(default_factory=lambda: [OcppVersion.V21, OcppVersion.V201, OcppVersion.V16])
+    security_profile: int = Field(0, ge=0, le=3)
+    allow_unknown: bool = True
+    ping_interval: float = Field(20.0, ge=0)  # 0 = no pings from the gateway
+    ping_timeout: float = Field(20.0, gt=0)
+    max_frame_size: int = Field(1_048_576, ge=4096)  # bytes; larger frames close the connection with 1009
+    compression: bool = True  # offer permessage-deflate (RFC 7692; required for a CSMS/LC in 2.0.1)
+    handshake_timeout: float = Field(10.0, gt=0)
+    call_timeout: float = Field(30.0, gt=0)  # how long a charger has to answer a CALL
+    max_queued_calls: int = Field(100, ge=1)  # CALLs waiting for the charger's line; more are refused
+
+    _v_listen = field_validator("listen")(classmethod(lambda cls, v: _listen(v)))
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or v.endswith("/") and v != "/":
+            raise ValueError("must start with / and not end with / (e.g. /ocpp)")
+        return v.rstrip("/")
+
+    @field_validator("versions")
+    @classmethod
+    def _versions(cls, v: list[OcppVersion]) -> list[OcppVersion]:
+        if not v:
+            raise ValueError("at least one OCPP version")
+        return v
+
+
+class SoapSettings(_Section):
+    enabled: bool = False
+    listen: str = "0.0.0.0:9001"
+    path: str = "/ocpp-s"
+    _v_listen = field_validator("listen")(classmethod(lambda cls, v: _listen(v)))
+
+
+class HttpSettings(_Section):
+    enabled: bool = False
+    listen: str = "0.0.0.0:9002"
+    path: str = "/ocpp-http"
+    _v_listen = field_validator("listen")(classmethod(lambda cls, v: _listen(v)))
+
+
+class UpstreamSettings(_Section):
+    url: str = ""  # empty: standalone
+    offline_mode: Literal["buffer", "strict"] = "buffer"
+    ca_file: str = ""  # PEM bundle for wss://; empty = the system's trust store
+    compression: bool = True  # offer permessage-deflate to the CSMS
+    connect_timeout: float = Field(10.0, gt=0)
+    call_timeout: float = Field(30.0, gt=0)  # how long the CSMS has to answer
+    reconnect_min: float = Field(1.0, gt=0)  # first retry delay, seconds
+    reconnect_max: float = Field(120.0, gt=0)  # cap of the exponential backoff
+    max_concurrent_dials: int = Field(20, ge=1)  # site-wide cap on simultaneous upstream connects
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not re.match(r"^wss?://[^/\s]+(/\S*)?$", v):
+            raise ValueError("must be empty or a ws:// or wss:// URL")
+        return v.rstrip("/")
+
+
+class LocalSettings(_Section):
+    heartbeat_interval: int = Field(300, ge=1)  # interval in the gateway's own BootNotification answer
+
+
+class AuthSettings(_Section):
+    unknown_id_tags: Literal["reject", "accept"] = "reject"
+    local_list: list[str] = Field(default_factory=list)  # id tags always accepted locally
+
+
+class MqttSettings(_Section):
+    url: SecretStr = SecretStr("")  # may carry user:password
+    topic_prefix: str = "ocpp"
+    qos: int = Field(1, ge=0, le=2)
+    ha_discovery: bool = False
+
+
+class InfluxSettings(_Section):
+    url: str = ""
+    api: Literal["v2", "v1"] = "v2"
+    org: str = ""
+    bucket: str = ""
+    token: SecretStr = SecretStr("")
+    database: str = ""
+    username: str = ""
+    password: SecretStr = SecretStr("")
+
+
+class ApiSettings(_Section):
+    listen: str = "127.0.0.1:8080"
+    token: SecretStr = SecretStr("")
+    _v_listen = field_validator("listen")(classmethod(lambda cls, v: _listen(v)))
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+
+class ChargerSettings(_Section):
+    password: SecretStr = SecretStr("")
+    upstream_password: SecretStr = SecretStr("")
+    offline_mode: Literal["buffer", "strict"] | None = None  # None: [upstream].offline_mode
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    site_id: str = "site"
+    data_dir: str = "./data"
+    websocket: WebSocketSettings = WebSocketSettings()
+    soap: SoapSettings = SoapSettings()
+    http: HttpSettings = HttpSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    local: LocalSettings = LocalSettings()
+    auth: AuthSettings = AuthSettings()
+    mqtt: MqttSettings = MqttSettings()
+    influx: InfluxSettings = InfluxSettings()
+    api: ApiSettings = ApiSettings()
+    logging: LoggingSettings = LoggingSettings()
+    chargers: dict[str, ChargerSettings] = Field(default_factory=dict)
+
+    @field_validator("site_id")
+    @classmethod
+    def _site(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", v):
+            raise ValueError("1 to 64 characters of A-Z a-z 0-9 . _ -")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> "Settings":
+        from gateway.identity import validate_charger_id
+
+        for cid in self.chargers:
+            problem = validate_charger_id(cid)
+            if problem:
+                raise ValueError(f"chargers.{cid}: {problem}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment over file (passed as init values) over defaults.
+        return (_EnvSource(settings_cls), init_settings)
+
+    def offline_mode(self, charger_id: str) -> str:
+        c = self.chargers.get(charger_id)
+        return (c.offline_mode if c and c.offline_mode else None) or self.upstream.offline_mode
+
+    def charger(self, charger_id: str) -> ChargerSettings | None:
+        return self.chargers.get(charger_id)
+
+
+class _EnvSource(PydanticBaseSettingsSource):
+    """`OCPPGW_<SECTION>__<KEY>` variables, merged key by key over the file's values.
+
+    Only variables with the prefix are read; `OCPPGW_CONFIG` names the file and is skipped.
+    Values are parsed as TOML values when they look like one (numbers, booleans, arrays), else
+    taken as strings, so `OCPPGW_WEBSOCKET__VERSIONS='["ocpp1.6"]'` and `OCPPGW_MQTT__QOS=0` work.
+    """
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, raw in os.environ.items():
+            if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+                continue
+            path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+            if path[0] == "chargers" and len(path) == 3:
+                # the charger id keeps its case: OCPPGW_CHARGERS__CP001__PASSWORD
+                path[1] = name[len(ENV_PREFIX):].split("__")[1]
+            node = out
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = _env_value(raw)
+        return out
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def config_path(explicit: str | None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    if Path(DEFAULT_FILE).is_file():
+        return Path(DEFAULT_FILE)
+    return None
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{key}: {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | None = None) -> tuple[Settings, Path | None]:
+    """Read the settings; raises ConfigError naming the key on any problem."""
+    file = config_path(path)
+    data: dict[str, Any] = {}
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{file}: no such file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    try:
+        settings = Settings(**data)  # the environment source is merged over `data` key by key
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return settings, file
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, secrets masked (non-empty secrets print as ********)."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return "********" if value.get_secret_value() else ""
+        if isinstance(value, BaseModel):
+            return {k: walk(getattr(value, k)) for k in type(value).model_fields}
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if isinstance(value, OcppVersion):
+            return value.value
+        return value
+
+    return walk(settings)

@@ -1,0 +1,139 @@
+"""Test harness: run the real gateway as a child process on free loopback ports.
+
+Every process a test starts here is stopped by its PID when the test ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def write_toml(path: Path, config: dict[str, Any]) -> None:
+    """Write a (two-level, plus [chargers.ID]) config dict as TOML."""
+    lines: list[str] = []
+    tables: list[tuple[str, dict[str, Any]]] = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for name, table in tables:
+        if name == "chargers":
+            for cid, ctable in table.items():
+                lines.append(f'\n[chargers."{cid}"]')
+                lines.extend(f"{k} = {_toml_value(v)}" for k, v in ctable.items())
+            continue
+        lines.append(f"\n[{name}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+    path.write_text("\n".join(lines) + "\n")
+
+
+class GatewayProcess:
+    """The gateway started with `python -m gateway run -c FILE` on free ports.
+
+    `config` is merged over a test baseline (websocket on a free loopback port, data_dir
+    under `tmp_path`, standalone). `url(charger_id)` gives the charger-facing URL.
+    """
+
+    def __init__(self, tmp_path: Path, config: dict[str, Any] | None = None, name: str = "gw") -> None:
+        self.dir = tmp_path / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ws_port = free_port()
+        base: dict[str, Any] = {
+            "site_id": "testsite",
+            "data_dir": str(self.dir / "data"),
+            "websocket": {"listen": f"127.0.0.1:{self.ws_port}", "path": "/ocpp"},
+            "api": {"listen": f"127.0.0.1:{free_port()}"},
+            "logging": {"level": "DEBUG", "format": "text"},
+        }
+        for key, value in (config or {}).items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                base[key] = {**base[key], **value}
+            else:
+                base[key] = value
+        self.config = base
+        self.config_path = self.dir / "gateway.toml"
+        write_toml(self.config_path, base)
+        self.log_path = self.dir / "gateway.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, charger_id: str) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}/ocpp/{charger_id}"
+
+    def start(self, timeout: float = 15.0, env: dict[str, str] | None = None) -> "GatewayProcess":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "-c", str(self.config_path)],
+            cwd=str(REPO),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.ws_port}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"gateway not healthy within {timeout}s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM and wait; SIGKILL if it does not stop in time. Returns the exit code."""
+        if not self.proc:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
