@@ -171,6 +171,20 @@ class Relay:
                 pass
         return total
 
+    def cpu_ns(self) -> int | None:
+        """Scheduler run time in ns (/proc/PID/task/*/schedstat, all threads, children too):
+        a cross-check with nanosecond resolution for psutil's 10 ms clock ticks."""
+        total = 0
+        try:
+            for p in self._procs():
+                base = f"/proc/{p.pid}/task"
+                for tid in os.listdir(base):
+                    with open(f"{base}/{tid}/schedstat", "rb") as f:
+                        total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return total
+
     def rss(self) -> int:
         total = 0
         for p in self._procs():
@@ -179,6 +193,12 @@ class Relay:
             except psutil.Error:
                 pass
         return total
+
+
+def system_busy() -> float:
+    """CPU seconds all CPUs of the machine spent busy (not idle/iowait) since boot."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
 
 def self_cpu() -> float:
@@ -281,10 +301,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 except ConnectionClosed:
                     pass
         await asyncio.sleep(args.warmup)
-        c0, e0, s0, d0, w0 = relay.cpu(), echo.cpu(), self_cpu(), stats.done, time.perf_counter()
+        b0, c0, n0, e0, s0, d0, w0 = system_busy(), relay.cpu(), relay.cpu_ns(), echo.cpu(), self_cpu(), stats.done, time.perf_counter()
         stats.record = True
         await asyncio.sleep(args.closed_secs)
-        c1, e1, s1, d1, w1 = relay.cpu(), echo.cpu(), self_cpu(), stats.done, time.perf_counter()
+        b1, c1, n1, e1, s1, d1, w1 = system_busy(), relay.cpu(), relay.cpu_ns(), echo.cpu(), self_cpu(), stats.done, time.perf_counter()
         stats.record = False
         # drain: the chargers stop by themselves at stop_at; wait for answers in flight
         drain_until = time.monotonic() + min(args.call_timeout, left())
@@ -301,9 +321,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "throughput": done / wall if wall > 0 else None,
             "relay_cpu_secs": c1 - c0,
             "relay_cpu_us_per_call": (c1 - c0) * 1e6 / done if done else None,
+            "relay_sched_us_per_call": (n1 - n0) / 1e3 / done if (done and n0 is not None and n1 is not None) else None,
             "relay_cpu_util": (c1 - c0) / wall if wall > 0 else None,
             "echo_cpu_util": (e1 - e0) / wall if (wall > 0 and args.echo_pid) else None,
             "load_cpu_util": (s1 - s0) / wall if wall > 0 else None,
+            # busy CPU of the whole machine not spent by relay, echo CSMS or load: other work
+            # competing for the 2 cores (e.g. a test suite) makes the window less trustworthy
+            "foreign_cpu_util": ((b1 - b0) - (c1 - c0) - ((e1 - e0) if args.echo_pid else 0.0) - (s1 - s0)) / wall
+            if wall > 0 else None,
             "rtt_ms": {k: (v / 1e6 if isinstance(v, (int, float)) and k != "n" else v)
                        for k, v in percentiles(stats.rtts).items()},
             "errors": stats.errors - errors0,
@@ -347,12 +372,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         offsets = [rng.random() * period for _ in chargers]
         await asyncio.sleep(max(0.0, t_start - time.monotonic()))
-        c0, e0, s0, w0 = relay.cpu(), echo.cpu(), self_cpu(), time.perf_counter()
+        b0, c0, n0, e0, s0, w0 = system_busy(), relay.cpu(), relay.cpu_ns(), echo.cpu(), self_cpu(), time.perf_counter()
         await asyncio.wait_for(
             asyncio.gather(*(sender(ch, off) for ch, off in zip(chargers, offsets))),
             timeout=min(left(), args.open_secs + period + args.call_timeout + 5),
         )
-        c1, e1, s1, w1 = relay.cpu(), echo.cpu(), self_cpu(), time.perf_counter()
+        b1, c1, n1, e1, s1, w1 = system_busy(), relay.cpu(), relay.cpu_ns(), echo.cpu(), self_cpu(), time.perf_counter()
         wall = w1 - w0
         done = len(rtts)
         out["phases"]["open_Heartbeat"] = {
@@ -361,9 +386,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "round_trips": done,
             "offered_per_sec": len(chargers) * args.rate,
             "relay_cpu_us_per_call": (c1 - c0) * 1e6 / done if done else None,
+            "relay_sched_us_per_call": (n1 - n0) / 1e3 / done if (done and n0 is not None and n1 is not None) else None,
             "relay_cpu_util": (c1 - c0) / wall if wall > 0 else None,
             "echo_cpu_util": (e1 - e0) / wall if (wall > 0 and args.echo_pid) else None,
             "load_cpu_util": (s1 - s0) / wall if wall > 0 else None,
+            # busy CPU of the whole machine not spent by relay, echo CSMS or load: other work
+            # competing for the 2 cores (e.g. a test suite) makes the window less trustworthy
+            "foreign_cpu_util": ((b1 - b0) - (c1 - c0) - ((e1 - e0) if args.echo_pid else 0.0) - (s1 - s0)) / wall
+            if wall > 0 else None,
             "rtt_ms": {k: (v / 1e6 if isinstance(v, (int, float)) and k != "n" else v)
                        for k, v in percentiles(rtts).items()},
             "late_sends": late,

@@ -89,6 +89,34 @@ class Child:
         self.stop()
         raise RuntimeError(f"{self.name} not healthy within {timeout}s (tcp accept: {t_tcp}):\n{self.tail()}")
 
+    def wait_idle(self, timeout: float, window: float = 0.5, max_util: float = 0.05) -> float | None:
+        """Wait until the process (and its children) use < max_util of a core over `window`:
+        background warm-up after the port opens (e.g. compiling schemas) must not be charged
+        to the relayed calls. Returns seconds from Popen to idle, or None on timeout."""
+        import psutil
+
+        proc = psutil.Process(self.pid)
+
+        def cpu() -> float:
+            total = 0.0
+            for p in [proc, *proc.children(recursive=True)]:
+                try:
+                    t = p.cpu_times()
+                    total += t.user + t.system
+                except psutil.Error:
+                    pass
+            return total
+
+        deadline = time.perf_counter() + timeout
+        last = cpu()
+        while time.perf_counter() < deadline:
+            time.sleep(window)
+            now = cpu()
+            if now - last < max_util * window:
+                return time.perf_counter() - self.t_popen
+            last = now
+        return None
+
     def tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -185,6 +213,7 @@ def summarize(r: dict[str, Any] | None, direct: dict[str, Any] | None) -> dict[s
         "rss_idle_mib": r.get("rss_idle", 0) / 2**20,
         "rss_after_load_mib": r.get("rss_after_load", 0) / 2**20,
         "start_to_listening_s": _get(r, "startup", "healthz_200_s"),
+        "start_to_idle_s": _get(r, "startup", "idle_s"),
     }
     for ph, key in (("closed_Heartbeat", "hb"), ("closed_MeterValues", "mv")):
         s[f"cpu_us_per_call_{key}"] = _get(r, "phases", ph, "relay_cpu_us_per_call")
@@ -192,8 +221,12 @@ def summarize(r: dict[str, Any] | None, direct: dict[str, Any] | None) -> dict[s
         s[f"relay_util_{key}"] = _get(r, "phases", ph, "relay_cpu_util")
         s[f"echo_util_{key}"] = _get(r, "phases", ph, "echo_cpu_util")
         s[f"load_util_{key}"] = _get(r, "phases", ph, "load_cpu_util")
+        s[f"foreign_util_{key}"] = _get(r, "phases", ph, "foreign_cpu_util")
     op = _get(r, "phases", "open_Heartbeat") or {}
-    s["cpu_us_per_call_open"] = op.get("relay_cpu_us_per_call")
+    # at 1 msg/s the relay uses little CPU: psutil's 10 ms ticks are too coarse, prefer the
+    # nanosecond scheduler figure when the platform has it
+    s["foreign_util_open"] = op.get("foreign_cpu_util")
+    s["cpu_us_per_call_open"] = op.get("relay_sched_us_per_call") or op.get("relay_cpu_us_per_call")
     for p in ("p50", "p99"):
         raw = _get(op, "rtt_ms", p)
         s[f"rtt_{p}_ms"] = raw
@@ -273,6 +306,7 @@ def print_table(n: int, res: dict[str, Any], gw_label: str) -> None:
     row("connect all, s", "connect_secs", ".2f")
     row("start to listening, s", "start_to_listening_s", ".3f", None, "< 1 s",
         chk.get("start_to_listening_lt_1s"), direct=False)
+    row("  start to idle (warm-up done), s", "start_to_idle_s", ".2f", direct=False)
     row("RSS idle with N chargers, MiB", "rss_idle_mib", ".1f")
     row("RSS per charger, KiB" + (" (noisy)" if n < 100 else ""), "rss_per_charger_kib", ".1f",
         "rss_per_charger_ratio", "<= 48 KiB", chk.get("rss_per_charger_le_48KiB"))
@@ -285,6 +319,7 @@ def print_table(n: int, res: dict[str, Any], gw_label: str) -> None:
     row("  measured process CPU util (HB)", "relay_util_hb", ".0%")
     row("  echo CSMS CPU util (HB)", "echo_util_hb", ".0%", direct=False)
     row("  load generator CPU util (HB)", "load_util_hb", ".0%")
+    row("  other processes' CPU (HB), cores", "foreign_util_hb", ".2f")
     row("RTT p50 open 1 msg/s, ms", "rtt_p50_ms", ".3f")
     row("RTT p99 open 1 msg/s, ms", "rtt_p99_ms", ".3f")
     row("added p50 vs direct, ms", "added_p50_ms", ".3f", direct=False)
@@ -292,6 +327,7 @@ def print_table(n: int, res: dict[str, Any], gw_label: str) -> None:
     row("added p99 vs direct, ms", "added_p99_ms", ".3f", None,
         "<= 2 ms" + ("" if at_n else " (target at N=1000)"), chk.get("p99_added_le_2ms_at_1000"), direct=False)
     row("open-loop samples", "open_samples", "d")
+    row("  other processes' CPU (open), cores", "foreign_util_open", ".2f")
     row("errors / timeouts / unexpected closes", "errors", "d")
 
     heads = ("", "direct", "bare", gw_label, f"{gw_label[:2]}/bare", "target")
@@ -302,6 +338,11 @@ def print_table(n: int, res: dict[str, Any], gw_label: str) -> None:
     print("-" * (sum(widths) + 10))
     for r in rows:
         print(line(r))
+    busy = [(k, v) for k in ("direct", "bare", "gateway") for ph in ("hb", "mv", "open")
+            if (v := (res["summary"].get(k) or {}).get(f"foreign_util_{ph}")) is not None and v > 0.15]
+    if busy:
+        print("WARNING: other processes used CPU during some windows (figures less reliable): "
+              + ", ".join(f"{k} {v:.2f} cores" for k, v in busy))
     to = [(k, (res["summary"].get(k) or {}).get("open_timeouts")) for k in ("direct", "bare", "gateway")]
     if any(v for _, v in to):
         print("open-loop timeouts: " + ", ".join(f"{k}={v}" for k, v in to))
@@ -331,6 +372,8 @@ def main() -> None:
     ap.add_argument("--no-pin", dest="pin", action="store_false",
                     help="do not pin the relay to its own CPU (default: relay on the last CPU, rest on CPU 0)")
     ap.add_argument("--startup-timeout", type=float, default=30.0)
+    ap.add_argument("--idle-timeout", type=float, default=20.0,
+                    help="after /healthz, wait up to this long for the relay to go idle before loading it")
     ap.add_argument("--out", default=str(RESULTS / "latest.json"))
     args = ap.parse_args()
 
@@ -422,7 +465,9 @@ def main() -> None:
                 try:
                     startup = child.wait_ready("127.0.0.1", port, args.startup_timeout)
                     out["startup"][kind].append({"n": n, **startup})
-                    log(f"  {kind} pid {child.pid} listening after {startup['healthz_200_s']:.3f}s")
+                    startup["idle_s"] = child.wait_idle(args.idle_timeout)
+                    log(f"  {kind} pid {child.pid} listening after {startup['healthz_200_s']:.3f}s, "
+                        f"idle after {fmt(startup['idle_s'], '.2f')}s")
                     r = run_load(args, kind, f"ws://127.0.0.1:{port}/ocpp", n, child.pid, echo.pid, other_cpus, logs)
                     r["startup"] = startup
                 except RuntimeError as exc:

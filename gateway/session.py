@@ -124,6 +124,7 @@ class ChargerSession:
         for call in self.to_charger.drain() + self.to_upstream.drain():
             if isinstance(call.origin, GatewayCall) and not call.origin.future.done():
                 call.origin.future.set_exception(NotConnected(f"{self.charger_id} disconnected"))
+        upstream = self._upstream
         task, self._upstream_task = self._upstream_task, None
         if task is not None:
             task.cancel()
@@ -131,9 +132,9 @@ class ChargerSession:
                 await task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - the task is being torn down
                 pass
-        if self._upstream is not None:
-            await self._upstream.close()
-            self._upstream = None
+        if upstream is not None:
+            await upstream.close()
+        self._upstream = None
         link, self.link = self.link, None
         if link is not None:
             await link.close(1001, "gateway closing the session")

@@ -1,0 +1,42 @@
+"""gateway/protocol is sans-I/O, and gateway/ (but for the composition root) imports no transport."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+IO_MODULES = {"asyncio", "socket", "ssl", "selectors", "time", "aiohttp", "websockets", "paho", "zeep",
+              "influxdb_client", "sqlite3", "uvloop", "http", "urllib3", "requests", "threading_io"}
+TRANSPORTS = {"aiohttp", "websockets", "paho", "zeep", "influxdb_client", "sqlite3", "adapters"}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_protocol_package_does_no_io() -> None:
+    files = sorted((ROOT / "gateway" / "protocol").rglob("*.py"))
+    assert files
+    for path in files:
+        bad = _imports(path) & IO_MODULES
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}: gateway/protocol must stay sans-I/O"
+
+
+def test_core_imports_no_transport_library() -> None:
+    for path in sorted((ROOT / "gateway").rglob("*.py")):
+        if path.name in {"app.py", "cli.py"}:  # the composition root builds the adapters
+            continue
+        bad = _imports(path) & TRANSPORTS
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}: the core talks to adapters through ports"
+
+
+def test_the_check_catches_an_import(tmp_path: Path) -> None:
+    f = tmp_path / "x.py"
+    f.write_text("import asyncio\nfrom websockets.asyncio import client\n")
+    assert {"asyncio", "websockets"} <= _imports(f)
