@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Protocol
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, AsyncIterator, Protocol
 
 from gateway.protocol.frames import OcppVersion
 
@@ -43,3 +45,29 @@ class Store(Protocol):
     async def charger_seen(self, charger_id: str, version: str, transport: str, when: str) -> None: ...
 
     async def close(self) -> None: ...
+
+
+class SessionObserver(Protocol):
+    """Sees what passes through every session (telemetry, API, metrics). Called on the event loop:
+    must return at once, never block, never raise (the hub logs and drops anything raised)."""
+
+    def exchange(self, session: Any, exchange: "Exchange") -> None: ...
+
+    def session_event(self, session: Any, event: str) -> None:
+        """`connected`, `disconnected` or `upstream` (the upstream state changed)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Exchange:
+    """One finished CALL: the request and what answered it (a CALLRESULT payload or an error code)."""
+
+    charger_id: str
+    version: OcppVersion
+    origin: str  # "charger" (charger-initiated), "csms" (CSMS-initiated), "gateway" (the gateway's own call)
+    action: str
+    message_id: str
+    request: dict[str, Any]
+    response: dict[str, Any] | None  # None: an error, or a 2.1 SEND (never answered)
+    error: str | None = None  # the error code (or "timeout") when there is no response
+    answered_by: str = ""  # "csms", "gateway" (local answer) or "charger"
+    received_at: datetime  # wall-clock time the request arrived at the gateway

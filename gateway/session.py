@@ -22,12 +22,12 @@ import random
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 from gateway.config import Settings
 from gateway.errors import Busy, CallFailed, CallTimeout, LinkClosed, LinkFailed, NotConnected
 from gateway.local import LocalCsms
-from gateway.ports import ChargerLink, Store, UpstreamConnector, UpstreamLink
+from gateway.ports import ChargerLink, Exchange, SessionObserver, Store, UpstreamConnector, UpstreamLink
 from gateway.protocol import frames as F
 from gateway.protocol.frames import Call, CallError, ErrorCode, FrameError, OcppVersion
 from gateway.protocol.rpc import CallQueue, MessageIds, PendingCall, QueueFull
@@ -46,6 +46,11 @@ class UpstreamState(str, enum.Enum):
 class Origin(enum.Enum):
     CHARGER = "charger"  # a charger CALL on its way to the CSMS
     CSMS = "csms"  # a CSMS CALL on its way to the charger
+    GATEWAY = "gateway"  # the gateway's own call (for observers; the queue holds a GatewayCall)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 @dataclass(slots=True)
@@ -177,13 +182,17 @@ class ChargerSession:
         if frame.send:  # 2.1 SEND: never answered, exempt from the one-CALL rule
             if self._upstream is not None:
                 await self._send_upstream_raw(frame.raw)
+            self._emit(Origin.CHARGER, frame.action, frame.message_id, frame.payload, None, None, "", _utcnow())
             return
         if not self.relaying:
+            received = _utcnow()
             payload = await self.hub.local.answer(self.version, frame)
             await self._send_charger(F.call_result(frame.message_id, payload))
+            self._emit(Origin.CHARGER, frame.action, frame.message_id, frame.payload, payload, None, "gateway", received)
             return
         call = PendingCall(message_id=frame.message_id, action=frame.action, frame=frame.raw, origin=Origin.CHARGER,
-                           timeout=self.hub.settings.upstream.call_timeout)
+                           timeout=self.hub.settings.upstream.call_timeout, request=frame.payload,
+                           received_at=_utcnow())
         await self._submit_upstream(call)
 
     async def _charger_reply(self, frame: F.CallResult | CallError) -> None:
@@ -203,6 +212,7 @@ class ChargerSession:
                 self.log.warning("CSMS link gone; reply to %s %s not relayed", done.action, done.message_id)
         elif isinstance(done.origin, GatewayCall):
             _settle(done.origin.future, frame)
+        self._emit_reply(done, frame, "charger")
 
     # -- frames from the CSMS -------------------------------------------------------------------
 
@@ -220,7 +230,8 @@ class ChargerSession:
                     await self._send_charger(frame.raw)
                 return
             call = PendingCall(message_id=frame.message_id, action=frame.action, frame=frame.raw, origin=Origin.CSMS,
-                               timeout=self.hub.settings.websocket.call_timeout)
+                               timeout=self.hub.settings.websocket.call_timeout, request=frame.payload,
+                               received_at=_utcnow())
             await self._submit_charger(call)
             return
         done, nxt = self.to_upstream.complete(frame.message_id, self._loop.time())
@@ -236,6 +247,7 @@ class ChargerSession:
             await self._send_charger(frame.raw)
         elif isinstance(done.origin, GatewayCall):
             _settle(done.origin.future, frame)  # never forwarded (J201 §6.4)
+        self._emit_reply(done, frame, "csms")
 
     # -- calls the gateway makes ----------------------------------------------------------------
 
@@ -248,7 +260,8 @@ class ChargerSession:
         future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         message_id = self.hub.ids.next()
         call = PendingCall(message_id=message_id, action=action, frame=F.call(message_id, action, payload),
-                           origin=GatewayCall(future), timeout=timeout or self.hub.settings.websocket.call_timeout)
+                           origin=GatewayCall(future), timeout=timeout or self.hub.settings.websocket.call_timeout,
+                           request=payload, received_at=_utcnow())
         await self._submit_charger(call)
         return await future
 
@@ -308,6 +321,9 @@ class ChargerSession:
     async def _fail(self, call: PendingCall, code: ErrorCode, description: str, *, timed_out: bool = False) -> None:
         """A call that will get no answer from its peer: tell whoever made it."""
         self.log.warning("%s %s: %s", call.action, call.message_id, description)
+        origin = call.origin if isinstance(call.origin, Origin) else Origin.GATEWAY
+        self._emit(origin, call.action, call.message_id, call.request or {}, None,
+                   "timeout" if timed_out else code.value, "gateway", call.received_at or _utcnow())
         if call.origin is Origin.CHARGER:
             await self._send_charger(F.call_error(self.version, call.message_id, code, description))
         elif call.origin is Origin.CSMS:
@@ -352,6 +368,30 @@ class ChargerSession:
             self.upstream_state = state
             self.upstream_changed_at = datetime.now(timezone.utc)
             self.log.info("upstream %s", state.value)
+            self.hub.notify(self, "upstream")
+
+    # -- observers ------------------------------------------------------------------------------
+
+    def _emit(self, origin: "Origin", action: str, message_id: str, request: dict[str, Any],
+              response: dict[str, Any] | None, error: str | None, answered_by: str, received_at: datetime) -> None:
+        if not self.hub.observers:
+            return
+        self.hub.publish(self, Exchange(
+            charger_id=self.charger_id, version=self.version, origin=origin.value, action=action,
+            message_id=message_id, request=request, response=response, error=error, answered_by=answered_by,
+            received_at=received_at,
+        ))
+
+    def _emit_reply(self, call: PendingCall, frame: F.CallResult | CallError, answered_by: str) -> None:
+        if not self.hub.observers:
+            return
+        origin = call.origin if isinstance(call.origin, Origin) else Origin.GATEWAY
+        if isinstance(frame, CallError):
+            self._emit(origin, call.action, call.message_id, call.request or {}, None, frame.code, answered_by,
+                       call.received_at or _utcnow())
+        else:
+            self._emit(origin, call.action, call.message_id, call.request or {}, frame.payload, None, answered_by,
+                       call.received_at or _utcnow())
 
     async def _run_upstream(self) -> None:
         settings = self.hub.settings.upstream
@@ -430,7 +470,21 @@ class Hub:
         self.dial_gate = asyncio.Semaphore(settings.upstream.max_concurrent_dials)
         self.rng = rng or random.Random()
         self.sessions: dict[str, ChargerSession] = {}
-        self.listeners: list[Callable[[str, ChargerSession], None]] = []
+        self.observers: list[SessionObserver] = []
+
+    def publish(self, session: ChargerSession, exchange: Exchange) -> None:
+        for observer in self.observers:
+            try:
+                observer.exchange(session, exchange)
+            except Exception:  # noqa: BLE001 - an observer must never break the relay
+                log.exception("observer %r failed on %s", observer, exchange.action)
+
+    def notify(self, session: ChargerSession, event: str) -> None:
+        for observer in self.observers:
+            try:
+                observer.session_event(session, event)
+            except Exception:  # noqa: BLE001
+                log.exception("observer %r failed on %s", observer, event)
 
     @property
     def connector(self) -> UpstreamConnector:
@@ -455,6 +509,7 @@ class Hub:
             session = ChargerSession(self, charger_id, version)
             self.sessions[charger_id] = session
         await session.attach(link)
+        self.notify(session, "connected")
         try:
             await self.store.charger_seen(charger_id, version.value, link.transport,
                                           datetime.now(timezone.utc).isoformat())
@@ -463,8 +518,10 @@ class Hub:
         return session
 
     async def detach(self, session: ChargerSession, link: ChargerLink) -> None:
-        if await session.detach(link) and self.sessions.get(session.charger_id) is session:
-            del self.sessions[session.charger_id]
+        if await session.detach(link):
+            if self.sessions.get(session.charger_id) is session:
+                del self.sessions[session.charger_id]
+            self.notify(session, "disconnected")
 
     async def close(self) -> None:
         sessions, self.sessions = list(self.sessions.values()), {}

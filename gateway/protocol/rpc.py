@@ -34,6 +34,8 @@ class PendingCall:
     sent_at: float | None = None
     # Calls that must not wait behind a disconnected peer forever: expire also while queued.
     queue_deadline: float | None = None
+    request: Any = None  # the parsed payload, for observers
+    received_at: Any = None  # wall-clock time it arrived (a datetime), for observers
 
 
 @dataclass(slots=True)

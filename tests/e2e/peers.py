@@ -84,6 +84,8 @@ class FrameLog:
         self.ws = ws
         self.sent: list[Any] = []
         self.received: list[Any] = []
+        self.sent_raw: list[str | bytes] = []
+        self.received_raw: list[str | bytes] = []
 
     @staticmethod
     def _parse(raw: str | bytes) -> Any:
@@ -94,10 +96,12 @@ class FrameLog:
 
     async def recv(self) -> str | bytes:
         raw = await self.ws.recv()
+        self.received_raw.append(raw)
         self.received.append(self._parse(raw))
         return raw
 
     async def send(self, raw: str) -> None:
+        self.sent_raw.append(raw)
         self.sent.append(self._parse(raw))
         await self.ws.send(raw)
 
@@ -162,12 +166,22 @@ class _Peer:
         return await asyncio.wait_for(self._raw_call(action, payload), timeout)
 
     async def _raw_call(self, action: str, payload: dict[str, Any]) -> Any:
-        cp: Any = self
         msg = Call(str(uuid.uuid4()), action, payload)
-        await validate_payload(msg, cp._ocpp_version)
+        await validate_payload(msg, self._ocpp_version)  # type: ignore[attr-defined]
+        return await self._exchange(action, msg.unique_id, msg.to_json())
+
+    async def text_call(self, action: str, payload_text: str, timeout: float = STEP + 1) -> Any:
+        """Send a CALL whose payload is exactly `payload_text` (byte for byte, not re-serialised);
+        return the validated CALLRESULT payload."""
+        message_id = str(uuid.uuid4())
+        frame = f'[2,"{message_id}","{action}",{payload_text}]'
+        return await asyncio.wait_for(self._exchange(action, message_id, frame), timeout)
+
+    async def _exchange(self, action: str, message_id: str, frame: str) -> Any:
+        cp: Any = self
         async with cp._call_lock:
-            await cp._send(msg.to_json())
-            response = await cp._get_specific_response(msg.unique_id, cp._response_timeout)
+            await cp._send(frame)
+            response = await cp._get_specific_response(message_id, cp._response_timeout)
         if response.message_type_id == MessageType.CallError:
             raise RpcError(action, response.error_code, response.error_description, response.error_details)
         response.action = action

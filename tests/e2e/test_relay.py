@@ -421,3 +421,53 @@ async def test_relay_upstream_basic_auth_uses_charger_identity_and_configured_pa
         finally:
             print(gw.logs()[-20000:])
 
+
+
+# ----------------------------------------------------------------------------------- payload bytes
+
+#: DataTransfer payloads written by hand: odd spacing, escapes (`\u00e9`, `\/`), `1.50`, a 20-digit
+#: integer, vendor customData. Any json.loads/json.dumps round trip in the gateway changes these bytes.
+RAW_DT_16 = '{ "vendorId" : "com.example.e2e", "messageId":"raw",  "data":"caf\\u00e9 \\/ 1.50"}'
+RAW_DT_2X = (
+    '{"vendorId": "com.example.e2e" ,"messageId":"raw", "data": {"value": 1.50, "big": 12345678901234567890,'
+    ' "s": "caf\\u00e9 \\/"}, "customData": {"vendorId": "com.example.meter", "signed": "AbC+/="}}'
+)
+
+
+def raw_calls(raw_frames: list[Any], action: str) -> list[str]:
+    texts = [r.decode() if isinstance(r, bytes) else r for r in raw_frames]
+    return [t for t in texts if t.lstrip().startswith("[2") and f'"{action}"' in t]
+
+
+@pytest.mark.parametrize("v", VERSIONS)
+async def test_relay_forwards_payload_bytes_untouched_both_ways(
+    gateway_factory: Callable[..., GatewayProcess], v: str
+) -> None:
+    cid = f"RLY{v.replace('.', '')}-RAW"
+    payload_text = RAW_DT_16 if v == "1.6" else RAW_DT_2X
+    async with CsmsServer() as csms:
+        gw = await start_gateway(gateway_factory, {"upstream": {"url": csms.url}})
+        try:
+            async with charger(gw.url(cid), v, cid) as cp:
+                await cp.req(boot_request(v))
+                session = await relay_ready(csms, cp, cid, v)
+
+                # charger -> CSMS
+                answer = await cp.text_call("DataTransfer", payload_text)
+                assert answer["status"] == "Accepted"
+                arrived = raw_calls(session.log.received_raw, "DataTransfer")
+                assert len(arrived) == 1, arrived
+                assert arrived[0].rstrip().endswith(payload_text + "]"), (
+                    f"the CSMS got {arrived[0]!r}; the charger's payload was {payload_text!r}"
+                )
+
+                # CSMS -> charger
+                answer = await session.cp.text_call("DataTransfer", payload_text)
+                assert answer["status"] == "Accepted"
+                arrived = raw_calls(cp.log.received_raw, "DataTransfer")
+                assert len(arrived) == 1, arrived
+                assert arrived[0].rstrip().endswith(payload_text + "]"), (
+                    f"the charger got {arrived[0]!r}; the CSMS's payload was {payload_text!r}"
+                )
+        finally:
+            print(gw.logs()[-20000:])
