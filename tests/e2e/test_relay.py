@@ -24,7 +24,6 @@ from tests.e2e.peers import (
     CSMS_TIME,
     CSMS_TX_ID,
     MODULES,
-    STEP,
     SUBPROTOCOL,
     V2X,
     VERSIONS,
@@ -142,9 +141,8 @@ async def test_relay_v16_charger_requests_reach_csms_and_csms_answers_reach_char
                 assert_relayed_up(cp.log, session.log, "StartTransaction")
 
                 await cp.req(call.StatusNotification(connector_id=1, error_code="NoError", status="Charging"))
-                await cp.req(
-                    call.MeterValues(connector_id=1, transaction_id=start.transaction_id, meter_value=[meter_value_16(1500)])
-                )
+                tx = start.transaction_id
+                await cp.req(call.MeterValues(connector_id=1, transaction_id=tx, meter_value=[meter_value_16(1500)]))
                 assert_relayed_up(cp.log, session.log, "MeterValues")
 
                 stop = await cp.req(
@@ -402,7 +400,7 @@ async def test_relay_upstream_basic_auth_uses_charger_identity_and_configured_pa
             async with charger(gw.url(cid), v, cid) as cp:
                 session = await relay_ready(csms, cp, cid, v)
                 header = session.headers.get("Authorization")
-                assert header is not None, f"no Authorization header upstream; headers: {dict(session.headers.raw_items())}"
+                assert header is not None, f"no Authorization header upstream: {list(session.headers.raw_items())}"
                 scheme, _, token = header.partition(" ")
                 assert scheme.lower() == "basic", header
                 assert base64.b64decode(token).decode() == f"{cid}:s3cret"

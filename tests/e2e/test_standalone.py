@@ -56,7 +56,8 @@ def site_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 @pytest.fixture(scope="module")
 def open_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """A standalone gateway whose policy accepts unknown id tags."""
-    gw = GatewayProcess(tmp_path_factory.mktemp("standalone-open"), {"auth": {"unknown_id_tags": "accept"}}, name="open").start()
+    config = {"auth": {"unknown_id_tags": "accept"}}
+    gw = GatewayProcess(tmp_path_factory.mktemp("standalone-open"), config, name="open").start()
     yield gw
     gw.stop()
 
@@ -144,7 +145,9 @@ async def test_standalone_authorize_unknown_accepted_when_policy_is_accept(open_
 
 async def start_tx_16(cp: Any, connector: int, meter_start: int) -> int:
     call = MODULES["1.6"].call
-    res = await cp.req(call.StartTransaction(connector_id=connector, id_tag="GOODTAG", meter_start=meter_start, timestamp=utcnow()))
+    res = await cp.req(
+        call.StartTransaction(connector_id=connector, id_tag="GOODTAG", meter_start=meter_start, timestamp=utcnow())
+    )
     tx = res.transaction_id
     assert isinstance(tx, int) and not isinstance(tx, bool), f"transactionId {tx!r} is not an integer"
     assert tx > 0, f"transactionId {tx} must be > 0"
@@ -277,7 +280,11 @@ async def test_standalone_v2x_transaction_events_and_notifications(site_gw: Gate
                             "component": {"name": "TemperatureSensor"},
                             "variable": {"name": "Temperature"},
                             "variableAttribute": [{"type": "Actual", "value": "31.5"}],
-                            "variableCharacteristics": {"unit": "Celsius", "dataType": "decimal", "supportsMonitoring": True},
+                            "variableCharacteristics": {
+                                "unit": "Celsius",
+                                "dataType": "decimal",
+                                "supportsMonitoring": True,
+                            },
                         }
                     ],
                 )
@@ -320,7 +327,7 @@ def charger_initiated_2x() -> list[tuple[str, dict[str, Any]]]:
     }
     return [
         ("Authorize", {"idToken": {"idToken": "GOODTAG", "type": "ISO14443"}}),
-        ("BootNotification", {"chargingStation": {"model": "E2EModel", "vendorName": "E2EVendor"}, "reason": "PowerUp"}),
+        ("BootNotification", {"chargingStation": {"model": "M", "vendorName": "V"}, "reason": "PowerUp"}),
         ("ClearedChargingLimit", {"chargingLimitSource": "EMS", "evseId": 1}),
         ("DataTransfer", {"vendorId": "com.example.e2e", "messageId": "m", "data": "x"}),
         ("FirmwareStatusNotification", {"status": "Idle"}),
@@ -456,7 +463,7 @@ async def test_standalone_v2x_every_charger_initiated_action_gets_schema_valid_c
         async with charger(gw.url(cid), v, cid) as cp:
             await booted(cp, v)
             failures = await asyncio.wait_for(call_every(cp, requests), 45)
-            assert not failures, f"OCPP {v}: actions not answered with a schema-valid CALLRESULT:\n" + "\n".join(failures)
+            assert not failures, f"OCPP {v}, not answered with a schema-valid CALLRESULT:\n" + "\n".join(failures)
             for action, _ in requests:
                 _, reply = cp.log.exchange_out(action)
                 assert reply is not None and reply[0] == 3, f"{action}: {reply!r}"
@@ -473,6 +480,6 @@ async def test_standalone_v16_every_charger_initiated_action_gets_schema_valid_c
     try:
         async with charger(gw.url(cid), "1.6", cid) as cp:
             failures = await asyncio.wait_for(call_every(cp, requests), 45)
-            assert not failures, "OCPP 1.6: actions not answered with a schema-valid CALLRESULT:\n" + "\n".join(failures)
+            assert not failures, "OCPP 1.6, not answered with a schema-valid CALLRESULT:\n" + "\n".join(failures)
     finally:
         print(gw.logs()[-20000:])
