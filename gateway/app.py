@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 import time
 from typing import AsyncIterator
 
@@ -45,10 +46,12 @@ async def running(settings: Settings) -> AsyncIterator[Gateway]:
                  settings.websocket.path, mode, (time.monotonic() - started) * 1000)
         # Compile every schema in a worker thread now that the port is open; until a schema is
         # compiled, its first use compiles it on demand.
-        warm = asyncio.get_running_loop().run_in_executor(None, schemas.warm_up)
+        stopping = threading.Event()
+        warm = asyncio.get_running_loop().run_in_executor(None, schemas.warm_up, None, stopping.is_set)
         try:
             yield gw
         finally:
+            stopping.set()
             await server.stop()
             await hub.close()
             with contextlib.suppress(Exception):
