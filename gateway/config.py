@@ -134,6 +134,32 @@ class MqttSettings(_Section):
     topic_prefix: str = "ocpp"
     qos: int = Field(1, ge=0, le=2)
     ha_discovery: bool = False
+    ha_prefix: str = "homeassistant"  # Home Assistant's discovery prefix
+    client_id: str = ""  # empty: "ocpp-gateway-{site_id}"
+    protocol_version: Literal[5, 4] = 5  # 5 = MQTT 5 (response topic, correlation data), 4 = MQTT 3.1.1
+    ca_file: str = ""  # PEM bundle for mqtts://; empty = the system's trust store
+    keepalive: int = Field(30, ge=5)
+    reconnect_min: float = Field(1.0, gt=0)
+    reconnect_max: float = Field(30.0, gt=0)
+    queue_size: int = Field(10_000, ge=10)  # records waiting in memory; more are dropped (counted)
+    spool_max: int = Field(100_000, ge=10)  # messages spooled to disk while the broker is away; oldest go first
+    retained_min_interval: float = Field(0.0, ge=0)  # s between updates of a retained .../meter/{measurand} topic
+    retained_deadband: float = Field(0.0, ge=0)  # skip such an update when the value moved less than this
+    retained_max_interval: float = Field(900.0, gt=0)  # ...but publish at least this often (s)
+
+    @field_validator("url")
+    @classmethod
+    def _mqtt_url(cls, v: SecretStr) -> SecretStr:
+        if v.get_secret_value() and not re.match(r"^(mqtts?|tcp|ssl)://[^/\s]+/?$", v.get_secret_value()):
+            raise ValueError("must be empty or mqtt://[user:pass@]HOST[:PORT] or mqtts://...")
+        return v
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v or "+" in v or "#" in v or v.startswith("/") or v.endswith("/"):
+            raise ValueError("a topic prefix without wildcards or leading/trailing /")
+        return v
 
 
 class InfluxSettings(_Section):
@@ -145,6 +171,25 @@ class InfluxSettings(_Section):
     database: str = ""
     username: str = ""
     password: SecretStr = SecretStr("")
+    ca_file: str = ""  # PEM bundle for https://; empty = the system's trust store
+    batch_size: int = Field(500, ge=1)  # points per write
+    flush_interval: float = Field(1.0, ge=0)  # s to wait for a batch to fill
+    timeout: float = Field(10.0, gt=0)  # s per write request
+    retry_min: float = Field(1.0, gt=0)  # first retry delay after a failed write; doubles, with jitter
+    retry_max: float = Field(60.0, gt=0)
+    queue_size: int = Field(10_000, ge=10)  # records waiting in memory; more are dropped (counted)
+    spool_max: int = Field(1_000_000, ge=10)  # points spooled to disk while InfluxDB is away; oldest go first
+
+    @model_validator(mode="after")
+    def _complete(self) -> "InfluxSettings":
+        if self.url:
+            if not re.match(r"^https?://[^/\s]+", self.url):
+                raise ValueError("url must be http:// or https://")
+            if self.api == "v2" and not self.bucket:
+                raise ValueError("bucket is required with api = \"v2\"")
+            if self.api == "v1" and not self.database:
+                raise ValueError("database is required with api = \"v1\"")
+        return self
 
 
 class ApiSettings(_Section):

@@ -1,0 +1,223 @@
+"""InfluxDB sink, per PRODUCT.md "InfluxDB": line protocol, batched, retried with backoff, spooled.
+
+Two write paths, chosen by `[influx].api`:
+
+- `v2`: influxdb-client's async write API (`POST /api/v2/write?org=&bucket=&precision=ns`,
+  `Authorization: Token ...`, gzip): InfluxDB 2.x, 3.x and 1.8+ (which serve the v2 write endpoint).
+- `v1`: `POST /write?db=&precision=ns` with HTTP Basic credentials, through aiohttp: InfluxDB 1.x.
+
+A batch that the server refuses as malformed (400, 413, 422) is dropped and logged, because it would
+be refused again forever; anything else (connection refused, timeout, 401/403, 404, 429, 5xx) keeps
+the batch, spools what follows, and retries with jittered exponential backoff.
+
+Types: a field always has one type in a measurement (InfluxDB refuses a float after an integer):
+`value`, `energy_wh`, `meter_start`, `meter_stop` are always written as floats (`1.0`, never `1`),
+`status`, `error_code`, `transaction_id`, `upstream`, `protocol` always strings, `offline`,
+`connected` always booleans. Absent values are left out, never written as another type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import aiohttp
+
+from adapters.spool import Spool
+from adapters.telemetry_sink import SpooledSink
+from gateway.telemetry.records import (
+    ChargerState, ConnectorStatus, EnvironmentReading, MeterReading, Record, TransactionEvent,
+)
+
+log = logging.getLogger("gateway.telemetry.influx")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_DROP_STATUSES = {400, 413, 422}
+
+
+def _escape_key(text: str) -> str:
+    """Measurement names, tag keys and tag values: escape backslash, comma, equals sign, space."""
+    return (text.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+            .replace("\n", "\\n"))
+
+
+def _field_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("non-finite field value")
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    raise TypeError(f"field values are float, bool or str, not {type(value).__name__}")
+
+
+def ns(ts: datetime) -> int:
+    delta = ts - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+def line(measurement: str, tags: dict[str, Any], fields: dict[str, Any], ts: datetime) -> str | None:
+    """One line of line protocol; tags with empty values are left out (InfluxDB refuses them)."""
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if not fields:
+        return None
+    tag_text = "".join(f",{_escape_key(k)}={_escape_key(str(v))}" for k, v in sorted(tags.items())
+                       if v is not None and str(v) != "")
+    field_text = ",".join(f"{_escape_key(k)}={_field_value(v)}" for k, v in fields.items())
+    return f"{_escape_key(measurement)}{tag_text} {field_text} {ns(ts)}"
+
+
+def _f(v: float | None) -> float | None:
+    return None if v is None else float(v)
+
+
+def encode(record: Record, site: str) -> list[str]:
+    """The lines for one record (PRODUCT.md measurements, plus `charger_state`)."""
+    out: list[str | None] = []
+    if isinstance(record, MeterReading):
+        for s in record.samples:
+            out.append(line("meter_value", {
+                "site": site, "charger": record.charger_id, "evse": record.evse, "connector": record.connector,
+                "measurand": s.measurand, "phase": s.phase, "location": s.location, "unit": s.unit,
+                "context": s.context}, {"value": float(s.value)}, record.ts))
+    elif isinstance(record, ConnectorStatus):
+        out.append(line("connector_status", {"site": site, "charger": record.charger_id, "evse": record.evse,
+                                             "connector": record.connector},
+                        {"status": record.status, "error_code": record.error_code or ""}, record.ts))
+    elif isinstance(record, TransactionEvent):
+        out.append(line("transaction", {"site": site, "charger": record.charger_id, "evse": record.evse,
+                                        "event": record.event},
+                        {"transaction_id": record.transaction_id, "energy_wh": _f(record.energy_wh),
+                         "meter_start": _f(record.meter_start), "meter_stop": _f(record.meter_stop),
+                         "offline": bool(record.offline)}, record.ts))
+    elif isinstance(record, EnvironmentReading):
+        out.append(line("environment", {"site": site, "charger": record.charger_id, "name": record.name,
+                                        "unit": record.unit, "source": record.source},
+                        {"value": float(record.value)}, record.ts))
+    elif isinstance(record, ChargerState):
+        out.append(line("charger_state", {"site": site, "charger": record.charger_id},
+                        {"connected": record.connected, "upstream": record.upstream, "protocol": record.protocol},
+                        record.ts))
+    return [x for x in out if x is not None]
+
+
+class InfluxSink(SpooledSink[str]):
+    name = "influx"
+
+    def __init__(self, settings: Any, data_dir: str, site_id: str) -> None:
+        from pathlib import Path
+
+        cfg = settings
+        super().__init__(Spool(Path(data_dir) / "telemetry-spool-influx.sqlite3", cfg.spool_max),
+                         queue_size=cfg.queue_size, batch_size=cfg.batch_size, flush_interval=cfg.flush_interval)
+        self.cfg = cfg
+        self.site_id = site_id
+        self.url = cfg.url.rstrip("/")
+        self._attempt = 0
+        self._retry_at = 0.0
+        self._rng = random.Random()
+        self._session: aiohttp.ClientSession | None = None
+        self._client: Any = None
+        self._write_api: Any = None
+        self.rejected = 0  # lines dropped because the server refused them as malformed
+
+    async def __aenter__(self) -> "InfluxSink":
+        timeout = self.cfg.timeout
+        if self.cfg.api == "v2":
+            from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+
+            kwargs: dict[str, Any] = {}
+            if self.cfg.ca_file:
+                kwargs["ssl_ca_cert"] = self.cfg.ca_file
+            self._client = InfluxDBClientAsync(url=self.url, token=self.cfg.token.get_secret_value(), org=self.cfg.org,
+                                               timeout=int(timeout * 1000), enable_gzip=True, **kwargs)
+            self._write_api = self._client.write_api()
+        else:
+            import ssl
+
+            connector = None
+            if self.cfg.ca_file:
+                connector = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=self.cfg.ca_file))
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout), connector=connector)
+        await self.start_worker()
+        log.info("InfluxDB: writing to %s (%s API)", self.url, self.cfg.api)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop_worker()
+        if self._client is not None:
+            await self._client.close()
+        if self._session is not None:
+            await self._session.close()
+
+    # -- SpooledSink ------------------------------------------------------------------------------
+
+    def encode(self, record: Record) -> list[str]:
+        return encode(record, self.site_id)
+
+    def pack(self, item: str) -> bytes:
+        return item.encode("utf-8")
+
+    def unpack(self, body: bytes) -> str:
+        return body.decode("utf-8")
+
+    def ready(self) -> bool:
+        return time.monotonic() >= self._retry_at
+
+    async def deliver(self, items: list[str]) -> bool:
+        if not self.ready():
+            return False
+        body = "\n".join(items)
+        try:
+            status, reason = await (self._write_v2(body) if self.cfg.api == "v2" else self._write_v1(body))
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            status, reason = 0, f"{type(exc).__name__}: {exc}"
+        if 200 <= status < 300:
+            if self._attempt:
+                log.info("InfluxDB: writes accepted again")
+            self._attempt = 0
+            return True
+        if status in _DROP_STATUSES:
+            self.rejected += len(items)
+            log.error("InfluxDB refused %d lines (HTTP %d: %s); dropped, they would be refused again",
+                      len(items), status, reason[:300])
+            return True
+        self._attempt += 1
+        ceiling = min(self.cfg.retry_max, self.cfg.retry_min * 2 ** (self._attempt - 1))
+        delay = self._rng.uniform(ceiling / 2, ceiling)
+        self._retry_at = time.monotonic() + delay
+        log.warning("InfluxDB write failed (%s); spooling, retry in %.1f s",
+                    f"HTTP {status}: {reason[:200]}" if status else reason, delay)
+        return False
+
+    async def _write_v1(self, body: str) -> tuple[int, str]:
+        assert self._session is not None
+        params = {"db": self.cfg.database, "precision": "ns"}
+        auth = None
+        if self.cfg.username:
+            auth = aiohttp.BasicAuth(self.cfg.username, self.cfg.password.get_secret_value())
+        async with self._session.post(f"{self.url}/write", params=params, data=body.encode("utf-8"), auth=auth,
+                                      headers={"Content-Type": "text/plain; charset=utf-8"}) as resp:
+            return resp.status, await resp.text()
+
+    async def _write_v2(self, body: str) -> tuple[int, str]:
+        from influxdb_client.client.exceptions import InfluxDBError
+        from influxdb_client.domain.write_precision import WritePrecision
+        from influxdb_client.rest import ApiException
+
+        try:
+            await self._write_api.write(bucket=self.cfg.bucket, org=self.cfg.org, record=body,
+                                        write_precision=WritePrecision.NS)
+        except ApiException as exc:
+            return int(exc.status or 0), str(exc.body or exc.reason)
+        except InfluxDBError as exc:
+            status = getattr(getattr(exc, "response", None), "status", 0) or 0
+            return int(status), str(exc)
+        return 204, ""

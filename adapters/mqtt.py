@@ -1,0 +1,421 @@
+"""MQTT sink and command channel (paho-mqtt), per PRODUCT.md "MQTT".
+
+Driving paho: its own network thread (`loop_start`). The reasons: the TLS handshake, DNS lookups and
+reconnect attempts with backoff then never run on the relay's event loop, and paho's `publish()` is
+thread-safe (it only appends to paho's queue and wakes the thread). Everything paho reports
+(connect, disconnect, PUBACK, an incoming command) is handed back to the event loop with
+`call_soon_threadsafe`; no gateway state is touched from paho's thread. (Home Assistant drives paho
+from its event loop through socket callbacks instead; that saves a thread but puts TLS and connect
+on the loop, which matters more to a relay than one thread does.)
+
+Delivery: while connected, messages go straight to paho (QoS from config); paho keeps QoS 1/2
+messages that were not acknowledged and sends them again after a reconnect. While disconnected,
+messages are spooled to disk in order and drained, oldest first, after the next CONNACK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import orjson
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from adapters.spool import Spool
+from adapters.telemetry_sink import SpooledSink
+from gateway.errors import Busy, CallFailed, CallTimeout, NotConnected
+from gateway.telemetry.records import (
+    ChargerForgotten, ChargerInfo, ChargerState, ConnectorStatus, EnvironmentReading, MeterReading, Record,
+    TransactionEvent,
+)
+
+log = logging.getLogger("gateway.telemetry.mqtt")
+
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+_ACTION = re.compile(r"[A-Za-z0-9]{1,64}")
+_HA_ID = re.compile(r"[^A-Za-z0-9_-]")
+MAX_OUTSTANDING = 1000  # messages handed to paho and not yet acknowledged, before draining waits
+MAX_COMMANDS = 64  # commands running at once; more get an error result
+
+
+def topic_level(text: str) -> str:
+    """`text` as one topic level: characters outside A-Z a-z 0-9 . _ - percent-encoded (UTF-8), so no
+    value can add a level (`/`), match as a wildcard (`+`, `#`) or start a `$` topic."""
+    return "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in text)
+
+
+def iso(ts: datetime) -> str:
+    return ts.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _json(data: Any) -> bytes:
+    return orjson.dumps(data)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+@dataclass
+class _ChargerTopics:
+    """What was published for one charger (to clear it when the charger is forgotten)."""
+
+    retained: set[str] = field(default_factory=set)
+    discovery: dict[str, bytes] = field(default_factory=dict)  # HA config topic -> config (without device)
+    device: dict[str, Any] = field(default_factory=dict)
+
+
+# (measurand, HA device_class, state_class, unit, name) for the per-measurand topics HA gets a sensor for
+_HA_METER = {
+    "Power.Active.Import": ("power", "measurement", "W", "Power"),
+    "Energy.Active.Import.Register": ("energy", "total_increasing", "Wh", "Energy"),
+    "Current.Import": ("current", "measurement", "A", "Current"),
+    "Voltage": ("voltage", "measurement", "V", "Voltage"),
+    "SoC": ("battery", "measurement", "%", "State of charge"),
+}
+_HA_ENV = {"Celsius": ("temperature", "°C"), "RH": ("humidity", "%")}
+
+
+class MqttSink(SpooledSink[Message]):
+    name = "mqtt"
+
+    def __init__(self, settings: Any, data_dir: str, site_id: str) -> None:
+        cfg = settings
+        super().__init__(Spool(_spool_path(data_dir, "mqtt"), cfg.spool_max), queue_size=cfg.queue_size,
+                         batch_size=200, flush_interval=0)
+        self.cfg = cfg
+        self.base = f"{cfg.topic_prefix}/{site_id}"
+        self.site_id = site_id
+        self.qos = cfg.qos
+        self.hub: Any = None  # set by attach_hub(): commands need the sessions
+        self.connected = False
+        self._connected_event = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._published = 0
+        self._acked = 0
+        self._commands = 0
+        self._chargers: dict[str, _ChargerTopics] = {}
+        self._last: dict[str, tuple[float, float]] = {}  # retained meter topic -> (value, monotonic time)
+        url = urlsplit(cfg.url.get_secret_value())
+        if url.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError("mqtt.url must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        self._tls = url.scheme in ("mqtts", "ssl")
+        self._host = url.hostname or "127.0.0.1"
+        self._port = url.port or (8883 if self._tls else 1883)
+        self.v5 = cfg.protocol_version == 5
+        client_id = cfg.client_id or f"ocpp-gateway-{site_id}"
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311)
+        if url.username:
+            self.client.username_pw_set(unquote(url.username), unquote(url.password) if url.password else None)
+        if self._tls:
+            ctx = ssl.create_default_context(cafile=cfg.ca_file or None)
+            self.client.tls_set_context(ctx)
+        self.client.will_set(f"{self.base}/gateway/state", "offline", qos=self.qos, retain=True)
+        self.client.reconnect_delay_set(min_delay=max(1, int(cfg.reconnect_min)), max_delay=max(1, int(cfg.reconnect_max)))
+        self.client.max_inflight_messages_set(100)
+        self.client.on_connect = self._paho_connect
+        self.client.on_disconnect = self._paho_disconnect
+        self.client.on_publish = self._paho_publish
+        self.client.on_message = self._paho_message
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> "MqttSink":
+        await self.start_worker()
+        self.client.connect_async(self._host, self._port, keepalive=self.cfg.keepalive)
+        self.client.loop_start()
+        log.info("MQTT: connecting to %s:%d (topics under %s/)", self._host, self._port, self.base)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop_worker()
+        client = self.client
+
+        def _bye() -> None:
+            if self.connected:
+                info = client.publish(f"{self.base}/gateway/state", "offline", qos=self.qos, retain=True)
+                try:
+                    info.wait_for_publish(2.0)
+                except (RuntimeError, ValueError):
+                    pass
+            client.disconnect()
+            client.loop_stop()
+
+        await self._loop.run_in_executor(None, _bye)
+
+    def attach_hub(self, hub: Any) -> None:
+        self.hub = hub
+
+    # -- paho's thread -> the event loop ------------------------------------------------------------
+
+    def _paho_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if getattr(reason, "is_failure", False):
+            self._loop.call_soon_threadsafe(log.warning, "MQTT: broker refused the connection: %s", reason)
+            return
+        client.publish(f"{self.base}/gateway/state", "online", qos=self.qos, retain=True)
+        client.subscribe(f"{self.base}/chargers/+/cmd/+", qos=self.qos)
+        self._loop.call_soon_threadsafe(self._up)
+
+    def _paho_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self._loop.call_soon_threadsafe(self._down, str(reason))
+
+    def _paho_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        self._acked += 1  # only paho's thread writes it
+
+    def _paho_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        props = getattr(msg, "properties", None)
+        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        self._loop.call_soon_threadsafe(self._command, msg.topic, bytes(msg.payload), bool(msg.retain),
+                                        response_topic, correlation)
+
+    def _up(self) -> None:
+        if not self.connected:
+            log.info("MQTT: connected to %s:%d", self._host, self._port)
+        self.connected = True
+        self._connected_event.set()
+
+    def _down(self, reason: str) -> None:
+        if self.connected:
+            log.warning("MQTT: connection lost (%s); spooling until it is back", reason)
+        self.connected = False
+        self._connected_event.clear()
+
+    # -- delivery ---------------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        return self.connected
+
+    async def deliver(self, items: list[Message]) -> bool:
+        if not self.connected:
+            return False
+        while self._published - self._acked > MAX_OUTSTANDING and self.connected:
+            await asyncio.sleep(0.01)  # let paho catch up before handing it more
+        if not self.connected:
+            return False
+        for m in items:
+            info = self.client.publish(m.topic, m.payload, qos=self.qos, retain=m.retain)
+            self._published += 1
+            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+                log.warning("MQTT: publish to %s refused: %s", m.topic, paho.error_string(info.rc))
+        # QoS 1/2 messages published as the connection dropped (rc NO_CONN) stay in paho's queue and are
+        # sent after the reconnect, ahead of the spool.
+        return True
+
+    def pack(self, item: Message) -> bytes:
+        return orjson.dumps([item.topic, item.retain, item.payload.decode("utf-8")])
+
+    def unpack(self, body: bytes) -> Message:
+        topic, retain, payload = orjson.loads(body)
+        return Message(topic, payload.encode("utf-8"), bool(retain))
+
+    # -- records into messages --------------------------------------------------------------------
+
+    def _charger(self, charger_id: str) -> tuple[str, _ChargerTopics]:
+        return f"{self.base}/chargers/{topic_level(charger_id)}", self._chargers.setdefault(charger_id, _ChargerTopics())
+
+    def _retained(self, charger: _ChargerTopics, topic: str, payload: bytes) -> Message:
+        charger.retained.add(topic)
+        return Message(topic, payload, True)
+
+    def encode(self, record: Record) -> list[Message]:
+        out: list[Message] = []
+        if isinstance(record, ChargerForgotten):
+            return self._forget(record.charger_id)
+        root, ch = self._charger(record.charger_id)
+        if isinstance(record, MeterReading):
+            evse_topic = f"{root}/evse/{record.evse}"
+            samples = [{"measurand": s.measurand, "value": s.value, "unit": s.unit, "phase": s.phase,
+                        "location": s.location, "context": s.context} for s in record.samples]
+            out.append(Message(f"{evse_topic}/meter", _json({"ts": iso(record.ts), "transaction_id": record.transaction_id,
+                                                            "samples": samples}), False))
+            now = time.monotonic()
+            for s, body in zip(record.samples, samples):
+                topic = f"{evse_topic}/meter/{topic_level(s.measurand)}" + (f"/{topic_level(s.phase)}" if s.phase else "")
+                if not self._due(topic, s.value, now):
+                    continue
+                out.append(self._retained(ch, topic, _json({**body, "ts": iso(record.ts),
+                                                            "transaction_id": record.transaction_id})))
+                ha = _HA_METER.get(s.measurand)
+                if ha is not None and self.cfg.ha_discovery and s.unit in (ha[2], "Percent" if ha[2] == "%" else ha[2]):
+                    suffix = f" {s.phase}" if s.phase else ""
+                    out += self._discover(record.charger_id, "sensor", f"evse{record.evse}_{s.measurand}_{s.phase or ''}",
+                                          {"name": f"EVSE {record.evse} {ha[3]}{suffix}", "state_topic": topic,
+                                           "value_template": "{{ value_json.value }}", "device_class": ha[0],
+                                           "state_class": ha[1], "unit_of_measurement": ha[2]})
+        elif isinstance(record, ConnectorStatus):
+            topic = f"{root}/evse/{record.evse}/status"
+            out.append(self._retained(ch, topic, _json({"status": record.status, "error_code": record.error_code,
+                                                        "connector": record.connector, "ts": iso(record.ts)})))
+            if self.cfg.ha_discovery:
+                name = "Status" if record.evse == 0 else f"EVSE {record.evse} status"
+                out += self._discover(record.charger_id, "sensor", f"evse{record.evse}_status",
+                                      {"name": name, "state_topic": topic, "value_template": "{{ value_json.status }}",
+                                       "icon": "mdi:ev-station"})
+        elif isinstance(record, EnvironmentReading):
+            topic = f"{root}/environment/{topic_level(record.name)}"
+            out.append(self._retained(ch, topic, _json({"value": record.value, "unit": record.unit, "ts": iso(record.ts),
+                                                        "source": record.source})))
+            ha = _HA_ENV.get(record.unit)
+            if ha is not None and self.cfg.ha_discovery:
+                out += self._discover(record.charger_id, "sensor", f"env_{record.name}",
+                                      {"name": record.name.replace("_", " ").capitalize(), "state_topic": topic,
+                                       "value_template": "{{ value_json.value }}", "device_class": ha[0],
+                                       "state_class": "measurement", "unit_of_measurement": ha[1]})
+        elif isinstance(record, TransactionEvent):
+            out.append(Message(f"{root}/transactions", _json({
+                "event": record.event, "transaction_id": record.transaction_id, "evse": record.evse,
+                "meter_start": record.meter_start, "meter_stop": record.meter_stop, "energy_wh": record.energy_wh,
+                "reason": record.reason, "offline": record.offline, "ts": iso(record.ts)}), False))
+        elif isinstance(record, ChargerState):
+            out.append(self._retained(ch, f"{root}/state", _json({
+                "connected": record.connected, "upstream": record.upstream, "protocol": record.protocol,
+                "ts": iso(record.ts)})))
+            if self.cfg.ha_discovery:
+                out += self._discover(record.charger_id, "binary_sensor", "connected", {
+                    "name": "Connected", "state_topic": f"{root}/state", "device_class": "connectivity",
+                    "value_template": "{{ 'ON' if value_json.connected else 'OFF' }}"})
+        elif isinstance(record, ChargerInfo):
+            ch.device = {k: v for k, v in {"manufacturer": record.vendor, "model": record.model,
+                                           "sw_version": record.firmware, "serial_number": record.serial}.items() if v}
+            if self.cfg.ha_discovery:  # the device details changed: publish every config again
+                out += [Message(t, self._ha_payload(record.charger_id, c), True) for t, c in ch.discovery.items()]
+        return out
+
+    def _due(self, topic: str, value: float, now: float) -> bool:
+        """The deadband / minimum interval of the retained per-measurand topics."""
+        min_interval, deadband = self.cfg.retained_min_interval, self.cfg.retained_deadband
+        if min_interval <= 0 and deadband <= 0:
+            return True
+        last = self._last.get(topic)
+        if last is not None:
+            elapsed = now - last[1]
+            if elapsed < min_interval:
+                return False
+            if abs(value - last[0]) < deadband and elapsed < self.cfg.retained_max_interval:
+                return False
+        self._last[topic] = (value, now)
+        return True
+
+    # -- Home Assistant discovery ------------------------------------------------------------------
+
+    def _node(self, charger_id: str) -> str:
+        return _HA_ID.sub("_", f"ocppgw_{self.site_id}_{topic_level(charger_id)}")
+
+    def _discover(self, charger_id: str, component: str, key: str, config: dict[str, Any]) -> list[Message]:
+        _, ch = self._charger(charger_id)
+        node = self._node(charger_id)
+        object_id = _HA_ID.sub("_", key).strip("_").lower()
+        topic = f"{self.cfg.ha_prefix}/{component}/{node}/{object_id}/config"
+        if topic in ch.discovery:
+            return []
+        body = {**config, "unique_id": f"{node}_{object_id}", "object_id": f"{node}_{object_id}"}
+        ch.discovery[topic] = _json(body)
+        return [Message(topic, self._ha_payload(charger_id, ch.discovery[topic]), True)]
+
+    def _ha_payload(self, charger_id: str, config: bytes) -> bytes:
+        _, ch = self._charger(charger_id)
+        body = orjson.loads(config)
+        body["device"] = {"identifiers": [self._node(charger_id)], "name": charger_id,
+                          **ch.device}
+        body["availability"] = [{"topic": f"{self.base}/gateway/state", "payload_available": "online",
+                                 "payload_not_available": "offline"}]
+        return _json(body)
+
+    def _forget(self, charger_id: str) -> list[Message]:
+        ch = self._chargers.pop(charger_id, None)
+        if ch is None:
+            return []
+        for topic in list(self._last):
+            if topic in ch.retained:
+                del self._last[topic]
+        return [Message(t, b"", True) for t in sorted(ch.retained) + sorted(ch.discovery)]
+
+    # -- commands ---------------------------------------------------------------------------------
+
+    def _command(self, topic: str, payload: bytes, retained: bool, response_topic: str | None,
+                 correlation: bytes | None) -> None:
+        if retained:
+            log.warning("MQTT: ignoring a retained command on %s (commands must not be retained)", topic)
+            return
+        reply_to = response_topic or f"{topic}/result"
+        if self._commands >= MAX_COMMANDS:
+            self._reply(reply_to, correlation, {"status": "error", "error": {
+                "code": "Busy", "description": "too many commands in progress"}})
+            return
+        self._commands += 1
+        task = asyncio.ensure_future(self._run_command(topic, payload, reply_to, correlation))
+        task.add_done_callback(lambda _t: setattr(self, "_commands", self._commands - 1))
+
+    async def _run_command(self, topic: str, payload: bytes, reply_to: str, correlation: bytes | None) -> None:
+        try:
+            result = await self._execute(topic, payload)
+        except Exception as exc:  # noqa: BLE001 - always answer
+            log.exception("MQTT command on %s failed", topic)
+            result = {"status": "error", "error": {"code": "InternalError", "description": str(exc)}}
+        self._reply(reply_to, correlation, result)
+
+    async def _execute(self, topic: str, payload: bytes) -> dict[str, Any]:
+        def error(code: str, description: str) -> dict[str, Any]:
+            return {"status": "error", "error": {"code": code, "description": description}}
+
+        levels = topic[len(self.base) + 1:].split("/")
+        if len(levels) != 4 or levels[0] != "chargers" or levels[2] != "cmd":
+            return error("BadTopic", "expected .../chargers/{id}/cmd/{Action}")
+        charger_id, action = unquote(levels[1]), levels[3]
+        if not _ACTION.fullmatch(action):
+            return error("NotSupported", f"{action!r} is not an OCPP action name")
+        try:
+            request = orjson.loads(payload) if payload.strip() else {}
+        except orjson.JSONDecodeError as exc:
+            return error("FormatViolation", f"payload is not JSON: {exc}")
+        if not isinstance(request, dict):
+            return error("FormatViolation", "payload must be a JSON object (the OCPP request payload)")
+        hub = self.hub
+        session = hub.sessions.get(charger_id) if hub is not None else None
+        if session is None or not session.connected:
+            return error("NotConnected", f"charger {charger_id!r} is not connected")
+        if not hub.schemas.csms_may_send(session.version, action):
+            return error("NotSupported", f"{action} is not a CSMS-to-charger action in {session.version.value}")
+        violation = hub.schemas.validate(session.version, action, request)
+        if violation is not None:
+            code = getattr(violation.code, "value", violation.code)
+            return error(str(code), violation.description)
+        try:
+            response = await session.call_charger(action, request)
+        except CallTimeout as exc:
+            return {"status": "timeout", "error": {"code": "Timeout", "description": str(exc)}}
+        except CallFailed as exc:
+            return error(exc.code, exc.description)
+        except NotConnected as exc:
+            return error("NotConnected", str(exc))
+        except Busy as exc:
+            return error("Busy", str(exc))
+        return {"status": "ok", "response": response}
+
+    def _reply(self, topic: str, correlation: bytes | None, result: dict[str, Any]) -> None:
+        props = None
+        if self.v5 and correlation is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = correlation
+        self.client.publish(topic, _json(result), qos=self.qos, retain=False, properties=props)
+
+
+def _spool_path(data_dir: str, name: str) -> Any:
+    from pathlib import Path
+
+    return Path(data_dir) / f"telemetry-spool-{name}.sqlite3"

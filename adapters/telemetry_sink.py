@@ -1,0 +1,165 @@
+"""What the MQTT and InfluxDB sinks share: a bounded in-memory queue fed with put_nowait, one worker
+task that encodes and delivers, and a disk spool used while the far end is away.
+
+The worker is the only thing that delivers or touches the spool, so order is simple to keep: while
+anything is spooled, new items are appended behind it, and the spool is drained oldest first when
+the far end is back. At the queue's bound a record is dropped and counted (the relay never waits);
+at the spool's bound the oldest items go (see adapters/spool.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any, Generic, TypeVar
+
+from adapters.spool import Spool
+from gateway.telemetry.records import Record
+
+Item = TypeVar("Item")
+
+
+class SpooledSink(Generic[Item]):
+    name = "sink"
+
+    def __init__(self, spool: Spool, *, queue_size: int, batch_size: int, flush_interval: float) -> None:
+        self.spool = spool
+        self.queue: asyncio.Queue[Record] = asyncio.Queue(queue_size)
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.dropped = 0  # records refused because the queue was full
+        self.delivered = 0  # items handed to the far end
+        self._task: asyncio.Task[None] | None = None
+        self._last_drop_log = 0.0
+        self.log = logging.getLogger(f"gateway.telemetry.{self.name}")
+
+    # -- what a sink implements -----------------------------------------------------------------
+
+    def encode(self, record: Record) -> list[Item]:
+        raise NotImplementedError
+
+    def pack(self, item: Item) -> bytes:
+        raise NotImplementedError
+
+    def unpack(self, body: bytes) -> Item:
+        raise NotImplementedError
+
+    async def deliver(self, items: list[Item]) -> bool:
+        """Hand the items to the far end. False: it is away, nothing was taken (they get spooled)."""
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        """Worth trying to deliver now (connected, or the retry time has come)."""
+        return True
+
+    # -- the hand-off -----------------------------------------------------------------------------
+
+    def offer(self, record: Record) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            now = time.monotonic()
+            if now - self._last_drop_log > 10:
+                self._last_drop_log = now
+                self.log.warning("%s queue full: %d records dropped so far", self.name, self.dropped)
+
+    @property
+    def backlog(self) -> int:
+        return self.queue.qsize() + self.spool.count
+
+    async def start_worker(self) -> None:
+        await self.spool.open()
+        self._task = asyncio.create_task(self._run(), name=f"telemetry:{self.name}")
+
+    async def stop_worker(self, grace: float = 5.0) -> None:
+        """Deliver or spool what is queued, then stop."""
+        deadline = time.monotonic() + grace
+        while self._task is not None and not self._task.done() and self.queue.qsize() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        rest = self._take_nowait(self.queue.qsize())
+        if rest:
+            await self.spool.append([self.pack(i) for i in rest])
+        await self.spool.close()
+
+    def _take_nowait(self, limit: int) -> list[Item]:
+        items: list[Item] = []
+        while len(items) < limit:
+            try:
+                record = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            items.extend(self._encode(record))
+        return items
+
+    def _encode(self, record: Record) -> list[Item]:
+        try:
+            return self.encode(record)
+        except Exception:  # noqa: BLE001 - one odd record must not stop the sink
+            self.log.exception("%s could not encode %r", self.name, record)
+            return []
+
+    async def _collect(self) -> list[Item]:
+        """Wait for a first record, then gather up to a batch within flush_interval."""
+        record = await self.queue.get()
+        items = self._encode(record)
+        if self.flush_interval > 0 and len(items) < self.batch_size and self.queue.empty():
+            deadline = time.monotonic() + self.flush_interval
+            while len(items) < self.batch_size:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+                try:
+                    record = await asyncio.wait_for(self.queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    break
+                items.extend(self._encode(record))
+        items.extend(self._take_nowait(self.batch_size - len(items)))
+        return items
+
+    async def _run(self) -> None:
+        spooling = self.spool.count > 0
+        while True:
+            try:
+                if not spooling:
+                    items = await self._collect()
+                    if not items:
+                        continue
+                    if await self.deliver(items):
+                        self.delivered += len(items)
+                    else:
+                        await self.spool.append([self.pack(i) for i in items])
+                        spooling = True
+                        self.log.info("%s away: spooling to disk", self.name)
+                    continue
+                # spooling: new items go behind the spooled ones; drain when the far end is back
+                items = self._take_nowait(self.batch_size)
+                if items:
+                    await self.spool.append([self.pack(i) for i in items])
+                if self.ready():
+                    rows = await self.spool.peek(self.batch_size)
+                    if not rows:
+                        spooling = False
+                        self.log.info("%s back: spool drained", self.name)
+                        continue
+                    if await self.deliver([self.unpack(body) for _, body in rows]):
+                        self.delivered += len(rows)
+                        await self.spool.remove_through(rows[-1][0])
+                        continue
+                if not items:
+                    try:
+                        record = await asyncio.wait_for(self.queue.get(), 0.2)
+                    except asyncio.TimeoutError:
+                        continue
+                    await self.spool.append([self.pack(i) for i in self._encode(record)])
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep the worker alive whatever happens
+                self.log.exception("%s worker error", self.name)
+                await asyncio.sleep(1.0)

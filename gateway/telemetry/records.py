@@ -1,0 +1,109 @@
+"""Normalised telemetry records: one shape whatever OCPP version the charger speaks.
+
+Every record carries the charger's own timestamp (`ts`, timezone-aware UTC); the receipt time is used
+only where the charger gave none (ARCHITECTURE.md invariant 7). Values are floats in the canonical
+units of `gateway.telemetry.units` (energy Wh, power W, temperature Celsius, humidity RH, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSample:
+    measurand: str  # e.g. "Energy.Active.Import.Register"
+    value: float
+    unit: str  # canonical unit (units.canonical)
+    phase: str | None = None
+    location: str | None = None
+    context: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeterReading:
+    """The samples a charger took at one instant on one EVSE (1.6 connectorId, 2.x evseId; 0 = main meter)."""
+
+    charger_id: str
+    evse: int
+    connector: int | None
+    ts: datetime
+    transaction_id: str | None
+    samples: tuple[MeterSample, ...]
+    source: str  # the OCPP action it came from
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectorStatus:
+    charger_id: str
+    evse: int  # 0 = the whole charger
+    connector: int | None
+    status: str  # 1.6 ChargePointStatus or 2.x ConnectorStatusEnumType, as the charger sent it
+    error_code: str | None  # 1.6 ChargePointErrorCode; 2.x has none
+    ts: datetime
+    info: str | None = None
+    vendor_error_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransactionEvent:
+    charger_id: str
+    event: str  # "started", "updated", "ended"
+    transaction_id: str | None
+    evse: int | None
+    connector: int | None
+    ts: datetime
+    meter_start: float | None = None  # Wh
+    meter_stop: float | None = None  # Wh
+    energy_wh: float | None = None  # meter_stop - meter_start when both are known
+    reason: str | None = None
+    offline: bool = False
+    seq_no: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnvironmentReading:
+    """A device or environment variable: temperature, humidity, fan speed, ..."""
+
+    charger_id: str
+    name: str  # e.g. "temperature", "humidity", "ambient_temperature", "temperature_inlet_evse1"
+    value: float
+    unit: str  # canonical unit: "Celsius", "RH", ...
+    ts: datetime
+    source: str  # the OCPP action it came from, e.g. "MeterValues", "NotifyEvent", "DataTransfer/acme.env"
+    component: str | None = None  # 2.x device model component (with instance as "Name[instance]")
+    variable: str | None = None
+    evse: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChargerState:
+    charger_id: str
+    connected: bool
+    upstream: str  # "standalone", "connecting", "online", "offline"
+    protocol: str  # "ocpp1.6", "ocpp2.0.1", "ocpp2.1"
+    ts: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChargerInfo:
+    """What a BootNotification says about the charger (for Home Assistant's device registry)."""
+
+    charger_id: str
+    vendor: str | None
+    model: str | None
+    firmware: str | None
+    serial: str | None
+    ts: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChargerForgotten:
+    """The charger is gone for good: sinks remove what they published for it (retained state, HA)."""
+
+    charger_id: str
+    ts: datetime
+
+
+Record = MeterReading | ConnectorStatus | TransactionEvent | EnvironmentReading | ChargerState | ChargerInfo | ChargerForgotten

@@ -1,0 +1,94 @@
+"""Vendor DataTransfer decoders: a small registry keyed by (vendorId, messageId).
+
+A decoder turns a DataTransfer request of one vendor into records. Register one with
+
+    @DECODERS.register("com.example", "Environment")
+    def decode(charger_id, data, ts): -> list[Record]
+
+`messageId` None registers for every messageId of that vendor. A decoder must be pure and may
+raise on bad data: the normaliser drops the message (and logs it) rather than guess.
+
+Built in: `gateway.environment` (messageId `Environment`): a documented JSON shape for chargers and
+retrofit sensors that have temperature or humidity but no OCPP way to say so (1.6 has no humidity):
+
+    {"vendorId": "gateway.environment", "messageId": "Environment",
+     "data": "{\"timestamp\": \"2025-01-01T12:00:00Z\",
+               \"readings\": [{\"name\": \"temperature\", \"value\": 68, \"unit\": \"Fahrenheit\"},
+                              {\"name\": \"humidity\", \"value\": 41.5, \"unit\": \"RH\"}]}"}
+
+`data` may be the JSON text (1.6, where data is a string) or the object itself (2.x, any type).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import Any, Callable
+
+from gateway.telemetry import units
+from gateway.telemetry.records import EnvironmentReading, Record
+
+Decoder = Callable[[str, Any, datetime], list[Record]]
+
+
+class DecoderRegistry:
+    def __init__(self) -> None:
+        self._decoders: dict[tuple[str, str | None], Decoder] = {}
+
+    def register(self, vendor_id: str, message_id: str | None = None) -> Callable[[Decoder], Decoder]:
+        def add(fn: Decoder) -> Decoder:
+            self._decoders[(vendor_id, message_id)] = fn
+            return fn
+        return add
+
+    def find(self, vendor_id: str, message_id: str | None) -> Decoder | None:
+        return self._decoders.get((vendor_id, message_id)) or self._decoders.get((vendor_id, None))
+
+    def __contains__(self, key: tuple[str, str | None]) -> bool:
+        return self.find(*key) is not None
+
+
+DECODERS = DecoderRegistry()
+
+_NAME = re.compile(r"[a-z0-9_]{1,64}")
+
+
+def parse_time(text: Any, default: datetime) -> datetime:
+    """The charger's timestamp (aware, UTC), or `default` when absent or unreadable."""
+    from datetime import timezone
+
+    if not isinstance(text, str) or not text:
+        return default
+    try:
+        ts = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return default
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=timezone.utc)  # OCPP times are UTC; a charger that omits the zone means UTC
+    return ts.astimezone(timezone.utc)
+
+
+@DECODERS.register("gateway.environment", "Environment")
+def _environment(charger_id: str, data: Any, ts: datetime) -> list[Record]:
+    if isinstance(data, str):
+        data = json.loads(data)
+    if not isinstance(data, dict) or not isinstance(data.get("readings"), list):
+        raise ValueError("expected an object with a readings list")
+    when = parse_time(data.get("timestamp"), ts)
+    out: list[Record] = []
+    for item in data["readings"]:
+        name = str(item.get("name", "")).lower()
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"bad reading name {name!r}")
+        value = units.parse_number(item.get("value"))
+        if value is None:
+            raise ValueError(f"reading {name}: value is not a number")
+        unit = item.get("unit")
+        if "temperature" in name or units.is_temperature_unit(unit):
+            value, unit = units.to_celsius(value, unit), units.CELSIUS
+        elif "humidity" in name:
+            unit = units.HUMIDITY
+        out.append(EnvironmentReading(charger_id=charger_id, name=name, value=value, unit=str(unit or ""),
+                                      ts=when, source="DataTransfer/gateway.environment"))
+    return out
