@@ -29,7 +29,56 @@ _MIGRATIONS: list[str] = [
         last_seen TEXT NOT NULL
     );
     """,
+    # 2: offline operation: the outbox, the boot to replay, 1.6 transaction-id map, authorization
+    """
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        charger_id TEXT NOT NULL,
+        protocol TEXT NOT NULL,
+        action TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        connector INTEGER,
+        local_tx INTEGER,
+        received_at TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        sent_id TEXT,
+        state TEXT NOT NULL DEFAULT 'pending',
+        error TEXT
+    );
+    CREATE INDEX outbox_by_charger ON outbox (charger_id, state, seq);
+    CREATE TABLE pending_boot (
+        charger_id TEXT PRIMARY KEY,
+        protocol TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        received_at TEXT NOT NULL
+    );
+    CREATE TABLE tx_map (
+        charger_id TEXT NOT NULL,
+        local_id INTEGER NOT NULL,
+        csms_id INTEGER,
+        auth_status TEXT,
+        stopped INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (charger_id, local_id)
+    );
+    CREATE TABLE auth_cache (
+        id_tag TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        expires_at TEXT
+    );
+    CREATE TABLE local_list (
+        charger_id TEXT NOT NULL,
+        id_tag TEXT NOT NULL,
+        status TEXT NOT NULL,
+        expires_at TEXT,
+        PRIMARY KEY (charger_id, id_tag)
+    );
+    CREATE TABLE local_list_version (charger_id TEXT PRIMARY KEY, version INTEGER NOT NULL);
+    INSERT INTO counters (name, value) VALUES ('offline_transaction_id', 0);
+    """,
 ]
+
+PROTECTED_KINDS = ("start", "stop")  # never refused at the outbox bounds
 
 
 class StoreError(GatewayError):
@@ -92,6 +141,216 @@ class SqliteStore:
 
     async def charger_seen(self, charger_id: str, version: str, transport: str, when: str) -> None:
         await self._run(self._seen, charger_id, version, transport, when)
+
+    # -- outbox ---------------------------------------------------------------------------------
+
+    def _append(self, row: dict[str, Any], max_per_charger: int, max_total: int,
+                id_range: tuple[int, int] | None) -> tuple[int | None, int | None]:
+        """Insert one outbox row in one transaction. Returns (seq or None if refused, local tx id)."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if row["kind"] == "status":
+                # coalesced: only the latest status per connector waits for the CSMS
+                db.execute("DELETE FROM outbox WHERE charger_id = ? AND kind = 'status' AND connector IS ? "
+                           "AND state = 'pending' AND attempts = 0", (row["charger_id"], row["connector"]))
+            if row["kind"] not in PROTECTED_KINDS:
+                n_charger = db.execute("SELECT COUNT(*) FROM outbox WHERE charger_id = ? AND state = 'pending'",
+                                       (row["charger_id"],)).fetchone()[0]
+                n_total = db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
+                if n_charger >= max_per_charger or n_total >= max_total:
+                    db.execute("COMMIT")
+                    return None, None
+            local_tx = None
+            if id_range is not None:
+                low, high = id_range
+                span = high - low + 1
+                n = db.execute("UPDATE counters SET value = value + 1 WHERE name = 'offline_transaction_id' "
+                               "RETURNING value").fetchone()[0]
+                local_tx = low + (n - 1) % span
+                db.execute("INSERT OR REPLACE INTO tx_map (charger_id, local_id, csms_id) VALUES (?, ?, NULL)",
+                           (row["charger_id"], local_tx))
+            cur = db.execute(
+                "INSERT INTO outbox (charger_id, protocol, action, payload, kind, connector, local_tx, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (row["charger_id"], row["protocol"], row["action"], row["payload"], row["kind"], row["connector"],
+                 local_tx, row["received_at"]),
+            )
+            db.execute("COMMIT")
+            return cur.lastrowid, local_tx
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def outbox_append(self, row: dict[str, Any], *, max_per_charger: int, max_total: int,
+                            id_range: tuple[int, int] | None = None) -> tuple[int | None, int | None]:
+        """Durably append (synchronous=FULL) before the charger is answered. With `id_range`, also
+        issue a local 1.6 transaction id and record it in the id map, in the same transaction."""
+        return await self._run(self._append, row, max_per_charger, max_total, id_range)
+
+    def _head(self, charger_id: str, limit: int) -> list[dict[str, Any]]:
+        cur = self.db.execute(
+            "SELECT seq, charger_id, protocol, action, payload, kind, connector, local_tx, received_at, attempts, "
+            "sent_id FROM outbox WHERE charger_id = ? AND state = 'pending' ORDER BY seq LIMIT ?", (charger_id, limit))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    async def outbox_head(self, charger_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        return await self._run(self._head, charger_id, limit)
+
+    def _mark_sent(self, seq: int, sent_id: str) -> None:
+        # the ack of the previous row and this mark share no transaction on purpose: both are small
+        # WAL appends; synchronous=NORMAL suffices because losing them only risks a reported duplicate
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self.db.execute("UPDATE outbox SET attempts = attempts + 1, sent_id = ? WHERE seq = ?", (sent_id, seq))
+        finally:
+            self.db.execute("PRAGMA synchronous=FULL")
+
+    async def outbox_mark_sent(self, seq: int, sent_id: str) -> None:
+        await self._run(self._mark_sent, seq, sent_id)
+
+    def _ack(self, seq: int, bind: tuple[str, int, int, str | None] | None, stopped: tuple[str, int] | None) -> None:
+        db = self.db
+        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            db.execute("BEGIN")
+            db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            if bind is not None:
+                db.execute("UPDATE tx_map SET csms_id = ?, auth_status = ? WHERE charger_id = ? AND local_id = ?",
+                           (bind[2], bind[3], bind[0], bind[1]))
+            if stopped is not None:
+                # the CSMS acknowledged the stop: the mapping has done its work
+                db.execute("DELETE FROM tx_map WHERE charger_id = ? AND local_id = ?", stopped)
+            db.execute("COMMIT")
+        finally:
+            db.execute("PRAGMA synchronous=FULL")
+
+    async def outbox_ack(self, seq: int, *, bind: tuple[str, int, int, str | None] | None = None,
+                         stopped: tuple[str, int] | None = None) -> None:
+        """The CSMS answered row `seq`: remove it; bind a local 1.6 id to the CSMS's or drop a
+        finished mapping in the same transaction."""
+        await self._run(self._ack, seq, bind, stopped)
+
+    def _dead(self, seq: int, error: str) -> None:
+        self.db.execute("UPDATE outbox SET state = 'dead', error = ? WHERE seq = ?", (error[:500], seq))
+
+    async def outbox_dead(self, seq: int, error: str) -> None:
+        await self._run(self._dead, seq, error)
+
+    def _backlogs(self) -> list[tuple[str, str]]:
+        rows = self.db.execute(
+            "SELECT charger_id, protocol FROM outbox WHERE state = 'pending' "
+            "UNION SELECT charger_id, protocol FROM pending_boot").fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    async def chargers_with_backlog(self) -> list[tuple[str, str]]:
+        return await self._run(self._backlogs)
+
+    def _has_backlog(self, charger_id: str) -> bool:
+        return self.db.execute(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE charger_id = ? AND state = 'pending') "
+            "OR EXISTS (SELECT 1 FROM pending_boot WHERE charger_id = ?)", (charger_id, charger_id)).fetchone()[0] == 1
+
+    async def has_backlog(self, charger_id: str) -> bool:
+        return await self._run(self._has_backlog, charger_id)
+
+    def _summary(self) -> list[dict[str, Any]]:
+        cur = self.db.execute(
+            "SELECT charger_id, SUM(state = 'pending'), MIN(CASE WHEN state = 'pending' THEN received_at END), "
+            "SUM(state = 'dead') FROM outbox GROUP BY charger_id ORDER BY charger_id")
+        return [{"charger_id": r[0], "depth": r[1] or 0, "oldest": r[2], "dead_letters": r[3] or 0}
+                for r in cur.fetchall()]
+
+    async def outbox_summary(self) -> list[dict[str, Any]]:
+        return await self._run(self._summary)
+
+    def _dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT seq, charger_id, action, received_at, error FROM outbox WHERE state = 'dead' "
+                              "ORDER BY seq DESC LIMIT ?", (limit,))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        return await self._run(self._dead_letters, limit)
+
+    # -- the boot to replay -----------------------------------------------------------------------
+
+    def _boot_set(self, charger_id: str, protocol: str, payload: str, received_at: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO pending_boot (charger_id, protocol, payload, received_at) "
+                        "VALUES (?, ?, ?, ?)", (charger_id, protocol, payload, received_at))
+
+    async def pending_boot_set(self, charger_id: str, protocol: str, payload: str, received_at: str) -> None:
+        await self._run(self._boot_set, charger_id, protocol, payload, received_at)
+
+    def _boot_get(self, charger_id: str) -> dict[str, Any] | None:
+        r = self.db.execute("SELECT payload, received_at FROM pending_boot WHERE charger_id = ?", (charger_id,)).fetchone()
+        return {"payload": r[0], "received_at": r[1]} if r else None
+
+    async def pending_boot(self, charger_id: str) -> dict[str, Any] | None:
+        return await self._run(self._boot_get, charger_id)
+
+    async def pending_boot_clear(self, charger_id: str) -> None:
+        await self._run(lambda: self.db.execute("DELETE FROM pending_boot WHERE charger_id = ?", (charger_id,)))
+
+    # -- 1.6 transaction-id map -------------------------------------------------------------------
+
+    async def tx_map(self, charger_id: str) -> list[tuple[int, int | None]]:
+        def q() -> list[tuple[int, int | None]]:
+            return [(r[0], r[1]) for r in self.db.execute(
+                "SELECT local_id, csms_id FROM tx_map WHERE charger_id = ?", (charger_id,)).fetchall()]
+        return await self._run(q)
+
+    async def tx_mark_stopped(self, charger_id: str, local_id: int) -> None:
+        await self._run(lambda: self.db.execute(
+            "UPDATE tx_map SET stopped = 1 WHERE charger_id = ? AND local_id = ?", (charger_id, local_id)))
+
+    async def tx_forget(self, charger_id: str, local_id: int) -> None:
+        await self._run(lambda: self.db.execute(
+            "DELETE FROM tx_map WHERE charger_id = ? AND local_id = ?", (charger_id, local_id)))
+
+    # -- authorization ----------------------------------------------------------------------------
+
+    def _auth_load(self) -> tuple[list[tuple[str, str, str | None]], list[tuple[str, str, str, str | None]]]:
+        cache = [tuple(r) for r in self.db.execute("SELECT id_tag, status, expires_at FROM auth_cache")]
+        lists = [tuple(r) for r in self.db.execute("SELECT charger_id, id_tag, status, expires_at FROM local_list")]
+        return cache, lists  # type: ignore[return-value]
+
+    async def auth_load(self) -> tuple[list[tuple[str, str, str | None]], list[tuple[str, str, str, str | None]]]:
+        return await self._run(self._auth_load)
+
+    async def auth_cache_put(self, id_tag: str, status: str, expires_at: str | None) -> None:
+        await self._run(lambda: self.db.execute(
+            "INSERT OR REPLACE INTO auth_cache (id_tag, status, expires_at) VALUES (?, ?, ?)",
+            (id_tag, status, expires_at)))
+
+    async def auth_cache_clear(self) -> None:
+        await self._run(lambda: self.db.execute("DELETE FROM auth_cache"))
+
+    def _list_update(self, charger_id: str, full: bool, version: int | None,
+                     entries: list[tuple[str, str | None, str | None]]) -> None:
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            if full:
+                db.execute("DELETE FROM local_list WHERE charger_id = ?", (charger_id,))
+            for id_tag, status, expires in entries:
+                if status is None:
+                    db.execute("DELETE FROM local_list WHERE charger_id = ? AND id_tag = ?", (charger_id, id_tag))
+                else:
+                    db.execute("INSERT OR REPLACE INTO local_list (charger_id, id_tag, status, expires_at) "
+                               "VALUES (?, ?, ?, ?)", (charger_id, id_tag, status, expires))
+            if version is not None:
+                db.execute("INSERT OR REPLACE INTO local_list_version (charger_id, version) VALUES (?, ?)",
+                           (charger_id, version))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def local_list_update(self, charger_id: str, full: bool, version: int | None,
+                                entries: list[tuple[str, str | None, str | None]]) -> None:
+        await self._run(self._list_update, charger_id, full, version, entries)
 
     def _close(self) -> None:
         if self._db is not None:

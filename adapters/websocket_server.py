@@ -23,7 +23,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from gateway.config import Settings, split_listen
-from gateway.errors import LinkClosed
+from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import charger_id_from_path
 from gateway.protocol import frames as F
 from gateway.protocol.frames import ErrorCode, OcppVersion
@@ -64,10 +64,11 @@ class WebSocketServer:
         self.path = settings.websocket.path
         self.versions = [v.value for v in settings.websocket.versions]
         self._server: Server | None = None
+        self._dialled: dict[int, Any] = {}  # strict mode: upstream links opened during the handshake
 
     # -- handshake ------------------------------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             return _text_response(http.HTTPStatus.OK, {"status": "ok", "chargers": len(self.hub.sessions)})
@@ -79,6 +80,17 @@ class WebSocketServer:
         if not self.hub.admits(charger_id):
             log.warning("refused unknown charger %r from %s", charger_id, connection.remote_address)
             return _text_response(http.HTTPStatus.NOT_FOUND, {"error": "unknown charger"})
+        if self.hub.needs_upstream_first(charger_id):
+            # strict offline mode: the charger is accepted only with its upstream link up
+            offered = [p.strip() for p in ",".join(request.headers.get_all("Sec-WebSocket-Protocol")).split(",")]
+            chosen = self._select_subprotocol(connection, offered)  # type: ignore[arg-type]
+            if chosen is not None:
+                try:
+                    self._dialled[id(connection)] = await self.hub.dial(charger_id, OcppVersion(chosen))
+                except LinkFailed as exc:
+                    log.warning("refused %s: strict mode and the CSMS is unreachable (%s)", charger_id, exc,
+                                extra={"charger_id": charger_id})
+                    return _text_response(http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "CSMS unreachable"})
         return None
 
     def _select_subprotocol(self, connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
@@ -91,10 +103,13 @@ class WebSocketServer:
 
     async def _handler(self, ws: ServerConnection) -> None:
         charger_id, _ = charger_id_from_path(ws.request.path if ws.request else "", self.path)
+        upstream = self._dialled.pop(id(ws), None)
         if charger_id is None:  # process_request already refused it; never reached
             await ws.close(1008, "bad charger id")
             return
         if ws.subprotocol is None:
+            if upstream is not None:
+                await upstream.close()
             log.warning("charger %s offered no supported OCPP version (%s); closing",
                         charger_id, ws.request.headers.get("Sec-WebSocket-Protocol") if ws.request else None)
             await ws.close(1002, "no common OCPP subprotocol")
@@ -103,7 +118,7 @@ class WebSocketServer:
         link = WsChargerLink(ws)
         log.info("charger %s connected from %s with %s", charger_id, link.remote, version.value,
                  extra={"charger_id": charger_id})
-        session = await self.hub.attach(charger_id, version, link)
+        session = await self.hub.attach(charger_id, version, link, upstream)
         try:
             async for message in ws:
                 if isinstance(message, bytes):

@@ -91,6 +91,8 @@ class SoapSettings(_Section):
     enabled: bool = False
     listen: str = "0.0.0.0:9001"
     path: str = "/ocpp-s"
+    idle_timeout: float = Field(900.0, gt=0)  # s without a request before a SOAP charger's session ends
+    max_body_size: int = Field(1_048_576, ge=4096)  # bytes, after gzip/deflate decoding
     _v_listen = field_validator("listen")(classmethod(lambda cls, v: _listen(v)))
 
 
@@ -98,6 +100,9 @@ class HttpSettings(_Section):
     enabled: bool = False
     listen: str = "0.0.0.0:9002"
     path: str = "/ocpp-http"
+    idle_timeout: float = Field(900.0, gt=0)  # s without a request or poll before a device's session ends
+    max_wait: float = Field(60.0, ge=0)  # longest long poll (s) for GET .../calls?wait=S
+    max_body_size: int = Field(1_048_576, ge=4096)  # bytes per POSTed frame
     _v_listen = field_validator("listen")(classmethod(lambda cls, v: _listen(v)))
 
 
@@ -127,6 +132,32 @@ class LocalSettings(_Section):
 class AuthSettings(_Section):
     unknown_id_tags: Literal["reject", "accept"] = "reject"
     local_list: list[str] = Field(default_factory=list)  # id tags always accepted locally
+    cache_lifetime: int = Field(604_800, ge=0)  # s an answer learned from the CSMS stays valid without expiryDate
+
+
+class OfflineSettings(_Section):
+    """Store-and-forward while the CSMS is unreachable ([upstream].offline_mode = "buffer")."""
+
+    # 1.6 transaction ids the gateway issues itself while offline: a range no CSMS reaches in
+    # practice (ids count up from 1), inside a signed 32-bit int (the SOAP schemas say s:int).
+    transaction_id_min: int = Field(2_000_000_000, ge=-2_147_483_648, le=2_147_483_647)
+    transaction_id_max: int = Field(2_147_483_646, ge=-2_147_483_648, le=2_147_483_647)
+    # Bounds. A week-long outage of a 50-charger site: ~700 messages a day per charger
+    # (meter values every minute for ~10 h of charging, starts, stops, status) = ~5 000 a week;
+    # 20 000 per charger is four times that, 1 000 000 in total covers 50 such chargers.
+    max_messages_per_charger: int = Field(20_000, ge=10)
+    max_messages_total: int = Field(1_000_000, ge=10)
+    meter_values_without_transaction: Literal["replay", "drop"] = "replay"
+    replay_actions: list[str] = Field(default_factory=lambda: ["SecurityEventNotification"])
+    stop_on_invalid_replayed_start: bool = True
+
+    @model_validator(mode="after")
+    def _range(self) -> "OfflineSettings":
+        if self.transaction_id_min > self.transaction_id_max:
+            raise ValueError("transaction_id_min must not exceed transaction_id_max")
+        if self.transaction_id_min <= -1 <= self.transaction_id_max:
+            raise ValueError("the transaction id range must not contain -1 (OCPP 1.6: 'no id received')")
+        return self
 
 
 class MqttSettings(_Section):
@@ -201,6 +232,8 @@ class ApiSettings(_Section):
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
+    journal: str = ""  # traffic journal file (one JSON line per frame); empty = off
+    journal_max_mb: int = Field(100, ge=1)  # rotated to <journal>.1 beyond this size
 
     @field_validator("level", mode="before")
     @classmethod
@@ -230,6 +263,7 @@ class Settings(BaseSettings):
     upstream: UpstreamSettings = UpstreamSettings()
     local: LocalSettings = LocalSettings()
     auth: AuthSettings = AuthSettings()
+    offline: OfflineSettings = OfflineSettings()
     mqtt: MqttSettings = MqttSettings()
     influx: InfluxSettings = InfluxSettings()
     api: ApiSettings = ApiSettings()
@@ -251,6 +285,8 @@ class Settings(BaseSettings):
             problem = validate_charger_id(cid)
             if problem:
                 raise ValueError(f"chargers.{cid}: {problem}")
+        if not is_loopback(self.api.listen) and not self.api.token.get_secret_value():
+            raise ValueError(f"api.token: required when api.listen ({self.api.listen}) is not a loopback address")
         return self
 
     @classmethod

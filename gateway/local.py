@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from gateway.auth import LocalAuthorizer
 from gateway.config import Settings
 from gateway.ports import Store
 from gateway.protocol.frames import Call, OcppVersion
@@ -24,33 +25,35 @@ def iso_now(now: datetime | None = None) -> str:
 
 
 class LocalCsms:
-    def __init__(self, settings: Settings, store: Store, schemas: SchemaRegistry) -> None:
+    def __init__(self, settings: Settings, store: Store, schemas: SchemaRegistry, auth: LocalAuthorizer) -> None:
         self.settings = settings
         self.store = store
         self.schemas = schemas
+        self.auth = auth
         self._minimal: dict[tuple[OcppVersion, str], dict[str, Any]] = {}
 
     # -- authorization --------------------------------------------------------------------------
 
-    def authorize(self, id_tag: str | None) -> bool:
+    def _status(self, charger_id: str, version: OcppVersion, id_tag: str | None) -> str:
         if id_tag is None:
-            return True
-        if id_tag in self.settings.auth.local_list:
-            return True
-        return self.settings.auth.unknown_id_tags == "accept"
+            return "Accepted"
+        return self.auth.for_version(self.auth.decide(charger_id, id_tag), version)
 
-    def _id_tag_info(self, id_tag: str | None) -> dict[str, Any]:
-        return {"status": "Accepted" if self.authorize(id_tag) else "Invalid"}
+    def _id_tag_info(self, charger_id: str, id_tag: str | None) -> dict[str, Any]:
+        return {"status": self._status(charger_id, OcppVersion.V16, id_tag)}
 
-    def _id_token_info(self, token: dict[str, Any] | None) -> dict[str, Any]:
+    def _id_token_info(self, charger_id: str, version: OcppVersion, token: dict[str, Any] | None) -> dict[str, Any]:
         if token is not None and token.get("type") == "NoAuthorization":
             return {"status": "Accepted"}
         tag = token.get("idToken") if token else None
-        return {"status": "Accepted" if self.authorize(tag) else "Unknown"}
+        return {"status": self._status(charger_id, version, tag)}
 
     # -- answers --------------------------------------------------------------------------------
 
-    async def answer(self, version: OcppVersion, call: Call, now: datetime | None = None) -> dict[str, Any]:
+    async def answer(self, version: OcppVersion, call: Call, charger_id: str = "", now: datetime | None = None,
+                     transaction_id: int | None = None) -> dict[str, Any]:
+        """The local answer. `transaction_id`: the id for a 1.6 StartTransaction (else one from the
+        standalone counter)."""
         stamp = iso_now(now)
         p = call.payload
         action = call.action
@@ -60,17 +63,17 @@ class LocalCsms:
             return {"currentTime": stamp}
         if version is OcppVersion.V16:
             if action == "Authorize":
-                return {"idTagInfo": self._id_tag_info(p.get("idTag"))}
+                return {"idTagInfo": self._id_tag_info(charger_id, p.get("idTag"))}
             if action == "StartTransaction":
-                tx = await self.store.next_transaction_id()
-                return {"transactionId": tx, "idTagInfo": self._id_tag_info(p.get("idTag"))}
+                tx = transaction_id if transaction_id is not None else await self.store.next_transaction_id()
+                return {"transactionId": tx, "idTagInfo": self._id_tag_info(charger_id, p.get("idTag"))}
             if action == "StopTransaction":
-                return {"idTagInfo": self._id_tag_info(p["idTag"])} if "idTag" in p else {}
+                return {"idTagInfo": self._id_tag_info(charger_id, p["idTag"])} if "idTag" in p else {}
         else:
             if action == "Authorize":
-                return {"idTokenInfo": self._id_token_info(p.get("idToken"))}
+                return {"idTokenInfo": self._id_token_info(charger_id, version, p.get("idToken"))}
             if action == "TransactionEvent":
-                return {"idTokenInfo": self._id_token_info(p["idToken"])} if "idToken" in p else {}
+                return {"idTokenInfo": self._id_token_info(charger_id, version, p["idToken"])} if "idToken" in p else {}
         return self._minimal_answer(version, action, stamp)
 
     def _minimal_answer(self, version: OcppVersion, action: str, stamp: str) -> dict[str, Any]:

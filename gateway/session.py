@@ -1,16 +1,20 @@
 """One charger's session, and the hub that holds them all.
 
 `ChargerSession` owns everything about one charger: its protocol version, its live link, its
-upstream link and that link's state, the one-outstanding-CALL queues in both directions, and the
-gateway's own pending calls. All traffic for the charger passes through it, so ordering is a
-property of one object (ARCHITECTURE.md, "One charger's session").
+upstream link and that link's state, the one-outstanding-CALL queues in both directions, the
+gateway's own pending calls, the outbox replay and the 1.6 transaction-id map. All traffic for the
+charger passes through it, so ordering is a property of one object (ARCHITECTURE.md).
 
 Frames are relayed as the text that arrived: the payload reaches the other side byte for byte
 (vendor fields, signed meter values, `-Signed` actions). A frame is parsed once to route and
-validate it, never re-serialised on the relay path.
+validate it; it is re-serialised only where the gateway must change it (a 1.6 transaction id
+mapped from a local one, `offline: true` on a delayed 2.x TransactionEvent).
 
-Any transport (WebSocket now; SOAP and HTTP later) feeds a session with `from_charger(text)`; the
-upstream link feeds it with `from_upstream(text)`.
+Routing of a charger CALL when an upstream is configured:
+- upstream online and the outbox empty (or a message that is never stored): relayed live;
+- otherwise, in `buffer` mode: answered by the gateway; transaction-related messages are
+  committed to the outbox first (invariant 1), then replayed in order when the CSMS is back;
+- in `strict` mode the charger is never connected without its upstream (2.0.1 Part 4 §6.3).
 """
 
 from __future__ import annotations
@@ -24,16 +28,22 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
+
+from gateway.auth import ACCEPTED, LocalAuthorizer, info_of, token_of
 from gateway.config import Settings
 from gateway.errors import Busy, CallFailed, CallTimeout, LinkClosed, LinkFailed, NotConnected
 from gateway.local import LocalCsms
 from gateway.ports import ChargerLink, Exchange, SessionObserver, Store, UpstreamConnector, UpstreamLink
 from gateway.protocol import frames as F
+from gateway.protocol import transactions as T
 from gateway.protocol.frames import Call, CallError, ErrorCode, FrameError, OcppVersion
 from gateway.protocol.rpc import CallQueue, MessageIds, PendingCall, QueueFull
 from gateway.protocol.schemas import SchemaRegistry
+from gateway.protocol.transactions import Kind
 
 log = logging.getLogger("gateway.session")
+V16 = OcppVersion.V16
 
 
 class UpstreamState(str, enum.Enum):
@@ -74,20 +84,54 @@ class ChargerSession:
         self.hub = hub
         self.charger_id = charger_id
         self.version = version
-        ws = hub.settings.websocket
+        settings = hub.settings
+        ws = settings.websocket
         self.link: ChargerLink | None = None
         self.to_charger = CallQueue(max_queued=ws.max_queued_calls, paused=True)
         self.to_upstream = CallQueue(max_queued=ws.max_queued_calls, paused=True)
-        self.relaying = bool(hub.settings.upstream.url)
+        self.relaying = bool(settings.upstream.url)
+        self.strict = self.relaying and settings.offline_mode(charger_id) == "strict"
         self.upstream_state = UpstreamState.CONNECTING if self.relaying else UpstreamState.STANDALONE
-        self.upstream_changed_at = datetime.now(timezone.utc)
+        self.upstream_changed_at = _utcnow()
         self._upstream: UpstreamLink | None = None
+        self._adopted: UpstreamLink | None = None  # a link dialled before the charger was accepted (strict)
         self._upstream_task: asyncio.Task[None] | None = None
+        self._replay_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._closed = False
         self._loop = asyncio.get_running_loop()
         self.log = logging.LoggerAdapter(log, {"charger_id": charger_id})
+        # offline operation
+        self.backlog = False  # the outbox (or a boot to replay) is not empty
+        self._appending = 0  # outbox appends in progress
+        self._append_gen = 0  # appends started so far
+        self.local_to_csms: dict[int, int | None] = {}  # 1.6 ids the gateway issued -> the CSMS's
+        self.csms_to_local: dict[int, int] = {}
+        self.stopped_local: set[int] = set()  # local ids whose StopTransaction has been seen
+        off = settings.offline
+        self._replay_actions = frozenset(off.replay_actions)
+        self.counters = {"buffered": 0, "dropped": 0, "replayed": 0, "dead_letters": 0, "possible_duplicates": 0,
+                         "invalid_replayed_starts": 0}
+
+    async def load(self) -> None:
+        """Read what the store keeps for this charger (the id map, whether a backlog waits)."""
+        if not self.relaying:
+            return
+        for local_id, csms_id in await self.hub.store.tx_map(self.charger_id):
+            self._bind(local_id, csms_id)
+        self.backlog = await self.hub.store.has_backlog(self.charger_id)
+
+    def _bind(self, local_id: int, csms_id: int | None) -> None:
+        self.local_to_csms[local_id] = csms_id
+        if csms_id is not None:
+            self.csms_to_local[csms_id] = local_id
+
+    def _unbind(self, local_id: int) -> None:
+        csms_id = self.local_to_csms.pop(local_id, None)
+        if csms_id is not None:
+            self.csms_to_local.pop(csms_id, None)
+        self.stopped_local.discard(local_id)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -95,9 +139,18 @@ class ChargerSession:
     def connected(self) -> bool:
         return self.link is not None
 
-    async def attach(self, link: ChargerLink) -> None:
+    @property
+    def upstream_online(self) -> bool:
+        return self.upstream_state is UpstreamState.ONLINE
+
+    async def attach(self, link: ChargerLink, upstream: UpstreamLink | None = None) -> None:
         """A (new) connection from the charger. The newest connection wins."""
         old, self.link = self.link, link
+        if upstream is not None:
+            if self._upstream is None and self._adopted is None:
+                self._adopted = upstream
+            else:
+                await upstream.close()
         now = self._loop.time()
         if old is not None:
             lost = self.to_charger.pause()
@@ -108,14 +161,26 @@ class ChargerSession:
         nxt = self.to_charger.resume(now)
         if nxt is not None:
             await self._send_charger(nxt.frame)
-        if self.relaying and self._upstream_task is None:
+        self.start_upstream()
+
+    def start_upstream(self) -> None:
+        if self.relaying and self._upstream_task is None and not self._closed:
             self._upstream_task = asyncio.create_task(self._run_upstream(), name=f"upstream:{self.charger_id}")
 
     async def detach(self, link: ChargerLink) -> bool:
-        """The connection ended. Returns True when the session is over (no newer connection)."""
+        """The connection ended. Returns True when the session is over.
+
+        A session whose outbox still waits for the CSMS stays (without a charger) until the outbox
+        is replayed: the CSMS gets its transactions even from a charger that left."""
         if self.link is not link:
             return False
         self.link = None
+        self.to_charger.pause()
+        for call in self.to_charger.drain():
+            await self._fail(call, ErrorCode.GENERIC_ERROR, "charger disconnected")
+        if self.relaying and not self.strict and self.backlog and not self._closed:
+            self.log.info("charger left with %s; its outbox is replayed first", "a backlog")
+            return False
         await self.close()
         return True
 
@@ -128,18 +193,20 @@ class ChargerSession:
             self._timer.cancel()
         for call in self.to_charger.drain() + self.to_upstream.drain():
             if isinstance(call.origin, GatewayCall) and not call.origin.future.done():
-                call.origin.future.set_exception(NotConnected(f"{self.charger_id} disconnected"))
-        upstream = self._upstream
-        task, self._upstream_task = self._upstream_task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - the task is being torn down
-                pass
+                call.origin.future.set_exception(NotConnected(f"{self.charger_id} session closed"))
+        upstream = self._upstream or self._adopted
+        current = asyncio.current_task()
+        for task in (self._upstream_task, self._replay_task):
+            if task is not None and task is not current:
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):  # noqa: BLE001 - the task is being torn down
+                    pass
+        self._upstream_task = self._replay_task = None
         if upstream is not None:
             await upstream.close()
-        self._upstream = None
+        self._upstream = self._adopted = None
         link, self.link = self.link, None
         if link is not None:
             await link.close(1001, "gateway closing the session")
@@ -172,10 +239,15 @@ class ChargerSession:
             return violation.code, violation.description
         return None
 
+    def _kind(self, frame: Call) -> Kind:
+        return T.classify(self.version, frame.action, frame.payload, replay_actions=self._replay_actions,
+                          meter_values_without_transaction=self.hub.settings.offline.meter_values_without_transaction)
+
     async def _charger_call(self, frame: Call) -> None:
         problem = self._check_call(frame)
         if problem is not None:
-            self.log.warning("refused %s %s from charger: %s %s", frame.action, frame.message_id, problem[0].value, problem[1])
+            self.log.warning("refused %s %s from charger: %s %s", frame.action, frame.message_id, problem[0].value,
+                             problem[1])
             if not frame.send:
                 await self._send_charger(F.call_error(self.version, frame.message_id, *problem))
             return
@@ -185,15 +257,81 @@ class ChargerSession:
             self._emit(Origin.CHARGER, frame.action, frame.message_id, frame.payload, None, None, "", _utcnow())
             return
         if not self.relaying:
-            received = _utcnow()
-            payload = await self.hub.local.answer(self.version, frame)
-            await self._send_charger(F.call_result(frame.message_id, payload))
-            self._emit(Origin.CHARGER, frame.action, frame.message_id, frame.payload, payload, None, "gateway", received)
+            await self._answer_locally(frame, Kind.LIVE)
             return
-        call = PendingCall(message_id=frame.message_id, action=frame.action, frame=frame.raw, origin=Origin.CHARGER,
-                           timeout=self.hub.settings.upstream.call_timeout, request=frame.payload,
-                           received_at=_utcnow())
-        await self._submit_upstream(call)
+        kind = self._kind(frame)
+        if self.upstream_online and not (self.backlog and kind is not Kind.LIVE):
+            text = frame.raw
+            if self.version is V16 and self.local_to_csms:
+                tid = T.charger_tx_id(frame.action, frame.payload)
+                if tid is not None and tid in self.local_to_csms:
+                    csms_id = self.local_to_csms[tid]
+                    if csms_id is None:  # its start never reached the CSMS: keep it in order behind it
+                        await self._answer_locally(frame, kind)
+                        return
+                    text = F.call(frame.message_id, frame.action, T.with_charger_tx_id(frame.action, frame.payload, csms_id))
+            if self.version is V16 and frame.action == "StopTransaction":
+                tid = frame.payload.get("transactionId")
+                if isinstance(tid, int) and tid in self.local_to_csms:
+                    self.stopped_local.add(tid)
+            call = PendingCall(message_id=frame.message_id, action=frame.action, frame=text, origin=Origin.CHARGER,
+                               timeout=self.hub.settings.upstream.call_timeout, request=frame.payload,
+                               received_at=_utcnow(), source=frame)
+            await self._submit_upstream(call)
+            return
+        if self.strict:
+            await self._send_charger(F.call_error(self.version, frame.message_id, ErrorCode.INTERNAL_ERROR,
+                                                  "CSMS unreachable"))
+            return
+        await self._answer_locally(frame, kind)
+
+    async def _answer_locally(self, frame: Call, kind: Kind, *, uncertain: bool = False) -> None:
+        """The gateway answers; what must reach the CSMS later is committed first (invariant 1).
+
+        `uncertain`: the message was sent to the CSMS and the link died before its answer; it is
+        stored as already attempted, so its replay is reported as a possible duplicate."""
+        received = _utcnow()
+        store = self.hub.store
+        tx_id: int | None = None
+        if self.relaying and kind.stored:
+            off = self.hub.settings.offline
+            row = {"charger_id": self.charger_id, "protocol": self.version.value, "action": frame.action,
+                   "payload": F.payload_text(frame.raw), "kind": kind.value,
+                   "connector": T.status_key(self.version, frame.payload) if kind is Kind.STATUS else None,
+                   "received_at": received.isoformat()}
+            id_range = (off.transaction_id_min, off.transaction_id_max) if (
+                self.version is V16 and kind is Kind.START) else None
+            self.backlog = True
+            self._appending += 1
+            self._append_gen += 1
+            try:
+                seq, tx_id = await store.outbox_append(row, max_per_charger=off.max_messages_per_charger,
+                                                       max_total=off.max_messages_total, id_range=id_range)
+            finally:
+                self._appending -= 1
+            if seq is None:
+                self.counters["dropped"] += 1
+                self.log.warning("outbox full: %s not stored for the CSMS (answered locally)", frame.action)
+            else:
+                self.counters["buffered"] += 1
+                if tx_id is not None:
+                    self._bind(tx_id, None)
+                if uncertain:
+                    await store.outbox_mark_sent(seq, frame.message_id)
+                if self.version is V16 and frame.action == "StopTransaction":
+                    tid = frame.payload.get("transactionId")
+                    if isinstance(tid, int) and tid in self.local_to_csms:
+                        self.stopped_local.add(tid)
+                self._maybe_replay()
+        elif self.relaying and kind is Kind.BOOT:
+            self.backlog = True
+            self._append_gen += 1
+            await store.pending_boot_set(self.charger_id, self.version.value, F.payload_text(frame.raw),
+                                         received.isoformat())
+            self._maybe_replay()
+        payload = await self.hub.local.answer(self.version, frame, self.charger_id, transaction_id=tx_id)
+        await self._send_charger(F.call_result(frame.message_id, payload))
+        self._emit(Origin.CHARGER, frame.action, frame.message_id, frame.payload, payload, None, "gateway", received)
 
     async def _charger_reply(self, frame: F.CallResult | CallError) -> None:
         done, nxt = self.to_charger.complete(frame.message_id, self._loop.time())
@@ -210,9 +348,19 @@ class ChargerSession:
                 await self._send_upstream_raw(frame.raw)
             else:
                 self.log.warning("CSMS link gone; reply to %s %s not relayed", done.action, done.message_id)
+            if type(frame) is F.CallResult and frame.payload.get("status") == ACCEPTED:
+                await self._observe_command(done)
         elif isinstance(done.origin, GatewayCall):
             _settle(done.origin.future, frame)
         self._emit_reply(done, frame, "charger")
+
+    async def _observe_command(self, call: PendingCall) -> None:
+        """Keep the gateway's copy of what the CSMS configured on the charger (it was accepted)."""
+        auth = self.hub.auth
+        if call.action == "SendLocalList" and isinstance(call.request, dict):
+            await auth.apply_local_list(self.charger_id, self.version, call.request)
+        elif call.action == "ClearCache":
+            await auth.clear_cache()
 
     # -- frames from the CSMS -------------------------------------------------------------------
 
@@ -229,7 +377,14 @@ class ChargerSession:
                 if self.link is not None:
                     await self._send_charger(frame.raw)
                 return
-            call = PendingCall(message_id=frame.message_id, action=frame.action, frame=frame.raw, origin=Origin.CSMS,
+            out = frame.raw
+            if self.version is V16 and self.csms_to_local:
+                tid = T.csms_tx_id(frame.action, frame.payload)
+                if tid is not None and tid in self.csms_to_local:
+                    # the charger knows this transaction by the id the gateway gave it
+                    out = F.call(frame.message_id, frame.action,
+                                 T.with_csms_tx_id(frame.action, frame.payload, self.csms_to_local[tid]))
+            call = PendingCall(message_id=frame.message_id, action=frame.action, frame=out, origin=Origin.CSMS,
                                timeout=self.hub.settings.websocket.call_timeout, request=frame.payload,
                                received_at=_utcnow())
             await self._submit_charger(call)
@@ -245,9 +400,170 @@ class ChargerSession:
             return
         if done.origin is Origin.CHARGER:
             await self._send_charger(frame.raw)
+            if type(frame) is F.CallResult:
+                await self._learn(done, frame.payload)
         elif isinstance(done.origin, GatewayCall):
             _settle(done.origin.future, frame)  # never forwarded (J201 §6.4)
         self._emit_reply(done, frame, "csms")
+
+    async def _learn(self, call: PendingCall, response: dict[str, Any]) -> None:
+        """What a CSMS answer to a relayed charger message teaches the gateway."""
+        if call.action in ("Authorize", "StartTransaction", "TransactionEvent") and isinstance(call.request, dict):
+            tag = token_of(self.version, call.request)
+            info = info_of(self.version, response)
+            if tag is not None and info is not None:
+                await self.hub.auth.learn(self.version, tag, info)
+        if self.version is V16 and call.action == "StopTransaction" and isinstance(call.request, dict):
+            tid = call.request.get("transactionId")
+            if isinstance(tid, int) and tid in self.local_to_csms:
+                # the CSMS acknowledged the stop of a transaction that started offline: unmap it
+                self._unbind(tid)
+                await self.hub.store.tx_forget(self.charger_id, tid)
+        if call.action == "BootNotification":
+            await self.hub.store.pending_boot_clear(self.charger_id)
+
+    # -- replay ---------------------------------------------------------------------------------
+
+    def _maybe_replay(self) -> None:
+        if self.backlog and self.upstream_online and self._replay_task is None and not self._closed:
+            self._replay_task = asyncio.create_task(self._replay(), name=f"replay:{self.charger_id}")
+
+    async def _replay(self) -> None:
+        """Drain the outbox into the CSMS: the latest boot first, then FIFO, one CALL in flight."""
+        store = self.hub.store
+        try:
+            boot = await store.pending_boot(self.charger_id)
+            if boot is not None:
+                outcome = await self._replay_call("BootNotification", boot["payload"], self.hub.ids.next())
+                if outcome is None:
+                    return
+                await store.pending_boot_clear(self.charger_id)
+                if outcome[0] == "result" and outcome[1].get("status") != ACCEPTED:
+                    self.log.warning("the CSMS answered the replayed BootNotification with %s", outcome[1].get("status"))
+            while self.upstream_online and not self._closed:
+                gen = self._append_gen
+                rows = await store.outbox_head(self.charger_id, 100)
+                if not rows:
+                    if self._appending:
+                        await asyncio.sleep(0.005)
+                        continue
+                    if gen == self._append_gen and not await store.has_backlog(self.charger_id) \
+                            and gen == self._append_gen and not self._appending:
+                        self.backlog = False
+                        self.log.info("outbox replayed")
+                        break
+                    continue
+                for row in rows:
+                    if not await self._replay_row(row):
+                        return
+        finally:
+            self._replay_task = None
+            if not self.backlog and self.link is None and not self._closed:
+                await self.hub.forget(self)
+
+    async def _replay_row(self, row: dict[str, Any]) -> bool:
+        """Send one stored message. False when the link is gone (the row stays for next time)."""
+        store = self.hub.store
+        action, text = row["action"], row["payload"]
+        local_tid: int | None = None
+        if self.version is V16 and action in T.CHARGER_TX_ACTIONS:
+            payload = orjson.loads(text)
+            local_tid = T.charger_tx_id(action, payload)
+            if local_tid is not None and local_tid in self.local_to_csms:
+                csms_id = self.local_to_csms[local_tid]
+                if csms_id is None:
+                    await self._dead_letter(row, "its StartTransaction was not accepted by the CSMS")
+                    return True
+                text = orjson.dumps(T.with_charger_tx_id(action, payload, csms_id)).decode()
+            else:
+                local_tid = None
+        elif self.version.is_2x and action == "TransactionEvent":
+            text = orjson.dumps(T.mark_offline(orjson.loads(text))).decode()
+        while True:
+            if row["attempts"]:
+                # it was on its way when the link or the gateway went down: the CSMS may have it
+                message_id = row["sent_id"] or self.hub.ids.next()
+                self.counters["possible_duplicates"] += 1
+                self.log.warning("replaying %s (outbox #%d) again: it was in flight when the link or the gateway "
+                                 "went down, so the CSMS may receive it twice (same message id %s)",
+                                 action, row["seq"], message_id)
+            else:
+                message_id = self.hub.ids.next()
+            await store.outbox_mark_sent(row["seq"], message_id)
+            row = {**row, "attempts": row["attempts"] + 1, "sent_id": message_id}
+            outcome = await self._replay_call(action, text, message_id)
+            if outcome is not None:
+                break
+            if not self.upstream_online or self._closed:
+                return False
+            await asyncio.sleep(1.0)  # the CSMS did not answer in time: try again, once the line is free
+        if outcome[0] == "error":
+            await self._dead_letter(row, outcome[1])
+            return True
+        response = outcome[1]
+        bind = stopped = None
+        if self.version is V16 and action == "StartTransaction" and row["local_tx"] is not None:
+            local_id = int(row["local_tx"])
+            csms_id = response.get("transactionId")
+            status = (response.get("idTagInfo") or {}).get("status")
+            if isinstance(csms_id, int):
+                off = self.hub.settings.offline
+                if off.transaction_id_min <= csms_id <= off.transaction_id_max:
+                    self.log.error("the CSMS issued transaction id %d inside the gateway's offline range; "
+                                   "change [offline].transaction_id_min/max", csms_id)
+                self._bind(local_id, csms_id)
+                bind = (self.charger_id, local_id, csms_id, status)
+            await self._after_replayed_start(local_id, status, orjson.loads(row["payload"]))
+        if local_tid is not None and action == "StopTransaction":
+            stopped = (self.charger_id, local_tid)
+        await store.outbox_ack(row["seq"], bind=bind, stopped=stopped)
+        if stopped is not None:
+            self._unbind(local_tid)  # type: ignore[arg-type]
+        self.counters["replayed"] += 1
+        return True
+
+    async def _after_replayed_start(self, local_id: int, status: Any, request: dict[str, Any]) -> None:
+        tag = request.get("idTag")
+        if isinstance(tag, str) and isinstance(status, str):
+            await self.hub.auth.learn(self.version, tag, {"status": status})
+        if status == ACCEPTED:
+            return
+        self.counters["invalid_replayed_starts"] += 1
+        running = local_id not in self.stopped_local
+        self.log.warning("the CSMS answered the replayed start of transaction %d (id tag %s) with %s%s",
+                         local_id, "set" if tag else "none", status,
+                         "; stopping it" if running and self.hub.settings.offline.stop_on_invalid_replayed_start
+                         else "")
+        if running and self.hub.settings.offline.stop_on_invalid_replayed_start and self.link is not None:
+            asyncio.create_task(self._remote_stop(local_id))
+
+    async def _remote_stop(self, local_id: int) -> None:
+        try:
+            answer = await self.call_charger("RemoteStopTransaction", {"transactionId": local_id})
+            self.log.info("RemoteStopTransaction %d: %s", local_id, answer.get("status"))
+        except Exception as exc:  # noqa: BLE001 - reported, nothing else to do
+            self.log.warning("RemoteStopTransaction %d failed: %s", local_id, exc)
+
+    async def _dead_letter(self, row: dict[str, Any], error: str) -> None:
+        self.counters["dead_letters"] += 1
+        self.log.error("outbox #%d %s set aside (dead letter): %s", row["seq"], row["action"], error)
+        await self.hub.store.outbox_dead(row["seq"], error)
+
+    async def _replay_call(self, action: str, payload_text: str, message_id: str) -> tuple[str, Any] | None:
+        """CALL the CSMS with a stored payload. ("result", payload), ("error", text), or None if the
+        link went away or the CSMS did not answer in time."""
+        future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+        call = PendingCall(message_id=message_id, action=action,
+                           frame=F.call_with_payload_text(message_id, action, payload_text),
+                           origin=GatewayCall(future), timeout=self.hub.settings.upstream.call_timeout,
+                           request=None, received_at=_utcnow())  # request None: not shown to observers
+        await self._submit_upstream(call)
+        try:
+            return "result", await future
+        except CallFailed as exc:
+            return "error", f"{exc.code}: {exc.description}"
+        except (CallTimeout, NotConnected, Busy):
+            return None
 
     # -- calls the gateway makes ----------------------------------------------------------------
 
@@ -271,7 +587,7 @@ class ChargerSession:
         try:
             nxt = self.to_charger.submit(call, self._loop.time())
         except QueueFull:
-            await self._fail(call, ErrorCode.GENERIC_ERROR, "too many calls waiting for this charger")
+            await self._fail(call, ErrorCode.GENERIC_ERROR, "too many calls waiting for this charger", busy=True)
             return
         self._arm(call.queue_deadline)
         if nxt is not None:
@@ -281,7 +597,7 @@ class ChargerSession:
         try:
             nxt = self.to_upstream.submit(call, self._loop.time())
         except QueueFull:
-            await self._fail(call, ErrorCode.GENERIC_ERROR, "too many calls waiting for the CSMS")
+            await self._fail(call, ErrorCode.GENERIC_ERROR, "too many calls waiting for the CSMS", busy=True)
             return
         self._arm(call.queue_deadline)
         if nxt is not None:
@@ -318,13 +634,16 @@ class ChargerSession:
         if deadlines:
             self._arm(min(deadlines))
 
-    async def _fail(self, call: PendingCall, code: ErrorCode, description: str, *, timed_out: bool = False) -> None:
+    async def _fail(self, call: PendingCall, code: ErrorCode, description: str, *, timed_out: bool = False,
+                    busy: bool = False, uncertain: bool = False) -> None:
         """A call that will get no answer from its peer: tell whoever made it."""
         self.log.warning("%s %s: %s", call.action, call.message_id, description)
         origin = call.origin if isinstance(call.origin, Origin) else Origin.GATEWAY
-        self._emit(origin, call.action, call.message_id, call.request or {}, None,
-                   "timeout" if timed_out else code.value, "gateway", call.received_at or _utcnow())
         if call.origin is Origin.CHARGER:
+            if self.relaying and not self.strict and isinstance(call.source, Call) and not busy:
+                # buffer mode: the gateway answers instead of the CSMS (and stores what must reach it)
+                await self._answer_locally(call.source, self._kind(call.source), uncertain=uncertain or timed_out)
+                return
             await self._send_charger(F.call_error(self.version, call.message_id, code, description))
         elif call.origin is Origin.CSMS:
             if self._upstream is not None:
@@ -333,11 +652,15 @@ class ChargerSession:
             exc: Exception
             if timed_out:
                 exc = CallTimeout(description)
-            elif "too many" in description:
+            elif busy:
                 exc = Busy(description)
             else:
                 exc = NotConnected(description)
             call.origin.future.set_exception(exc)
+        if call.request is None:
+            return
+        self._emit(origin, call.action, call.message_id, call.request or {}, None,
+                   "timeout" if timed_out else code.value, "gateway", call.received_at or _utcnow())
 
     async def _send_charger(self, text: str) -> None:
         link = self.link
@@ -366,46 +689,29 @@ class ChargerSession:
     def _set_upstream_state(self, state: UpstreamState) -> None:
         if state is not self.upstream_state:
             self.upstream_state = state
-            self.upstream_changed_at = datetime.now(timezone.utc)
+            self.upstream_changed_at = _utcnow()
             self.log.info("upstream %s", state.value)
             self.hub.notify(self, "upstream")
 
-    # -- observers ------------------------------------------------------------------------------
-
-    def _emit(self, origin: "Origin", action: str, message_id: str, request: dict[str, Any],
-              response: dict[str, Any] | None, error: str | None, answered_by: str, received_at: datetime) -> None:
-        if not self.hub.observers:
-            return
-        self.hub.publish(self, Exchange(
-            charger_id=self.charger_id, version=self.version, origin=origin.value, action=action,
-            message_id=message_id, request=request, response=response, error=error, answered_by=answered_by,
-            received_at=received_at,
-        ))
-
-    def _emit_reply(self, call: PendingCall, frame: F.CallResult | CallError, answered_by: str) -> None:
-        if not self.hub.observers:
-            return
-        origin = call.origin if isinstance(call.origin, Origin) else Origin.GATEWAY
-        if isinstance(frame, CallError):
-            self._emit(origin, call.action, call.message_id, call.request or {}, None, frame.code, answered_by,
-                       call.received_at or _utcnow())
-        else:
-            self._emit(origin, call.action, call.message_id, call.request or {}, frame.payload, None, answered_by,
-                       call.received_at or _utcnow())
+    async def _dial(self) -> UpstreamLink:
+        adopted, self._adopted = self._adopted, None
+        if adopted is not None:
+            return adopted
+        return await self.hub.dial(self.charger_id, self.version)
 
     async def _run_upstream(self) -> None:
         settings = self.hub.settings.upstream
-        charger = self.hub.settings.charger(self.charger_id)
-        password = charger.upstream_password.get_secret_value() if charger else ""
         attempt = 0
         while not self._closed:
             self._set_upstream_state(UpstreamState.CONNECTING)
             try:
-                async with self.hub.dial_gate:
-                    link = await self.hub.connector.connect(self.charger_id, self.version, password or None)
+                link = await self._dial()
             except LinkFailed as exc:
-                attempt += 1
                 self._set_upstream_state(UpstreamState.OFFLINE)
+                if self.strict:
+                    await self._strict_close(f"CSMS unreachable ({exc})")
+                    return
+                attempt += 1
                 delay = backoff_delay(attempt, settings.reconnect_min, settings.reconnect_max, self.hub.rng)
                 self.log.warning("upstream connect failed (%s); retry in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
@@ -413,6 +719,7 @@ class ChargerSession:
             attempt = 0
             self._upstream = link
             self._set_upstream_state(UpstreamState.ONLINE)
+            self._maybe_replay()
             nxt = self.to_upstream.resume(self._loop.time())
             if nxt is not None:
                 await self._send_upstream(nxt)
@@ -427,11 +734,49 @@ class ChargerSession:
             if self._closed:
                 return
             self._set_upstream_state(UpstreamState.OFFLINE)
-            if lost is not None:
-                await self._fail(lost, ErrorCode.INTERNAL_ERROR, "CSMS connection lost before it answered")
             await link.close()
+            if lost is not None:
+                await self._fail(lost, ErrorCode.INTERNAL_ERROR, "CSMS connection lost before it answered",
+                                 uncertain=True)
+            for waiting in self.to_upstream.remove_queued(lambda c: c.origin is Origin.CHARGER):
+                await self._fail(waiting, ErrorCode.INTERNAL_ERROR, "CSMS connection lost")
+            if self.strict:
+                await self._strict_close("CSMS connection lost")
+                return
             attempt = 1
             await asyncio.sleep(backoff_delay(attempt, settings.reconnect_min, settings.reconnect_max, self.hub.rng))
+
+    async def _strict_close(self, reason: str) -> None:
+        """Strict mode (2.0.1 Part 4 §6.3): no upstream, no charger connection; it queues itself."""
+        self.log.warning("strict mode: closing the charger connection: %s", reason)
+        link = self.link
+        if link is not None:
+            await link.close(1013, "CSMS unreachable, try again later")
+        self._upstream_task = None
+        await self.hub.forget(self)
+
+    # -- observers ------------------------------------------------------------------------------
+
+    def _emit(self, origin: Origin, action: str, message_id: str, request: dict[str, Any],
+              response: dict[str, Any] | None, error: str | None, answered_by: str, received_at: datetime) -> None:
+        if not self.hub.observers:
+            return
+        self.hub.publish(self, Exchange(
+            charger_id=self.charger_id, version=self.version, origin=origin.value, action=action,
+            message_id=message_id, request=request, response=response, error=error, answered_by=answered_by,
+            received_at=received_at,
+        ))
+
+    def _emit_reply(self, call: PendingCall, frame: F.CallResult | CallError, answered_by: str) -> None:
+        if not self.hub.observers or call.request is None:
+            return
+        origin = call.origin if isinstance(call.origin, Origin) else Origin.GATEWAY
+        if isinstance(frame, CallError):
+            self._emit(origin, call.action, call.message_id, call.request or {}, None, frame.code, answered_by,
+                       call.received_at or _utcnow())
+        else:
+            self._emit(origin, call.action, call.message_id, call.request or {}, frame.payload, None, answered_by,
+                       call.received_at or _utcnow())
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -441,8 +786,11 @@ class ChargerSession:
             "protocol": self.version.value,
             "upstream": self.upstream_state.value,
             "upstream_since": self.upstream_changed_at.isoformat(),
+            "offline_mode": "strict" if self.strict else "buffer",
+            "backlog": self.backlog,
             "calls_to_charger": len(self.to_charger),
             "calls_to_upstream": len(self.to_upstream),
+            "counters": dict(self.counters),
         }
 
 
@@ -457,7 +805,8 @@ def _settle(future: asyncio.Future[dict[str, Any]], frame: F.CallResult | CallEr
 
 class Hub:
     """All sessions of the site, and what they share: settings, schemas, the store, the upstream
-    connector, the local CSMS, the gateway's message ids and the site-wide cap on upstream dials."""
+    connector, the local CSMS and authorizer, the gateway's message ids and the site-wide cap on
+    upstream dials."""
 
     def __init__(self, settings: Settings, store: Store, schemas: SchemaRegistry,
                  connector: UpstreamConnector | None, rng: random.Random | None = None) -> None:
@@ -465,12 +814,34 @@ class Hub:
         self.store = store
         self.schemas = schemas
         self._connector = connector
-        self.local = LocalCsms(settings, store, schemas)
+        self.auth = LocalAuthorizer(settings, store)
+        self.local = LocalCsms(settings, store, schemas, self.auth)
         self.ids = MessageIds(secrets.token_hex(6))
         self.dial_gate = asyncio.Semaphore(settings.upstream.max_concurrent_dials)
         self.rng = rng or random.Random()
         self.sessions: dict[str, ChargerSession] = {}
         self.observers: list[SessionObserver] = []
+
+    async def start(self) -> None:
+        """Load what the store keeps; resume replaying outboxes left by an earlier run."""
+        await self.auth.load()
+        if not self.settings.upstream.url:
+            return
+        for charger_id, protocol in await self.store.chargers_with_backlog():
+            if charger_id in self.sessions:
+                continue
+            try:
+                version = OcppVersion(protocol)
+            except ValueError:
+                log.error("outbox of %s has unknown protocol %r; left alone", charger_id, protocol)
+                continue
+            session = ChargerSession(self, charger_id, version)
+            await session.load()
+            if session.strict:
+                continue
+            self.sessions[charger_id] = session
+            log.info("resuming the outbox of %s", charger_id, extra={"charger_id": charger_id})
+            session.start_upstream()
 
     def publish(self, session: ChargerSession, exchange: Exchange) -> None:
         for observer in self.observers:
@@ -492,13 +863,28 @@ class Hub:
             raise LinkFailed("no upstream configured")
         return self._connector
 
+    async def dial(self, charger_id: str, version: OcppVersion) -> UpstreamLink:
+        """Open the charger's upstream link (within the site-wide cap on simultaneous dials)."""
+        charger = self.settings.charger(charger_id)
+        password = charger.upstream_password.get_secret_value() if charger else ""
+        async with self.dial_gate:
+            return await self.connector.connect(charger_id, version, password or None)
+
+    def needs_upstream_first(self, charger_id: str) -> bool:
+        """Strict mode: a charger is accepted only once its upstream link is up."""
+        if not self.settings.upstream.url or self.settings.offline_mode(charger_id) != "strict":
+            return False
+        session = self.sessions.get(charger_id)
+        return session is None or not session.upstream_online
+
     def is_known(self, charger_id: str) -> bool:
         return charger_id in self.settings.chargers
 
     def admits(self, charger_id: str) -> bool:
         return self.settings.websocket.allow_unknown or self.is_known(charger_id)
 
-    async def attach(self, charger_id: str, version: OcppVersion, link: ChargerLink) -> ChargerSession:
+    async def attach(self, charger_id: str, version: OcppVersion, link: ChargerLink,
+                     upstream: UpstreamLink | None = None) -> ChargerSession:
         session = self.sessions.get(charger_id)
         if session is not None and session.version is not version:
             # a new protocol version needs a new upstream link: end the old session entirely
@@ -508,11 +894,11 @@ class Hub:
         if session is None:
             session = ChargerSession(self, charger_id, version)
             self.sessions[charger_id] = session
-        await session.attach(link)
+            await session.load()
+        await session.attach(link, upstream)
         self.notify(session, "connected")
         try:
-            await self.store.charger_seen(charger_id, version.value, link.transport,
-                                          datetime.now(timezone.utc).isoformat())
+            await self.store.charger_seen(charger_id, version.value, link.transport, _utcnow().isoformat())
         except Exception:  # noqa: BLE001 - the registry is informative; never refuse a charger for it
             log.exception("could not record charger %s", charger_id)
         return session
@@ -521,7 +907,13 @@ class Hub:
         if await session.detach(link):
             if self.sessions.get(session.charger_id) is session:
                 del self.sessions[session.charger_id]
-            self.notify(session, "disconnected")
+        self.notify(session, "disconnected")
+
+    async def forget(self, session: ChargerSession) -> None:
+        """A session ends on its own (outbox replayed without a charger; strict mode closed it)."""
+        if self.sessions.get(session.charger_id) is session:
+            del self.sessions[session.charger_id]
+        await session.close()
 
     async def close(self) -> None:
         sessions, self.sessions = list(self.sessions.values()), {}

@@ -221,3 +221,44 @@ def translate_error(frame: CallError, version: OcppVersion) -> str:
     if code is None or code.spell(version) == frame.code:
         return frame.raw
     return _dumps([MessageType.CALLERROR, frame.message_id, code.spell(version), frame.description, frame.details])
+
+
+def _skip_ws(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _skip_string(text: str, i: int) -> int:
+    """`text[i]` is an opening quote; returns the index after the closing quote."""
+    i += 1
+    while True:
+        c = text[i]
+        if c == "\\":
+            i += 2
+        elif c == '"':
+            return i + 1
+        else:
+            i += 1
+
+
+def payload_text(raw: str) -> str:
+    """The payload of a CALL frame exactly as it was written (for storing and replaying it untouched).
+
+    `raw` must be a frame that `parse()` accepted as a CALL: `[2, "<id>", "<Action>", {...}]`."""
+    i = _skip_ws(raw, 0) + 1  # '['
+    i = _skip_ws(raw, i)
+    while raw[i] not in ",":  # the type id
+        i += 1
+    i = _skip_ws(raw, i + 1)
+    i = _skip_ws(raw, _skip_string(raw, i))  # message id
+    i = _skip_ws(raw, i + 1)  # ','
+    i = _skip_ws(raw, _skip_string(raw, i))  # action
+    i = _skip_ws(raw, i + 1)  # ','
+    end = raw.rstrip().rstrip("]").rstrip()
+    return end[i:]
+
+
+def call_with_payload_text(message_id: str, action: str, payload: str) -> str:
+    """A CALL frame around a payload that is already JSON text (kept byte for byte)."""
+    return f"[2,{_dumps(message_id)},{_dumps(action)},{payload}]"

@@ -35,6 +35,7 @@ class PendingCall:
     # Calls that must not wait behind a disconnected peer forever: expire also while queued.
     queue_deadline: float | None = None
     request: Any = None  # the parsed payload, for observers
+    source: Any = None  # the frame as it first arrived (when `frame` is a rewrite of it)
     received_at: Any = None  # wall-clock time it arrived (a datetime), for observers
 
 
@@ -107,6 +108,13 @@ class CallQueue:
                 (expired if c.queue_deadline is not None and c.queue_deadline <= now else keep).append(c)
             self.queued = keep
         return expired, self._next(now)
+
+    def remove_queued(self, predicate: Any) -> list[PendingCall]:
+        """Take the waiting (not in-flight) calls that match out of the queue."""
+        taken = [c for c in self.queued if predicate(c)]
+        if taken:
+            self.queued = deque(c for c in self.queued if not predicate(c))
+        return taken
 
     def drain(self) -> list[PendingCall]:
         """Remove and return everything (the session is closing)."""

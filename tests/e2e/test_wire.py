@@ -333,11 +333,20 @@ async def test_simultaneous_upstream_dials_are_capped(tmp_path: Path) -> None:
                     await c.close()
 
 
-async def test_unreachable_csms_gets_the_charger_a_clear_error(tmp_path: Path) -> None:
+async def test_unreachable_csms_buffer_mode_answers_locally(tmp_path: Path) -> None:
     dead = free_port()  # nothing listens here
-    async with inproc(tmp_path, upstream={"url": f"ws://127.0.0.1:{dead}/ocpp", "call_timeout": 0.5,
-                                          "reconnect_min": 0.2}) as gw:
+    async with inproc(tmp_path, upstream={"url": f"ws://127.0.0.1:{dead}/ocpp", "reconnect_min": 0.2}) as gw:
         async with connect(gw.url("OFF1"), subprotocols=["ocpp1.6"]) as ws:
             answer = await rpc(ws, '[2,"h","Heartbeat",{}]')
-            assert answer[:3] == [4, "h", "InternalError"]
+            assert answer[:2] == [3, "h"] and "currentTime" in answer[2]
             assert gw.hub.sessions["OFF1"].upstream_state.value in ("offline", "connecting")
+
+
+async def test_unreachable_csms_strict_mode_refuses_the_charger(tmp_path: Path) -> None:
+    dead = free_port()
+    async with inproc(tmp_path, upstream={"url": f"ws://127.0.0.1:{dead}/ocpp", "offline_mode": "strict"}) as gw:
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(gw.url("STRICT1"), subprotocols=["ocpp1.6"]):
+                pass
+        assert info.value.response.status_code == 503
+        assert "STRICT1" not in gw.hub.sessions

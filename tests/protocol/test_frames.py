@@ -130,3 +130,19 @@ def test_parser_never_raises_anything_else(text: str, version: OcppVersion) -> N
             assert reply[2] in {c.spell(version) for c in ErrorCode}
         return
     assert isinstance(frame, (Call, CallResult, CallError))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=1, max_size=36).filter(lambda s: s.strip() != ""), st.sampled_from(["A", "B\\\"x", "Da{ta]"]),
+       st.dictionaries(st.text(max_size=5), st.one_of(st.integers(-9, 9), st.text(max_size=5)), max_size=4),
+       st.sampled_from(["", " ", "\n  "]))
+def test_payload_text_is_the_payload_as_written(mid: str, action: str, payload: dict, ws: str) -> None:
+    body = orjson.dumps(payload, option=orjson.OPT_INDENT_2 if ws else 0).decode()
+    raw = f"[{ws}2{ws},{ws}{orjson.dumps(mid).decode()}{ws},{ws}{orjson.dumps(action).decode()}{ws},{ws}{body}{ws}]{ws}"
+    frame = F.parse(raw, V16)
+    assert isinstance(frame, Call)
+    text = F.payload_text(raw)
+    assert text == body
+    rebuilt = F.call_with_payload_text("new-id", frame.action, text)
+    again = F.parse(rebuilt, V16)
+    assert isinstance(again, Call) and again.payload == payload and again.action == frame.action

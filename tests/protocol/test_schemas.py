@@ -6,6 +6,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from gateway.auth import LocalAuthorizer
 from gateway.config import Settings
 from gateway.local import LocalCsms
 from gateway.protocol.frames import Call, ErrorCode, OcppVersion
@@ -59,7 +60,8 @@ def test_minimal_answer_to_every_charger_action_is_schema_valid(version: OcppVer
         async def next_transaction_id(self) -> int:
             return 7
 
-    local = LocalCsms(Settings(), _NoStore(), REG)  # type: ignore[arg-type]
+    settings = Settings()
+    local = LocalCsms(settings, _NoStore(), REG, LocalAuthorizer(settings, _NoStore()))  # type: ignore[arg-type]
     checked = 0
     for action in sorted(REG.catalogue(version).charger_actions):
         schema = _response_schema(version, action)
@@ -84,7 +86,7 @@ def test_meaningful_answers() -> None:
             return self.n
 
     settings = Settings(auth={"local_list": ["GOOD"]}, local={"heartbeat_interval": 42})
-    local = LocalCsms(settings, _Store(), REG)  # type: ignore[arg-type]
+    local = LocalCsms(settings, _Store(), REG, LocalAuthorizer(settings, _Store()))  # type: ignore[arg-type]
 
     def ask(version: OcppVersion, action: str, payload: dict) -> dict:
         return asyncio.run(local.answer(version, Call(message_id="1", action=action, payload=payload, raw="")))
