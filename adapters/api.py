@@ -1,0 +1,230 @@
+"""The operations API (aiohttp) on `[api].listen`: health, readiness, Prometheus metrics, chargers,
+calls to chargers, the OpenAPI document and the status page. The contract is in PRODUCT.md
+("REST API"); the OpenAPI document (adapters/openapi.py) describes every answer.
+
+- With `[api].token` set, every path except /healthz, /readyz, the page and the OpenAPI document
+  needs `Authorization: Bearer <token>` (401 otherwise). Settings refuse a non-loopback listen
+  address without a token.
+- Calls go through the charger's one-outstanding queue (`ChargerSession.call_charger`), after the
+  same checks a CSMS call gets: the action must be one the CSMS side may send in the charger's
+  version and the payload must pass its schema (400 with the reason otherwise).
+- The API reads the hub's sessions and its own observers (gateway.status.StatusBook,
+  adapters.metrics.Metrics); it never blocks the relay: handlers only read dicts or await a call.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+from importlib import resources
+from typing import Any, Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from gateway import __version__
+from gateway.config import Settings, split_listen
+from gateway.errors import Busy, CallFailed, CallTimeout, NotConnected
+from gateway.status import StatusBook
+
+from adapters.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from adapters.metrics import Metrics
+from adapters.openapi import document
+
+log = logging.getLogger("gateway.api")
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/api/v1/openapi.json"})
+MAX_CALL_TIMEOUT = 300.0
+MAX_BODY = 1_048_576
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
+
+
+def _error(status: int, error: str, message: str, **extra: Any) -> web.Response:
+    headers = extra.pop("headers", None)
+    return _json({"error": error, "message": message, **extra}, status, headers)
+
+
+class ApiServer:
+    """Build it after the hub (it registers its observers there), `start()` it once the charger
+    listener is up, `stop()` it first on shutdown.
+
+    `checks` name readiness conditions (callables returning bool). `outbox` may be set by the
+    offline store to a callable giving `{"depth": n, "oldest_age_seconds": s}` for a charger id."""
+
+    def __init__(self, settings: Settings, hub: Any, checks: dict[str, Callable[[], bool]] | None = None) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.checks = dict(checks or {})
+        self.outbox: Callable[[str], dict[str, Any] | None] | None = None
+        self.status = StatusBook()
+        self.metrics = Metrics(hub)
+        hub.observers.extend([self.status, self.metrics])
+        token = settings.api.token.get_secret_value()
+        self._token = token.encode() if token else None
+        self._page = resources.files("adapters").joinpath("static", "status.html").read_bytes()
+        self._openapi = orjson.dumps(document())
+        self.app = web.Application(middlewares=[self._auth], client_max_size=MAX_BODY)
+        self.app.router.add_get("/", self.page)
+        self.app.router.add_get("/healthz", self.healthz)
+        self.app.router.add_get("/readyz", self.readyz)
+        self.app.router.add_get("/metrics", self.metrics_text)
+        self.app.router.add_get("/api/v1/openapi.json", self.openapi)
+        self.app.router.add_get("/api/v1/chargers", self.list_chargers)
+        self.app.router.add_get("/api/v1/chargers/{id}", self.get_charger)
+        self.app.router.add_post("/api/v1/chargers/{id}/calls/{action}", self.call)
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> "ApiServer":
+        host, port = split_listen(self.settings.api.listen)
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise OSError(exc.errno, f"api.listen {self.settings.api.listen}: {exc.strerror}") from None
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        log.info("REST API, metrics and status page on http://%s:%d/", host, self.port)
+        return self
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        for observer in (self.status, self.metrics):
+            if observer in self.hub.observers:
+                self.hub.observers.remove(observer)
+
+    # -- middleware -----------------------------------------------------------------------------
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        if self._token is not None and request.path not in OPEN_PATHS:
+            given = request.headers.get("Authorization", "")
+            scheme, _, value = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self._token):
+                return _error(401, "unauthorized", "a valid bearer token is required",
+                              headers={"WWW-Authenticate": 'Bearer realm="ocpp-gateway"'})
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status >= 400 and exc.content_type != "application/json":
+                return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+            raise
+
+    # -- handlers -------------------------------------------------------------------------------
+
+    async def page(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._page, content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-cache"})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._openapi, content_type="application/json")
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        connected = sum(1 for s in self.hub.sessions.values() if s.connected)
+        return _json({"status": "ok", "chargers": connected, "version": __version__})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        results: dict[str, bool] = {}
+        for name, check in self.checks.items():
+            try:
+                results[name] = bool(check())
+            except Exception:  # noqa: BLE001 - a failing check means not ready
+                results[name] = False
+        ready = all(results.values())
+        return _json({"status": "ready" if ready else "not_ready", "checks": results}, 200 if ready else 503)
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    def charger_view(self, charger_id: str) -> dict[str, Any] | None:
+        session = self.hub.sessions.get(charger_id)
+        known = self.status.get(charger_id)
+        if session is None and known is None and charger_id not in self.settings.chargers:
+            return None
+        view: dict[str, Any] = {
+            "id": charger_id,
+            "connected": bool(session is not None and session.connected),
+            "transport": session.link.transport if session is not None and session.link is not None else None,
+            "protocol": session.version.value if session is not None else (known.protocol if known else None),
+            "upstream": {"state": session.upstream_state.value, "since": session.upstream_changed_at.isoformat()}
+            if session is not None else {"state": "disconnected", "since": None},
+            "queues": {"to_charger": len(session.to_charger) if session else 0,
+                       "to_csms": len(session.to_upstream) if session else 0},
+            "boot": None, "last_seen": None, "connectors": [], "open_transactions": [], "outbox": None,
+        }
+        if known is not None:
+            view.update(known.view())
+        if self.outbox is not None:
+            try:
+                view["outbox"] = self.outbox(charger_id)
+            except Exception:  # noqa: BLE001 - the page must load even if the store hiccups
+                log.exception("outbox depth for %s", charger_id)
+        return view
+
+    async def list_chargers(self, request: web.Request) -> web.Response:
+        ids = set(self.hub.sessions) | set(self.status.chargers) | set(self.settings.chargers)
+        chargers = [v for v in (self.charger_view(cid) for cid in sorted(ids)) if v is not None]
+        return _json({"chargers": chargers, "count": len(chargers)})
+
+    async def get_charger(self, request: web.Request) -> web.Response:
+        view = self.charger_view(request.match_info["id"])
+        if view is None:
+            return _error(404, "not_found", f"no charger {request.match_info['id']!r}")
+        return _json(view)
+
+    async def call(self, request: web.Request) -> web.Response:
+        charger_id, action = request.match_info["id"], request.match_info["action"]
+        session = self.hub.sessions.get(charger_id)
+        if session is None or not session.connected:
+            return _error(404, "not_connected", f"charger {charger_id!r} is unknown or not connected")
+        timeout: float | None = None
+        if "timeout" in request.query:
+            try:
+                timeout = float(request.query["timeout"])
+            except ValueError:
+                timeout = math.nan
+            if not 0 < timeout <= MAX_CALL_TIMEOUT:
+                return _error(400, "bad_timeout", f"timeout must be a number of seconds in (0, {MAX_CALL_TIMEOUT:g}]")
+        raw = await request.read()
+        if raw.strip():
+            try:
+                payload = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                return _error(400, "bad_json", f"the body is not JSON: {exc}")
+        else:
+            payload = {}
+        if not isinstance(payload, dict):
+            return _error(400, "bad_payload", "the body must be a JSON object (the OCPP request payload)")
+        version, schemas = session.version, self.hub.schemas
+        if not schemas.knows(version, action):
+            return _error(400, "unknown_action", f"{action!r} is not an action of {version.value}")
+        if not schemas.csms_may_send(version, action):
+            return _error(400, "action_not_allowed", f"{action} is not sent by a CSMS in {version.value}")
+        violation = schemas.validate(version, action, payload)
+        if violation is not None:
+            return _error(400, "invalid_payload", f"{action} payload: {violation.description}",
+                          ocpp_error={"code": violation.code.spell(version), "description": violation.description})
+        log.info("operator call %s to %s", action, charger_id, extra={"charger_id": charger_id})
+        try:
+            result = await session.call_charger(action, payload, timeout=timeout)
+        except NotConnected as exc:
+            return _error(404, "not_connected", str(exc))
+        except Busy as exc:
+            return _error(503, "busy", str(exc), headers={"Retry-After": "1"})
+        except CallTimeout as exc:
+            return _error(504, "timeout", f"{charger_id} did not answer {action} in time ({exc})")
+        except CallFailed as exc:
+            return _error(502, "call_error", f"{charger_id} answered {action} with {exc.code}",
+                          ocpp_error={"code": exc.code, "description": exc.description, "details": exc.details})
+        return _json(result)

@@ -1,0 +1,233 @@
+"""The REST API's OpenAPI 3.1 document, built from plain dicts (served at /api/v1/openapi.json).
+
+OpenAPI 3.1 schemas are JSON Schema 2020-12, so the tests validate every response they get with
+jsonschema against the schema documented here for that path, method and status.
+
+Adding endpoints (e.g. /api/v1/transactions and /api/v1/outbox when the offline store lands): put
+their schemas in `SCHEMAS` and their path items in `PATHS` (or pass `extra_paths`/`extra_schemas`
+to `document()`), and route them in adapters/api.py. `Charger.outbox` is already in the charger
+schema (null until a store reports it).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from gateway import __version__
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_NULLABLE_STR = {"type": ["string", "null"]}
+_NULLABLE_NUM = {"type": ["number", "null"]}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {
+            "error": {"type": "string", "description": "a stable machine-readable code, e.g. not_found"},
+            "message": {"type": "string", "description": "what was wrong, for people"},
+            "ocpp_error": _ref("OcppError"),
+        },
+    },
+    "OcppError": {
+        "type": "object",
+        "required": ["code", "description"],
+        "properties": {
+            "code": {"type": "string", "description": "OCPP error code, e.g. NotImplemented, "
+                     "OccurrenceConstraintViolation"},
+            "description": {"type": "string"},
+            "details": {"type": "object"},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status", "chargers", "version"],
+        "properties": {
+            "status": {"const": "ok"},
+            "chargers": {"type": "integer", "minimum": 0, "description": "connected chargers"},
+            "version": {"type": "string"},
+        },
+    },
+    "Ready": {
+        "type": "object",
+        "required": ["status", "checks"],
+        "properties": {
+            "status": {"enum": ["ready", "not_ready"]},
+            "checks": {"type": "object", "additionalProperties": {"type": "boolean"},
+                       "description": "each check by name: store (the SQLite store is open), "
+                                      "websocket (the charger listener accepts connections)"},
+        },
+    },
+    "Connector": {
+        "type": "object",
+        "required": ["evse", "connector", "status", "error_code", "since", "power_w", "energy_wh", "transaction_id"],
+        "properties": {
+            "evse": {"type": "integer", "description": "1.6 connectorId or 2.x evseId; 0 = the whole charger"},
+            "connector": {"type": ["integer", "null"], "description": "2.x connectorId within the EVSE"},
+            "status": {**_NULLABLE_STR, "description": "the last status the charger reported, e.g. Available, "
+                                                       "Charging (1.6), Occupied (2.x)"},
+            "error_code": {**_NULLABLE_STR, "description": "1.6 errorCode"},
+            "since": {**_NULLABLE_STR, "description": "the charger's timestamp of that status, else receipt"},
+            "power_w": {**_NULLABLE_NUM, "description": "latest Power.Active.Import, W"},
+            "energy_wh": {**_NULLABLE_NUM, "description": "latest Energy.Active.Import.Register, Wh"},
+            "transaction_id": {**_NULLABLE_STR, "description": "the open transaction on this EVSE"},
+        },
+    },
+    "OpenTransaction": {
+        "type": "object",
+        "required": ["transaction_id", "evse", "started_at", "energy_wh", "power_w"],
+        "properties": {
+            "transaction_id": {"type": "string"},
+            "evse": {"type": "integer"},
+            "connector": {"type": ["integer", "null"]},
+            "started_at": {"type": "string"},
+            "meter_start_wh": _NULLABLE_NUM,
+            "energy_wh": {**_NULLABLE_NUM, "description": "energy delivered so far, Wh"},
+            "power_w": _NULLABLE_NUM,
+        },
+    },
+    "Charger": {
+        "type": "object",
+        "required": ["id", "connected", "transport", "protocol", "upstream", "queues", "boot", "last_seen",
+                     "connectors", "open_transactions", "outbox"],
+        "properties": {
+            "id": {"type": "string"},
+            "connected": {"type": "boolean"},
+            "transport": {"type": ["string", "null"], "description": "websocket (later soap, http); null when "
+                                                                     "disconnected"},
+            "protocol": {"type": ["string", "null"], "enum": ["ocpp1.6", "ocpp2.0.1", "ocpp2.1", None]},
+            "upstream": {
+                "type": "object",
+                "required": ["state", "since"],
+                "properties": {
+                    "state": {"enum": ["standalone", "connecting", "online", "offline", "disconnected"]},
+                    "since": _NULLABLE_STR,
+                },
+            },
+            "queues": {
+                "type": "object",
+                "required": ["to_charger", "to_csms"],
+                "properties": {"to_charger": {"type": "integer", "minimum": 0},
+                               "to_csms": {"type": "integer", "minimum": 0}},
+                "description": "CALLs waiting or in flight in each direction",
+            },
+            "boot": {
+                "type": ["object", "null"],
+                "properties": {k: _NULLABLE_STR for k in ("vendor", "model", "serial_number", "firmware_version")},
+            },
+            "last_seen": _NULLABLE_STR,
+            "connectors": {"type": "array", "items": _ref("Connector")},
+            "open_transactions": {"type": "array", "items": _ref("OpenTransaction")},
+            "outbox": {
+                "type": ["object", "null"],
+                "description": "messages waiting for the CSMS (null until the offline store reports)",
+                "properties": {"depth": {"type": "integer", "minimum": 0},
+                               "oldest_age_seconds": _NULLABLE_NUM},
+            },
+        },
+    },
+    "ChargerList": {
+        "type": "object",
+        "required": ["chargers", "count"],
+        "properties": {"chargers": {"type": "array", "items": _ref("Charger")},
+                       "count": {"type": "integer", "minimum": 0}},
+    },
+    "CallResult": {"type": "object", "description": "the charger's CALLRESULT payload, as it sent it"},
+}
+
+_AUTH = [{"bearer": []}]
+_401 = _json(_ref("Error"), "missing or wrong bearer token (only when [api].token is set)")
+_404 = _json(_ref("Error"), "no such charger")
+_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 48},
+       "description": "the charger id (percent-encoded in the URL)"}
+
+PATHS: dict[str, Any] = {
+    "/healthz": {"get": {
+        "summary": "Liveness: the process serves HTTP", "security": [], "operationId": "healthz",
+        "responses": {"200": _json(_ref("Health"), "alive")},
+    }},
+    "/readyz": {"get": {
+        "summary": "Readiness: the store is open and the charger listener is up", "security": [],
+        "operationId": "readyz",
+        "responses": {"200": _json(_ref("Ready"), "ready"), "503": _json(_ref("Ready"), "not ready")},
+    }},
+    "/metrics": {"get": {
+        "summary": "Prometheus metrics (text exposition format 0.0.4)", "operationId": "metrics",
+        "responses": {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                      "401": _401},
+    }},
+    "/": {"get": {
+        "summary": "The status page (HTML; its script reads the API with the token given in the URL "
+                   "fragment #token=... or typed in)", "security": [], "operationId": "statusPage",
+        "responses": {"200": {"description": "page", "content": {"text/html": {"schema": {"type": "string"}}}}},
+    }},
+    "/api/v1/openapi.json": {"get": {
+        "summary": "This document", "security": [], "operationId": "openapi",
+        "responses": {"200": _json({"type": "object"}, "the OpenAPI document")},
+    }},
+    "/api/v1/chargers": {"get": {
+        "summary": "Every charger: connected ones, configured ones and those seen since the gateway started",
+        "operationId": "listChargers",
+        "responses": {"200": _json(_ref("ChargerList"), "chargers, sorted by id"), "401": _401},
+    }},
+    "/api/v1/chargers/{id}": {"get": {
+        "summary": "One charger", "operationId": "getCharger", "parameters": [_ID],
+        "responses": {"200": _json(_ref("Charger"), "the charger"), "401": _401, "404": _404},
+    }},
+    "/api/v1/chargers/{id}/calls/{action}": {"post": {
+        "summary": "Send a CALL to the charger through its one-outstanding queue and return its answer",
+        "operationId": "callCharger",
+        "parameters": [
+            _ID,
+            {"name": "action", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9]{1,64}$"},
+             "description": "an OCPP action the CSMS may send in the charger's protocol version, e.g. Reset"},
+            {"name": "timeout", "in": "query", "required": False,
+             "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 300},
+             "description": "seconds to wait for the answer (default [websocket].call_timeout)"},
+        ],
+        "requestBody": {"required": False, "description": "the OCPP request payload (an empty body is {})",
+                        "content": {"application/json": {"schema": {"type": "object"}}}},
+        "responses": {
+            "200": _json(_ref("CallResult"), "the charger's CALLRESULT payload"),
+            "400": _json(_ref("Error"), "the body is not a JSON object, the payload fails the action's schema "
+                                       "(ocpp_error.code names the violation), the action is unknown in the "
+                                       "charger's version or one the CSMS side may not send, or timeout is out "
+                                       "of range"),
+            "401": _401,
+            "404": _json(_ref("Error"), "no such charger, or it is not connected"),
+            "502": _json(_ref("Error"), "the charger answered with a CALLERROR (in ocpp_error)"),
+            "503": _json(_ref("Error"), "too many calls are already waiting for this charger (Retry-After)"),
+            "504": _json(_ref("Error"), "the charger did not answer in time"),
+        },
+    }},
+}
+
+
+def document(extra_paths: dict[str, Any] | None = None, extra_schemas: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "OCPP site gateway API",
+            "version": __version__,
+            "description": "Operations API of the site gateway: health, metrics, chargers, and calls to "
+                           "chargers. JSON everywhere; errors are {error, message}. With [api].token set, "
+                           "every path except /healthz, /readyz, / and this document needs "
+                           "`Authorization: Bearer <token>`.",
+        },
+        "servers": [{"url": "/"}],
+        "security": _AUTH,
+        "paths": {**copy.deepcopy(PATHS), **(extra_paths or {})},
+        "components": {
+            "schemas": {**copy.deepcopy(SCHEMAS), **(extra_schemas or {})},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,260 @@
+"""What each charger last said about itself, for the REST API and the status page.
+
+`StatusBook` is a session observer (gateway.ports.SessionObserver): it reads finished exchanges
+and keeps, per charger, the BootNotification identity, the status of every EVSE/connector, the
+latest power and energy readings, and the transactions it saw start and not yet end. It is an
+in-memory view for operators, not a record: the offline store owns the transactions of record.
+
+It runs on the event loop and only updates small dicts; it never awaits and never raises.
+Versions: 1.6 (connectorId, status, errorCode, StartTransaction/StopTransaction, MeterValues with
+string values and `unit`), 2.0.1 and 2.1 (evseId/connectorId, connectorStatus, TransactionEvent,
+MeterValues with numeric values and `unitOfMeasure` with a power-of-ten `multiplier`).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from datetime import datetime, timezone
+from typing import Any
+
+from gateway.ports import Exchange
+
+ENERGY = "Energy.Active.Import.Register"
+POWER = "Power.Active.Import"
+_SCALE = {"W": 1.0, "kW": 1000.0, "Wh": 1.0, "kWh": 1000.0}
+_PHASES = {"L1", "L2", "L3", "L1-N", "L2-N", "L3-N"}
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _number(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if out == out and abs(out) != float("inf") else None
+
+
+def read_samples(meter_values: Any) -> dict[str, float]:
+    """The latest Power.Active.Import (W) and Energy.Active.Import.Register (Wh) in a list of
+    MeterValue objects of any version. Unphased values win; else the phases are summed (power)."""
+    found: dict[str, float] = {}
+    if not isinstance(meter_values, list):
+        return found
+    for mv in meter_values:
+        if not isinstance(mv, dict) or not isinstance(mv.get("sampledValue"), list):
+            continue
+        phased: dict[str, float] = {}
+        for sv in mv["sampledValue"]:
+            if not isinstance(sv, dict):
+                continue
+            measurand = sv.get("measurand", ENERGY)
+            if measurand not in (ENERGY, POWER):
+                continue
+            value = _number(sv.get("value"))
+            if value is None:
+                continue
+            uom = sv.get("unitOfMeasure")
+            if isinstance(uom, dict):  # 2.x
+                unit = uom.get("unit", "Wh" if measurand == ENERGY else "W")
+                multiplier = uom.get("multiplier", 0)
+                value *= 10.0 ** (multiplier if isinstance(multiplier, int) else 0)
+            else:  # 1.6
+                unit = sv.get("unit", "Wh" if measurand == ENERGY else "W")
+            scale = _SCALE.get(unit)
+            if scale is None:
+                continue
+            value *= scale
+            phase = sv.get("phase")
+            if phase is None:
+                found[measurand] = value
+            elif phase in _PHASES and measurand == POWER:
+                phased[measurand] = phased.get(measurand, 0.0) + value
+        for measurand, value in phased.items():
+            if measurand not in found:
+                found[measurand] = value
+    return found
+
+
+class ChargerStatus:
+    """What one charger said about itself."""
+
+    def __init__(self, charger_id: str) -> None:
+        self.charger_id = charger_id
+        self.boot: dict[str, Any] | None = None
+        self.connectors: dict[tuple[int, int | None], dict[str, Any]] = {}
+        self.transactions: dict[str, dict[str, Any]] = {}  # open ones, by transaction id (as a string)
+        self.last_seen: str | None = None
+        self.connected = False
+        self.protocol: str | None = None  # of the last connection
+
+    def connector(self, evse: int, connector: int | None) -> dict[str, Any]:
+        key = (evse, connector)
+        entry = self.connectors.get(key)
+        if entry is None:
+            entry = self.connectors[key] = {
+                "evse": evse, "connector": connector, "status": None, "error_code": None, "since": None,
+                "power_w": None, "energy_wh": None, "transaction_id": None,
+            }
+        return entry
+
+    def evse_entries(self, evse: int) -> list[dict[str, Any]]:
+        entries = [c for (e, _), c in self.connectors.items() if e == evse]
+        return entries or [self.connector(evse, None)]
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "boot": self.boot,
+            "last_seen": self.last_seen,
+            "connectors": [dict(c) for _, c in sorted(self.connectors.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0))],
+            "open_transactions": [dict(t) for t in self.transactions.values()],
+        }
+
+
+class StatusBook:
+    """Session observer holding a ChargerStatus per charger (bounded: the oldest disconnected
+    chargers are forgotten first when more than `max_chargers` ids have been seen)."""
+
+    def __init__(self, max_chargers: int = 5000) -> None:
+        self.max_chargers = max_chargers
+        self.chargers: OrderedDict[str, ChargerStatus] = OrderedDict()
+
+    def get(self, charger_id: str) -> ChargerStatus | None:
+        return self.chargers.get(charger_id)
+
+    def _entry(self, charger_id: str) -> ChargerStatus:
+        entry = self.chargers.get(charger_id)
+        if entry is None:
+            entry = self.chargers[charger_id] = ChargerStatus(charger_id)
+            if len(self.chargers) > self.max_chargers:
+                for cid, old in list(self.chargers.items()):
+                    if not old.connected and cid != charger_id:
+                        del self.chargers[cid]
+                        break
+        return entry
+
+    # -- SessionObserver ------------------------------------------------------------------------
+
+    def session_event(self, session: Any, event: str) -> None:
+        entry = self._entry(session.charger_id)
+        if event == "connected":
+            entry.connected = True
+            entry.protocol = session.version.value
+            entry.last_seen = _iso(datetime.now(timezone.utc))
+        elif event == "disconnected":
+            entry.connected = False
+
+    def exchange(self, session: Any, ex: Exchange) -> None:
+        entry = self._entry(ex.charger_id)
+        entry.last_seen = _iso(datetime.now(timezone.utc))
+        if ex.origin != "charger":
+            return
+        handler = getattr(self, "_on_" + ex.action, None)
+        if handler is not None:
+            handler(entry, ex, ex.request, ex.response or {}, ex.version.value == "ocpp1.6")
+
+    # -- per action -----------------------------------------------------------------------------
+
+    def _on_BootNotification(self, entry: ChargerStatus, ex: Exchange, req: dict, res: dict, v16: bool) -> None:
+        if v16:
+            entry.boot = {"vendor": req.get("chargePointVendor"), "model": req.get("chargePointModel"),
+                          "serial_number": req.get("chargePointSerialNumber"),
+                          "firmware_version": req.get("firmwareVersion")}
+        else:
+            station = req.get("chargingStation") or {}
+            entry.boot = {"vendor": station.get("vendorName"), "model": station.get("model"),
+                          "serial_number": station.get("serialNumber"),
+                          "firmware_version": station.get("firmwareVersion")}
+
+    def _on_StatusNotification(self, entry: ChargerStatus, ex: Exchange, req: dict, res: dict, v16: bool) -> None:
+        if v16:
+            evse, connector, status, error = req.get("connectorId"), None, req.get("status"), req.get("errorCode")
+        else:
+            evse, connector, status, error = req.get("evseId"), req.get("connectorId"), req.get("connectorStatus"), None
+        if not isinstance(evse, int):
+            return
+        c = entry.connector(evse, connector if isinstance(connector, int) else None)
+        c["status"] = status
+        c["error_code"] = error
+        c["since"] = req.get("timestamp") or _iso(ex.received_at)
+
+    def _meter(self, entry: ChargerStatus, evse: Any, meter_values: Any, transaction_id: str | None) -> None:
+        if not isinstance(evse, int):
+            return
+        samples = read_samples(meter_values)
+        if not samples:
+            return
+        for c in entry.evse_entries(evse):
+            if POWER in samples:
+                c["power_w"] = samples[POWER]
+            if ENERGY in samples:
+                c["energy_wh"] = samples[ENERGY]
+        tx = entry.transactions.get(transaction_id) if transaction_id is not None else None
+        if tx is None:
+            tx = next((t for t in entry.transactions.values() if t["evse"] == evse), None)
+        if tx is not None:
+            if POWER in samples:
+                tx["power_w"] = samples[POWER]
+            if ENERGY in samples:
+                if tx["meter_start_wh"] is None:
+                    tx["meter_start_wh"] = samples[ENERGY]
+                tx["energy_wh"] = max(0.0, samples[ENERGY] - tx["meter_start_wh"])
+
+    def _on_MeterValues(self, entry: ChargerStatus, ex: Exchange, req: dict, res: dict, v16: bool) -> None:
+        evse = req.get("connectorId") if v16 else req.get("evseId")
+        tid = req.get("transactionId")
+        self._meter(entry, evse, req.get("meterValue"), str(tid) if tid is not None else None)
+
+    def _open(self, entry: ChargerStatus, tid: str, evse: int, connector: int | None, started: str,
+              meter_start: float | None) -> dict[str, Any]:
+        tx = entry.transactions.get(tid)
+        if tx is None:
+            tx = entry.transactions[tid] = {"transaction_id": tid, "evse": evse, "connector": connector,
+                                            "started_at": started, "meter_start_wh": meter_start,
+                                            "energy_wh": 0.0 if meter_start is not None else None,
+                                            "power_w": None}
+        for c in entry.evse_entries(evse):
+            c["transaction_id"] = tid
+        return tx
+
+    def _close(self, entry: ChargerStatus, tid: str) -> None:
+        tx = entry.transactions.pop(tid, None)
+        if tx is not None:
+            for c in entry.evse_entries(tx["evse"]):
+                if c["transaction_id"] == tid:
+                    c["transaction_id"] = None
+                    c["power_w"] = None
+
+    def _on_StartTransaction(self, entry: ChargerStatus, ex: Exchange, req: dict, res: dict, v16: bool) -> None:
+        tid = res.get("transactionId")
+        evse = req.get("connectorId")
+        if tid is None or not isinstance(evse, int):
+            return
+        self._open(entry, str(tid), evse, None, req.get("timestamp") or _iso(ex.received_at),
+                   _number(req.get("meterStart")))
+
+    def _on_StopTransaction(self, entry: ChargerStatus, ex: Exchange, req: dict, res: dict, v16: bool) -> None:
+        tid = req.get("transactionId")
+        if tid is not None:
+            self._close(entry, str(tid))
+
+    def _on_TransactionEvent(self, entry: ChargerStatus, ex: Exchange, req: dict, res: dict, v16: bool) -> None:
+        info = req.get("transactionInfo") or {}
+        tid = info.get("transactionId")
+        if not isinstance(tid, str):
+            return
+        evse_obj = req.get("evse") or {}
+        tx = entry.transactions.get(tid)
+        evse = evse_obj.get("id", tx["evse"] if tx else None)
+        if not isinstance(evse, int):
+            return
+        if req.get("eventType") == "Ended":
+            self._meter(entry, evse, req.get("meterValue"), tid)
+            self._close(entry, tid)
+            return
+        if tx is None:
+            started = req.get("timestamp") or _iso(ex.received_at)
+            self._open(entry, tid, evse, evse_obj.get("connectorId"), started, None)
+        self._meter(entry, evse, req.get("meterValue"), tid)
