@@ -9,7 +9,7 @@ import logging
 import signal
 import threading
 import time
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from gateway.config import Settings
 from gateway.protocol.schemas import SchemaRegistry
@@ -25,6 +25,9 @@ class Gateway:
         self.settings = settings
         self.hub: Hub | None = None
         self.ws_port: int | None = None
+        self.api: Any = None  # adapters.api.ApiServer (its .port), when the API is listening
+        self.soap: Any = None  # adapters.soap.server.SoapServer (its .port), when [soap].enabled
+        self.http: Any = None  # adapters.http_binding.HttpBinding (its .port), when [http].enabled
 
 
 @contextlib.asynccontextmanager
@@ -41,8 +44,12 @@ async def running(settings: Settings) -> AsyncIterator[Gateway]:
         hub = gw.hub = Hub(settings, store, schemas, connector)
         await hub.start()
         await _start_telemetry(settings, hub, sinks)  # stopped after the hub (the exit stack closes last)
+        api = _operations(settings, hub, store, sinks)  # observers first: they see every charger
         server = await WebSocketServer(settings, hub).start()
         gw.ws_port = server.port
+        api.checks["websocket"] = lambda: server._server is not None and server._server.is_serving()
+        gw.api = await _start_api(api)
+        legacy = await _start_legacy(settings, hub, gw)
         mode = f"relaying to {settings.upstream.url}" if settings.upstream.url else "standalone"
         log.info("listening for OCPP-J on %s%s/{charger_id} (%s) after %.0f ms", settings.websocket.listen,
                  settings.websocket.path, mode, (time.monotonic() - started) * 1000)
@@ -54,6 +61,9 @@ async def running(settings: Settings) -> AsyncIterator[Gateway]:
             yield gw
         finally:
             stopping.set()
+            await api.stop()
+            for transport in reversed(legacy):
+                await transport.stop()
             await server.stop()
             await hub.close()
             with contextlib.suppress(Exception):
@@ -77,6 +87,52 @@ async def _start_telemetry(settings: Settings, hub: Hub, stack: contextlib.Async
         sinks.append(await stack.enter_async_context(InfluxSink(settings.influx, settings.data_dir, settings.site_id)))
     if sinks:
         hub.observers.append(TelemetryObserver(sinks))
+
+
+def _operations(settings: Settings, hub: Hub, store: Any, stack: contextlib.AsyncExitStack) -> Any:
+    """The REST API (with its metrics and status observers), the traffic journal and the debug
+    frame log. The journal closes with the exit stack, after the hub."""
+    from adapters.api import ApiServer
+    from gateway.logs import FrameLog
+
+    if settings.logging.journal:
+        from adapters.journal import Journal
+
+        journal = Journal(settings.logging.journal, settings.logging.journal_max_mb * 1024 * 1024)
+        stack.callback(journal.close)
+        hub.observers.append(journal)
+    frames = FrameLog()
+    if frames.enabled():
+        hub.observers.append(frames)
+    return ApiServer(settings, hub, checks={"store": lambda: store._db is not None})
+
+
+async def _start_legacy(settings: Settings, hub: Hub, gw: Gateway) -> list[Any]:
+    """The SOAP (OCPP-S 1.5/1.6) and HTTP-binding charger transports, when enabled."""
+    started: list[Any] = []
+    if settings.soap.enabled:
+        from adapters.soap.server import SoapServer
+
+        gw.soap = await SoapServer(settings, hub).start()
+        started.append(gw.soap)
+        log.info("listening for OCPP-S on %s%s", settings.soap.listen, settings.soap.path)
+    if settings.http.enabled:
+        from adapters.http_binding import HttpBinding
+
+        gw.http = await HttpBinding(settings, hub).start()
+        started.append(gw.http)
+        log.info("listening for OCPP-J over HTTP on %s%s/{charger_id}", settings.http.listen, settings.http.path)
+    return started
+
+
+async def _start_api(api: Any) -> Any:
+    """The relay does not depend on the operations API: if its port cannot be bound, say so loudly
+    and keep serving chargers (/healthz then fails, which is what a supervisor watches)."""
+    try:
+        return await api.start()
+    except OSError as exc:
+        log.error("REST API not available: %s", exc)
+        return None
 
 
 async def serve_forever(settings: Settings) -> None:
