@@ -1,0 +1,248 @@
+"""OCPP-J over plain HTTP, for devices that cannot hold a WebSocket (PRODUCT.md, "HTTP binding").
+
+- `POST {http.path}/{charger_id}` with one OCPP-J frame (JSON array):
+  a CALL gets `200` with the CALLRESULT or CALLERROR array (answered by the CSMS through the relay,
+  or by the gateway when standalone or offline); a CALLRESULT/CALLERROR (the answer to a call the
+  device fetched) gets `204`; a frame the gateway cannot read gets `200` with the CALLERROR that
+  the OCPP-J 1.6 rules give it (message id `-1`).
+- `GET {http.path}/{charger_id}/calls?wait=S` long-polls for the next CALL addressed to the device
+  (a CSMS command or the gateway's own): `200` with the CALL array, or `204` when none came within
+  `S` seconds (at most `[http].max_wait`). `POST {http.path}/{charger_id}/calls` with the
+  CALLRESULT/CALLERROR answers it (the plain `POST {path}/{id}` accepts it too).
+- A call for a device that does not fetch it within `[websocket].call_timeout` is answered to its
+  caller with a timeout error by the session (GenericError to the CSMS), and is not handed out later.
+
+The device appears upstream as an OCPP 1.6J charger. Charger ids are validated like WebSocket ones
+(HTTP 400 with the reason); ids without a `[chargers.ID]` entry get 404 when `allow_unknown` is
+false; with `[websocket].security_profile` 1 or 2 the device must send HTTP Basic credentials
+(user = charger id, password = `[chargers.ID].password`), else 401. Session policy: see
+`adapters/polled.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from adapters.polled import LinkRegistry, PolledLink, _feeding
+from gateway.config import Settings, split_listen
+from gateway.errors import LinkClosed
+from gateway.identity import validate_charger_id
+from gateway.protocol import frames as F
+from gateway.session import Hub
+
+log = logging.getLogger("gateway.http")
+
+JSON = "application/json"
+
+
+class HttpChargerLink(PolledLink):
+    transport = "http"
+
+    def __init__(self, binding: "HttpBinding", charger_id: str, remote: str) -> None:
+        super().__init__(charger_id, remote)
+        self.binding = binding
+        self._calls: list[tuple[float, str]] = []  # (when queued, CALL text)
+        self._arrived = asyncio.Event()
+
+    def on_closed(self) -> None:
+        self.binding.registry.forget(self)
+        self._arrived.set()
+
+    async def deliver_call(self, text: str, frame: list[Any]) -> None:
+        self._calls.append((asyncio.get_running_loop().time(), text))
+        self._arrived.set()
+
+    async def next_call(self, wait: float) -> str | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        stale_after = self.binding.settings.websocket.call_timeout
+        self.busy += 1  # a device that is polling is present
+        try:
+            while not self.closed:
+                now = loop.time()
+                self._calls = [(t, c) for t, c in self._calls if now - t < stale_after]
+                if self._calls:
+                    return self._calls.pop(0)[1]
+                if now >= deadline:
+                    return None
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), deadline - now)
+                except asyncio.TimeoutError:
+                    pass
+            return None
+        finally:
+            self.busy -= 1
+            self.touch()
+
+    async def feed_capture(self, text: str) -> list[Any] | None:
+        """Feed a frame that is not a readable CALL; returns the session's immediate answer, if any."""
+        if self.closed or self.session is None:
+            raise LinkClosed("session ended")
+        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        token = _feeding.set(fut)
+        try:
+            self.touch()
+            await self.session.from_charger(text)
+        finally:
+            _feeding.reset(token)
+        return fut.result() if fut.done() and not fut.cancelled() else None
+
+
+def _error(status: int, reason: str, **headers: str) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps({"error": reason}), content_type=JSON, headers=headers)
+
+
+class HttpBinding:
+    def __init__(self, settings: Settings, hub: Hub) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.path = settings.http.path
+        self.registry = LinkRegistry(hub, settings.http.idle_timeout)
+        self._runner: web.AppRunner | None = None
+
+    # -- checks ------------------------------------------------------------------------------------
+
+    def _check(self, request: web.Request) -> tuple[str | None, web.Response | None]:
+        charger_id = request.match_info["charger_id"]
+        problem = validate_charger_id(charger_id)
+        if problem:
+            return None, _error(400, problem)
+        if not self.hub.admits(charger_id):
+            return None, _error(404, "unknown charger")
+        if self.settings.websocket.security_profile in (1, 2):
+            charger = self.settings.charger(charger_id)
+            expected = charger.password.get_secret_value() if charger else ""
+            if not expected or not self._basic_ok(request, charger_id, expected):
+                return None, _error(401, "authentication required", **{"WWW-Authenticate": 'Basic realm="ocpp"'})
+        return charger_id, None
+
+    @staticmethod
+    def _basic_ok(request: web.Request, charger_id: str, expected: str) -> bool:
+        header = request.headers.get("Authorization", "")
+        if not header.lower().startswith("basic "):
+            return False
+        try:
+            user, _, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return hmac.compare_digest(user.encode(), charger_id.encode()) and \
+            hmac.compare_digest(password.encode(), expected.encode())
+
+    async def _body(self, request: web.Request) -> str | web.Response:
+        limit = self.settings.http.max_body_size
+        data = await request.content.read(limit + 1)
+        if len(data) > limit:
+            return _error(413, "frame too large")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return _error(400, "OCPP-J frames are UTF-8 JSON")
+
+    async def _link(self, charger_id: str, request: web.Request) -> HttpChargerLink:
+        link = await self.registry.get(charger_id, lambda: HttpChargerLink(self, charger_id, request.remote or "?"))
+        assert isinstance(link, HttpChargerLink)
+        return link
+
+    # -- handlers ----------------------------------------------------------------------------------
+
+    async def _post(self, request: web.Request) -> web.Response:
+        charger_id, refusal = self._check(request)
+        if refusal is not None:
+            return refusal
+        assert charger_id is not None
+        text = await self._body(request)
+        if isinstance(text, web.Response):
+            return text
+        link = await self._link(charger_id, request)
+        try:
+            frame = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            frame = None
+        try:
+            if isinstance(frame, list) and len(frame) >= 3 and frame[0] == 2 and isinstance(frame[1], str) \
+                    and len(frame[1]) <= 36:
+                timeout = self.settings.upstream.call_timeout * 2 + 5
+                try:
+                    reply = await link.request(frame[1], text, timeout)
+                except asyncio.TimeoutError:
+                    return _error(504, "no answer in time")
+                return web.Response(body=orjson.dumps(reply), content_type=JSON)
+            answer = await link.feed_capture(text)
+        except LinkClosed:
+            return _error(503, "session ended; retry")
+        if answer is None:
+            return web.Response(status=204)
+        return web.Response(body=orjson.dumps(answer), content_type=JSON)
+
+    async def _poll(self, request: web.Request) -> web.Response:
+        charger_id, refusal = self._check(request)
+        if refusal is not None:
+            return refusal
+        assert charger_id is not None
+        try:
+            wait = float(request.query.get("wait", "0"))
+        except ValueError:
+            return _error(400, "wait must be a number of seconds")
+        if not 0 <= wait <= 86400:
+            return _error(400, "wait must be between 0 and 86400")
+        wait = min(wait, self.settings.http.max_wait)
+        link = await self._link(charger_id, request)
+        call = await link.next_call(wait)
+        if call is None:
+            return web.Response(status=204)
+        return web.Response(text=call, content_type=JSON)
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        charger_id, refusal = self._check(request)
+        if refusal is not None:
+            return refusal
+        assert charger_id is not None
+        text = await self._body(request)
+        if isinstance(text, web.Response):
+            return text
+        kind = F.peek_reply_id(text)
+        if kind is None or kind[0] not in (3, 4):
+            return _error(400, "POST the CALLRESULT or CALLERROR of a fetched call here")
+        link = await self._link(charger_id, request)
+        try:
+            answer = await link.feed_capture(text)
+        except LinkClosed:
+            return _error(503, "session ended; retry")
+        if answer is None:
+            return web.Response(status=204)
+        return web.Response(body=orjson.dumps(answer), content_type=JSON)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> "HttpBinding":
+        app = web.Application(client_max_size=self.settings.http.max_body_size + 1024)
+        base = self.path.rstrip("/")
+        app.router.add_post(base + "/{charger_id}", self._post)
+        app.router.add_get(base + "/{charger_id}/calls", self._poll)
+        app.router.add_post(base + "/{charger_id}/calls", self._answer)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        host, port = split_listen(self.settings.http.listen)
+        await web.TCPSite(self._runner, host, port).start()
+        self.registry.start()
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self._runner is not None
+        site = self._runner.sites[0]
+        return int(site._server.sockets[0].getsockname()[1])  # type: ignore[attr-defined,union-attr]
+
+    async def stop(self) -> None:
+        await self.registry.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()

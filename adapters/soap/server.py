@@ -1,0 +1,307 @@
+"""OCPP-S charger-facing transport: the CentralSystemService for OCPP 1.5 and 1.6 on one endpoint.
+
+`POST http://HOST:PORT{soap.path}` (aiohttp). Each request is a SOAP 1.2 envelope; the version is the
+namespace of the body's element (`urn://Ocpp/Cs/2012/06/` = 1.5, `urn://Ocpp/Cs/2015/10/` = 1.6).
+The charger is named by the `chargeBoxIdentity` header (matched case-insensitively) and its own
+ChargePointService endpoint is learned from `wsa:From` on every request (and kept in
+`data_dir/soap-endpoints.json`, so it survives a restart).
+
+A SOAP charger is a charger session like any other (`gateway.session`): its requests enter the
+session as OCPP-J 1.6 CALLs, so upstream it is an OCPP 1.6J charger; the session's CALLs for it
+(CSMS commands, the gateway's own) are turned into SOAP requests to its endpoint (zeep builds and
+reads the bodies, aiohttp carries them, nothing blocks the event loop) and the answers go back into
+the session. Session policy: see `adapters/polled.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from adapters.polled import LinkRegistry, PolledLink, new_call_id
+from adapters.soap import codec, convert
+from adapters.soap.codec import SoapError
+from adapters.soap.contract import CP, CS, V15, contract
+from gateway.config import Settings, split_listen
+from gateway.errors import LinkClosed
+from gateway.identity import validate_charger_id
+from gateway.protocol import frames as F
+from gateway.protocol.frames import ErrorCode, OcppVersion, parse_error_code
+from gateway.session import Hub
+
+log = logging.getLogger("gateway.soap")
+
+# CALLERROR code (from the session or the CSMS) -> SOAP Fault (S16 §4; O16 errata maps
+# PropertyConstraintViolation to Sender/ProtocolError and NotSupported to Receiver/NotSupported)
+_FAULTS = {
+    ErrorCode.NOT_IMPLEMENTED: ("Receiver", "NotSupported"),
+    ErrorCode.NOT_SUPPORTED: ("Receiver", "NotSupported"),
+    ErrorCode.SECURITY_ERROR: ("Sender", "SecurityError"),
+    ErrorCode.PROTOCOL_ERROR: ("Sender", "ProtocolError"),
+    ErrorCode.FORMAT_VIOLATION: ("Sender", "ProtocolError"),
+    ErrorCode.PROPERTY_CONSTRAINT_VIOLATION: ("Sender", "ProtocolError"),
+    ErrorCode.OCCURRENCE_CONSTRAINT_VIOLATION: ("Sender", "ProtocolError"),
+    ErrorCode.TYPE_CONSTRAINT_VIOLATION: ("Sender", "ProtocolError"),
+}
+
+# SOAP Fault sub-code from a charger -> CALLERROR code for the CSMS
+_ERRORS = {
+    "NotSupported": ErrorCode.NOT_SUPPORTED,
+    "SecurityError": ErrorCode.SECURITY_ERROR,
+    "IdentityMismatch": ErrorCode.SECURITY_ERROR,
+    "ProtocolError": ErrorCode.PROTOCOL_ERROR,
+    "InternalError": ErrorCode.INTERNAL_ERROR,
+}
+
+
+def _is_endpoint(address: str | None) -> bool:
+    if not address or address.startswith(codec.WSA):
+        return False  # absent, anonymous or "none": the charger cannot be called back
+    parts = urlsplit(address)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+class SoapChargerLink(PolledLink):
+    transport = "soap"
+
+    def __init__(self, server: "SoapServer", charger_id: str, remote: str) -> None:
+        super().__init__(charger_id, remote)
+        self.server = server
+        self.soap_version = "1.6"
+        self.endpoint: str | None = server.endpoints.get(charger_id)
+        self.gateway_address: str | None = None  # where the charger reached us: our wsa:From towards it
+
+    def on_closed(self) -> None:
+        self.server.registry.forget(self)
+
+    async def deliver_call(self, text: str, frame: list[Any]) -> None:
+        if len(frame) != 4 or not isinstance(frame[2], str) or not isinstance(frame[3], dict):
+            return
+        self.busy += 1
+        self.spawn(self._call(frame[1], frame[2], frame[3]))
+
+    async def _call(self, message_id: str, action: str, payload: dict[str, Any]) -> None:
+        try:
+            reply = await self._soap_call(message_id, action, payload)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure is an answer for the caller
+            log.exception("%s: %s to the charger failed", self.charger_id, action)
+            reply = F.call_error(OcppVersion.V16, message_id, ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}")
+        finally:
+            self.busy -= 1
+        if self.closed or self.session is None:
+            return
+        self.touch()
+        await self.session.from_charger(reply)
+
+    async def _soap_call(self, message_id: str, action: str, payload: dict[str, Any]) -> str:
+        v16 = OcppVersion.V16
+        version = self.soap_version
+        if version == V15 and action in convert.NOT_IN_15:
+            return F.call_error(v16, message_id, ErrorCode.NOT_SUPPORTED, f"{action} does not exist in OCPP 1.5")
+        c = contract(CP, version)
+        op = c.operations.get(action)
+        if op is None:
+            code = ErrorCode.NOT_SUPPORTED if self.server.hub.schemas.knows(v16, action) else ErrorCode.NOT_IMPLEMENTED
+            return F.call_error(v16, message_id, code, f"{action} is not an OCPP-S operation")
+        if not self.endpoint:
+            return F.call_error(v16, message_id, ErrorCode.GENERIC_ERROR,
+                                "the charger's endpoint is unknown (it sent no wsa:From)")
+        body = convert.down(action, payload, False) if version == V15 else payload
+        try:
+            env = codec.encode(CP, version, op, False, body)
+        except (ValueError, TypeError) as exc:
+            return F.call_error(v16, message_id, ErrorCode.FORMAT_VIOLATION, f"cannot express in OCPP-S: {exc}")
+        request_id = codec.new_message_id()
+        codec.add_headers(env, c.namespace, action=op.action, message_id=request_id, identity=self.charger_id,
+                          from_address=self.gateway_address, reply_to=codec.WSA_ANONYMOUS, to=self.endpoint)
+        data = codec.to_bytes(env)
+        timeout = self.server.settings.websocket.call_timeout
+        try:
+            async with self.server.http.post(
+                self.endpoint, data=data, timeout=aiohttp.ClientTimeout(total=timeout),
+                headers={"Content-Type": f'{codec.CONTENT_TYPE}; action="{op.action}"'},
+            ) as resp:
+                answer = await resp.content.read(self.server.settings.soap.max_body_size + 1)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            log.warning("%s: %s to %s failed: %s", self.charger_id, action, self.endpoint, exc or type(exc).__name__)
+            return F.call_error(v16, message_id, ErrorCode.GENERIC_ERROR,
+                                f"charger endpoint unreachable or silent: {type(exc).__name__}")
+        try:
+            if len(answer) > self.server.settings.soap.max_body_size:
+                raise SoapError("Sender", "ProtocolError", "response too large")
+            renv = codec.parse_envelope(answer)
+            fault = codec.read_fault(renv)
+            if fault is not None:
+                code = _ERRORS.get(fault.subcode, ErrorCode.GENERIC_ERROR)
+                return F.call_error(v16, message_id, code, f"SOAP Fault {fault.code}/{fault.subcode}: {fault.reason}")
+            rc, rop, is_response, _ = codec.lookup(CP, renv)
+            if rop.name != action or not is_response:
+                raise SoapError("Sender", "ProtocolError", f"expected {op.response.name}")
+            result = codec.decode(CP, rc.version, rop, True, renv)
+        except SoapError as exc:
+            log.warning("%s: bad answer to %s: %s", self.charger_id, action, exc)
+            return F.call_error(v16, message_id, ErrorCode.PROTOCOL_ERROR, f"bad SOAP answer: {exc.reason}")
+        if rc.version == V15:
+            result = convert.up(action, result, True)
+        return F.call_result(message_id, result)
+
+
+class SoapServer:
+    def __init__(self, settings: Settings, hub: Hub) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.path = settings.soap.path
+        self.registry = LinkRegistry(hub, settings.soap.idle_timeout)
+        self._store = Path(settings.data_dir) / "soap-endpoints.json"
+        self.endpoints: dict[str, str] = self._load_endpoints()
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self.http: aiohttp.ClientSession = None  # type: ignore[assignment]
+
+    # -- endpoints --------------------------------------------------------------------------------
+
+    def _load_endpoints(self) -> dict[str, str]:
+        try:
+            data = json.loads(self._store.read_text(encoding="utf-8"))
+            return {k: v for k, v in data.items() if isinstance(v, str) and validate_charger_id(k) is None}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, AttributeError) as exc:
+            log.warning("ignoring %s: %s", self._store, exc)
+            return {}
+
+    def _save_endpoints(self) -> None:
+        self._store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._store.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.endpoints, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, self._store)
+
+    async def _learn_endpoint(self, charger_id: str, address: str) -> None:
+        if self.endpoints.get(charger_id) == address:
+            return
+        self.endpoints[charger_id] = address
+        log.info("SOAP charger %s listens at %s", charger_id, address, extra={"charger_id": charger_id})
+        try:
+            await asyncio.to_thread(self._save_endpoints)
+        except OSError as exc:
+            log.warning("could not save SOAP endpoints: %s", exc)
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self.settings.soap.max_body_size
+        if request.content_length is not None and request.content_length > limit:
+            raise SoapError("Sender", "ProtocolError", "request body too large")
+        data = await request.content.read(limit + 1)
+        if len(data) > limit:
+            raise SoapError("Sender", "ProtocolError", "request body too large")
+        return codec.decompress(data, request.headers.get("Content-Encoding", ""), limit)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        namespace = contract(CS, "1.6").namespace
+        relates_to = None
+        charger_id = None
+        try:
+            data = await self._read_body(request)
+            env = codec.parse_envelope(data)
+            headers = codec.read_headers(env)
+            relates_to = headers.message_id
+            c, op, is_response, _ = codec.lookup(CS, env)
+            namespace = c.namespace
+            if is_response:
+                raise SoapError("Sender", "ProtocolError", f"{op.response.name} is not a request")
+            if headers.action and headers.action != op.action:
+                log.warning("wsa:Action %r does not match the body %s", headers.action[:80], op.request.name)
+            charger_id = headers.identity
+            if not charger_id:
+                raise SoapError("Sender", "ProtocolError", "the chargeBoxIdentity header is missing")
+            problem = validate_charger_id(charger_id)
+            if problem:
+                raise SoapError("Sender", "ProtocolError", f"chargeBoxIdentity: {problem}")
+            if not self.hub.admits(charger_id):
+                raise SoapError("Sender", "SecurityError", "unknown charge box")
+            payload = codec.decode(CS, c.version, op, False, env)
+            if c.version == V15:
+                payload = convert.up(op.name, payload, False)
+            link = await self._link(charger_id, request, headers, c.version)
+            message_id = new_call_id("s")
+            timeout = self.settings.upstream.call_timeout * 2 + 5
+            try:
+                reply = await link.request(message_id, F.call(message_id, op.name, payload), timeout)
+            except (asyncio.TimeoutError, LinkClosed) as exc:
+                raise SoapError("Receiver", "InternalError", f"no answer: {type(exc).__name__}") from None
+            if reply[0] != 3:
+                code = parse_error_code(str(reply[2])) or ErrorCode.INTERNAL_ERROR
+                fcode, sub = _FAULTS.get(code, ("Receiver", "InternalError"))
+                raise SoapError(fcode, sub, f"{reply[2]}: {reply[3] if len(reply) > 3 else ''}")
+            result = reply[2]
+            if op.name == "BootNotification" and isinstance(result.get("interval"), int):
+                link.heartbeat_interval = result["interval"]
+            if c.version == V15:
+                result = convert.down(op.name, result, True)
+            out = codec.encode(CS, c.version, op, True, result)
+            codec.add_headers(out, c.namespace, action=op.action + "Response", message_id=codec.new_message_id(),
+                              relates_to=headers.message_id, to=codec.WSA_ANONYMOUS)
+            return web.Response(body=codec.to_bytes(out), content_type="application/soap+xml", charset="utf-8")
+        except SoapError as exc:
+            log.warning("SOAP Fault %s/%s for %s from %s: %s", exc.code, exc.subcode, charger_id or "?",
+                        request.remote, exc.reason, extra={"charger_id": charger_id} if charger_id else {})
+            return web.Response(status=exc.http_status, body=codec.fault(exc, namespace, relates_to),
+                                content_type="application/soap+xml", charset="utf-8")
+
+    async def _link(self, charger_id: str, request: web.Request, headers: codec.Addressing,
+                    version: str) -> SoapChargerLink:
+        link = await self.registry.get(charger_id, lambda: SoapChargerLink(self, charger_id, request.remote or "?"))
+        assert isinstance(link, SoapChargerLink)
+        link.soap_version = version
+        link.remote = request.remote or link.remote
+        link.gateway_address = headers.to if _is_endpoint(headers.to) else str(request.url)
+        if _is_endpoint(headers.from_address):
+            link.endpoint = headers.from_address
+            await self._learn_endpoint(charger_id, headers.from_address)  # type: ignore[arg-type]
+        return link
+
+    async def _not_allowed(self, request: web.Request) -> web.Response:
+        return web.Response(status=405, text="OCPP-S: POST a SOAP 1.2 envelope\n", headers={"Allow": "POST"})
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> "SoapServer":
+        app = web.Application(client_max_size=self.settings.soap.max_body_size + 1024)
+        app.router.add_post(self.path, self._handle)
+        app.router.add_route("*", self.path, self._not_allowed)
+        self.http = aiohttp.ClientSession(auto_decompress=True)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        host, port = split_listen(self.settings.soap.listen)
+        self._site = web.TCPSite(self._runner, host, port)
+        await self._site.start()
+        self.registry.start()
+        # load the generated contracts into zeep now, off the event loop
+        asyncio.get_running_loop().run_in_executor(None, codec.warm_up)
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self._runner is not None
+        server = self._runner.server
+        sockets = [s for site in self._runner.sites for s in (site._server.sockets if site._server else [])]  # type: ignore[attr-defined]
+        return int(sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        await self.registry.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.http is not None:
+            await self.http.close()
