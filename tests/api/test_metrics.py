@@ -1,0 +1,122 @@
+"""Prometheus metrics change as scripted sessions run: counts checked, exposition format parsed by
+prometheus_client's own parser (what a Prometheus server accepts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from ocpp.v16 import call as call16
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.api.helpers import api_client, charger, inproc, until
+from tests.e2e.peers import CsmsServer
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(scraped: dict, name: str, **labels: str) -> float:
+    return scraped.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def scrape(api) -> dict:  # type: ignore[no-untyped-def]
+    status, text, _ = await api.get("/metrics")
+    assert status == 200
+    return samples(text)
+
+
+async def test_counts_follow_a_scripted_standalone_session(tmp_path: Path) -> None:
+    async with inproc(tmp_path) as gw, api_client(gw.api_url) as api:
+        m = await scrape(api)
+        assert value(m, "ocppgw_build_info", version=__import__("gateway").__version__) == 1
+        assert value(m, "ocppgw_upstream_links", state="standalone") == 0
+        assert value(m, "ocppgw_charger_connects_total") == 0
+        async with charger(gw.url("M1"), "M1") as cp:
+            await cp.boot()
+            await cp.status(0, "Available")
+            await cp.status(1, "Preparing")
+            tx = await cp.start_tx(1)
+            await cp.meter(1, tx.transaction_id, 11000, 1500)
+            assert (await api.post("/api/v1/chargers/M1/calls/Reset", {"type": "Hard"}))[0] == 200
+            assert (await api.post("/api/v1/chargers/M1/calls/ClearCache"))[0] == 502
+            cp.slow = 0.6
+            assert (await api.post("/api/v1/chargers/M1/calls/GetConfiguration?timeout=0.2", {}))[0] == 504
+            m = await scrape(api)
+            assert value(m, "ocppgw_chargers_connected", transport="websocket", protocol="ocpp1.6") == 1
+            assert value(m, "ocppgw_upstream_links", state="standalone") == 1
+            assert value(m, "ocppgw_charger_connects_total") == 1
+            calls = "ocppgw_calls_total"
+            assert value(m, calls, origin="charger", action="BootNotification", answered_by="gateway", outcome="result") == 1
+            assert value(m, calls, origin="charger", action="StatusNotification", answered_by="gateway", outcome="result") == 2
+            assert value(m, calls, origin="charger", action="StartTransaction", answered_by="gateway", outcome="result") == 1
+            assert value(m, calls, origin="charger", action="MeterValues", answered_by="gateway", outcome="result") == 1
+            assert value(m, calls, origin="gateway", action="Reset", answered_by="charger", outcome="result") == 1
+            assert value(m, calls, origin="gateway", action="ClearCache", answered_by="charger", outcome="error") == 1
+            assert value(m, calls, origin="gateway", action="GetConfiguration", answered_by="gateway", outcome="timeout") == 1
+            errors = "ocppgw_call_errors_total"
+            assert value(m, errors, origin="gateway", action="ClearCache", code="NotImplemented") == 1
+            assert value(m, errors, origin="gateway", action="GetConfiguration", code="timeout") == 1
+            rtt = "ocppgw_call_round_trip_seconds_count"
+            assert value(m, rtt, origin="charger", peer="gateway") == 5
+            assert value(m, rtt, origin="gateway", peer="charger") == 2
+            assert value(m, rtt, origin="gateway", peer="gateway") == 1  # the timeout, at ~0.2 s
+            assert value(m, "ocppgw_call_round_trip_seconds_bucket", origin="gateway", peer="gateway", le="0.1") == 0
+            assert value(m, "ocppgw_call_round_trip_seconds_bucket", origin="gateway", peer="gateway", le="0.5") == 1
+            cp.slow = 0.0
+        await until(lambda: not gw.hub.sessions, what="session ended")
+        async with charger(gw.url("M1"), "M1") as cp:  # the same charger again: a reconnect
+            await cp.boot()
+            m = await scrape(api)
+            assert value(m, "ocppgw_charger_connects_total") == 2
+            assert value(m, "ocppgw_charger_reconnects_total") == 1
+            assert value(m, "ocppgw_charger_disconnects_total") == 1
+            assert value(m, "ocppgw_calls_total", origin="charger", action="BootNotification", answered_by="gateway",
+                         outcome="result") == 2
+        await until(lambda: not gw.hub.sessions, what="session ended")
+        m = await scrape(api)
+        assert value(m, "ocppgw_chargers_connected", transport="websocket", protocol="ocpp1.6") == 0
+        assert value(m, "ocppgw_charger_disconnects_total") == 2
+        assert value(m, "ocppgw_calls_queued", direction="to_charger") == 0
+
+
+@pytest.mark.timeout(60)
+async def test_upstream_links_and_round_trips_in_relay_mode(tmp_path: Path) -> None:
+    async with CsmsServer() as csms:
+        async with inproc(tmp_path, upstream={"url": csms.url, "reconnect_min": 0.2, "reconnect_max": 0.5}) as gw, \
+                api_client(gw.api_url) as api:
+            async with charger(gw.url("R1"), "R1") as cp:
+                session = await csms.wait_session("R1")
+                await until(lambda: gw.hub.sessions["R1"].upstream_state.value == "online", what="upstream online")
+                await cp.boot()
+                await session.cp.call(call16.Reset(type="Soft"))  # the CSMS calls the charger
+                m = await scrape(api)
+                assert value(m, "ocppgw_upstream_links", state="online") == 1
+                assert value(m, "ocppgw_upstream_state_changes_total", state="online") == 1
+                assert value(m, "ocppgw_calls_total", origin="charger", action="BootNotification", answered_by="csms",
+                             outcome="result") == 1
+                assert value(m, "ocppgw_calls_total", origin="csms", action="Reset", answered_by="charger",
+                             outcome="result") == 1
+                assert value(m, "ocppgw_call_round_trip_seconds_count", origin="charger", peer="csms") == 1
+                assert value(m, "ocppgw_call_round_trip_seconds_count", origin="csms", peer="charger") == 1
+                status, one, _ = await api.get("/api/v1/chargers/R1")
+                assert one["upstream"]["state"] == "online"
+                # the CSMS goes away: the link is offline (or redialling), and the API says so
+                await session.log.ws.close()
+                await until(lambda: gw.hub.sessions["R1"].upstream_state.value != "online", what="upstream lost")
+                m = await scrape(api)
+                assert value(m, "ocppgw_upstream_links", state="online") == 0
+                assert value(m, "ocppgw_upstream_links", state="offline") + value(
+                    m, "ocppgw_upstream_links", state="connecting") == 1
+                assert value(m, "ocppgw_upstream_state_changes_total", state="offline") >= 1
+                # ... and comes back (the CSMS server still listens): a reconnect
+                await until(lambda: gw.hub.sessions["R1"].upstream_state.value == "online", timeout=10,
+                            what="upstream back")
+                m = await scrape(api)
+                assert value(m, "ocppgw_upstream_reconnects_total") == 1
+                assert value(m, "ocppgw_upstream_links", state="online") == 1
