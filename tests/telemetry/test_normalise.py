@@ -1,0 +1,223 @@
+"""The pure part: OCPP payloads of each version in (fixtures, schema-valid), normalised records out;
+unit rules; the vendor DataTransfer decoder; the observer's hand-off; topic-safe ids; line protocol."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from adapters.influx import encode as influx_lines, line
+from adapters.mqtt import topic_level
+from gateway.ports import Exchange
+from gateway.protocol.frames import OcppVersion
+from gateway.protocol.schemas import SchemaRegistry
+from gateway.telemetry import units
+from gateway.telemetry.normalise import Normaliser
+from gateway.telemetry.observer import TelemetryObserver
+from gateway.telemetry.records import (
+    ChargerInfo, ChargerState, ConnectorStatus, EnvironmentReading, MeterReading, MeterSample, TransactionEvent,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+SCHEMAS = SchemaRegistry([OcppVersion.V16, OcppVersion.V201, OcppVersion.V21])
+
+
+def t(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def run(fixture: str, version: OcppVersion) -> list[Any]:
+    exchanges = json.loads((FIXTURES / fixture).read_text())
+    norm = Normaliser()
+    out: list[Any] = []
+    for ex in exchanges:
+        problem = SCHEMAS.validate(version, ex["action"], ex["request"])
+        assert problem is None, f"fixture {ex['action']} is not schema-valid: {problem}"
+        out += norm.records("CP1", version.value, ex["action"], ex["request"], ex["response"], NOW)
+    return out
+
+
+def of(records: list[Any], kind: type) -> list[Any]:
+    return [r for r in records if isinstance(r, kind)]
+
+
+def test_ocpp16_session() -> None:
+    records = run("ocpp16_session.json", OcppVersion.V16)
+    assert of(records, ChargerInfo) == [ChargerInfo(charger_id="CP1", vendor="ACME", model="Wall-1",
+                                                    firmware="1.2.3", serial="SN-1", ts=NOW)]
+    assert of(records, ConnectorStatus) == [ConnectorStatus(
+        charger_id="CP1", evse=2, connector=2, status="Faulted", error_code="HighTemperature",
+        ts=t("2025-03-01T10:00:00Z"), info="too hot")]
+    meters = of(records, MeterReading)
+    first = meters[0]
+    assert (first.evse, first.connector, first.transaction_id, first.ts) == (2, 2, "42", t("2025-03-01T10:01:00Z"))
+    assert first.samples == (
+        MeterSample("Energy.Active.Import.Register", 12500.0, "Wh", None, None, "Sample.Periodic"),
+        MeterSample("Energy.Active.Import.Register", 11000.0, "Wh", None, None, "Sample.Periodic"),  # bare value
+        MeterSample("Power.Active.Import", 3600.0, "W", None, None, "Sample.Periodic"),
+        MeterSample("Voltage", 230.1, "V", "L1-N", "Outlet", "Sample.Periodic"),
+        MeterSample("Frequency", 50.0, "Hz", None, None, "Sample.Periodic"),  # 1.6 has no Hz unit
+        MeterSample("Temperature", 40.0, "Celsius", None, "Body", "Sample.Periodic"),  # 104 °F
+        MeterSample("Temperature", 21.5, "Celsius", None, "Cable", "Sample.Periodic"),  # the 'Celcius' typo
+    )  # SignedData and a non-number are left out
+    assert meters[1].evse == 0 and meters[1].samples[0].value == 27.0  # 300.15 K
+    end = meters[2]
+    assert end.source == "StopTransaction" and end.evse == 2 and end.samples[0].context == "Transaction.End"
+    env = {(e.name, e.value, e.unit, e.source, e.ts) for e in of(records, EnvironmentReading)}
+    assert env == {
+        ("temperature_evse2", 40.0, "Celsius", "MeterValues", t("2025-03-01T10:01:00Z")),
+        ("temperature_cable_evse2", 21.5, "Celsius", "MeterValues", t("2025-03-01T10:01:00Z")),
+        ("temperature", 27.0, "Celsius", "MeterValues", t("2025-03-01T10:01:00Z")),
+        ("temperature", 20.0, "Celsius", "DataTransfer/gateway.environment", t("2025-03-01T10:30:00Z")),
+        ("humidity", 41.5, "RH", "DataTransfer/gateway.environment", t("2025-03-01T10:30:00Z")),
+    }
+    started, ended = of(records, TransactionEvent)
+    assert started == TransactionEvent(charger_id="CP1", event="started", transaction_id="42", evse=2, connector=2,
+                                       ts=t("2025-03-01T10:00:05Z"), meter_start=12000.0)
+    assert ended == TransactionEvent(charger_id="CP1", event="ended", transaction_id="42", evse=2, connector=2,
+                                     ts=t("2025-03-01T11:00:00Z"), meter_start=12000.0, meter_stop=15500.0,
+                                     energy_wh=3500.0, reason="Local")
+
+
+def test_ocpp201_session() -> None:
+    records = run("ocpp201_session.json", OcppVersion.V201)
+    assert of(records, ChargerInfo)[0].vendor == "Volt"
+    assert of(records, ConnectorStatus) == [ConnectorStatus(charger_id="CP1", evse=1, connector=1, status="Occupied",
+                                                            error_code=None, ts=t("2025-03-01T10:00:00Z"))]
+    env = [(e.name, e.value, e.unit, e.source, e.ts) for e in of(records, EnvironmentReading)]
+    assert env == [
+        ("temperature", 25.0, "Celsius", "NotifyReport", t("2025-03-01T10:00:10Z")),  # 77 °F, unit from the report
+        ("humidity", 40.5, "RH", "NotifyReport", t("2025-03-01T10:00:10Z")),
+        ("temperature", 30.0, "Celsius", "NotifyEvent", t("2025-03-01T10:04:59Z")),  # 86 °F: unit learned above
+        ("ambient_temperature", 12.5, "Celsius", "NotifyEvent", t("2025-03-01T10:04:59Z")),  # Celsius by default
+        ("ac_dc_converter_temperature_heatsink_evse1", 61.0, "Celsius", "NotifyEvent", t("2025-03-01T10:04:59Z")),
+        ("temperature_upper_threshold", 60.0, "Celsius", "NotifyMonitoringReport", t("2025-03-01T10:40:00Z")),
+    ]
+    started, updated, ended = of(records, TransactionEvent)
+    assert (started.event, started.transaction_id, started.evse, started.connector, started.meter_start) == (
+        "started", "TX-9", 1, 1, 5000.0)
+    assert (updated.event, updated.evse, updated.seq_no, updated.reason) == ("updated", 1, 1, "MeterValuePeriodic")
+    assert ended == TransactionEvent(charger_id="CP1", event="ended", transaction_id="TX-9", evse=1, connector=1,
+                                     ts=t("2025-03-01T10:30:00Z"), meter_start=5000.0, meter_stop=25000.0,
+                                     energy_wh=20000.0, reason="EVDisconnected", offline=True, seq_no=2)
+    meters = of(records, MeterReading)
+    power = meters[1].samples
+    assert power[0] == MeterSample("Power.Active.Import", 50000.0, "W", None, None, "Sample.Periodic")  # multiplier 3
+    assert power[1] == MeterSample("SoC", 80.0, "Percent", None, "EV", "Sample.Periodic")
+    assert meters[1].transaction_id == "TX-9" and meters[1].evse == 1
+    main = meters[-1]
+    assert (main.evse, main.source, main.samples[0].phase) == (0, "MeterValues", "L1-L2")
+
+
+def test_ocpp21_periodic_event_stream_and_vendor_data() -> None:
+    records = run("ocpp21_stream.json", OcppVersion.V21)
+    env = [(e.name, e.value, e.unit, e.source, e.ts) for e in of(records, EnvironmentReading)]
+    assert env == [
+        ("humidity", 44.0, "RH", "NotifyPeriodicEventStream", t("2025-03-01T10:50:00Z")),
+        ("humidity", 44.5, "RH", "NotifyPeriodicEventStream", t("2025-03-01T10:50:10Z")),
+        ("humidity", 45.0, "RH", "NotifyPeriodicEventStream", t("2025-03-01T10:50:20.5Z")),
+        ("temperature", 20.0, "Celsius", "DataTransfer/gateway.environment", NOW),  # 293.15 K, receipt time
+    ]  # stream 99 was never opened: ignored
+
+
+def test_get_variables_answer_is_environment_data() -> None:
+    norm = Normaliser()
+    response = {"getVariableResult": [
+        {"attributeStatus": "Accepted", "component": {"name": "HumiditySensor"}, "variable": {"name": "Humidity"},
+         "attributeValue": "55"},
+        {"attributeStatus": "UnknownComponent", "component": {"name": "TemperatureSensor"},
+         "variable": {"name": "Temperature"}}]}
+    records = norm.records("CP1", "ocpp2.0.1", "GetVariables", {}, response, NOW, origin="gateway")
+    assert [(r.name, r.value, r.unit) for r in records] == [("humidity", 55.0, "RH")]
+
+
+@pytest.mark.parametrize("value,unit,expected", [
+    (25.0, "Celsius", 25.0), (25.0, "Celcius", 25.0), (77.0, "Fahrenheit", 25.0), (-40.0, "Fahrenheit", -40.0),
+    (298.15, "K", 25.0), (0.0, "K", -273.15), (21.0, None, 21.0),
+])
+def test_temperatures_to_celsius(value: float, unit: str | None, expected: float) -> None:
+    assert units.to_celsius(value, unit) == expected
+
+
+def test_canonical_units() -> None:
+    assert units.canonical(1.5, "kWh") == (1500.0, "Wh")
+    assert units.canonical(2.0, "kW") == (2000.0, "W")
+    assert units.canonical(7.0, "kvarh") == (7000.0, "varh")
+    assert units.canonical(3.0, "W", multiplier=3) == (3000.0, "W")
+    assert units.canonical(50.0, None, measurand="Frequency") == (50.0, "Hz")
+    assert units.canonical(50.0, "Hertz", measurand="Frequency") == (50.0, "Hz")
+    assert units.canonical(10.0, None) == (10.0, "Wh")
+    assert units.canonical(40.0, "Percent", measurand="Humidity") == (40.0, "RH")
+    with pytest.raises(ValueError):
+        units.canonical(float("nan"), "W")
+
+
+def test_unknown_vendor_and_bad_vendor_data_give_nothing() -> None:
+    norm = Normaliser()
+    bad = {"vendorId": "gateway.environment", "messageId": "Environment", "data": "{not json"}
+    assert norm.records("CP1", "ocpp1.6", "DataTransfer", bad, {}, NOW) == []
+    assert norm.records("CP1", "ocpp1.6", "DataTransfer", {"vendorId": "x"}, {}, NOW) == []
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def offer(self, record: Any) -> None:
+        self.records.append(record)
+
+
+class _Broken:
+    def offer(self, record: Any) -> None:
+        raise RuntimeError("boom")
+
+
+def test_observer_hands_records_to_every_sink_and_never_raises() -> None:
+    good = _Sink()
+    obs = TelemetryObserver([_Broken(), good])
+    session = SimpleNamespace(charger_id="CP1", connected=True, version=OcppVersion.V16,
+                              upstream_state=SimpleNamespace(value="standalone"))
+    ex = Exchange(charger_id="CP1", version=OcppVersion.V16, origin="charger", action="StatusNotification",
+                  message_id="1", request={"connectorId": 1, "status": "Available", "errorCode": "NoError"},
+                  response={}, received_at=NOW)
+    obs.exchange(session, ex)
+    obs.session_event(session, "connected")
+    # an errored exchange (the charger will retry) and a payload the normaliser chokes on: no records, no raise
+    obs.exchange(session, Exchange(charger_id="CP1", version=OcppVersion.V16, origin="charger", action="MeterValues",
+                                   message_id="2", request={}, response=None, error="InternalError", received_at=NOW))
+    obs.exchange(session, Exchange(charger_id="CP1", version=OcppVersion.V16, origin="charger", action="MeterValues",
+                                   message_id="3", request={"meterValue": "garbage"}, response={}, received_at=NOW))
+    assert [type(r) for r in good.records] == [ConnectorStatus, ChargerState]
+    assert good.records[0].ts == NOW  # no timestamp from the charger: receipt time
+    assert obs.failures >= 2
+
+
+@pytest.mark.parametrize("charger_id,level", [
+    ("CP001", "CP001"), ("a/b", "a%2Fb"), ("a+b", "a%2Bb"), ("#", "%23"), ("x/+/#", "x%2F%2B%2F%23"),
+    ("$SYS", "%24SYS"), ("sp ace~", "sp%20ace%7E"), ("ü", "%C3%BC"), ("a.b_c-d", "a.b_c-d"),
+])
+def test_charger_ids_cannot_leave_their_topic_level(charger_id: str, level: str) -> None:
+    encoded = topic_level(charger_id)
+    assert encoded == level
+    assert not set(encoded) & {"/", "+", "#", "$"}
+
+
+def test_line_protocol_escapes_and_types() -> None:
+    text = line("meter_value", {"charger": "a b,c=d", "empty": "", "none": None}, {"value": 1.0}, NOW)
+    assert text == "meter_value,charger=a\\ b\\,c\\=d value=1.0 1740830400000000000"
+    reading = MeterReading(charger_id="CP1", evse=1, connector=1, ts=NOW, transaction_id=None, source="MeterValues",
+                           samples=(MeterSample("Energy.Active.Import.Register", 100.0, "Wh"),))
+    assert influx_lines(reading, "s") == [
+        "meter_value,charger=CP1,connector=1,evse=1,measurand=Energy.Active.Import.Register,site=s,unit=Wh "
+        "value=100.0 1740830400000000000"]
+    tx = TransactionEvent(charger_id="CP1", event="ended", transaction_id="7", evse=1, connector=1, ts=NOW,
+                          meter_start=0.0, meter_stop=10.0, energy_wh=10.0)
+    assert influx_lines(tx, "s") == [
+        'transaction,charger=CP1,event=ended,evse=1,site=s transaction_id="7",energy_wh=10.0,meter_start=0.0,'
+        'meter_stop=10.0,offline=false 1740830400000000000']
