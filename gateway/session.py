@@ -260,6 +260,13 @@ class ChargerSession:
             await self._answer_locally(frame, Kind.LIVE)
             return
         kind = self._kind(frame)
+        if self.upstream_state is UpstreamState.CONNECTING and not self.backlog:
+            # the link is being set up: wait for it (on failure the gateway answers, see _run_upstream)
+            call = PendingCall(message_id=frame.message_id, action=frame.action, frame=frame.raw, origin=Origin.CHARGER,
+                               timeout=self.hub.settings.upstream.call_timeout, request=frame.payload,
+                               received_at=_utcnow(), source=frame)
+            await self._submit_upstream(call)
+            return
         if self.upstream_online and not (self.backlog and kind is not Kind.LIVE):
             text = frame.raw
             if self.version is V16 and self.local_to_csms:
@@ -703,7 +710,8 @@ class ChargerSession:
         settings = self.hub.settings.upstream
         attempt = 0
         while not self._closed:
-            self._set_upstream_state(UpstreamState.CONNECTING)
+            if attempt == 0:  # retries after a failure stay "offline": the gateway keeps answering
+                self._set_upstream_state(UpstreamState.CONNECTING)
             try:
                 link = await self._dial()
             except LinkFailed as exc:
@@ -711,6 +719,8 @@ class ChargerSession:
                 if self.strict:
                     await self._strict_close(f"CSMS unreachable ({exc})")
                     return
+                for waiting in self.to_upstream.remove_queued(lambda c: c.origin is Origin.CHARGER):
+                    await self._fail(waiting, ErrorCode.INTERNAL_ERROR, "CSMS unreachable")
                 attempt += 1
                 delay = backoff_delay(attempt, settings.reconnect_min, settings.reconnect_max, self.hub.rng)
                 self.log.warning("upstream connect failed (%s); retry in %.1f s", exc, delay)
