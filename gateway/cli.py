@@ -1,4 +1,5 @@
-"""`ocpp-gateway` (also `python -m gateway`): run, check-config."""
+"""`ocpp-gateway` (also `python -m gateway`): run, check-config; status, call, outbox (through
+the REST API, gateway/opsclient.py)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,43 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("run", "start the gateway"), ("check-config", "validate and print the effective configuration")):
         s = sub.add_parser(name, help=text)
         s.add_argument("-c", "--config", help="TOML file (default: $OCPPGW_CONFIG, else ./gateway.toml, else embedded defaults)")
+    for name, text in (("status", "show every charger: connection, protocol, upstream, connectors, power, queues"),
+                       ("call", "send a CALL to a charger and print its answer"),
+                       ("outbox", "show what waits for the CSMS, per charger")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("-c", "--config", help="TOML file whose [api] gives the defaults of --api and --token")
+        s.add_argument("--api", help="the API's URL (default: http://[api].listen)")
+        s.add_argument("--token", help="bearer token (default: [api].token)")
+        if name == "call":
+            s.add_argument("charger", help="charger id")
+            s.add_argument("action", help="OCPP action, e.g. Reset")
+            s.add_argument("payload", nargs="?", default="{}", help="the request payload as JSON ('-' reads stdin)")
+            s.add_argument("--timeout", type=float, help="seconds to wait for the charger (default: the gateway's)")
+        else:
+            s.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
     return p
+
+
+def _operator(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError, load_settings
+    from gateway.opsclient import Client, api_base, run
+
+    base, token = args.api, args.token
+    if base is None or token is None:
+        try:
+            settings, _ = load_settings(args.config)
+        except ConfigError as exc:
+            print(f"configuration error:\n{exc}", file=sys.stderr)
+            return 2
+        base = base or api_base(settings)
+        token = token if token is not None else settings.api.token.get_secret_value()
+    return run(args.command, Client(base, token), args)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("status", "call", "outbox"):
+        return _operator(args)
     from gateway.config import ConfigError, load_settings, masked
 
     try:
