@@ -108,6 +108,7 @@ class HttpBinding:
         self.path = settings.http.path
         self.registry = LinkRegistry(hub, settings.http.idle_timeout)
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
 
     # -- checks ------------------------------------------------------------------------------------
 
@@ -232,15 +233,15 @@ class HttpBinding:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         host, port = split_listen(self.settings.http.listen)
-        await web.TCPSite(self._runner, host, port).start()
+        self._site = web.TCPSite(self._runner, host, port)
+        await self._site.start()
         self.registry.start()
         return self
 
     @property
     def port(self) -> int:
-        assert self._runner is not None
-        site = self._runner.sites[0]
-        return int(site._server.sockets[0].getsockname()[1])  # type: ignore[attr-defined,union-attr]
+        assert self._site is not None
+        return int(self._site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
 
     async def stop(self) -> None:
         await self.registry.stop()

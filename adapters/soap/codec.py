@@ -11,7 +11,6 @@ import datetime as dt
 import functools
 import io
 import uuid
-import zlib
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
@@ -49,30 +48,6 @@ class SoapError(Exception):
 
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
                           huge_tree=False, remove_pis=True, collect_ids=False)
-
-
-def decompress(data: bytes, encoding: str, limit: int) -> bytes:
-    """Undo a gzip or deflate Content-Encoding (S16 §6.1: both MUST be supported), at most `limit`
-    bytes of output (a small compressed body must not inflate into gigabytes)."""
-    encoding = (encoding or "identity").strip().lower()
-    if encoding in ("", "identity"):
-        return data
-    if encoding in ("gzip", "x-gzip"):
-        wbits = 16 + zlib.MAX_WBITS
-    elif encoding == "deflate":
-        # RFC 9110 deflate is the zlib format; some clients send raw deflate: accept both
-        wbits = zlib.MAX_WBITS if data[:1] and (data[0] & 0x0F) == 8 and int.from_bytes(data[:2], "big") % 31 == 0 \
-            else -zlib.MAX_WBITS
-    else:
-        raise SoapError("Sender", "ProtocolError", f"unsupported Content-Encoding {encoding!r}")
-    try:
-        d = zlib.decompressobj(wbits)
-        out = d.decompress(data, limit + 1)
-        if len(out) > limit or d.unconsumed_tail:
-            raise SoapError("Sender", "ProtocolError", "request body too large once decompressed")
-        return out + d.flush()
-    except zlib.error as exc:
-        raise SoapError("Sender", "ProtocolError", f"bad {encoding} body: {exc}") from None
 
 
 def parse_envelope(data: bytes) -> etree._Element:

@@ -203,10 +203,17 @@ class SoapServer:
         limit = self.settings.soap.max_body_size
         if request.content_length is not None and request.content_length > limit:
             raise SoapError("Sender", "ProtocolError", "request body too large")
-        data = await request.content.read(limit + 1)
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("identity", "gzip", "x-gzip", "deflate", ""):
+            raise SoapError("Sender", "ProtocolError", f"unsupported Content-Encoding {encoding!r}")
+        try:
+            # aiohttp undoes gzip and deflate (S16 §6.1) while streaming: at most limit + 1 bytes are inflated
+            data = await request.content.read(limit + 1)
+        except Exception as exc:  # noqa: BLE001 - aiohttp raises its own errors for a corrupt body
+            raise SoapError("Sender", "ProtocolError", f"cannot decode the {encoding} body: {exc}") from None
         if len(data) > limit:
             raise SoapError("Sender", "ProtocolError", "request body too large")
-        return codec.decompress(data, request.headers.get("Content-Encoding", ""), limit)
+        return data
 
     async def _handle(self, request: web.Request) -> web.Response:
         namespace = contract(CS, "1.6").namespace
@@ -294,10 +301,8 @@ class SoapServer:
 
     @property
     def port(self) -> int:
-        assert self._runner is not None
-        server = self._runner.server
-        sockets = [s for site in self._runner.sites for s in (site._server.sockets if site._server else [])]  # type: ignore[attr-defined]
-        return int(sockets[0].getsockname()[1])
+        assert self._site is not None
+        return int(self._site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
 
     async def stop(self) -> None:
         await self.registry.stop()

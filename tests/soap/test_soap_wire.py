@@ -1,0 +1,136 @@
+"""The SOAP endpoint on the wire: standalone answers to the official 1.5/1.6 clients, Faults for
+malformed envelopes (with the S16 §4 codes), hardened XML parsing, compression, header case."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from lxml import etree
+
+from tests.soap.peers import OfficialCharger, fault_codes
+from tests.soap.test_soap_relay import NOW, gateway, meter_values
+
+pytestmark = pytest.mark.timeout(60)
+
+SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
+SOAP11 = "http://schemas.xmlsoap.org/soap/envelope/"
+WSA = "http://www.w3.org/2005/08/addressing"
+
+
+def envelope(body: str, identity: str | None = "RAW1", header_name: str = "chargeBoxIdentity",
+             ns: str = "urn://Ocpp/Cs/2015/10/", prolog: str = "", env_ns: str = SOAP12) -> bytes:
+    ident = f"<cs:{header_name}>{identity}</cs:{header_name}>" if identity is not None else ""
+    return (f'<?xml version="1.0" encoding="UTF-8"?>{prolog}<s:Envelope xmlns:s="{env_ns}" xmlns:cs="{ns}" '
+            f'xmlns:a="{WSA}"><s:Header>{ident}<a:Action>/Heartbeat</a:Action><a:MessageID>urn:uuid:m-1</a:MessageID>'
+            f"<a:From><a:Address>http://127.0.0.1:9/cp</a:Address></a:From></s:Header>"
+            f"<s:Body>{body}</s:Body></s:Envelope>").encode()
+
+
+async def post(url: str, data: bytes, **headers: str) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, data=data, headers={"Content-Type": "application/soap+xml", **headers},
+                             timeout=aiohttp.ClientTimeout(total=15)) as r:
+            return r.status, await r.read()
+
+
+@pytest.mark.parametrize("version", ["1.6", "1.5"])
+async def test_standalone_answers_every_charger_operation(tmp_path: Path, version: str) -> None:
+    async with gateway(tmp_path, auth={"unknown_id_tags": "accept"}) as gw:
+        c = OfficialCharger(version, gw.soap_url, "ALONE1")  # no wsa:From: it cannot be called back
+        boot = await c.call("BootNotification", chargePointVendor="ACME", chargePointModel="S-1")
+        assert boot["status"] == "Accepted"
+        assert boot["interval" if version == "1.6" else "heartbeatInterval"] == 300
+        assert (await c.call("Heartbeat")).year >= 2024
+        await c.call("StatusNotification", connectorId=1, status="Available", errorCode="NoError")
+        assert (await c.call("Authorize", idTag="T1"))["status"] == "Accepted"
+        start = await c.call("StartTransaction", connectorId=1, idTag="T1", timestamp=NOW, meterStart=0)
+        tx = start["transactionId"]
+        assert isinstance(tx, int) and 0 < tx < 2**31 and start["idTagInfo"]["status"] == "Accepted"
+        await c.call("MeterValues", connectorId=1, transactionId=tx, **meter_values(version))
+        await c.call("StopTransaction", transactionId=tx, timestamp=NOW, meterStop=10)
+        assert (await c.call("DataTransfer", vendorId="X"))["status"] == "UnknownVendorId"
+        await c.call("FirmwareStatusNotification", status="Downloaded")
+        await c.call("DiagnosticsStatusNotification", status="UploadFailed")
+        session = gw.hub.sessions["ALONE1"]
+        assert session.link.transport == "soap"
+        # a CSMS-side call to a charger whose endpoint is unknown fails at once, with a clear error
+        from gateway.errors import CallFailed
+
+        with pytest.raises(CallFailed) as info:
+            await session.call_charger("Reset", {"type": "Soft"}, timeout=3)
+        assert info.value.code == "GenericError" and "wsa:From" in info.value.description
+
+
+async def test_faults_for_malformed_requests_and_hardened_parsing(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as gw:
+        url = gw.soap_url
+        ok = "<cs:heartbeatRequest/>"
+
+        # case-insensitive chargeBoxIdentity, response correlated to the request's MessageID
+        status, body = await post(url, envelope(ok, header_name="ChargeBoxIdentity"))
+        assert status == 200, body
+        env = etree.fromstring(body)
+        assert env.findtext(f".//{{{WSA}}}RelatesTo") == "urn:uuid:m-1"
+        assert env.findtext(f".//{{{WSA}}}Action") == "/HeartbeatResponse"
+        assert env.find(f".//{{urn://Ocpp/Cs/2015/10/}}currentTime") is not None
+        # gzip and deflate request bodies (S16 §6.1)
+        assert (await post(url, gzip.compress(envelope(ok)), **{"Content-Encoding": "gzip"}))[0] == 200
+        assert (await post(url, zlib.compress(envelope(ok)), **{"Content-Encoding": "deflate"}))[0] == 200
+        raw = zlib.compressobj(wbits=-15)
+        assert (await post(url, raw.compress(envelope(ok)) + raw.flush(), **{"Content-Encoding": "deflate"}))[0] == 200
+        # 1.5 on the same endpoint, by namespace
+        status, body = await post(url, envelope(ok, identity="RAW15", ns="urn://Ocpp/Cs/2012/06/"))
+        assert status == 200 and b"urn://Ocpp/Cs/2012/06/" in body
+        sessions_before = set(gw.hub.sessions)
+
+        xxe = ('<!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>', "<cs:heartbeatRequest>&x;</cs:heartbeatRequest>")
+        laughs = ('<!DOCTYPE r [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
+                  '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;"><!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;">]>',
+                  "<cs:heartbeatRequest>&d;</cs:heartbeatRequest>")
+        cases: list[tuple[str, bytes, dict[str, str], int, tuple[str, str]]] = [
+            ("not XML", b"this is not xml", {}, 400, ("Sender", "ProtocolError")),
+            ("truncated", envelope(ok)[:-20], {}, 400, ("Sender", "ProtocolError")),
+            ("XXE", envelope(xxe[1], identity="EVIL1", prolog=xxe[0]), {}, 400, ("Sender", "ProtocolError")),
+            ("billion laughs", envelope(laughs[1], identity="EVIL2", prolog=laughs[0]), {}, 400,
+             ("Sender", "ProtocolError")),
+            ("unknown operation", envelope("<cs:fooRequest/>", identity="EVIL3"), {}, 500, ("Receiver", "NotSupported")),
+            ("a Charge Point operation", envelope("<cs:resetRequest><cs:type>Soft</cs:type></cs:resetRequest>",
+                                                  identity="EVIL4"), {}, 500, ("Receiver", "NotSupported")),
+            ("unknown namespace", envelope(ok, identity="EVIL5", ns="urn://Ocpp/Cs/2010/08/"), {}, 400,
+             ("Sender", "ProtocolError")),
+            ("no chargeBoxIdentity", envelope(ok, identity=None), {}, 400, ("Sender", "ProtocolError")),
+            ("bad chargeBoxIdentity", envelope(ok, identity="a:b"), {}, 400, ("Sender", "ProtocolError")),
+            ("SOAP 1.1", envelope(ok, identity="EVIL6", env_ns=SOAP11), {}, 400, ("VersionMismatch", "ProtocolError")),
+            ("bad gzip", b"\x1f\x8b\x08garbage", {"Content-Encoding": "gzip"}, 400, ("Sender", "ProtocolError")),
+            ("zip bomb", gzip.compress(b" " * 5_000_000), {"Content-Encoding": "gzip"}, 400,
+             ("Sender", "ProtocolError")),
+            ("enum violation", envelope("<cs:statusNotificationRequest><cs:connectorId>1</cs:connectorId><cs:status>Bogus"
+                                        "</cs:status><cs:errorCode>NoError</cs:errorCode></cs:statusNotificationRequest>",
+                                        identity="RAW1"), {}, 400, ("Sender", "ProtocolError")),
+            ("missing field", envelope("<cs:bootNotificationRequest><cs:chargePointModel>M</cs:chargePointModel>"
+                                       "</cs:bootNotificationRequest>", identity="RAW1"), {}, 400,
+             ("Sender", "ProtocolError")),
+        ]
+        for name, data, headers, want_status, want_codes in cases:
+            status, body = await post(url, data, **headers)
+            assert status == want_status, (name, body[:300])
+            assert fault_codes(body) == want_codes, name
+            assert b"root:" not in body, name  # nothing of the entity target leaks
+        # nothing changed: no session was created by a refused request
+        assert set(gw.hub.sessions) == sessions_before
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url) as r:
+                assert r.status == 405
+
+
+async def test_unknown_charge_box_is_refused_when_unknown_ids_are_not_allowed(tmp_path: Path) -> None:
+    async with gateway(tmp_path, websocket={"allow_unknown": False}, chargers={"KNOWN1": {}}) as gw:
+        status, body = await post(gw.soap_url, envelope("<cs:heartbeatRequest/>", identity="STRANGER"))
+        assert status == 400 and fault_codes(body) == ("Sender", "SecurityError")
+        status, _ = await post(gw.soap_url, envelope("<cs:heartbeatRequest/>", identity="KNOWN1"))
+        assert status == 200
