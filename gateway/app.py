@@ -64,8 +64,14 @@ async def running(settings: Settings) -> AsyncIterator[Gateway]:
             await api.stop()
             for transport in reversed(legacy):
                 await transport.stop()
-            await server.stop()
+            # The server's stop waits for every connection handler to return, and a handler
+            # returns only when its charger's socket closes: stop listening, close the sessions
+            # (1001 to each charger), then wait. A charger that slipped in meanwhile is closed too.
+            stopped = asyncio.ensure_future(server.stop())
             await hub.close()
+            while not (await asyncio.wait({stopped}, timeout=2.0))[0]:
+                await hub.close()
+            await stopped
             with contextlib.suppress(Exception):
                 await warm
 
