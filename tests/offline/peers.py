@@ -144,6 +144,9 @@ class CountingCsms:
     def record(self, charger_id: str, action: str, uid: str, payload: dict[str, Any]) -> None:
         self.received.append(Received(charger_id, action, uid, payload))
 
+    def of_action(self, action: str) -> list[Received]:
+        return [r for r in self.received if r.action == action]
+
     def of(self, charger_id: str, action: str | None = None) -> list[Received]:
         return [r for r in self.received if r.charger_id == charger_id and (action is None or r.action == action)]
 

@@ -292,3 +292,29 @@ async def test_strict_mode_closes_the_charger_and_refuses_it_until_the_csms_is_b
         assert store_rows(gw, "SELECT * FROM outbox") == []
     finally:
         await csms.stop()
+
+
+async def test_outbox_bound_refuses_meter_values_but_never_a_start_or_stop(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    csms = await CountingCsms().start()
+    gw = gateway_factory({**upstream(csms), "auth": {"unknown_id_tags": "accept"},
+                          "offline": {"max_messages_per_charger": 10}})
+    cid = "BOUND"
+    try:
+        async with Connected(gw.url(cid), "ocpp1.6", cid) as cp:
+            await boot16(cp)
+            await csms.stop()
+            tx = (await cp.call(v16.call.StartTransaction(connector_id=1, id_tag="A", meter_start=0,
+                                                          timestamp=now()))).transaction_id
+            for i in range(1, 13):  # every one is answered, even those not kept
+                await cp.call(v16.call.MeterValues(connector_id=1, transaction_id=tx, meter_value=meter_value(str(i))))
+            await cp.call(v16.call.StopTransaction(meter_stop=12, timestamp=now(), transaction_id=tx))
+        rows = [r[0] for r in store_rows(gw, "SELECT action FROM outbox ORDER BY seq")]
+        assert rows == ["StartTransaction"] + ["MeterValues"] * 9 + ["StopTransaction"]
+        assert gw.logs().count("outbox full") == 3
+        await csms.start()
+        await until(lambda: bool(csms.of(cid, "StopTransaction")), what="replay")
+        assert len(csms.of(cid, "MeterValues")) == 9
+    finally:
+        await csms.stop()
