@@ -261,10 +261,15 @@ class SoapServer:
             codec.add_headers(out, c.namespace, action=op.action + "Response", message_id=codec.new_message_id(),
                               relates_to=headers.message_id, to=codec.WSA_ANONYMOUS)
             return web.Response(body=codec.to_bytes(out), content_type="application/soap+xml", charset="utf-8")
-        except SoapError as exc:
-            log.warning("SOAP Fault %s/%s for %s from %s: %s", exc.code, exc.subcode, charger_id or "?",
-                        request.remote, exc.reason, extra={"charger_id": charger_id} if charger_id else {})
-            return web.Response(status=exc.http_status, body=codec.fault(exc, namespace, relates_to),
+        except Exception as exc:  # noqa: BLE001 - e.g. an answer zeep cannot express: still a SOAP Fault
+            if isinstance(exc, SoapError):
+                err = exc
+            else:
+                log.exception("SOAP request from %s failed", charger_id or request.remote)
+                err = SoapError("Receiver", "InternalError", f"internal error ({type(exc).__name__})")
+            log.warning("SOAP Fault %s/%s for %s from %s: %s", err.code, err.subcode, charger_id or "?",
+                        request.remote, err.reason, extra={"charger_id": charger_id} if charger_id else {})
+            return web.Response(status=err.http_status, body=codec.fault(err, namespace, relates_to),
                                 content_type="application/soap+xml", charset="utf-8")
 
     async def _link(self, charger_id: str, request: web.Request, headers: codec.Addressing,

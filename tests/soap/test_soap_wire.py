@@ -3,6 +3,7 @@ malformed envelopes (with the S16 §4 codes), hardened XML parsing, compression,
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import zlib
 from pathlib import Path
@@ -134,3 +135,24 @@ async def test_unknown_charge_box_is_refused_when_unknown_ids_are_not_allowed(tm
         assert status == 400 and fault_codes(body) == ("Sender", "SecurityError")
         status, _ = await post(gw.soap_url, envelope("<cs:heartbeatRequest/>", identity="KNOWN1"))
         assert status == 200
+
+
+async def test_session_policy_idle_soap_charger_is_detached_and_comes_back(tmp_path: Path) -> None:
+    async with gateway(tmp_path, soap={"idle_timeout": 0.5}) as gw:
+        assert (await post(gw.soap_url, envelope("<cs:heartbeatRequest/>", identity="IDLE1")))[0] == 200
+        assert gw.hub.sessions["IDLE1"].link.transport == "soap"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while "IDLE1" in gw.hub.sessions:
+            assert loop.time() < deadline, "idle SOAP session not ended"
+            await asyncio.sleep(0.05)
+        assert (await post(gw.soap_url, envelope("<cs:heartbeatRequest/>", identity="IDLE1")))[0] == 200
+        assert "IDLE1" in gw.hub.sessions
+
+
+async def test_concurrent_requests_of_one_charger_are_all_answered(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as gw:
+        results = await asyncio.gather(*(post(gw.soap_url, envelope("<cs:heartbeatRequest/>", identity="BUSY1"))
+                                         for _ in range(10)))
+        assert [status for status, _ in results] == [200] * 10
+        assert len(gw.hub.sessions) == 1
