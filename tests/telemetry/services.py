@@ -266,7 +266,7 @@ class V2WriteEndpoint:
             precision = q.get("precision", "ns")
             if precision not in ("ns", "us", "ms", "s"):
                 return web.json_response({"code": "invalid", "message": "bad precision"}, status=400)
-            if gzipped:
+            if gzipped and body[:2] == b"\x1f\x8b":  # aiohttp usually inflates Content-Encoding: gzip itself
                 body = gzip.decompress(body)
             async with ClientSession() as s:
                 async with s.post(f"{self.influx.url}/write", params={"db": self.bucket, "precision": precision},

@@ -151,3 +151,215 @@ async def test_ocpp16_session_reaches_mqtt_and_influx_v1(
         assert state_rows and state_rows[0]["connected"] is True
     finally:
         sub.close()
+
+
+async def test_ocpp201_session_reaches_mqtt_and_influx_v2(
+        gateway_factory: Callable[..., GatewayProcess], mosquitto: Mosquitto, influx: Influx) -> None:
+    """2.0.1: status, transactions, NotifyReport and NotifyEvent temperature/humidity; InfluxDB through
+    influxdb-client's v2 write API (token, org, bucket, gzip) into a test endpoint that forwards to
+    the real InfluxDB, where the points are read back."""
+    bucket = db_name()
+    influx.create_db(bucket)
+    v2 = V2WriteEndpoint(influx, token="s3cret-token", org="site-org", bucket=bucket).start()
+    cid = "CS201"
+    base = f"ocpp/testsite/chargers/{cid}"
+    sub = Subscriber(mosquitto.port, [f"{base}/#"])
+    try:
+        gw = gateway_factory(telemetry_config(mosquitto, {"url": v2.url, "api": "v2", "org": "site-org",
+                                                          "bucket": bucket, "token": "s3cret-token"}))
+        async with charger(gw.url(cid), "2.0.1", cid) as cp:
+            await cp.raw_call("BootNotification", {"reason": "PowerUp",
+                                                   "chargingStation": {"model": "DC-50", "vendorName": "Volt"}})
+            await cp.raw_call("StatusNotification", {"timestamp": T0, "connectorStatus": "Occupied", "evseId": 1,
+                                                     "connectorId": 1})
+            await cp.raw_call("NotifyReport", {"requestId": 1, "generatedAt": T0, "seqNo": 0, "reportData": [
+                {"component": {"name": "TemperatureSensor"}, "variable": {"name": "Temperature"},
+                 "variableAttribute": [{"type": "Actual", "value": "77"}],
+                 "variableCharacteristics": {"unit": "Fahrenheit", "dataType": "decimal", "supportsMonitoring": True}},
+                {"component": {"name": "HumiditySensor"}, "variable": {"name": "Humidity"},
+                 "variableAttribute": [{"value": "40.5"}],
+                 "variableCharacteristics": {"unit": "RH", "dataType": "decimal", "supportsMonitoring": True}}]})
+            await cp.raw_call("NotifyEvent", {"generatedAt": T1, "seqNo": 0, "eventData": [
+                {"eventId": 1, "timestamp": T1, "trigger": "Periodic", "actualValue": "86",
+                 "eventNotificationType": "PreconfiguredMonitor", "component": {"name": "TemperatureSensor"},
+                 "variable": {"name": "Temperature"}},
+                {"eventId": 2, "timestamp": T1, "trigger": "Periodic", "actualValue": "45",
+                 "eventNotificationType": "PreconfiguredMonitor", "component": {"name": "HumiditySensor"},
+                 "variable": {"name": "Humidity"}}]})
+            await cp.raw_call("TransactionEvent", {
+                "eventType": "Started", "timestamp": T0, "triggerReason": "Authorized", "seqNo": 0,
+                "transactionInfo": {"transactionId": "TX-1"}, "evse": {"id": 1, "connectorId": 1},
+                "meterValue": [{"timestamp": T0, "sampledValue": [
+                    {"value": 2.0, "measurand": "Energy.Active.Import.Register", "unitOfMeasure": {"unit": "kWh"},
+                     "context": "Transaction.Begin"}]}]})
+            await cp.raw_call("TransactionEvent", {
+                "eventType": "Updated", "timestamp": T1, "triggerReason": "MeterValuePeriodic", "seqNo": 1,
+                "transactionInfo": {"transactionId": "TX-1"},
+                "meterValue": [{"timestamp": T1, "sampledValue": [
+                    {"value": 11, "measurand": "Power.Active.Import", "unitOfMeasure": {"unit": "W", "multiplier": 3}},
+                    {"value": 3000, "measurand": "Energy.Active.Import.Register"}]}]})
+            await cp.raw_call("TransactionEvent", {
+                "eventType": "Ended", "timestamp": T2, "triggerReason": "EVCommunicationLost", "seqNo": 2,
+                "transactionInfo": {"transactionId": "TX-1", "stoppedReason": "EVDisconnected"},
+                "meterValue": [{"timestamp": T2, "sampledValue": [
+                    {"value": 4500, "measurand": "Energy.Active.Import.Register", "context": "Transaction.End"}]}]})
+
+            assert sub.last(f"{base}/state")["protocol"] == "ocpp2.0.1"
+            assert sub.last(f"{base}/evse/1/status") == {"status": "Occupied", "error_code": None, "connector": 1,
+                                                         "ts": "2025-03-01T10:00:00.000Z"}
+            wait_for(lambda: len(sub.json(f"{base}/environment/temperature")) >= 2, 10, "two temperatures")
+            assert [m["value"] for m in sub.json(f"{base}/environment/temperature")] == [25.0, 30.0]
+            assert sub.json(f"{base}/environment/temperature")[-1] == {
+                "value": 30.0, "unit": "Celsius", "ts": "2025-03-01T10:01:00.000Z", "source": "NotifyEvent"}
+            wait_for(lambda: len(sub.json(f"{base}/environment/humidity")) >= 2, 10, "two humidities")
+            assert sub.json(f"{base}/environment/humidity")[-1]["unit"] == "RH"
+            events = wait_for(lambda: len(sub.json(f"{base}/transactions")) >= 3 and sub.json(f"{base}/transactions"))
+            assert [(e["event"], e["evse"]) for e in events] == [("started", 1), ("updated", 1), ("ended", 1)]
+            assert (events[2]["meter_start"], events[2]["meter_stop"], events[2]["energy_wh"],
+                    events[2]["reason"]) == (2000.0, 4500.0, 2500.0, "EVDisconnected")
+            assert sub.last(f"{base}/evse/1/meter/Power.Active.Import")["value"] == 11000.0
+
+        env = wait_for(lambda: len(influx.rows(bucket, "SELECT * FROM environment")) >= 4
+                       and influx.rows(bucket, "SELECT * FROM environment"), 10, "environment points via v2")
+        assert sorted((r["name"], r["value"], r["source"], r["time"]) for r in env) == [
+            ("humidity", 40.5, "NotifyReport", T0_NS), ("humidity", 45.0, "NotifyEvent", T1_NS),
+            ("temperature", 25.0, "NotifyReport", T0_NS), ("temperature", 30.0, "NotifyEvent", T1_NS)]
+        txs = wait_for(lambda: len(influx.rows(bucket, 'SELECT * FROM "transaction"')) >= 3
+                       and influx.rows(bucket, 'SELECT * FROM "transaction"'), 10, "transactions via v2")
+        assert [(r["event"], r["transaction_id"], r["evse"]) for r in txs] == [
+            ("started", "TX-1", "1"), ("updated", "TX-1", "1"), ("ended", "TX-1", "1")]
+        assert txs[2]["energy_wh"] == 2500.0
+        meters = influx.rows(bucket, "SELECT * FROM meter_value WHERE measurand = 'Power.Active.Import'")
+        assert [(r["value"], r["unit"], r["time"]) for r in meters] == [(11000.0, "W", T1_NS)]
+        # what the v2 client sent: token, org, bucket, ns precision, gzip
+        assert v2.requests and all(r["auth"] == "Token s3cret-token" and r["gzip"] for r in v2.requests)
+        assert {(r["query"]["org"], r["query"]["bucket"], r["query"]["precision"]) for r in v2.requests} == {
+            ("site-org", bucket, "ns")}
+    finally:
+        sub.close()
+        v2.stop()
+
+
+async def test_commands_round_trip_over_mqtt(
+        gateway_factory: Callable[..., GatewayProcess], mosquitto: Mosquitto) -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    base = "ocpp/testsite/chargers"
+    sub = Subscriber(mosquitto.port, [f"{base}/+/cmd/#", "replies/#", "ocpp/testsite/gateway/state"], v5=True)
+    # a retained command waiting at the broker is never executed (it would run again at every reconnect)
+    sub.client.publish(f"{base}/CMD16/cmd/UnlockConnector", json.dumps({"connectorId": 1}), qos=1,
+                       retain=True).wait_for_publish(5)
+    gw = gateway_factory(telemetry_config(mosquitto))
+    try:
+        async with charger(gw.url("CMD16"), "1.6", "CMD16") as cp16, \
+                charger(gw.url("CMD201"), "2.0.1", "CMD201") as cp201:
+            await cp16.raw_call("BootNotification", {"chargePointVendor": "A", "chargePointModel": "B"})
+            await cp201.raw_call("BootNotification", {"reason": "PowerUp",
+                                                      "chargingStation": {"model": "M", "vendorName": "V"}})
+            # the gateway subscribes before it says online
+            await asyncio.to_thread(wait_for, lambda: [m for m in sub.on("ocpp/testsite/gateway/state")
+                                                       if m.payload == b"online"], 10, "gateway online")
+            pub = sub.client
+            # plain: the result on .../cmd/{Action}/result
+            pub.publish(f"{base}/CMD16/cmd/Reset", json.dumps({"type": "Soft"}), qos=1)
+            result = await asyncio.to_thread(sub.last, f"{base}/CMD16/cmd/Reset/result")
+            assert result == {"status": "ok", "response": {"status": "Accepted"}}
+            assert [c[3] for c in cp16.log.calls_in("Reset")] == [{"type": "Soft"}]
+            # MQTT 5: response topic and correlation data honoured
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = "replies/me"
+            props.CorrelationData = b"corr-42"
+            pub.publish(f"{base}/CMD201/cmd/Reset", json.dumps({"type": "OnIdle"}), qos=1, properties=props)
+            msg = (await asyncio.to_thread(wait_for, lambda: sub.on("replies/me"), 10, "reply"))[-1]
+            assert json.loads(msg.payload) == {"status": "ok", "response": {"status": "Scheduled"}}
+            assert msg.properties.CorrelationData == b"corr-42"
+            # malformed payloads, wrong actions, schema violations, unknown chargers: error results
+            cases = [
+                ("CMD16", "Reset", b"{not json", "FormatViolation"),
+                ("CMD16", "Reset", b"[1, 2]", "FormatViolation"),
+                ("CMD16", "Reset", json.dumps({"type": "Sideways"}).encode(), "PropertyConstraintViolation"),
+                ("CMD16", "BootNotification", b"{}", "NotSupported"),
+                ("CMD16", "NoSuchAction", b"{}", "NotSupported"),
+                ("NOBODY", "Reset", json.dumps({"type": "Soft"}).encode(), "NotConnected"),
+            ]
+            for cid, action, payload, code in cases:
+                with sub._lock:
+                    sub.messages.clear()
+                pub.publish(f"{base}/{cid}/cmd/{action}", payload, qos=1)
+                got = await asyncio.to_thread(wait_for, lambda: sub.json(f"{base}/{cid}/cmd/{action}/result"), 10,
+                                              f"{cid} {action} result")
+                last = got[-1]
+                assert last["status"] == "error" and last["error"]["code"] == code, (payload, last)
+            assert cp16.log.calls_in("UnlockConnector") == []
+            assert "ignoring a retained command" in gw.logs()
+    finally:
+        sub.client.publish(f"{base}/CMD16/cmd/UnlockConnector", b"", qos=1, retain=True).wait_for_publish(5)
+        sub.close()
+
+
+async def test_broker_restart_loses_nothing(
+        gateway_factory: Callable[..., GatewayProcess], own_mosquitto: Mosquitto) -> None:
+    """QoS 1: the broker stops mid-session, telemetry keeps coming, the broker returns on the same
+    port; a persistent subscriber counts every meter message, in order."""
+    cid = "RESTART"
+    topic = f"ocpp/testsite/chargers/{cid}/evse/1/meter"
+    sub = Subscriber(own_mosquitto.port, [topic], client_id="counting-sub", persistent=True)
+    n = 0
+
+    async def send(cp: Any, count: int) -> None:
+        nonlocal n
+        for _ in range(count):
+            n += 1
+            await cp.raw_call("MeterValues", {"connectorId": 1, "meterValue": [{
+                "timestamp": T0, "sampledValue": [{"value": str(n), "measurand": "Energy.Active.Import.Register"}]}]})
+
+    try:
+        gw = gateway_factory(telemetry_config(own_mosquitto))
+        async with charger(gw.url(cid), "1.6", cid) as cp:
+            await send(cp, 20)
+            await asyncio.to_thread(wait_for, lambda: len(sub.on(topic)) >= 20, 10, "first 20")
+            own_mosquitto.stop()
+            await asyncio.sleep(0.5)
+            await send(cp, 30)  # the broker is away: spooled by the gateway
+            own_mosquitto.start()
+            await send(cp, 20)
+            await asyncio.to_thread(wait_for, lambda: len({m.payload for m in sub.on(topic)}) >= 70, 20,
+                                    "all 70 meter messages")
+        values = [json.loads(m.payload)["samples"][0]["value"] for m in sub.on(topic)]
+        unique = list(dict.fromkeys(values))  # QoS 1 is at-least-once: a resent duplicate may appear
+        assert unique == [float(i) for i in range(1, 71)], values
+        assert "spooling" in gw.logs()
+    finally:
+        sub.close()
+
+
+async def test_influx_outage_loses_nothing(
+        gateway_factory: Callable[..., GatewayProcess], own_influx: Influx) -> None:
+    db = db_name()
+    own_influx.create_db(db)
+    cid = "OUTAGE"
+    gw = gateway_factory(telemetry_config(None, {"url": own_influx.url, "api": "v1", "database": db}))
+
+    async def send(cp: Any, first: int, count: int) -> None:
+        for i in range(first, first + count):
+            await cp.raw_call("MeterValues", {"connectorId": 1, "meterValue": [{
+                "timestamp": f"2025-03-01T10:00:{i:02d}.000Z",
+                "sampledValue": [{"value": str(i), "measurand": "Energy.Active.Import.Register"}]}]})
+
+    def count() -> int:
+        rows = own_influx.rows(db, "SELECT count(value) FROM meter_value")
+        return int(rows[0]["count"]) if rows else 0
+
+    async with charger(gw.url(cid), "1.6", cid) as cp:
+        await send(cp, 0, 10)
+        await asyncio.to_thread(wait_for, lambda: count() == 10, 10, "first 10 points")
+        own_influx.stop()
+        await send(cp, 10, 25)  # InfluxDB is away: batches fail, get spooled
+        await asyncio.sleep(1.0)
+        own_influx.start()
+        await send(cp, 35, 15)
+        await asyncio.to_thread(wait_for, lambda: count() == 50, 20, "all 50 points")
+    rows = own_influx.rows(db, "SELECT value FROM meter_value")
+    assert [r["value"] for r in rows] == [float(i) for i in range(50)]
+    assert "InfluxDB write failed" in gw.logs()
