@@ -70,6 +70,10 @@ def _is_endpoint(address: str | None) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
+def _xml_attr(text: str) -> bytes:
+    return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").encode("utf-8")
+
+
 class SoapChargerLink(PolledLink):
     transport = "soap"
 
@@ -284,15 +288,22 @@ class SoapServer:
             await self._learn_endpoint(charger_id, headers.from_address)  # type: ignore[arg-type]
         return link
 
-    async def _not_allowed(self, request: web.Request) -> web.Response:
-        return web.Response(status=405, text="OCPP-S: POST a SOAP 1.2 envelope\n", headers={"Allow": "POST"})
+    async def _get(self, request: web.Request) -> web.Response:
+        """`GET {path}?wsdl` (1.6) or `?wsdl=1.5`: the gateway's own generated contract."""
+        if "wsdl" not in request.query:
+            return web.Response(status=405, text="OCPP-S: POST a SOAP 1.2 envelope\n", headers={"Allow": "POST"})
+        version = request.query.get("wsdl") or "1.6"
+        if version not in ("1.5", "1.6"):
+            return web.Response(status=404, text="versions: 1.5, 1.6\n")
+        text = contract(CS, version).wsdl().replace(b"http://localhost/ocpp-s", _xml_attr(str(request.url.with_query(None))))
+        return web.Response(body=text, content_type="text/xml", charset="utf-8")
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> "SoapServer":
         app = web.Application(client_max_size=self.settings.soap.max_body_size + 1024)
         app.router.add_post(self.path, self._handle)
-        app.router.add_route("*", self.path, self._not_allowed)
+        app.router.add_get(self.path, self._get)
         self.http = aiohttp.ClientSession(auto_decompress=True)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

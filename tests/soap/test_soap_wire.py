@@ -156,3 +156,21 @@ async def test_concurrent_requests_of_one_charger_are_all_answered(tmp_path: Pat
                                          for _ in range(10)))
         assert [status for status, _ in results] == [200] * 10
         assert len(gw.hub.sessions) == 1
+
+
+async def test_the_generated_contract_is_served_at_wsdl(tmp_path: Path) -> None:
+    import io
+
+    import zeep
+
+    async with gateway(tmp_path) as gw:
+        async with aiohttp.ClientSession() as http:
+            for version, ns in (("", "urn://Ocpp/Cs/2015/10/"), ("1.5", "urn://Ocpp/Cs/2012/06/")):
+                async with http.get(gw.soap_url + "?wsdl" + (f"={version}" if version else "")) as r:
+                    assert r.status == 200
+                    data = await r.read()
+                client = zeep.Client(io.BytesIO(data))
+                service = client.create_service(f"{{{ns}}}CentralSystemServiceSoap", gw.soap_url)
+                assert len(client.wsdl.bindings[f"{{{ns}}}CentralSystemServiceSoap"]._operations) == 10
+                assert gw.soap_url.encode() in data
+                del service
