@@ -198,39 +198,42 @@ class SqliteStore:
     async def outbox_head(self, charger_id: str, limit: int = 100) -> list[dict[str, Any]]:
         return await self._run(self._head, charger_id, limit)
 
-    def _mark_sent(self, seq: int, sent_id: str) -> None:
-        # the ack of the previous row and this mark share no transaction on purpose: both are small
-        # WAL appends; synchronous=NORMAL suffices because losing them only risks a reported duplicate
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            self.db.execute("UPDATE outbox SET attempts = attempts + 1, sent_id = ? WHERE seq = ?", (sent_id, seq))
-        finally:
-            self.db.execute("PRAGMA synchronous=FULL")
+    def _step(self, ack: tuple[int, Any, Any] | None, send: tuple[int, str] | None) -> None:
+        """One commit per replayed message: acknowledge the previous row (with what its answer
+        taught: a 1.6 id binding, a finished mapping) and mark the next one as sent.
 
-    async def outbox_mark_sent(self, seq: int, sent_id: str) -> None:
-        await self._run(self._mark_sent, seq, sent_id)
-
-    def _ack(self, seq: int, bind: tuple[str, int, int, str | None] | None, stopped: tuple[str, int] | None) -> None:
+        synchronous=NORMAL: in WAL mode a commit survives a crash of the process (SIGKILL); only a
+        power loss can undo the last few, which replays them again (reported as possible duplicates)."""
         db = self.db
         db.execute("PRAGMA synchronous=NORMAL")
         try:
             db.execute("BEGIN")
-            db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
-            if bind is not None:
-                db.execute("UPDATE tx_map SET csms_id = ?, auth_status = ? WHERE charger_id = ? AND local_id = ?",
-                           (bind[2], bind[3], bind[0], bind[1]))
-            if stopped is not None:
-                # the CSMS acknowledged the stop: the mapping has done its work
-                db.execute("DELETE FROM tx_map WHERE charger_id = ? AND local_id = ?", stopped)
+            if ack is not None:
+                seq, bind, stopped = ack
+                db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+                if bind is not None:
+                    db.execute("UPDATE tx_map SET csms_id = ?, auth_status = ? WHERE charger_id = ? AND local_id = ?",
+                               (bind[2], bind[3], bind[0], bind[1]))
+                if stopped is not None:
+                    # the CSMS acknowledged the stop: the mapping has done its work
+                    db.execute("DELETE FROM tx_map WHERE charger_id = ? AND local_id = ?", stopped)
+            if send is not None:
+                db.execute("UPDATE outbox SET attempts = attempts + 1, sent_id = ? WHERE seq = ?", (send[1], send[0]))
             db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
         finally:
             db.execute("PRAGMA synchronous=FULL")
 
-    async def outbox_ack(self, seq: int, *, bind: tuple[str, int, int, str | None] | None = None,
-                         stopped: tuple[str, int] | None = None) -> None:
-        """The CSMS answered row `seq`: remove it; bind a local 1.6 id to the CSMS's or drop a
-        finished mapping in the same transaction."""
-        await self._run(self._ack, seq, bind, stopped)
+    async def outbox_step(self, ack: tuple[int, Any, Any] | None, send: tuple[int, str] | None) -> None:
+        """`ack` = (seq, bind, stopped): the CSMS answered row `seq`; `bind` = (charger, local id,
+        CSMS id, auth status) for a replayed 1.6 start; `stopped` = (charger, local id) to unmap.
+        `send` = (seq, message id): that row goes out now."""
+        await self._run(self._step, ack, send)
+
+    async def outbox_mark_sent(self, seq: int, sent_id: str) -> None:
+        await self._run(self._step, None, (seq, sent_id))
 
     def _dead(self, seq: int, error: str) -> None:
         self.db.execute("UPDATE outbox SET state = 'dead', error = ? WHERE seq = ?", (error[:500], seq))

@@ -447,29 +447,44 @@ class ChargerSession:
                 await store.pending_boot_clear(self.charger_id)
                 if outcome[0] == "result" and outcome[1].get("status") != ACCEPTED:
                     self.log.warning("the CSMS answered the replayed BootNotification with %s", outcome[1].get("status"))
-            while self.upstream_online and not self._closed:
-                gen = self._append_gen
-                rows = await store.outbox_head(self.charger_id, 100)
-                if not rows:
-                    if self._appending:
-                        await asyncio.sleep(0.005)
+            pending: tuple[int, Any, Any] | None = None  # the answered row, acknowledged with the next step
+            try:
+                while self.upstream_online and not self._closed:
+                    await self._flush(pending)  # before reading: the head must not hold an answered row
+                    pending = None
+                    gen = self._append_gen
+                    rows = await store.outbox_head(self.charger_id, 100)
+                    if not rows:
+                        if self._appending:
+                            await asyncio.sleep(0.005)
+                            continue
+                        if gen == self._append_gen and not await store.has_backlog(self.charger_id) \
+                                and gen == self._append_gen and not self._appending:
+                            self.backlog = False
+                            self.log.info("outbox replayed")
+                            break
                         continue
-                    if gen == self._append_gen and not await store.has_backlog(self.charger_id) \
-                            and gen == self._append_gen and not self._appending:
-                        self.backlog = False
-                        self.log.info("outbox replayed")
-                        break
-                    continue
-                for row in rows:
-                    if not await self._replay_row(row):
-                        return
+                    for row in rows:
+                        ok, pending = await self._replay_row(row, pending)
+                        if not ok:
+                            return
+            finally:
+                await self._flush(pending)
         finally:
             self._replay_task = None
             if not self.backlog and self.link is None and not self._closed:
                 await self.hub.forget(self)
 
-    async def _replay_row(self, row: dict[str, Any]) -> bool:
-        """Send one stored message. False when the link is gone (the row stays for next time)."""
+    def _acked(self, ack: tuple[int, Any, Any]) -> None:
+        stopped = ack[2]
+        if stopped is not None:
+            self._unbind(stopped[1])
+
+    async def _replay_row(self, row: dict[str, Any], pending: tuple[int, Any, Any] | None
+                          ) -> tuple[bool, tuple[int, Any, Any] | None]:
+        """Send one stored message; `pending` is the previous answered row, acknowledged in the
+        same commit that marks this one as sent. Returns (False, ...) when the link is gone (this
+        row stays for next time) and the row to acknowledge next."""
         store = self.hub.store
         action, text = row["action"], row["payload"]
         local_tid: int | None = None
@@ -479,8 +494,9 @@ class ChargerSession:
             if local_tid is not None and local_tid in self.local_to_csms:
                 csms_id = self.local_to_csms[local_tid]
                 if csms_id is None:
+                    await self._flush(pending)
                     await self._dead_letter(row, "its StartTransaction was not accepted by the CSMS")
-                    return True
+                    return True, None
                 text = orjson.dumps(T.with_charger_tx_id(action, payload, csms_id)).decode()
             else:
                 local_tid = None
@@ -496,17 +512,20 @@ class ChargerSession:
                                  action, row["seq"], message_id)
             else:
                 message_id = self.hub.ids.next()
-            await store.outbox_mark_sent(row["seq"], message_id)
+            await store.outbox_step(pending, (row["seq"], message_id))
+            if pending is not None:
+                self._acked(pending)
+                pending = None
             row = {**row, "attempts": row["attempts"] + 1, "sent_id": message_id}
             outcome = await self._replay_call(action, text, message_id)
             if outcome is not None:
                 break
             if not self.upstream_online or self._closed:
-                return False
+                return False, None
             await asyncio.sleep(1.0)  # the CSMS did not answer in time: try again, once the line is free
         if outcome[0] == "error":
             await self._dead_letter(row, outcome[1])
-            return True
+            return True, None
         response = outcome[1]
         bind = stopped = None
         if self.version is V16 and action == "StartTransaction" and row["local_tx"] is not None:
@@ -523,11 +542,13 @@ class ChargerSession:
             await self._after_replayed_start(local_id, status, orjson.loads(row["payload"]))
         if local_tid is not None and action == "StopTransaction":
             stopped = (self.charger_id, local_tid)
-        await store.outbox_ack(row["seq"], bind=bind, stopped=stopped)
-        if stopped is not None:
-            self._unbind(local_tid)  # type: ignore[arg-type]
         self.counters["replayed"] += 1
-        return True
+        return True, (row["seq"], bind, stopped)
+
+    async def _flush(self, pending: tuple[int, Any, Any] | None) -> None:
+        if pending is not None:
+            await self.hub.store.outbox_step(pending, None)
+            self._acked(pending)
 
     async def _after_replayed_start(self, local_id: int, status: Any, request: dict[str, Any]) -> None:
         tag = request.get("idTag")
