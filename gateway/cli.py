@@ -1,5 +1,5 @@
-"""`ocpp-gateway` (also `python -m gateway`): run, check-config; status, call, outbox (through
-the REST API, gateway/opsclient.py)."""
+"""`ocpp-gateway` (also `python -m gateway`): run, check-config; status, call, outbox, health
+(through the REST API, gateway/opsclient.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("-c", "--config", help="TOML file (default: $OCPPGW_CONFIG, else ./gateway.toml, else embedded defaults)")
     for name, text in (("status", "show every charger: connection, protocol, upstream, connectors, power, queues"),
                        ("call", "send a CALL to a charger and print its answer"),
-                       ("outbox", "show what waits for the CSMS, per charger")):
+                       ("outbox", "show what waits for the CSMS, per charger"),
+                       ("health", "exit 0 when the gateway's /healthz answers (for HEALTHCHECK and monitors)")):
         s = sub.add_parser(name, help=text)
         s.add_argument("-c", "--config", help="TOML file whose [api] gives the defaults of --api and --token")
         s.add_argument("--api", help="the API's URL (default: http://[api].listen)")
@@ -29,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("action", help="OCPP action, e.g. Reset")
             s.add_argument("payload", nargs="?", default="{}", help="the request payload as JSON ('-' reads stdin)")
             s.add_argument("--timeout", type=float, help="seconds to wait for the charger (default: the gateway's)")
-        else:
+        elif name != "health":
             s.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
     return p
 
@@ -52,7 +53,7 @@ def _operator(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("status", "call", "outbox"):
+    if args.command in ("status", "call", "outbox", "health"):
         return _operator(args)
     from gateway.config import ConfigError, load_settings, masked
 

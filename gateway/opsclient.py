@@ -172,6 +172,11 @@ def run(command: str, client: Client, args: Any, out: TextIO = sys.stdout, err: 
             result = client.request("POST", path, payload, timeout=wait or client.timeout + 35)
             print(json.dumps(result, indent=2), file=out)
             return 0
+        if command == "health":
+            data = client.request("GET", "/healthz", timeout=3.0)
+            print(f"{data.get('status')}: {data.get('chargers')} chargers connected, version {data.get('version')}",
+                  file=out)
+            return 0
         if command == "outbox":
             try:
                 data = client.request("GET", "/api/v1/outbox")

@@ -61,12 +61,18 @@ async def test_status_call_and_outbox_against_a_running_gateway(gateway_factory:
         code, out, err = await cli("status", "--api", api, "--token", "cli-token")
         assert code == 0 and "CLI-1" in out
 
+        code, out, err = await cli("health", "-c", cfg)
+        assert code == 0 and out.startswith("ok: 1 chargers connected"), err
+
         code, out, err = await cli("outbox", "-c", cfg)
         assert code == 0, err
         assert out.strip()  # the outbox (or, before the offline store serves it, a note saying so)
 
     code, out, err = await cli("status", "--api", "http://127.0.0.1:9", "--token", "")
     assert code == 3 and "cannot reach" in err
+    gw.stop()
+    code, out, err = await cli("health", "-c", cfg)
+    assert code == 3
 
 
 def test_tables_render_generic_outbox_shapes() -> None:
