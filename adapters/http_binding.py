@@ -33,7 +33,7 @@ from aiohttp import web
 
 from adapters.polled import LinkRegistry, PolledLink, _feeding
 from gateway.config import Settings, split_listen
-from gateway.errors import LinkClosed
+from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import validate_charger_id
 from gateway.protocol import frames as F
 from gateway.session import Hub
@@ -148,8 +148,11 @@ class HttpBinding:
         except UnicodeDecodeError:
             return _error(400, "OCPP-J frames are UTF-8 JSON")
 
-    async def _link(self, charger_id: str, request: web.Request) -> HttpChargerLink:
-        link = await self.registry.get(charger_id, lambda: HttpChargerLink(self, charger_id, request.remote or "?"))
+    async def _link(self, charger_id: str, request: web.Request) -> HttpChargerLink | web.Response:
+        try:
+            link = await self.registry.get(charger_id, lambda: HttpChargerLink(self, charger_id, request.remote or "?"))
+        except LinkFailed:
+            return _error(503, "CSMS unreachable", **{"Retry-After": "10"})  # strict offline mode
         assert isinstance(link, HttpChargerLink)
         return link
 
@@ -164,6 +167,8 @@ class HttpBinding:
         if isinstance(text, web.Response):
             return text
         link = await self._link(charger_id, request)
+        if isinstance(link, web.Response):
+            return link
         try:
             frame = orjson.loads(text)
         except orjson.JSONDecodeError:
@@ -197,6 +202,8 @@ class HttpBinding:
             return _error(400, "wait must be between 0 and 86400")
         wait = min(wait, self.settings.http.max_wait)
         link = await self._link(charger_id, request)
+        if isinstance(link, web.Response):
+            return link
         call = await link.next_call(wait)
         if call is None:
             return web.Response(status=204)
@@ -214,6 +221,8 @@ class HttpBinding:
         if kind is None or kind[0] not in (3, 4):
             return _error(400, "POST the CALLRESULT or CALLERROR of a fetched call here")
         link = await self._link(charger_id, request)
+        if isinstance(link, web.Response):
+            return link
         try:
             answer = await link.feed_capture(text)
         except LinkClosed:

@@ -146,6 +146,8 @@ class LinkRegistry:
         self._lock = asyncio.Lock()
 
     async def get(self, charger_id: str, make: Callable[[], PolledLink]) -> PolledLink:
+        """The charger's live link, starting its session if needed. Raises LinkFailed (strict mode,
+        CSMS unreachable)."""
         async with self._lock:
             link = self.links.get(charger_id)
             if link is None or link.closed:
@@ -153,7 +155,11 @@ class LinkRegistry:
                 self.links[charger_id] = link
                 log.info("%s charger %s: session starts", link.transport, charger_id,
                          extra={"charger_id": charger_id})
-                link.session = await self.hub.attach(charger_id, OcppVersion.V16, link)
+                upstream = None
+                if self.hub.needs_upstream_first(charger_id):
+                    # strict offline mode: as for WebSocket chargers, no session without the CSMS
+                    upstream = await self.hub.dial(charger_id, OcppVersion.V16)  # raises LinkFailed
+                link.session = await self.hub.attach(charger_id, OcppVersion.V16, link, upstream)
             link.touch()
             return link
 

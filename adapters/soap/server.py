@@ -32,7 +32,7 @@ from adapters.soap import codec, convert
 from adapters.soap.codec import SoapError
 from adapters.soap.contract import CP, CS, V15, contract
 from gateway.config import Settings, split_listen
-from gateway.errors import LinkClosed
+from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import validate_charger_id
 from gateway.protocol import frames as F
 from gateway.protocol.frames import ErrorCode, OcppVersion, parse_error_code
@@ -245,7 +245,10 @@ class SoapServer:
             payload = codec.decode(CS, c.version, op, False, env)
             if c.version == V15:
                 payload = convert.up(op.name, payload, False)
-            link = await self._link(charger_id, request, headers, c.version)
+            try:
+                link = await self._link(charger_id, request, headers, c.version)
+            except LinkFailed as exc:
+                raise SoapError("Receiver", "InternalError", f"the CSMS is unreachable (strict mode): {exc}") from None
             message_id = new_call_id("s")
             timeout = self.settings.upstream.call_timeout * 2 + 5
             try:

@@ -141,3 +141,11 @@ async def test_http_basic_auth_with_security_profile_1(tmp_path: Path) -> None:
         headers = {"Authorization": basic("SEC1", "s3cret-s3cret")}
         async with gw.client.post(f"{gw.base}/SEC1", json=[2, "1", "Heartbeat", {}], headers=headers) as r:
             assert r.status == 200 and (await r.json())[0] == 3
+
+
+async def test_strict_mode_refuses_an_http_device_while_the_csms_is_unreachable(tmp_path: Path) -> None:
+    dead = f"ws://127.0.0.1:{free_port()}/ocpp"
+    async with gateway(tmp_path, upstream={"url": dead, "offline_mode": "strict", "connect_timeout": 2.0}) as gw:
+        async with gw.client.post(f"{gw.base}/STRICT2", json=[2, "1", "Heartbeat", {}]) as r:
+            assert r.status == 503
+        assert "STRICT2" not in gw.hub.sessions

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from lxml import etree
 
+from tests.harness import free_port
 from tests.soap.peers import OfficialCharger, fault_codes
 from tests.soap.test_soap_relay import NOW, gateway, meter_values
 
@@ -174,3 +175,11 @@ async def test_the_generated_contract_is_served_at_wsdl(tmp_path: Path) -> None:
                 assert len(client.wsdl.bindings[f"{{{ns}}}CentralSystemServiceSoap"]._operations) == 10
                 assert gw.soap_url.encode() in data
                 del service
+
+
+async def test_strict_mode_refuses_a_soap_charger_while_the_csms_is_unreachable(tmp_path: Path) -> None:
+    dead = f"ws://127.0.0.1:{free_port()}/ocpp"
+    async with gateway(tmp_path, upstream={"url": dead, "offline_mode": "strict", "connect_timeout": 2.0}) as gw:
+        status, body = await post(gw.soap_url, envelope("<cs:heartbeatRequest/>", identity="STRICT1"))
+        assert status == 500 and fault_codes(body) == ("Receiver", "InternalError")
+        assert "STRICT1" not in gw.hub.sessions
