@@ -77,3 +77,63 @@ async def test_sigterm_with_a_call_in_flight(gateway_factory: Callable[..., Gate
                 pass  # the API dropped the request after its shutdown grace period
             else:
                 assert r.status == 404, r.status  # or answered it: the charger's session is gone
+
+
+def _csms_answer(text: str) -> str | None:
+    """A CSMS that accepts everything and issues transaction id 4242."""
+    import json
+
+    frame = json.loads(text)
+    if frame[0] != 2:
+        return None
+    answers = {
+        "BootNotification": {"status": "Accepted", "currentTime": "2030-01-01T00:00:00Z", "interval": 300},
+        "StartTransaction": {"transactionId": 4242, "idTagInfo": {"status": "Accepted"}},
+        "StopTransaction": {"idTagInfo": {"status": "Accepted"}},
+        "Heartbeat": {"currentTime": "2030-01-01T00:00:00Z"},
+        "Authorize": {"idTagInfo": {"status": "Accepted"}},
+    }
+    return json.dumps([3, frame[1], answers.get(frame[2], {})])
+
+
+@pytest.mark.timeout(90)
+async def test_sigterm_while_offline_loses_nothing(gateway_factory: Callable[..., GatewayProcess]) -> None:
+    """Transaction messages a charger was told were accepted while the CSMS was away survive a
+    SIGTERM and reach the CSMS, in order, after the restart."""
+    import json
+
+    from ocpp.v16 import call as call16
+
+    from tests.e2e.rawpeers import RawCsms
+
+    csms = RawCsms(_csms_answer, subprotocols=("ocpp1.6",))  # its port is chosen but nothing listens yet
+    gw = gateway_factory({"upstream": {"url": csms.url, "reconnect_min": 0.2, "reconnect_max": 0.5},
+                          "auth": {"unknown_id_tags": "accept"}})
+    async with charger(gw.url("TERM-4"), "TERM-4") as cp:
+        await cp.boot()
+        started = await cp.start_tx(1, id_tag="TAG-OFF", meter_start=100)
+        await cp.meter(1, started.transaction_id, power_w=7000, energy_wh=600)
+        await cp.call(call16.StopTransaction(transaction_id=started.transaction_id, meter_stop=900,
+                                             timestamp="2030-01-01T01:00:00Z"))
+        assert gw.proc is not None
+        gw.proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(cp.ws.wait_closed(), 10)
+        assert cp.ws.close_code == 1001
+        assert await _wait_exit(gw) == 0
+    async with csms:
+        gw.start()
+        async with charger(gw.url("TERM-4"), "TERM-4"):
+            [conn] = await csms.wait_connections(1, timeout=10)
+            seen: list[list] = []
+            deadline = time.monotonic() + 20
+            while not any(f[0] == 2 and f[2] == "StopTransaction" for f in seen):
+                assert time.monotonic() < deadline, f"not replayed: {seen}"
+                seen.append(json.loads(await asyncio.wait_for(conn.received.get(), deadline - time.monotonic())))
+        calls = [(f[2], f[3]) for f in seen if f[0] == 2 and f[2] in ("StartTransaction", "MeterValues",
+                                                                       "StopTransaction")]
+        assert [a for a, _ in calls] == ["StartTransaction", "MeterValues", "StopTransaction"], calls
+        assert calls[0][1]["idTag"] == "TAG-OFF" and calls[0][1]["meterStart"] == 100
+        assert calls[1][1]["transactionId"] == 4242  # rewritten to the CSMS's id
+        assert calls[2][1]["transactionId"] == 4242 and calls[2][1]["meterStop"] == 900
+    gw.proc.send_signal(signal.SIGTERM)
+    assert await _wait_exit(gw) == 0
