@@ -143,25 +143,33 @@ class LinkRegistry:
         self.idle_timeout = idle_timeout
         self.links: dict[str, PolledLink] = {}
         self._reaper: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
+        self._locks: dict[str, asyncio.Lock] = {}
 
     async def get(self, charger_id: str, make: Callable[[], PolledLink]) -> PolledLink:
         """The charger's live link, starting its session if needed. Raises LinkFailed (strict mode,
         CSMS unreachable)."""
-        async with self._lock:
+        link = self.links.get(charger_id)
+        if link is not None and not link.closed:
+            link.touch()
+            return link
+        # one lock per charger: a slow start (strict mode dials the CSMS first) stalls no one else
+        lock = self._locks.setdefault(charger_id, asyncio.Lock())
+        async with lock:
             link = self.links.get(charger_id)
             if link is None or link.closed:
                 link = make()
-                self.links[charger_id] = link
-                log.info("%s charger %s: session starts", link.transport, charger_id,
-                         extra={"charger_id": charger_id})
                 upstream = None
                 if self.hub.needs_upstream_first(charger_id):
                     # strict offline mode: as for WebSocket chargers, no session without the CSMS
                     upstream = await self.hub.dial(charger_id, OcppVersion.V16)  # raises LinkFailed
+                log.info("%s charger %s: session starts", link.transport, charger_id,
+                         extra={"charger_id": charger_id})
                 link.session = await self.hub.attach(charger_id, OcppVersion.V16, link, upstream)
+                self.links[charger_id] = link  # only now: others take the fast path above
             link.touch()
-            return link
+        if not lock.locked():
+            self._locks.pop(charger_id, None)
+        return link
 
     def forget(self, link: PolledLink) -> None:
         if self.links.get(link.charger_id) is link:

@@ -130,7 +130,8 @@ class SoapChargerLink(PolledLink):
         codec.add_headers(env, c.namespace, action=op.action, message_id=request_id, identity=self.charger_id,
                           from_address=self.gateway_address, reply_to=codec.WSA_ANONYMOUS, to=self.endpoint)
         data = codec.to_bytes(env)
-        timeout = self.server.settings.websocket.call_timeout
+        # inside the session's own deadline for this call, so that the answer is never late
+        timeout = max(0.5, self.server.settings.websocket.call_timeout * 0.9)
         try:
             async with self.server.http.post(
                 self.endpoint, data=data, timeout=aiohttp.ClientTimeout(total=timeout),
@@ -172,6 +173,7 @@ class SoapServer:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self.http: aiohttp.ClientSession = None  # type: ignore[assignment]
+        self._warm: asyncio.Future[None] | None = None
 
     # -- endpoints --------------------------------------------------------------------------------
 
@@ -315,7 +317,7 @@ class SoapServer:
         await self._site.start()
         self.registry.start()
         # load the generated contracts into zeep now, off the event loop
-        asyncio.get_running_loop().run_in_executor(None, codec.warm_up)
+        self._warm = asyncio.get_running_loop().run_in_executor(None, codec.warm_up)
         return self
 
     @property
@@ -324,6 +326,11 @@ class SoapServer:
         return int(self._site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
 
     async def stop(self) -> None:
+        if self._warm is not None:
+            try:
+                await self._warm
+            except Exception:  # noqa: BLE001 - a contract that failed to load fails its requests instead
+                log.exception("loading the OCPP-S contracts failed")
         await self.registry.stop()
         if self._runner is not None:
             await self._runner.cleanup()
