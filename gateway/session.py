@@ -488,7 +488,7 @@ class ChargerSession:
         store = self.hub.store
         action, text = row["action"], row["payload"]
         local_tid: int | None = None
-        if self.version is V16 and action in T.CHARGER_TX_ACTIONS:
+        if self.version is V16 and action in T.CHARGER_TX_ACTIONS and self.local_to_csms:
             payload = orjson.loads(text)
             local_tid = T.charger_tx_id(action, payload)
             if local_tid is not None and local_tid in self.local_to_csms:

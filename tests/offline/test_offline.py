@@ -144,6 +144,7 @@ async def test_csms_commands_carry_the_chargers_id_for_a_transaction_started_off
             # live traffic after the replay is rewritten too
             await until(lambda: not store_rows(gw, "SELECT * FROM outbox"), what="outbox drained")
             await cp.call(v16.call.MeterValues(connector_id=1, transaction_id=local_id, meter_value=meter_value("5")))
+            await until(lambda: bool(csms.of(cid, "MeterValues")), what="meter values at the CSMS")
             assert csms.of(cid, "MeterValues")[-1].payload["transaction_id"] == csms_id
             # the CSMS stops it by its own id; the charger is told its own id
             answer = await csms.cps[cid].call(v16.call.RemoteStopTransaction(transaction_id=csms_id))
@@ -156,6 +157,7 @@ async def test_csms_commands_carry_the_chargers_id_for_a_transaction_started_off
             assert cp.commands[0] == ("RemoteStopTransaction", {"transaction_id": local_id})
             assert cp.commands[1][1]["cs_charging_profiles"]["transaction_id"] == local_id
             await cp.call(v16.call.StopTransaction(meter_stop=10, timestamp=now(), transaction_id=local_id))
+            await until(lambda: bool(csms.of(cid, "StopTransaction")), what="stop at the CSMS")
             assert csms.of(cid, "StopTransaction")[-1].payload["transaction_id"] == csms_id
             await until(lambda: store_rows(gw, "SELECT * FROM tx_map") == [], what="mapping cleaned up")
     finally:
