@@ -119,7 +119,7 @@ class HttpBinding:
             return None, _error(400, problem)
         if not self.hub.admits(charger_id):
             return None, _error(404, "unknown charger")
-        if self.settings.websocket.security_profile in (1, 2):
+        if self.settings.websocket.security_profile >= 1:  # no TLS of its own: profile 3 asks Basic too
             charger = self.settings.charger(charger_id)
             expected = charger.password.get_secret_value() if charger else ""
             if not expected or not self._basic_ok(request, charger_id, expected):

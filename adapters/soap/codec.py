@@ -26,6 +26,9 @@ SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
 SOAP11 = "http://schemas.xmlsoap.org/soap/envelope/"
 WSA = "http://www.w3.org/2005/08/addressing"
 WSA_ANONYMOUS = WSA + "/anonymous"
+# Pre-release WS-Addressing namespaces some charger stacks still send (OCPP-S 1.6 §3 warns of them):
+# read like the final one.
+WSA_DRAFTS = ("http://schemas.xmlsoap.org/ws/2004/08/addressing", "http://schemas.xmlsoap.org/ws/2004/03/addressing")
 CONTENT_TYPE = "application/soap+xml; charset=utf-8"
 
 
@@ -102,10 +105,10 @@ def read_headers(envelope: etree._Element) -> Addressing:
         qn = etree.QName(el)
         if qn.localname.lower() == "chargeboxidentity":  # S16 §3.3: the name is case-insensitive
             out.identity = (el.text or "").strip()
-        elif qn.namespace == WSA:
+        elif qn.namespace == WSA or qn.namespace in WSA_DRAFTS:
             name = qn.localname
             if name in ("From", "ReplyTo"):
-                addr = el.find(f"{{{WSA}}}Address")
+                addr = el.find(f"{{{qn.namespace}}}Address")
                 value = (addr.text or "").strip() if addr is not None else None
                 setattr(out, "from_address" if name == "From" else "reply_to", value)
             elif name in ("Action", "MessageID", "RelatesTo", "To"):

@@ -64,7 +64,7 @@ _ERRORS = {
 
 
 def _is_endpoint(address: str | None) -> bool:
-    if not address or address.startswith(codec.WSA):
+    if not address or address.startswith(codec.WSA) or address.startswith(codec.WSA_DRAFTS):
         return False  # absent, anonymous or "none": the charger cannot be called back
     parts = urlsplit(address)
     return parts.scheme in ("http", "https") and bool(parts.netloc)

@@ -131,8 +131,9 @@ async def test_http_standalone_ids_and_idle_sessions(tmp_path: Path) -> None:
         assert "DEV1" in gw.hub.sessions
 
 
-async def test_http_basic_auth_with_security_profile_1(tmp_path: Path) -> None:
-    async with gateway(tmp_path, websocket={"security_profile": 1}, chargers={"SEC1": {"password": "s3cret-s3cret"}}) as gw:
+@pytest.mark.parametrize("profile", [1, 3])
+async def test_http_basic_auth_with_security_profiles(profile: int, tmp_path: Path) -> None:
+    async with gateway(tmp_path, websocket={"security_profile": profile}, chargers={"SEC1": {"password": "s3cret-s3cret"}}) as gw:
         async with gw.client.post(f"{gw.base}/SEC1", json=[2, "1", "Heartbeat", {}]) as r:
             assert r.status == 401
         headers = {"Authorization": basic("SEC1", "wrong")}

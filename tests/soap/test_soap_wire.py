@@ -43,6 +43,16 @@ async def post(url: str, data: bytes, **headers: str) -> tuple[int, bytes]:
 @pytest.mark.parametrize("version", ["1.6", "1.5"])
 async def test_standalone_answers_every_charger_operation(tmp_path: Path, version: str) -> None:
     async with gateway(tmp_path, auth={"unknown_id_tags": "accept"}) as gw:
+        seen: list[Any] = []
+
+        class Observer:  # what telemetry, the API and metrics see: the session's OCPP 1.6J exchanges
+            def exchange(self, session: Any, exchange: Any) -> None:
+                seen.append(exchange)
+
+            def session_event(self, session: Any, event: str) -> None:
+                pass
+
+        gw.hub.observers.append(Observer())
         c = OfficialCharger(version, gw.soap_url, "ALONE1")  # no wsa:From: it cannot be called back
         boot = await c.call("BootNotification", chargePointVendor="ACME", chargePointModel="S-1")
         assert boot["status"] == "Accepted"
@@ -58,8 +68,12 @@ async def test_standalone_answers_every_charger_operation(tmp_path: Path, versio
         assert (await c.call("DataTransfer", vendorId="X"))["status"] == "UnknownVendorId"
         await c.call("FirmwareStatusNotification", status="Downloaded")
         await c.call("DiagnosticsStatusNotification", status="UploadFailed")
+        meter = [e for e in seen if e.action == "MeterValues"][0]
+        assert meter.charger_id == "ALONE1" and meter.response == {}
+        assert meter.request["meterValue"][0]["sampledValue"][1]["unit"] == "A"  # 1.5 "Amp" converted
         session = gw.hub.sessions["ALONE1"]
         assert session.link.transport == "soap"
+        assert session.snapshot()["transport"] == "soap" and session.snapshot()["protocol"] == "ocpp1.6"
         # a CSMS-side call to a charger whose endpoint is unknown fails at once, with a clear error
         from gateway.errors import CallFailed
 
@@ -85,6 +99,10 @@ async def test_faults_for_malformed_requests_and_hardened_parsing(tmp_path: Path
         assert (await post(url, zlib.compress(envelope(ok)), **{"Content-Encoding": "deflate"}))[0] == 200
         raw = zlib.compressobj(wbits=-15)
         assert (await post(url, raw.compress(envelope(ok)) + raw.flush(), **{"Content-Encoding": "deflate"}))[0] == 200
+        # a pre-release WS-Addressing namespace is read too
+        draft = envelope(ok, identity="DRAFT1").replace(WSA.encode(), b"http://schemas.xmlsoap.org/ws/2004/08/addressing")
+        status, body = await post(url, draft)
+        assert status == 200 and b"urn:uuid:m-1" in body
         # 1.5 on the same endpoint, by namespace
         status, body = await post(url, envelope(ok, identity="RAW15", ns="urn://Ocpp/Cs/2012/06/"))
         assert status == 200 and b"urn://Ocpp/Cs/2012/06/" in body
