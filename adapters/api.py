@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+from datetime import datetime, timezone
 from importlib import resources
 from typing import Any, Awaitable, Callable
 
@@ -52,14 +53,13 @@ class ApiServer:
     """Build it after the hub (it registers its observers there), `start()` it once the charger
     listener is up, `stop()` it first on shutdown.
 
-    `checks` name readiness conditions (callables returning bool). `outbox` may be set by the
-    offline store to a callable giving `{"depth": n, "oldest_age_seconds": s}` for a charger id."""
+    `checks` name readiness conditions (callables returning bool). A charger's `outbox` comes
+    from the store's `outbox_summary()` when the store has one."""
 
     def __init__(self, settings: Settings, hub: Any, checks: dict[str, Callable[[], bool]] | None = None) -> None:
         self.settings = settings
         self.hub = hub
         self.checks = dict(checks or {})
-        self.outbox: Callable[[str], dict[str, Any] | None] | None = None
         self.status = StatusBook()
         self.metrics = Metrics(hub)
         hub.observers.extend([self.status, self.metrics])
@@ -144,10 +144,22 @@ class ApiServer:
         ready = all(results.values())
         return _json({"status": "ready" if ready else "not_ready", "checks": results}, 200 if ready else 503)
 
+    async def outbox_summary(self) -> list[dict[str, Any]] | None:
+        """The store's outbox per charger (depth, oldest, dead letters), or None without one."""
+        summary = getattr(self.hub.store, "outbox_summary", None)
+        if summary is None:
+            return None
+        try:
+            return list(await summary())
+        except Exception:  # noqa: BLE001 - metrics and the page must answer even if the store hiccups
+            log.exception("outbox summary")
+            return None
+
     async def metrics_text(self, request: web.Request) -> web.Response:
+        self.metrics.outbox_summary = await self.outbox_summary()
         return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
-    def charger_view(self, charger_id: str) -> dict[str, Any] | None:
+    def charger_view(self, charger_id: str, outbox: dict[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
         session = self.hub.sessions.get(charger_id)
         known = self.status.get(charger_id)
         if session is None and known is None and charger_id not in self.settings.chargers:
@@ -165,20 +177,33 @@ class ApiServer:
         }
         if known is not None:
             view.update(known.view())
-        if self.outbox is not None:
-            try:
-                view["outbox"] = self.outbox(charger_id)
-            except Exception:  # noqa: BLE001 - the page must load even if the store hiccups
-                log.exception("outbox depth for %s", charger_id)
+        if outbox is not None:
+            row = outbox.get(charger_id) or {}
+            oldest = row.get("oldest")
+            age = None
+            if isinstance(oldest, str):
+                try:
+                    when = datetime.fromisoformat(oldest.replace("Z", "+00:00"))
+                    when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+                    age = max(0.0, (datetime.now(timezone.utc) - when).total_seconds())
+                except ValueError:
+                    pass
+            view["outbox"] = {"depth": int(row.get("depth") or 0), "oldest_age_seconds": age,
+                              "dead_letters": int(row.get("dead_letters") or 0)}
         return view
+
+    async def _outbox_by_charger(self) -> dict[str, dict[str, Any]] | None:
+        summary = await self.outbox_summary()
+        return None if summary is None else {str(r.get("charger_id")): r for r in summary}
 
     async def list_chargers(self, request: web.Request) -> web.Response:
         ids = set(self.hub.sessions) | set(self.status.chargers) | set(self.settings.chargers)
-        chargers = [v for v in (self.charger_view(cid) for cid in sorted(ids)) if v is not None]
+        outbox = await self._outbox_by_charger()
+        chargers = [v for v in (self.charger_view(cid, outbox) for cid in sorted(ids)) if v is not None]
         return _json({"chargers": chargers, "count": len(chargers)})
 
     async def get_charger(self, request: web.Request) -> web.Response:
-        view = self.charger_view(request.match_info["id"])
+        view = self.charger_view(request.match_info["id"], await self._outbox_by_charger())
         if view is None:
             return _error(404, "not_found", f"no charger {request.match_info['id']!r}")
         return _json(view)

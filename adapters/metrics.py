@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
 from gateway import __version__
@@ -34,10 +34,13 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 
 
 
 class _LiveCollector:
-    """Gauges read from the hub at scrape time."""
+    """Gauges read from the hub at scrape time; the outbox summary the API fetched from the store
+    for this scrape; the telemetry sinks' queues and spools; the sessions' offline counters (plus
+    those of sessions already ended, kept by `Metrics`, so the totals never go down)."""
 
-    def __init__(self, hub: Any) -> None:
+    def __init__(self, hub: Any, owner: "Metrics") -> None:
         self.hub = hub
+        self.owner = owner
 
     def describe(self) -> Iterable[Any]:
         return []
@@ -66,6 +69,72 @@ class _LiveCollector:
         queued.add_metric(["to_charger"], sum(len(s.to_charger) for s in sessions))
         queued.add_metric(["to_csms"], sum(len(s.to_upstream) for s in sessions))
         yield queued
+        yield from self._offline(sessions)
+        yield from self._sinks()
+
+    def _offline(self, sessions: list[Any]) -> Iterable[Any]:
+        totals = dict(self.owner.retired)
+        for s in sessions:
+            for name, n in (getattr(s, "counters", None) or {}).items():
+                totals[name] = totals.get(name, 0) + n
+        events = CounterMetricFamily("ocppgw_outbox_messages", "Offline store-and-forward events: buffered "
+                                     "(stored for the CSMS), dropped, replayed, dead_letters, possible_duplicates, "
+                                     "invalid_replayed_starts", labels=["event"])
+        for name in sorted(totals):
+            events.add_metric([name], totals[name])
+        yield events
+        summary = self.owner.outbox_summary
+        if summary is None:
+            return
+        now = datetime.now(timezone.utc)
+        depth = GaugeMetricFamily("ocppgw_outbox_depth", "Messages waiting for the CSMS, by charger", labels=["charger"])
+        age = GaugeMetricFamily("ocppgw_outbox_oldest_age_seconds", "Age of the oldest message waiting for the CSMS",
+                                labels=["charger"])
+        dead = GaugeMetricFamily("ocppgw_outbox_dead_letters", "Messages the CSMS refused for good, by charger",
+                                 labels=["charger"])
+        for row in summary:
+            cid = str(row.get("charger_id"))
+            depth.add_metric([cid], row.get("depth") or 0)
+            dead.add_metric([cid], row.get("dead_letters") or 0)
+            oldest = _parse_time(row.get("oldest"))
+            if oldest is not None:
+                age.add_metric([cid], max(0.0, (now - oldest).total_seconds()))
+        yield depth
+        yield age
+        yield dead
+
+    def _sinks(self) -> Iterable[Any]:
+        sinks = [sink for o in self.hub.observers for sink in (getattr(o, "sinks", None) or [])]
+        if not sinks:
+            return
+        backlog = GaugeMetricFamily("ocppgw_sink_backlog", "Telemetry items waiting for a sink (memory and disk)",
+                                    labels=["sink"])
+        spool = GaugeMetricFamily("ocppgw_sink_spool_depth", "Telemetry items spooled to disk while a sink is away",
+                                  labels=["sink"])
+        dropped = CounterMetricFamily("ocppgw_sink_dropped", "Telemetry items dropped (queue or spool full)",
+                                      labels=["sink"])
+        delivered = CounterMetricFamily("ocppgw_sink_delivered", "Telemetry items delivered", labels=["sink"])
+        for sink in sinks:
+            name = str(getattr(sink, "name", type(sink).__name__))
+            try:
+                backlog.add_metric([name], getattr(sink, "backlog", 0))
+                sp = getattr(sink, "spool", None)
+                spool.add_metric([name], getattr(sp, "count", 0))
+                dropped.add_metric([name], getattr(sink, "dropped", 0) + getattr(sp, "dropped", 0))
+                delivered.add_metric([name], getattr(sink, "delivered", 0))
+            except Exception:  # noqa: BLE001 - a sink's internals changing must not break /metrics
+                continue
+        yield from (backlog, spool, dropped, delivered)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 class Metrics:
@@ -74,7 +143,9 @@ class Metrics:
     def __init__(self, hub: Any) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=registry)
-        registry.register(_LiveCollector(hub))
+        self.retired: dict[str, int] = {}  # offline counters of sessions that ended
+        self.outbox_summary: list[dict[str, Any]] | None = None  # set by the API before each scrape
+        registry.register(_LiveCollector(hub, self))
         Gauge("ocppgw_build_info", "The gateway's version", ["version"], registry=registry).labels(__version__).set(1)
         Gauge("ocppgw_start_time_seconds", "When the gateway started (Unix time)",
               registry=registry).set(datetime.now(timezone.utc).timestamp())
@@ -134,6 +205,8 @@ class Metrics:
         elif event == "disconnected":
             self.disconnects.inc()
             self._was_online.discard(cid)
+            for name, n in (getattr(session, "counters", None) or {}).items():
+                self.retired[name] = self.retired.get(name, 0) + n
         elif event == "upstream":
             state = session.upstream_state.value
             self.upstream_changes.labels(state).inc()

@@ -5,8 +5,8 @@ jsonschema against the schema documented here for that path, method and status.
 
 Adding endpoints (e.g. /api/v1/transactions and /api/v1/outbox when the offline store lands): put
 their schemas in `SCHEMAS` and their path items in `PATHS` (or pass `extra_paths`/`extra_schemas`
-to `document()`), and route them in adapters/api.py. `Charger.outbox` is already in the charger
-schema (null until a store reports it).
+to `document()`), and route them in adapters/api.py. `Charger.outbox` (depth, oldest age, dead
+letters per charger, from the store's `outbox_summary()`) is already in the charger schema.
 """
 
 from __future__ import annotations
@@ -129,9 +129,12 @@ SCHEMAS: dict[str, Any] = {
             "open_transactions": {"type": "array", "items": _ref("OpenTransaction")},
             "outbox": {
                 "type": ["object", "null"],
-                "description": "messages waiting for the CSMS (null until the offline store reports)",
+                "description": "messages waiting for the CSMS (null when the gateway has no outbox)",
+                "required": ["depth", "oldest_age_seconds", "dead_letters"],
                 "properties": {"depth": {"type": "integer", "minimum": 0},
-                               "oldest_age_seconds": _NULLABLE_NUM},
+                               "oldest_age_seconds": _NULLABLE_NUM,
+                               "dead_letters": {"type": "integer", "minimum": 0,
+                                                "description": "messages the CSMS refused for good"}},
             },
         },
     },

@@ -120,3 +120,37 @@ async def test_upstream_links_and_round_trips_in_relay_mode(tmp_path: Path) -> N
                 m = await scrape(api)
                 assert value(m, "ocppgw_upstream_reconnects_total") == 1
                 assert value(m, "ocppgw_upstream_links", state="online") == 1
+
+
+@pytest.mark.timeout(60)
+async def test_outbox_depth_age_and_replay_while_the_csms_is_away(tmp_path: Path) -> None:
+    from tests.api.test_shutdown import _csms_answer
+    from tests.e2e.rawpeers import RawCsms
+
+    csms = RawCsms(_csms_answer, subprotocols=("ocpp1.6",))  # nothing listens on its port yet
+    async with inproc(tmp_path, upstream={"url": csms.url, "reconnect_min": 0.2, "reconnect_max": 0.4},
+                      auth={"unknown_id_tags": "accept"}) as gw, api_client(gw.api_url) as api:
+        async with charger(gw.url("OB1"), "OB1") as cp:
+            await cp.boot()
+            tx = await cp.start_tx(1)
+            await cp.meter(1, tx.transaction_id, 3000, 1200)
+            m = await scrape(api)
+            assert value(m, "ocppgw_outbox_depth", charger="OB1") >= 2  # the start and the meter values
+            assert value(m, "ocppgw_outbox_oldest_age_seconds", charger="OB1") >= 0
+            assert value(m, "ocppgw_outbox_dead_letters", charger="OB1") == 0
+            assert value(m, "ocppgw_outbox_messages_total", event="buffered") >= 2
+            assert value(m, "ocppgw_outbox_messages_total", event="replayed") == 0
+            status, one, _ = await api.get("/api/v1/chargers/OB1")
+            assert one["outbox"]["depth"] >= 2 and one["outbox"]["oldest_age_seconds"] is not None
+            assert one["upstream"]["state"] in ("offline", "connecting")
+            async with csms:  # the CSMS comes back: the outbox drains
+                await until(lambda: gw.hub.sessions["OB1"].counters["replayed"] >= 2, timeout=15, what="replayed")
+                await until(lambda: not gw.hub.sessions["OB1"].backlog, timeout=15, what="outbox drained")
+                m = await scrape(api)
+                assert value(m, "ocppgw_outbox_depth", charger="OB1") == 0
+                assert value(m, "ocppgw_outbox_messages_total", event="replayed") >= 2
+                status, one, _ = await api.get("/api/v1/chargers/OB1")
+                assert one["outbox"]["depth"] == 0 and one["upstream"]["state"] == "online"
+        await until(lambda: not gw.hub.sessions, what="session ended")
+        m = await scrape(api)  # totals survive the session's end
+        assert value(m, "ocppgw_outbox_messages_total", event="replayed") >= 2
