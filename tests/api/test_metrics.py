@@ -3,6 +3,7 @@ prometheus_client's own parser (what a Prometheus server accepts)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,31 @@ async def test_outbox_depth_age_and_replay_while_the_csms_is_away(tmp_path: Path
         await until(lambda: not gw.hub.sessions, what="session ended")
         m = await scrape(api)  # totals survive the session's end
         assert value(m, "ocppgw_outbox_messages_total", event="replayed") >= 2
+
+
+@pytest.mark.timeout(60)
+async def test_sink_spool_depth_while_mqtt_and_influx_are_down(tmp_path: Path) -> None:
+    from tests.harness import free_port
+
+    # nothing listens on these ports: both sinks spool what the charger reports
+    async with inproc(tmp_path, mqtt={"url": f"mqtt://127.0.0.1:{free_port()}"},
+                      influx={"url": f"http://127.0.0.1:{free_port()}", "bucket": "b"}) as gw, \
+            api_client(gw.api_url) as api:
+        async with charger(gw.url("SK1"), "SK1") as cp:
+            await cp.boot()
+            await cp.status(1, "Available")
+            m: dict = {}
+
+            async def spooled() -> bool:
+                nonlocal m
+                m = await scrape(api)
+                return all(value(m, "ocppgw_sink_spool_depth", sink=s) >= 1 for s in ("mqtt", "influx"))
+
+            deadline = asyncio.get_running_loop().time() + 15
+            while not await spooled():
+                assert asyncio.get_running_loop().time() < deadline, "nothing spooled"
+                await asyncio.sleep(0.2)
+            for sink in ("mqtt", "influx"):
+                assert value(m, "ocppgw_sink_backlog", sink=sink) >= value(m, "ocppgw_sink_spool_depth", sink=sink)
+                assert value(m, "ocppgw_sink_delivered_total", sink=sink) == 0
+                assert value(m, "ocppgw_sink_dropped_total", sink=sink) == 0
