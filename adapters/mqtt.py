@@ -16,6 +16,7 @@ messages are spooled to disk in order and drained, oldest first, after the next 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import ssl
@@ -109,6 +110,7 @@ class MqttSink(SpooledSink[Message]):
         self._commands = 0
         self._chargers: dict[str, _ChargerTopics] = {}
         self._last: dict[str, tuple[float, float]] = {}  # retained meter topic -> (value, monotonic time)
+        self._states: dict[str, ChargerState] = {}  # the last state published per charger
         url = urlsplit(cfg.url.get_secret_value())
         if url.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
             raise ValueError("mqtt.url must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
@@ -142,6 +144,12 @@ class MqttSink(SpooledSink[Message]):
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
+        # The gateway is stopping: no charger stays connected through it. Say so in the retained
+        # state topics (the hub closes sessions without a "disconnected" event per charger).
+        now = datetime.now(timezone.utc)
+        for state in list(self._states.values()):
+            if state.connected:
+                self.offer(dataclasses.replace(state, connected=False, ts=now))
         await self.stop_worker()
         client = self.client
 
@@ -282,6 +290,7 @@ class MqttSink(SpooledSink[Message]):
                 "meter_start": record.meter_start, "meter_stop": record.meter_stop, "energy_wh": record.energy_wh,
                 "reason": record.reason, "offline": record.offline, "ts": iso(record.ts)}), False))
         elif isinstance(record, ChargerState):
+            self._states[record.charger_id] = record
             out.append(self._retained(ch, f"{root}/state", _json({
                 "connected": record.connected, "upstream": record.upstream, "protocol": record.protocol,
                 "ts": iso(record.ts)})))
@@ -337,6 +346,7 @@ class MqttSink(SpooledSink[Message]):
         return _json(body)
 
     def _forget(self, charger_id: str) -> list[Message]:
+        self._states.pop(charger_id, None)
         ch = self._chargers.pop(charger_id, None)
         if ch is None:
             return []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import signal
 import socket
@@ -25,6 +26,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from tests.harness import free_port
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+# Started as root, mosquitto drops to the `mosquitto` user, which cannot read the test's private
+# temporary directory (persistence, keys): keep it as the user who runs the tests.
+_RUN_AS = ["user root"] if os.geteuid() == 0 else []
 INFLUXD = shutil.which("influxd") or "/usr/bin/influxd"
 
 
@@ -85,6 +89,7 @@ class Mosquitto(_Process):
             "log_type warning",
             "log_type notice",
             "max_queued_messages 100000",
+            *_RUN_AS,
             "",
         ]))
 

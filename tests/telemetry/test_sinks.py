@@ -1,0 +1,234 @@
+"""The sinks in-process against real services: TLS and passwords, the spool across a gateway restart,
+bounds, deadband, Home Assistant removal, and InfluxDB refusing a batch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.influx import InfluxSink
+from adapters.mqtt import MqttSink
+from adapters.spool import Spool
+from gateway.config import InfluxSettings, MqttSettings
+from gateway.telemetry.records import (
+    ChargerForgotten, ChargerState, ConnectorStatus, EnvironmentReading, MeterReading, MeterSample,
+)
+from tests.harness import free_port
+from tests.telemetry.services import _RUN_AS, Influx, Mosquitto, Subscriber, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+NOW = datetime(2025, 3, 1, 10, 0, tzinfo=timezone.utc)
+
+
+def state(cid: str, connected: bool = True) -> ChargerState:
+    return ChargerState(charger_id=cid, connected=connected, upstream="standalone", protocol="ocpp1.6", ts=NOW)
+
+
+def meter(cid: str, value: float, measurand: str = "Energy.Active.Import.Register", unit: str = "Wh",
+          ts: datetime = NOW) -> MeterReading:
+    return MeterReading(charger_id=cid, evse=1, connector=1, ts=ts, transaction_id=None, source="MeterValues",
+                        samples=(MeterSample(measurand, value, unit),))
+
+
+async def until(condition: Any, timeout: float = 10.0, what: str = "condition") -> Any:
+    return await asyncio.to_thread(wait_for, condition, timeout, what)
+
+
+# -- TLS and username/password --------------------------------------------------------------------
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Any:
+    """Mosquitto with a TLS listener (certificate from a CA made here) and a plain one, both
+    requiring a password."""
+    d = tmp_path / "tls"
+    d.mkdir()
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", "/CN=test-ca", cwd=d)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+             "-subj", "/CN=127.0.0.1", cwd=d)
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(d / "passwd"), "gw-user", "pa:ss@word"], check=True, capture_output=True, timeout=10)
+    plain, tls = free_port(), free_port()
+    conf = d / "tls.conf"
+    conf.write_text("\n".join([
+        "per_listener_settings false", "allow_anonymous false", f"password_file {d / 'passwd'}",
+        f"listener {plain} 127.0.0.1",
+        f"listener {tls} 127.0.0.1", f"cafile {d / 'ca.pem'}", f"certfile {d / 'server.pem'}",
+        f"keyfile {d / 'server.key'}", *_RUN_AS, ""]))
+    broker = Mosquitto(d / "broker")
+    broker.conf, broker.port = conf, plain
+    broker.start()
+    yield broker, tls, d / "ca.pem"
+    broker.stop()
+
+
+async def test_mqtts_with_username_and_password(tls_broker: Any, tmp_path: Path) -> None:
+    broker, tls_port, ca = tls_broker
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+    import threading
+
+    # the independent subscriber logs in on the plain listener with the same credentials
+    got: list[Any] = []
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+    client.username_pw_set("gw-user", "pa:ss@word")
+    ready = threading.Event()
+    client.on_connect = lambda c, u, f, rc, p: (c.subscribe("ocpp/tls/#", qos=1), ready.set())
+    client.on_message = lambda c, u, m: got.append((m.topic, m.payload, m.retain))
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        assert ready.wait(5)
+        url = f"mqtts://gw-user:pa%3Ass%40word@127.0.0.1:{tls_port}"
+        cfg = MqttSettings(url=url, ca_file=str(ca), topic_prefix="ocpp")
+        async with MqttSink(cfg, str(tmp_path / "data"), "tls") as sink:
+            sink.offer(state("CP1"))
+            await until(lambda: any(t == "ocpp/tls/chargers/CP1/state" for t, _, _ in got), 10, "state over TLS")
+            assert ("ocpp/tls/gateway/state", b"online") in [(t, p) for t, p, _ in got]
+        # a clean stop: gateway offline, and the chargers it had are no longer connected through it
+        await until(lambda: ("ocpp/tls/gateway/state", b"offline") in [(t, p) for t, p, _ in got], 5, "offline")
+        states = [json.loads(p) for t, p, _ in got if t == "ocpp/tls/chargers/CP1/state"]
+        assert [s["connected"] for s in states] == [True, False]
+        # a wrong password is refused: nothing is delivered, everything is spooled
+        bad = MqttSettings(url=f"mqtts://gw-user:wrong@127.0.0.1:{tls_port}", ca_file=str(ca), topic_prefix="ocpp")
+        async with MqttSink(bad, str(tmp_path / "data2"), "tls") as sink:
+            sink.offer(state("CP2"))
+            await until(lambda: sink.spool.count == 1, 5, "spooled while refused")
+            assert not sink.connected
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+# -- spool ----------------------------------------------------------------------------------------
+
+
+async def test_spool_keeps_order_and_its_bound(tmp_path: Path) -> None:
+    spool = await Spool(tmp_path / "s.sqlite3", max_items=5).open()
+    await spool.append([b"1", b"2", b"3"])
+    await spool.append([b"4", b"5", b"6", b"7", b"8"])
+    assert spool.count == 5 and spool.dropped == 3  # the oldest went
+    rows = await spool.peek(10)
+    assert [b for _, b in rows] == [b"4", b"5", b"6", b"7", b"8"]
+    await spool.remove_through(rows[1][0])
+    assert [b for _, b in await spool.peek(10)] == [b"6", b"7", b"8"]
+    await spool.close()
+    again = await Spool(tmp_path / "s.sqlite3", max_items=5).open()  # it survives a restart
+    assert again.count == 3
+    await again.close()
+
+
+async def test_offer_never_blocks_and_counts_what_it_drops(tmp_path: Path) -> None:
+    cfg = MqttSettings(url=f"mqtt://127.0.0.1:{free_port()}", queue_size=10)
+    sink = MqttSink(cfg, str(tmp_path), "s")  # not started: nothing drains the queue
+    started = time.perf_counter()
+    for i in range(1000):
+        sink.offer(meter("CP", float(i)))
+    assert time.perf_counter() - started < 0.5
+    assert sink.queue.qsize() == 10 and sink.dropped == 990
+
+
+async def test_mqtt_spool_survives_a_gateway_restart(tmp_path: Path) -> None:
+    """Broker away: the sink spools to disk; the gateway stops; it starts again with the broker
+    back, and the spooled messages arrive first, in order."""
+    broker = Mosquitto(tmp_path / "broker")  # configured, not started yet
+    data = str(tmp_path / "data")
+    cfg = MqttSettings(url=broker.url, reconnect_min=1.0, reconnect_max=1.0)
+    async with MqttSink(cfg, data, "r") as sink:
+        for i in range(25):
+            sink.offer(meter("CP", float(i)))
+        await until(lambda: sink.spool.count >= 25 * 2, 5, "spooled")  # .../meter and the retained per-measurand
+    broker.start()
+    sub = Subscriber(broker.port, ["ocpp/r/chargers/CP/evse/1/meter"])
+    try:
+        async with MqttSink(cfg, data, "r") as sink:
+            sink.offer(meter("CP", 25.0))
+            await until(lambda: len(sub.on("ocpp/r/chargers/CP/evse/1/meter")) >= 26, 10, "26 messages")
+            assert sink.spool.count == 0
+        values = [json.loads(m.payload)["samples"][0]["value"] for m in sub.on("ocpp/r/chargers/CP/evse/1/meter")]
+        assert values == [float(i) for i in range(26)]
+    finally:
+        sub.close()
+        broker.stop()
+
+
+# -- retained topics: deadband, minimum interval; Home Assistant removal --------------------------------
+
+
+async def test_deadband_and_minimum_interval_thin_only_the_retained_topics(tmp_path: Path) -> None:
+    cfg = MqttSettings(url="mqtt://127.0.0.1:1", retained_deadband=10.0, retained_min_interval=0.0)
+    sink = MqttSink(cfg, str(tmp_path), "s")
+    topic = "ocpp/s/chargers/CP/evse/1/meter/Power.Active.Import"
+    published = []
+    for value in (1000.0, 1005.0, 1009.0, 1011.0, 1012.0, 990.0):
+        msgs = sink.encode(meter("CP", value, "Power.Active.Import", "W"))
+        assert any(m.topic == "ocpp/s/chargers/CP/evse/1/meter" for m in msgs)  # never thinned
+        published += [json.loads(m.payload)["value"] for m in msgs if m.topic == topic]
+    assert published == [1000.0, 1011.0, 990.0]
+    cfg2 = MqttSettings(url="mqtt://127.0.0.1:1", retained_min_interval=3600.0)
+    sink2 = MqttSink(cfg2, str(tmp_path), "s")
+    counts = [len([m for m in sink2.encode(meter("CP", v, "Voltage", "V")) if m.retain]) for v in (230.0, 240.0)]
+    assert counts == [1, 0]
+
+
+async def test_home_assistant_discovery_and_removal(tmp_path: Path) -> None:
+    cfg = MqttSettings(url="mqtt://127.0.0.1:1", ha_discovery=True)
+    sink = MqttSink(cfg, str(tmp_path), "s")
+    out = sink.encode(state("CP 1"))
+    out += sink.encode(ConnectorStatus(charger_id="CP 1", evse=1, connector=1, status="Charging", error_code="NoError",
+                                       ts=NOW))
+    out += sink.encode(meter("CP 1", 7000.0, "Power.Active.Import", "W"))
+    out += sink.encode(meter("CP 1", 80.0, "SoC", "Percent"))
+    out += sink.encode(EnvironmentReading(charger_id="CP 1", name="humidity", value=40.0, unit="RH", ts=NOW,
+                                          source="NotifyEvent"))
+    configs = {m.topic: json.loads(m.payload) for m in out if m.topic.startswith("homeassistant/")}
+    node = "ocppgw_s_CP_201"
+    assert set(configs) == {f"homeassistant/binary_sensor/{node}/connected/config",
+                            f"homeassistant/sensor/{node}/evse1_status/config",
+                            f"homeassistant/sensor/{node}/evse1_power_active_import/config",
+                            f"homeassistant/sensor/{node}/evse1_soc/config",
+                            f"homeassistant/sensor/{node}/env_humidity/config"}
+    soc = configs[f"homeassistant/sensor/{node}/evse1_soc/config"]
+    assert (soc["device_class"], soc["unit_of_measurement"], soc["state_class"]) == ("battery", "%", "measurement")
+    hum = configs[f"homeassistant/sensor/{node}/env_humidity/config"]
+    assert (hum["device_class"], hum["unit_of_measurement"]) == ("humidity", "%")
+    assert all(c["device"]["identifiers"] == [node] and c["unique_id"].startswith(node) for c in configs.values())
+    retained = {m.topic for m in out if m.retain}
+    gone = sink.encode(ChargerForgotten(charger_id="CP 1", ts=NOW))
+    assert {m.topic for m in gone} == retained  # every retained topic and every config, cleared
+    assert all(m.payload == b"" and m.retain for m in gone)
+
+
+# -- InfluxDB --------------------------------------------------------------------------------------
+
+
+async def test_influx_drops_a_refused_batch_and_carries_on(influx: Influx, tmp_path: Path) -> None:
+    """A field-type conflict (someone wrote `value` as an integer first) is refused with 400 by
+    InfluxDB: that batch is dropped and logged, the next ones land."""
+    db = "conflict" + str(free_port())
+    influx.create_db(db)
+    import urllib.request
+
+    req = urllib.request.Request(f"{influx.url}/write?db={db}", data=b"meter_value,charger=X value=1i 1740823200000000000", method="POST")
+    urllib.request.urlopen(req, timeout=5).close()
+    cfg = InfluxSettings(url=influx.url, api="v1", database=db, flush_interval=0.05, batch_size=1)
+    async with InfluxSink(cfg, str(tmp_path), "s") as sink:
+        sink.offer(meter("CP", 5.0))
+        sink.offer(EnvironmentReading(charger_id="CP", name="temperature", value=21.0, unit="Celsius", ts=NOW,
+                                      source="MeterValues"))
+        await until(lambda: influx.rows(db, "SELECT * FROM environment"), 10, "the next batch")
+        assert sink.rejected == 1 and sink.spool.count == 0
