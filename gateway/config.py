@@ -360,6 +360,10 @@ def _format_errors(exc: ValidationError) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+            if key == "(root)" and ": " in msg:  # cross-section checks name their key first
+                key, msg = msg.split(": ", 1)
         lines.append(f"{key}: {msg}")
     return "\n".join(lines)
 

@@ -185,6 +185,19 @@ def test_a_token_is_required_beyond_loopback(tmp_path: Path) -> None:
             f.write_text(f'[api]\nlisten = "{listen}"\n')
             load_settings(str(f))
         assert "api.token" in str(info.value), listen
+    # check-config (and run) refuse it with exit 2, naming the key
+    import subprocess
+    import sys
+
+    from tests.harness import REPO
+
+    f = tmp_path / "open.toml"
+    f.write_text('[api]\nlisten = "0.0.0.0:8080"\n')
+    for command in ("check-config", "run"):
+        result = subprocess.run([sys.executable, "-m", "gateway", command, "-c", str(f)], cwd=str(REPO),
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "api.token: required when api.listen (0.0.0.0:8080) is not a loopback address" in result.stderr
     for listen in ("127.0.0.1:8080", "localhost:8080", "[::1]:8080", "127.0.0.5:1"):
         Settings(api={"listen": listen})
     Settings(api={"listen": "0.0.0.0:8080", "token": "t"})
