@@ -271,10 +271,31 @@ def _to_zeep(f: Field, value: Any) -> Any:
     return str(value)
 
 
+def _reorder(element: etree._Element, f: Field) -> None:
+    """Put the child elements in the contract's order (stable; unknown ones last), recursively.
+
+    zeep reads an xsd:sequence in order and silently skips an element that comes too early; some
+    chargers do not keep the WSDL's order, and their fields must not get lost."""
+    if f.kind != "complex":
+        return
+    rank = {c.name: i for i, c in enumerate(f.children)}
+    children = [c for c in element if isinstance(c.tag, str)]
+    ordered = sorted(children, key=lambda c: rank.get(etree.QName(c).localname, len(rank)))
+    if ordered != children:
+        for c in children:
+            element.remove(c)
+        element.extend(ordered)
+    for c in ordered:
+        sub = f.child(etree.QName(c).localname)
+        if sub is not None:
+            _reorder(c, replace(sub, repeated=False))
+
+
 def decode(role: str, version: str, op: Operation, response: bool, envelope: etree._Element) -> dict[str, Any]:
     """The body of a request (or response) as an OCPP-J payload of that version. Raises SoapError."""
     zop = _binding(role, version).get(op.name)
     part = zop.output if response else zop.input
+    _reorder(body_child(envelope), op.response if response else op.request)
     try:
         # the body only: zeep's deserialize() unwraps one-field responses, and headers are ours to read
         parts = part._deserialize_body(envelope.find(f"{{{SOAP12}}}Body"))

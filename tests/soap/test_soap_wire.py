@@ -201,3 +201,26 @@ async def test_strict_mode_refuses_a_soap_charger_while_the_csms_is_unreachable(
         status, body = await post(gw.soap_url, envelope("<cs:heartbeatRequest/>", identity="STRICT1"))
         assert status == 500 and fault_codes(body) == ("Receiver", "InternalError")
         assert "STRICT1" not in gw.hub.sessions
+
+
+async def test_fields_in_another_order_than_the_wsdl_are_not_lost(tmp_path: Path) -> None:
+    """Some chargers do not keep the WSDL's element order; the gateway reads them all the same."""
+    async with gateway(tmp_path) as gw:
+        seen: list[Any] = []
+
+        class Observer:
+            def exchange(self, session: Any, exchange: Any) -> None:
+                seen.append(exchange)
+
+            def session_event(self, session: Any, event: str) -> None:
+                pass
+
+        gw.hub.observers.append(Observer())
+        body = ("<cs:statusNotificationRequest><cs:vendorErrorCode>E42</cs:vendorErrorCode>"
+                "<cs:errorCode>OtherError</cs:errorCode><cs:timestamp>2030-01-02T03:04:05Z</cs:timestamp>"
+                "<cs:status>Faulted</cs:status><cs:connectorId>2</cs:connectorId><cs:info>hot</cs:info>"
+                "</cs:statusNotificationRequest>")
+        status, _ = await post(gw.soap_url, envelope(body, identity="SLOPPY1"))
+        assert status == 200
+        assert seen[-1].request == {"connectorId": 2, "status": "Faulted", "errorCode": "OtherError", "info": "hot",
+                                    "timestamp": "2030-01-02T03:04:05Z", "vendorErrorCode": "E42"}
