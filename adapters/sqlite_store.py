@@ -77,6 +77,25 @@ _MIGRATIONS: list[str] = [
     CREATE TABLE local_list_version (charger_id TEXT PRIMARY KEY, version INTEGER NOT NULL);
     INSERT INTO counters (name, value) VALUES ('offline_transaction_id', 0);
     """,
+    # 3: the transaction log behind /api/v1/transactions
+    """
+    CREATE TABLE transactions (
+        charger_id TEXT NOT NULL,
+        transaction_id TEXT NOT NULL,
+        evse INTEGER,
+        connector INTEGER,
+        started_at TEXT,
+        ended_at TEXT,
+        meter_start REAL,
+        meter_stop REAL,
+        energy_wh REAL,
+        reason TEXT,
+        offline INTEGER NOT NULL DEFAULT 0,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (charger_id, transaction_id)
+    );
+    CREATE INDEX transactions_by_time ON transactions (started_at);
+    """,
 ]
 
 PROTECTED_KINDS = ("start", "stop")  # never refused at the outbox bounds
@@ -368,6 +387,57 @@ class SqliteStore:
     async def local_list_update(self, charger_id: str, full: bool, version: int | None,
                                 entries: list[tuple[str, str | None, str | None]]) -> None:
         await self._run(self._list_update, charger_id, full, version, entries)
+
+    # -- transaction log --------------------------------------------------------------------------
+
+    def _tx_event(self, ev: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT INTO transactions (charger_id, transaction_id, evse, connector, started_at, ended_at, meter_start, "
+            "meter_stop, energy_wh, reason, offline, updated_at) VALUES (:charger_id, :transaction_id, :evse, "
+            ":connector, :started_at, :ended_at, :meter_start, :meter_stop, :energy_wh, :reason, :offline, :ts) "
+            "ON CONFLICT (charger_id, transaction_id) DO UPDATE SET "
+            "evse = COALESCE(excluded.evse, evse), connector = COALESCE(excluded.connector, connector), "
+            "started_at = COALESCE(started_at, excluded.started_at), ended_at = COALESCE(excluded.ended_at, ended_at), "
+            "meter_start = COALESCE(meter_start, excluded.meter_start), "
+            "meter_stop = COALESCE(excluded.meter_stop, meter_stop), energy_wh = COALESCE(excluded.energy_wh, energy_wh), "
+            "reason = COALESCE(excluded.reason, reason), offline = MAX(offline, excluded.offline), "
+            "updated_at = excluded.updated_at", ev)
+
+    async def transaction_event(self, ev: dict[str, Any]) -> None:
+        await self._run(self._tx_event, ev)
+
+    def _transactions(self, charger_id: str | None, state: str | None, since: str | None, until: str | None,
+                      limit: int) -> list[dict[str, Any]]:
+        where, args = [], []
+        if charger_id is not None:
+            where.append("charger_id = ?")
+            args.append(charger_id)
+        if state == "open":
+            where.append("ended_at IS NULL")
+        elif state == "ended":
+            where.append("ended_at IS NOT NULL")
+        if since is not None:
+            where.append("COALESCE(started_at, updated_at) >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("COALESCE(started_at, updated_at) < ?")
+            args.append(until)
+        sql = ("SELECT charger_id, transaction_id, evse, connector, started_at, ended_at, meter_start, meter_stop, "
+               "energy_wh, reason, offline FROM transactions")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY COALESCE(started_at, updated_at) DESC LIMIT ?"
+        cur = self.db.execute(sql, (*args, limit))
+        names = [d[0] for d in cur.description]
+        out = [dict(zip(names, r)) for r in cur.fetchall()]
+        for row in out:
+            row["offline"] = bool(row["offline"])
+        return out
+
+    async def transactions(self, *, charger_id: str | None = None, state: str | None = None, since: str | None = None,
+                           until: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Newest first. `state`: "open" | "ended" | None; `since`/`until`: ISO 8601 bounds on the start."""
+        return await self._run(self._transactions, charger_id, state, since, until, limit)
 
     def _close(self) -> None:
         if self._db is not None:

@@ -28,6 +28,7 @@ class Gateway:
         self.api: Any = None  # adapters.api.ApiServer (its .port), when the API is listening
         self.soap: Any = None  # adapters.soap.server.SoapServer (its .port), when [soap].enabled
         self.http: Any = None  # adapters.http_binding.HttpBinding (its .port), when [http].enabled
+        self.txlog: Any = None  # gateway.txlog.TransactionLog
 
 
 @contextlib.asynccontextmanager
@@ -43,6 +44,11 @@ async def running(settings: Settings) -> AsyncIterator[Gateway]:
         connector = WsUpstreamConnector(settings) if settings.upstream.url else None
         hub = gw.hub = Hub(settings, store, schemas, connector)
         await hub.start()
+        from gateway.txlog import TransactionLog
+
+        txlog = gw.txlog = TransactionLog(store)  # behind /api/v1/transactions
+        txlog.start()
+        hub.observers.append(txlog)
         await _start_telemetry(settings, hub, sinks)  # stopped after the hub (the exit stack closes last)
         api = _operations(settings, hub, store, sinks)  # observers first: they see every charger
         server = await WebSocketServer(settings, hub).start()
@@ -72,6 +78,7 @@ async def running(settings: Settings) -> AsyncIterator[Gateway]:
             while not (await asyncio.wait({stopped}, timeout=2.0))[0]:
                 await hub.close()
             await stopped
+            await txlog.stop()
             with contextlib.suppress(Exception):
                 await warm
 
