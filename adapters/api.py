@@ -118,7 +118,8 @@ class ApiServer:
             return await handler(request)
         except web.HTTPException as exc:
             if exc.status >= 400 and exc.content_type != "application/json":
-                return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+                keep = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+                return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason, headers=keep)
             raise
 
     # -- handlers -------------------------------------------------------------------------------

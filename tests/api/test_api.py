@@ -208,7 +208,28 @@ async def test_unrouted_paths_answer_json_404(gw) -> None:  # type: ignore[no-un
         async with http.get(gw.api_url + "/api/v2/nothing") as r:
             assert r.status == 404 and (await r.json())["error"] == "not_found"
         async with http.put(gw.api_url + "/api/v1/chargers") as r:
-            assert r.status == 405
+            assert r.status == 405 and "GET" in r.headers["Allow"]
+            assert (await r.json())["error"] == "method_not_allowed"
+
+
+async def test_the_relay_runs_on_when_the_api_port_is_taken(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    from gateway.app import running
+    from tests.harness import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = Settings(data_dir=str(tmp_path / "data"), websocket={"listen": f"127.0.0.1:{free_port()}"},
+                            api={"listen": f"127.0.0.1:{port}"})
+        async with running(settings) as gw:
+            assert gw.api is None
+            assert any("REST API not available" in r.getMessage() and str(port) in r.getMessage()
+                       for r in caplog.records if r.levelname == "ERROR")
+            async with charger(f"ws://127.0.0.1:{gw.ws_port}/ocpp/ALONE", "ALONE") as cp:
+                assert (await cp.boot()).status == "Accepted"
 
 
 async def test_busy_when_too_many_calls_wait_for_the_charger(tmp_path: Path) -> None:
