@@ -60,3 +60,17 @@ def test_conversion_does_not_touch_its_input() -> None:
     before = repr(p15)
     convert.up("MeterValues", p15, False)
     assert repr(p15) == before
+
+
+def test_soap_and_http_paths_are_validated() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from gateway.config import Settings
+
+    assert Settings(soap={"path": "/legacy/ocpp-s"}).soap.path == "/legacy/ocpp-s"
+    for bad in ("ocpp-s", "/ocpp-s/", "/a b", "", "/{x}"):
+        with pytest.raises(ValidationError):
+            Settings(soap={"path": bad})
+        with pytest.raises(ValidationError):
+            Settings(http={"path": bad})
