@@ -75,6 +75,14 @@ class WebSocketSettings(_Section):
     handshake_timeout: float = Field(10.0, gt=0)
     call_timeout: float = Field(30.0, gt=0)  # how long a charger has to answer a CALL
     max_queued_calls: int = Field(100, ge=1)  # CALLs waiting for the charger's line; more are refused
+    tls_cert: str = ""  # PEM server certificate (chain): wss:// when security_profile >= 2
+    tls_key: str = ""  # PEM private key of tls_cert
+    tls_ca: str = ""  # PEM CA bundle for charger client certificates (profile 3)
+    max_connections: int = Field(1000, ge=1)  # open charger connections; more are refused with 503
+    max_messages_per_second: float = Field(20.0, ge=0)  # per charger; beyond it its frames are read later; 0 = off
+    message_burst: int = Field(100, ge=1)  # frames a charger may send at once before the rate applies
+    max_auth_failures: int = Field(5, ge=0)  # failed logins per source address within the window; then 429; 0 = off
+    auth_failure_window: float = Field(60.0, gt=0)  # s over which max_auth_failures are forgiven
 
     _v_listen = field_validator("listen")(classmethod(lambda cls, v: _listen(v)))
 
@@ -124,6 +132,8 @@ class UpstreamSettings(_Section):
     reconnect_min: float = Field(1.0, gt=0)  # first retry delay, seconds
     reconnect_max: float = Field(120.0, gt=0)  # cap of the exponential backoff
     max_concurrent_dials: int = Field(20, ge=1)  # site-wide cap on simultaneous upstream connects
+    client_cert: str = ""  # PEM client certificate the gateway presents to a wss:// CSMS (profile 3)
+    client_key: str = ""  # PEM private key of client_cert
 
     @field_validator("url")
     @classmethod
@@ -253,6 +263,7 @@ class ChargerSettings(_Section):
     password: SecretStr = SecretStr("")
     upstream_password: SecretStr = SecretStr("")
     offline_mode: Literal["buffer", "strict"] | None = None  # None: [upstream].offline_mode
+    security_profile: int | None = Field(None, ge=0, le=3)  # None: [websocket].security_profile
 
 
 class Settings(BaseSettings):
@@ -293,6 +304,12 @@ class Settings(BaseSettings):
             problem = validate_charger_id(cid)
             if problem:
                 raise ValueError(f"chargers.{cid}: {problem}")
+            own = self.chargers[cid].security_profile
+            if own is not None and (own >= 2) != (self.websocket.security_profile >= 2):
+                raise ValueError(f"chargers.{cid}.security_profile: {own} needs a {'TLS' if own >= 2 else 'plain'} "
+                                 "server: [websocket].security_profile 0/1 serve profiles 0/1, 2/3 serve 2/3")
+        if bool(self.upstream.client_cert) != bool(self.upstream.client_key):
+            raise ValueError("upstream.client_cert: client_cert and client_key go together")
         if not is_loopback(self.api.listen) and not self.api.token.get_secret_value():
             raise ValueError(f"api.token: required when api.listen ({self.api.listen}) is not a loopback address")
         return self
@@ -312,6 +329,10 @@ class Settings(BaseSettings):
     def offline_mode(self, charger_id: str) -> str:
         c = self.chargers.get(charger_id)
         return (c.offline_mode if c and c.offline_mode else None) or self.upstream.offline_mode
+
+    def security_profile(self, charger_id: str) -> int:
+        c = self.chargers.get(charger_id)
+        return c.security_profile if c and c.security_profile is not None else self.websocket.security_profile
 
     def charger(self, charger_id: str) -> ChargerSettings | None:
         return self.chargers.get(charger_id)
