@@ -224,3 +224,15 @@ async def test_fields_in_another_order_than_the_wsdl_are_not_lost(tmp_path: Path
         assert status == 200
         assert seen[-1].request == {"connectorId": 2, "status": "Faulted", "errorCode": "OtherError", "info": "hot",
                                     "timestamp": "2030-01-02T03:04:05Z", "vendorErrorCode": "E42"}
+
+
+async def test_an_unreachable_charger_endpoint_is_a_generic_error_for_the_caller(tmp_path: Path) -> None:
+    from gateway.errors import CallFailed
+
+    async with gateway(tmp_path) as gw:
+        dead = f"http://127.0.0.1:{free_port()}/cp"
+        c = OfficialCharger("1.6", gw.soap_url, "GONE1", from_address=dead)
+        await c.call("Heartbeat")
+        with pytest.raises(CallFailed) as info:
+            await gw.hub.sessions["GONE1"].call_charger("Reset", {"type": "Soft"}, timeout=4)
+        assert info.value.code == "GenericError" and "unreachable" in info.value.description
