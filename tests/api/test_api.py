@@ -18,6 +18,7 @@ from gateway.config import ConfigError, Settings, load_settings
 from tests.api.helpers import api_client, charger, inproc, until
 
 EXERCISED: set[tuple[str, str, int]] = set()
+TESTED_ELSEWHERE: set[str] = set()  # OpenAPI paths whose responses other test modules exercise
 
 
 @pytest.fixture
@@ -249,12 +250,14 @@ async def test_busy_when_too_many_calls_wait_for_the_charger(tmp_path: Path) -> 
 
 
 def test_every_documented_response_was_exercised() -> None:
-    """Run last in this module: each (method, path, status) of the document was met by a test."""
+    """Run last in this module: each (method, path, status) of the document was met by a test.
+    Paths whose tests live in another module (e.g. /api/v1/transactions, /api/v1/outbox when the
+    offline store adds them) go in TESTED_ELSEWHERE."""
     if not EXERCISED:
         pytest.skip("run with the whole module")
     from adapters.openapi import document
 
     expected = {(m.upper(), p, int(s)) for p, item in document()["paths"].items() for m, op in item.items()
                 for s in op["responses"]}
-    missing = expected - EXERCISED
+    missing = {e for e in expected - EXERCISED if e[1] not in TESTED_ELSEWHERE}
     assert not missing, sorted(missing)
