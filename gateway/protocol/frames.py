@@ -15,6 +15,7 @@ Frame shapes (OCPP-J 1.6 §4, 2.0.1 Part 4 §4, 2.1 Part 4 §4):
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,26 @@ import orjson
 MAX_MESSAGE_ID_LENGTH = 36  # "to allow for GUIDs" (J16 §4.1.4, J201 §4.1.4)
 UNREADABLE_ID = "-1"  # J201 §4.2.3: the id to use when the MessageId could not be read
 ERROR_DESCRIPTION_MAX = 255  # J201 Table 7: ErrorDescription is string[255]
+# Deepest JSON nesting accepted. OCPP payloads nest about 8 levels; orjson itself has no depth limit
+# and crashes the process (stack overflow) at ~150 000 levels, which fit in a 300 kB frame, and
+# anything that walks a payload recursively would hit Python's recursion limit much earlier.
+MAX_DEPTH = 64
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def too_deep(text: str | bytes, limit: int = MAX_DEPTH) -> bool:
+    """True when the JSON text nests arrays/objects deeper than `limit` (checked before parsing)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if text.count("[") + text.count("{") <= limit:  # nearly every frame: no scan needed
+        return False
+    depth = 0
+    for m in _BRACKET.finditer(_STRING.sub("", text)):
+        depth += 1 if m.group() in "[{" else -1
+        if depth > limit:
+            return True
+    return False
 
 
 class OcppVersion(str, enum.Enum):
@@ -147,6 +168,8 @@ def _error(version: OcppVersion, code: ErrorCode, description: str, message_id: 
 
 def parse(text: str | bytes, version: OcppVersion) -> Frame:
     """Parse one frame. Raises FrameError with the spec's answer for that version."""
+    if too_deep(text):
+        raise _error(version, ErrorCode.RPC_FRAMEWORK_ERROR, f"frame nests deeper than {MAX_DEPTH} levels", UNREADABLE_ID)
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -188,6 +211,8 @@ def parse(text: str | bytes, version: OcppVersion) -> Frame:
 
 def peek_reply_id(text: str) -> tuple[int, str] | None:
     """Cheap look at a frame's (type, id) without full validation, for the relay's reply path."""
+    if too_deep(text):
+        return None
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError:

@@ -1,0 +1,195 @@
+"""Charger authentication (OCPP security profiles 1-3): passwords, Basic credentials, certificate
+identity, and the token buckets that rate-limit failed logins and chatty chargers.
+
+Sans-I/O: no sockets, no clock reads (callers pass `now`), only hashlib/hmac/base64.
+
+Passwords in `[chargers.ID].password` are either
+- plain: the password itself. For OCPP 1.6 it is the `AuthorizationKey` as configured on the
+  charger, i.e. hexadecimal (16-20 bytes as 32-40 hex digits); the charger puts the *decoded raw
+  bytes* in the Basic header (J16 §6.2.2, SEC16 §7.2). A plain password that is not hex is compared
+  as the text itself (firmwares that predate the security white paper). For 2.0.1/2.1 it is the
+  `BasicAuthPassword` string (16-40 characters), sent as UTF-8;
+- hashed (`ocpp-gateway hash-password`): `pbkdf2_sha256$<iterations>$<salt b64>$<hash b64>` over the
+  bytes the charger must send: the UTF-8 string, or for a 1.6 key made with `--hex`, the decoded bytes.
+
+For 1.6 the gateway also accepts the key's hex digits themselves in the header, since many 1.6
+firmwares send the configured hex text rather than the decoded bytes; both forms derive from the same
+secret, so this widens nothing an attacker can use.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.protocol.frames import OcppVersion
+
+HASH_SCHEME = "pbkdf2_sha256"
+DEFAULT_ITERATIONS = 200_000
+_HASHED = re.compile(r"pbkdf2_sha256\$(\d{1,7})\$([A-Za-z0-9+/=]{4,88})\$([A-Za-z0-9+/=]{44})")
+_HEX = re.compile(r"(?:[0-9A-Fa-f]{2})+")
+
+
+def hash_password(secret: bytes, iterations: int = DEFAULT_ITERATIONS, salt: bytes | None = None) -> str:
+    """The stored form of `secret` (the exact bytes the charger sends as its password)."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", secret, salt, iterations)
+    return f"{HASH_SCHEME}${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def is_hashed(stored: str) -> bool:
+    return stored.startswith(HASH_SCHEME + "$")
+
+
+def _matches(stored: str, given: bytes) -> bool:
+    """Constant-time comparison of what the charger sent with one stored password."""
+    m = _HASHED.fullmatch(stored)
+    if m:
+        iterations, salt, digest = int(m[1]), base64.b64decode(m[2]), base64.b64decode(m[3])
+        return hmac.compare_digest(hashlib.pbkdf2_hmac("sha256", given, salt, max(1, iterations)), digest)
+    if is_hashed(stored):  # a malformed hash never matches
+        return False
+    return hmac.compare_digest(given, stored.encode("utf-8"))
+
+
+def password_matches(stored: str, given: bytes, version: OcppVersion) -> bool:
+    """True when `given` (the raw password bytes of the Basic header) is the charger's password."""
+    if not stored:
+        return False
+    candidates = [given]
+    if version is OcppVersion.V16:
+        text = given.decode("latin-1")
+        if _HEX.fullmatch(text):  # the key's hex digits as text, as many 1.6 firmwares send it
+            candidates.append(bytes.fromhex(text))
+        if not is_hashed(stored) and _HEX.fullmatch(stored):  # AuthorizationKey: hex in the configuration
+            key = bytes.fromhex(stored)
+            return any([hmac.compare_digest(c, key) for c in candidates])  # a list: no short cut (timing)
+    return any([_matches(stored, c) for c in candidates])
+
+
+def password_problems(stored: str) -> list[str]:
+    """Rule violations of a configured (plain) password; hashed ones cannot be checked here."""
+    if not stored or is_hashed(stored):
+        return []
+    problems = []
+    if _HEX.fullmatch(stored):
+        if not 16 <= len(stored) // 2 <= 20:
+            problems.append("as a 1.6 AuthorizationKey it should be 16-20 bytes (32-40 hex digits)")
+    else:
+        problems.append("not hexadecimal: 1.6 chargers are compared against the text (no AuthorizationKey decoding)")
+    if not 16 <= len(stored) <= 40:
+        problems.append("as a 2.x BasicAuthPassword it must be 16-40 characters")
+    return problems
+
+
+def parse_basic(header: str | None) -> tuple[bytes, bytes] | None:
+    """(user, password) bytes from `Authorization: Basic ...`, or None. The password is kept as raw
+    bytes (1.6 AuthorizationKeys are binary); it is split at the first ':' (ids contain none)."""
+    if not header:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "basic" or len(value) > 1024:
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    user, sep, password = decoded.partition(b":")
+    if not sep:
+        return None
+    return user, password
+
+
+def basic_header(user: str, password: bytes | str) -> str:
+    raw = password if isinstance(password, bytes) else password.encode("utf-8")
+    return "Basic " + base64.b64encode(user.encode("utf-8") + b":" + raw).decode("ascii")
+
+
+def certificate_names(peercert: dict[str, Any] | None) -> list[str]:
+    """The subject CN(s) and DNS/URI subjectAltNames of a verified peer certificate
+    (`ssl.SSLSocket.getpeercert()` form)."""
+    if not peercert:
+        return []
+    names = [value for rdn in peercert.get("subject", ()) for key, value in rdn if key == "commonName"]
+    names += [value for kind, value in peercert.get("subjectAltName", ()) if kind in ("DNS", "URI")]
+    return names
+
+
+def certificate_matches(peercert: dict[str, Any] | None, charger_id: str) -> bool:
+    """Profile 3: the charger id must equal the certificate's subject CN or one of its DNS/URI SANs
+    (exact match; A00.FR.405 asks the CN to contain the serial number, the gateway is stricter)."""
+    return any(hmac.compare_digest(n.encode(), charger_id.encode()) for n in certificate_names(peercert))
+
+
+@dataclass
+class TokenBucket:
+    """`rate` tokens per second, at most `burst`; `take(now)` spends one if there is one."""
+
+    rate: float
+    burst: float
+    tokens: float = -1.0
+    stamp: float = 0.0
+
+    def _refill(self, now: float) -> None:
+        if self.tokens < 0:
+            self.tokens, self.stamp = self.burst, now
+            return
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def available(self, now: float) -> bool:
+        self._refill(now)
+        return self.tokens >= 1.0
+
+    def take(self, now: float) -> bool:
+        self._refill(now)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def wait_time(self, now: float) -> float:
+        """Seconds until a token is there (0 if one is)."""
+        self._refill(now)
+        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.rate if self.rate > 0 else float("inf")
+
+
+class FailureLimiter:
+    """Failed logins per source address: `burst` failures, refilled over `window` seconds.
+    While an address has none left, every attempt from it is refused (429) without checking.
+    Bounded: at most `max_addresses` are tracked; the fullest buckets are forgotten first."""
+
+    def __init__(self, burst: int, window: float, max_addresses: int = 10_000) -> None:
+        self.burst = burst
+        self.rate = burst / window if window > 0 else float("inf")
+        self.max_addresses = max_addresses
+        self.buckets: dict[str, TokenBucket] = {}
+
+    def blocked(self, address: str, now: float) -> float:
+        """0 when the address may try, else the seconds until it may."""
+        if self.burst <= 0:
+            return 0.0
+        bucket = self.buckets.get(address)
+        return 0.0 if bucket is None else bucket.wait_time(now)
+
+    def failed(self, address: str, now: float) -> None:
+        if self.burst <= 0:
+            return
+        bucket = self.buckets.get(address)
+        if bucket is None:
+            if len(self.buckets) >= self.max_addresses:
+                self._prune(now)
+            bucket = self.buckets[address] = TokenBucket(self.rate, self.burst)
+        bucket.take(now)
+
+    def _prune(self, now: float) -> None:
+        for address in [a for a, b in self.buckets.items() if b.available(now) and b.tokens >= b.burst]:
+            del self.buckets[address]
+        while len(self.buckets) >= self.max_addresses:
+            self.buckets.pop(next(iter(self.buckets)))
