@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import time
 from pathlib import Path
@@ -210,3 +211,18 @@ async def charger(url: str, charger_id: str, version: str = "1.6") -> AsyncItera
         with contextlib.suppress(BaseException):
             await task
         await ws.close()
+
+
+def csms_answer(text: str) -> str | None:
+    """A CSMS that accepts everything and issues transaction id 4242."""
+    frame = json.loads(text)
+    if frame[0] != 2:
+        return None
+    answers = {
+        "BootNotification": {"status": "Accepted", "currentTime": "2030-01-01T00:00:00Z", "interval": 300},
+        "StartTransaction": {"transactionId": 4242, "idTagInfo": {"status": "Accepted"}},
+        "StopTransaction": {"idTagInfo": {"status": "Accepted"}},
+        "Heartbeat": {"currentTime": "2030-01-01T00:00:00Z"},
+        "Authorize": {"idTagInfo": {"status": "Accepted"}},
+    }
+    return json.dumps([3, frame[1], answers.get(frame[2], {})])

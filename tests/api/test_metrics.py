@@ -10,7 +10,7 @@ import pytest
 from ocpp.v16 import call as call16
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.api.helpers import api_client, charger, inproc, until
+from tests.api.helpers import api_client, charger, csms_answer, inproc, until
 from tests.e2e.peers import CsmsServer
 
 
@@ -125,10 +125,9 @@ async def test_upstream_links_and_round_trips_in_relay_mode(tmp_path: Path) -> N
 
 @pytest.mark.timeout(60)
 async def test_outbox_depth_age_and_replay_while_the_csms_is_away(tmp_path: Path) -> None:
-    from tests.api.test_shutdown import _csms_answer
     from tests.e2e.rawpeers import RawCsms
 
-    csms = RawCsms(_csms_answer, subprotocols=("ocpp1.6",))  # nothing listens on its port yet
+    csms = RawCsms(csms_answer, subprotocols=("ocpp1.6",))  # nothing listens on its port yet
     async with inproc(tmp_path, upstream={"url": csms.url, "reconnect_min": 0.2, "reconnect_max": 0.4},
                       auth={"unknown_id_tags": "accept"}) as gw, api_client(gw.api_url) as api:
         async with charger(gw.url("OB1"), "OB1") as cp:

@@ -11,7 +11,7 @@ from typing import Callable
 
 import pytest
 
-from tests.api.helpers import charger
+from tests.api.helpers import charger, csms_answer
 from tests.harness import GatewayProcess
 
 
@@ -79,23 +79,6 @@ async def test_sigterm_with_a_call_in_flight(gateway_factory: Callable[..., Gate
                 assert r.status == 404, r.status  # or answered it: the charger's session is gone
 
 
-def _csms_answer(text: str) -> str | None:
-    """A CSMS that accepts everything and issues transaction id 4242."""
-    import json
-
-    frame = json.loads(text)
-    if frame[0] != 2:
-        return None
-    answers = {
-        "BootNotification": {"status": "Accepted", "currentTime": "2030-01-01T00:00:00Z", "interval": 300},
-        "StartTransaction": {"transactionId": 4242, "idTagInfo": {"status": "Accepted"}},
-        "StopTransaction": {"idTagInfo": {"status": "Accepted"}},
-        "Heartbeat": {"currentTime": "2030-01-01T00:00:00Z"},
-        "Authorize": {"idTagInfo": {"status": "Accepted"}},
-    }
-    return json.dumps([3, frame[1], answers.get(frame[2], {})])
-
-
 @pytest.mark.timeout(90)
 async def test_sigterm_while_offline_loses_nothing(gateway_factory: Callable[..., GatewayProcess]) -> None:
     """Transaction messages a charger was told were accepted while the CSMS was away survive a
@@ -106,7 +89,7 @@ async def test_sigterm_while_offline_loses_nothing(gateway_factory: Callable[...
 
     from tests.e2e.rawpeers import RawCsms
 
-    csms = RawCsms(_csms_answer, subprotocols=("ocpp1.6",))  # its port is chosen but nothing listens yet
+    csms = RawCsms(csms_answer, subprotocols=("ocpp1.6",))  # its port is chosen but nothing listens yet
     gw = gateway_factory({"upstream": {"url": csms.url, "reconnect_min": 0.2, "reconnect_max": 0.5},
                           "auth": {"unknown_id_tags": "accept"}})
     async with charger(gw.url("TERM-4"), "TERM-4") as cp:
