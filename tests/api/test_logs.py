@@ -83,3 +83,19 @@ async def test_no_journal_and_no_frame_log_unless_asked(tmp_path: Path, caplog: 
     async with inproc(tmp_path) as gw:
         names = {type(o).__name__ for o in gw.hub.observers}
         assert "Journal" not in names and "FrameLog" not in names
+
+
+async def test_json_logs_of_the_gateway_process(gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    """Every line the process writes is one JSON object; lines about a charger carry its id, and
+    the debug frame lines hide the id tag."""
+    gw = gateway_factory({"logging": {"format": "json", "level": "DEBUG"}})
+    async with charger(gw.url("JS-1"), "JS-1") as cp:
+        await cp.boot()
+        await cp.start_tx(1, id_tag="PRIVATE-TAG")
+    gw.stop()
+    lines = [json.loads(line) for line in gw.logs().splitlines() if line.strip()]
+    assert all({"ts", "level", "logger", "msg"} <= set(x) for x in lines)
+    mine = [x for x in lines if x.get("charger_id") == "JS-1"]
+    assert any(x["logger"] == "gateway.websocket" and "connected" in x["msg"] for x in mine)
+    assert any(x["logger"] == "gateway.frames" and "StartTransaction" in x["msg"] for x in mine)
+    assert "PRIVATE-TAG" not in gw.logs()
