@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from adapters.polled import LinkRegistry, PolledLink, _feeding
+from adapters.polled import LinkRegistry, PolledLink, TooLarge, _feeding, read_limited
 from gateway.config import Settings, split_listen
 from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import validate_charger_id
@@ -139,9 +139,9 @@ class HttpBinding:
             hmac.compare_digest(password.encode(), expected.encode())
 
     async def _body(self, request: web.Request) -> str | web.Response:
-        limit = self.settings.http.max_body_size
-        data = await request.content.read(limit + 1)
-        if len(data) > limit:
+        try:
+            data = await read_limited(request.content, self.settings.http.max_body_size)
+        except TooLarge:
             return _error(413, "frame too large")
         try:
             return data.decode("utf-8")

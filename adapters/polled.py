@@ -35,6 +35,25 @@ _ids = itertools.count(1)
 _token = secrets.token_hex(4)
 
 
+class TooLarge(Exception):
+    pass
+
+
+async def read_limited(stream: Any, limit: int) -> bytes:
+    """A whole HTTP body from an aiohttp stream, refusing more than `limit` bytes (one `read(n)`
+    may return only part of a chunked or slow body)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"more than {limit} bytes")
+        chunks.append(chunk)
+
+
 def new_call_id(prefix: str) -> str:
     """A message id for a charger request that arrived without an OCPP-J one (at most 36 characters)."""
     return f"{prefix}-{_token}-{next(_ids)}"

@@ -24,10 +24,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import orjson
 from aiohttp import web
 
-from adapters.polled import LinkRegistry, PolledLink, new_call_id
+from adapters.polled import LinkRegistry, PolledLink, TooLarge, new_call_id, read_limited
 from adapters.soap import codec, convert
 from adapters.soap.codec import SoapError
 from adapters.soap.contract import CP, CS, V15, contract
@@ -118,6 +117,9 @@ class SoapChargerLink(PolledLink):
         if op is None:
             code = ErrorCode.NOT_SUPPORTED if self.server.hub.schemas.knows(v16, action) else ErrorCode.NOT_IMPLEMENTED
             return F.call_error(v16, message_id, code, f"{action} is not an OCPP-S operation")
+        violation = self.server.hub.schemas.validate(v16, action, payload)
+        if violation is not None:  # what a 1.6J charger would answer; zeep is never given a bad payload
+            return F.call_error(v16, message_id, violation.code, violation.description)
         if not self.endpoint:
             return F.call_error(v16, message_id, ErrorCode.GENERIC_ERROR,
                                 "the charger's endpoint is unknown (it sent no wsa:From)")
@@ -137,14 +139,14 @@ class SoapChargerLink(PolledLink):
                 self.endpoint, data=data, timeout=aiohttp.ClientTimeout(total=timeout),
                 headers={"Content-Type": f'{codec.CONTENT_TYPE}; action="{op.action}"'},
             ) as resp:
-                answer = await resp.content.read(self.server.settings.soap.max_body_size + 1)
+                answer = await read_limited(resp.content, self.server.settings.soap.max_body_size)
+        except TooLarge:
+            return F.call_error(v16, message_id, ErrorCode.PROTOCOL_ERROR, "the charger's answer is too large")
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             log.warning("%s: %s to %s failed: %s", self.charger_id, action, self.endpoint, exc or type(exc).__name__)
             return F.call_error(v16, message_id, ErrorCode.GENERIC_ERROR,
                                 f"charger endpoint unreachable or silent: {type(exc).__name__}")
         try:
-            if len(answer) > self.server.settings.soap.max_body_size:
-                raise SoapError("Sender", "ProtocolError", "response too large")
             renv = codec.parse_envelope(answer)
             fault = codec.read_fault(renv)
             if fault is not None:
@@ -207,19 +209,19 @@ class SoapServer:
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.settings.soap.max_body_size
-        if request.content_length is not None and request.content_length > limit:
+        if request.content_length is not None and request.content_length > limit and \
+                request.headers.get("Content-Encoding", "identity").strip().lower() == "identity":
             raise SoapError("Sender", "ProtocolError", "request body too large")
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("identity", "gzip", "x-gzip", "deflate", ""):
             raise SoapError("Sender", "ProtocolError", f"unsupported Content-Encoding {encoding!r}")
         try:
-            # aiohttp undoes gzip and deflate (S16 §6.1) while streaming: at most limit + 1 bytes are inflated
-            data = await request.content.read(limit + 1)
+            # aiohttp undoes gzip and deflate (S16 §6.1) while streaming: no more than the limit is kept
+            return await read_limited(request.content, limit)
+        except TooLarge:
+            raise SoapError("Sender", "ProtocolError", "request body too large") from None
         except Exception as exc:  # noqa: BLE001 - aiohttp raises its own errors for a corrupt body
             raise SoapError("Sender", "ProtocolError", f"cannot decode the {encoding} body: {exc}") from None
-        if len(data) > limit:
-            raise SoapError("Sender", "ProtocolError", "request body too large")
-        return data
 
     async def _handle(self, request: web.Request) -> web.Response:
         namespace = contract(CS, "1.6").namespace

@@ -153,4 +153,3 @@ def fault_codes(body: bytes) -> tuple[str, str]:
     return code.split(":")[-1], sub.split(":")[-1]
 
 
-Answer = Callable[[dict[str, Any]], dict[str, Any]] | dict[str, Any]

@@ -236,3 +236,35 @@ async def test_an_unreachable_charger_endpoint_is_a_generic_error_for_the_caller
         with pytest.raises(CallFailed) as info:
             await gw.hub.sessions["GONE1"].call_charger("Reset", {"type": "Soft"}, timeout=4)
         assert info.value.code == "GenericError" and "unreachable" in info.value.description
+        # a payload that breaks the 1.6 schema gets the error a 1.6J charger would give, before any SOAP
+        with pytest.raises(CallFailed) as info:
+            await gw.hub.sessions["GONE1"].call_charger("Reset", {"type": "Bogus"}, timeout=4)
+        assert info.value.code == "PropertyConstraintViolation"
+
+
+async def test_large_compressed_and_chunked_bodies_arrive_whole(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as gw:
+        seen: list[Any] = []
+
+        class Observer:
+            def exchange(self, session: Any, exchange: Any) -> None:
+                seen.append(exchange)
+
+            def session_event(self, session: Any, event: str) -> None:
+                pass
+
+        gw.hub.observers.append(Observer())
+        data = "x" * 400_000
+        body = envelope(f"<cs:dataTransferRequest><cs:vendorId>V</cs:vendorId><cs:data>{data}</cs:data>"
+                        "</cs:dataTransferRequest>", identity="BIG1")
+
+        async def chunks() -> Any:
+            for i in range(0, len(body), 1000):
+                yield body[i:i + 1000]
+
+        for payload, headers in ((gzip.compress(body), {"Content-Encoding": "gzip"}), (chunks(), {})):
+            async with aiohttp.ClientSession() as http:
+                async with http.post(gw.soap_url, data=payload, headers={"Content-Type": "application/soap+xml",
+                                                                         **headers}) as r:
+                    assert r.status == 200, await r.text()
+            assert len(seen[-1].request["data"]) == len(data)
