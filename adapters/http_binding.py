@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from adapters.polled import LinkRegistry, PolledLink, TooLarge, _feeding, read_limited
+from adapters.polled import LinkRegistry, PolledLink, TooLarge, read_limited
 from gateway.config import Settings, split_listen
 from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import validate_charger_id
@@ -82,19 +82,6 @@ class HttpChargerLink(PolledLink):
         finally:
             self.busy -= 1
             self.touch()
-
-    async def feed_capture(self, text: str) -> list[Any] | None:
-        """Feed a frame that is not a readable CALL; returns the session's immediate answer, if any."""
-        if self.closed or self.session is None:
-            raise LinkClosed("session ended")
-        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        token = _feeding.set(fut)
-        try:
-            self.touch()
-            await self.session.from_charger(text)
-        finally:
-            _feeding.reset(token)
-        return fut.result() if fut.done() and not fut.cancelled() else None
 
 
 def _error(status: int, reason: str, **headers: str) -> web.Response:
@@ -182,7 +169,7 @@ class HttpBinding:
                 except asyncio.TimeoutError:
                     return _error(504, "no answer in time")
                 return web.Response(body=orjson.dumps(reply), content_type=JSON)
-            answer = await link.feed_capture(text)
+            answer = await link.feed(text)
         except LinkClosed:
             return _error(503, "session ended; retry")
         if answer is None:
@@ -224,7 +211,7 @@ class HttpBinding:
         if isinstance(link, web.Response):
             return link
         try:
-            answer = await link.feed_capture(text)
+            answer = await link.feed(text)
         except LinkClosed:
             return _error(503, "session ended; retry")
         if answer is None:

@@ -146,12 +146,19 @@ class PolledLink:
             self.busy -= 1
             self.touch()
 
-    async def feed(self, text: str) -> None:
-        """Feed a frame that gets no answer (a CALLRESULT or CALLERROR from the charger)."""
+    async def feed(self, text: str) -> list[Any] | None:
+        """Feed a frame that is not a readable CALL (a CALLRESULT or CALLERROR from the charger, or
+        something unreadable); returns the session's immediate answer, if it gives one."""
         if self.closed or self.session is None:
             raise LinkClosed("session ended")
-        self.touch()
-        await self.session.from_charger(text)
+        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        token = _feeding.set(fut)
+        try:
+            self.touch()
+            await self.session.from_charger(text)
+        finally:
+            _feeding.reset(token)
+        return fut.result() if fut.done() and not fut.cancelled() else None
 
 
 class LinkRegistry:
