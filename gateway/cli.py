@@ -30,7 +30,9 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("action", help="OCPP action, e.g. Reset")
             s.add_argument("payload", nargs="?", default="{}", help="the request payload as JSON ('-' reads stdin)")
             s.add_argument("--timeout", type=float, help="seconds to wait for the charger (default: the gateway's)")
-        elif name != "health":
+        elif name == "status":
+            s.add_argument("charger", nargs="?", help="one charger in detail (connectors, open transactions)")
+        if name in ("status", "outbox"):
             s.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
     return p
 

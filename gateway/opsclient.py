@@ -123,6 +123,41 @@ def print_status(data: dict[str, Any], out: TextIO) -> None:
                "QUEUE", "OUTBOX"], rows, out)
 
 
+def print_charger(c: dict[str, Any], out: TextIO) -> None:
+    boot = c.get("boot") or {}
+    up = c.get("upstream") or {}
+    queues = c.get("queues") or {}
+    outbox = c.get("outbox")
+    facts = [
+        ("charger", c["id"]),
+        ("connected", f"yes ({c.get('transport')}, {c.get('protocol')})" if c.get("connected") else "no"),
+        ("model", " ".join(str(x) for x in (boot.get("vendor"), boot.get("model")) if x) or "-"),
+        ("serial / firmware", f"{boot.get('serial_number') or '-'} / {boot.get('firmware_version') or '-'}"),
+        ("upstream", f"{up.get('state')}" + (f" since {up['since']}" if up.get("since") else "")),
+        ("last seen", c.get("last_seen") or "-"),
+        ("calls queued", f"{queues.get('to_charger', 0)} to the charger, {queues.get('to_csms', 0)} to the CSMS"),
+        ("outbox", "-" if not outbox else f"{outbox.get('depth')} waiting"
+         + (f", oldest {outbox['oldest_age_seconds']:.0f} s" if outbox.get("oldest_age_seconds") is not None else "")
+         + (f", {outbox['dead_letters']} dead letters" if outbox.get("dead_letters") else "")),
+    ]
+    width = max(len(k) for k, _ in facts)
+    for k, v in facts:
+        print(f"{k.ljust(width)}  {v}", file=out)
+    connectors = c.get("connectors") or []
+    if connectors:
+        print(file=out)
+        table(["EVSE", "STATUS", "ERROR", "SINCE", "POWER", "METER", "TRANSACTION"], [
+            [k["evse"] if k.get("connector") is None else f"{k['evse']}/{k['connector']}", k.get("status") or "?",
+             k.get("error_code") or "-", k.get("since") or "-", _kw(k.get("power_w")), _kwh(k.get("energy_wh")),
+             k.get("transaction_id") or "-"] for k in connectors], out)
+    txs = c.get("open_transactions") or []
+    if txs:
+        print(file=out)
+        table(["TRANSACTION", "EVSE", "STARTED", "ENERGY", "POWER"], [
+            [t["transaction_id"], t.get("evse"), t.get("started_at"), _kwh(t.get("energy_wh")), _kw(t.get("power_w"))]
+            for t in txs], out)
+
+
 def print_generic(data: Any, out: TextIO) -> None:
     """Lists of flat objects as tables, everything else as indented JSON."""
     if isinstance(data, dict):
@@ -150,9 +185,13 @@ def print_generic(data: Any, out: TextIO) -> None:
 def run(command: str, client: Client, args: Any, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     try:
         if command == "status":
-            data = client.request("GET", "/api/v1/chargers")
+            one = getattr(args, "charger", None)
+            path = f"/api/v1/chargers/{urllib.parse.quote(one, safe='')}" if one else "/api/v1/chargers"
+            data = client.request("GET", path)
             if args.json:
                 print(json.dumps(data, indent=2), file=out)
+            elif one:
+                print_charger(data, out)
             else:
                 print_status(data, out)
             return 0

@@ -38,6 +38,14 @@ async def test_status_call_and_outbox_against_a_running_gateway(gateway_factory:
         row = next(line for line in lines if line.startswith("CLI-1"))
         assert row.split()[:6] == ["CLI-1", "yes", "ocpp1.6", "websocket", "standalone", "1:Charging"]
         assert "3.7 kW" in row and "1.25 kWh" in row
+        code, out, err = await cli("status", "-c", cfg, "CLI-1")
+        assert code == 0, err
+        assert "connected          yes (websocket, ocpp1.6)" in out and "ACME Wallbox 7" in out
+        evse = next(line for line in out.splitlines() if line.startswith("1 "))
+        assert evse.split()[:2] == ["1", "Charging"] and "3.7 kW" in evse and "1.25 kWh" in evse
+        assert f"{tx.transaction_id} " in out.split("TRANSACTION  EVSE")[1]
+        code, out, err = await cli("status", "-c", cfg, "NOBODY")
+        assert code == 1 and "HTTP 404" in err
         code, out, _ = await cli("status", "-c", cfg, "--json")
         assert code == 0 and json.loads(out)["chargers"][0]["id"] == "CLI-1"
 
