@@ -105,7 +105,7 @@ def print_status(data: dict[str, Any], out: TextIO) -> None:
     chargers = data.get("chargers", [])
     rows = []
     for c in chargers:
-        powers = [k["power_w"] for k in c.get("connectors", []) if k.get("power_w") is not None]
+        powers = [k["power_w"] for k in c.get("connectors", []) if k.get("power_w") is not None and c.get("connected")]
         energies = [t["energy_wh"] for t in c.get("open_transactions", []) if t.get("energy_wh") is not None]
         queues = c.get("queues") or {}
         rows.append([

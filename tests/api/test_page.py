@@ -66,6 +66,7 @@ async def test_page_shows_chargers_power_and_refreshes(tmp_path: Path, browser: 
             row2 = page.locator('tr[data-charger="PAGE-201"]')
             assert await row2.locator('[data-evse="1/1"] .status').inner_text() == "Available"
             assert (await page.text_content("#summary")) == "2 of 2 chargers connected"
+            assert (await page.text_content("#links")) == " · upstream: 2 standalone"
 
             # live: new readings and a new status appear without reloading
             await cp.meter(1, tx.transaction_id, power_w=11_000, energy_wh=13_000)
@@ -77,7 +78,9 @@ async def test_page_shows_chargers_power_and_refreshes(tmp_path: Path, browser: 
         # the chargers leave: the page shows them disconnected
         await page.wait_for_function(
             "() => document.querySelector('#summary').textContent === '0 of 2 chargers connected'", timeout=10_000)
-        assert "disconnected" in await page.locator('tr[data-charger="PAGE-16"]').inner_text()
+        gone = await page.locator('tr[data-charger="PAGE-16"]').inner_text()
+        assert "disconnected" in gone and "seen" in gone
+        assert await page.locator('tr[data-charger="PAGE-16"] .power').inner_text() == "–"  # unknown now
         await page.screenshot(path=str(tmp_path / "status-page.png"), full_page=True)
         assert not errors, errors
 
