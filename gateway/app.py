@@ -28,6 +28,7 @@ class Gateway:
         self.api: Any = None  # adapters.api.ApiServer (its .port), when the API is listening
         self.soap: Any = None  # adapters.soap.server.SoapServer (its .port), when [soap].enabled
         self.http: Any = None  # adapters.http_binding.HttpBinding (its .port), when [http].enabled
+        self.control: Any = None  # gateway.control.engine.ControlEngine (local control)
         self.txlog: Any = None  # gateway.txlog.TransactionLog
 
 
@@ -50,6 +51,7 @@ async def running(settings: Settings) -> AsyncIterator[Gateway]:
         txlog.start()
         hub.observers.append(txlog)
         await _start_telemetry(settings, hub, sinks)  # stopped after the hub (the exit stack closes last)
+        gw.control = _start_control(settings, hub, sinks)
         api = _operations(settings, hub, store, sinks)  # observers first: they see every charger
         server = await WebSocketServer(settings, hub).start()
         gw.ws_port = server.port
@@ -100,6 +102,20 @@ async def _start_telemetry(settings: Settings, hub: Hub, stack: contextlib.Async
         sinks.append(await stack.enter_async_context(InfluxSink(settings.influx, settings.data_dir, settings.site_id)))
     if sinks:
         hub.observers.append(TelemetryObserver(sinks))
+
+
+def _start_control(settings: Settings, hub: Hub, stack: contextlib.AsyncExitStack) -> Any:
+    """Local control (pause/resume, site limit, derating): an observer of every session that
+    publishes its changes through the telemetry sinks; REST and MQTT reach it as `hub.control`."""
+    from gateway.control.engine import ControlEngine
+    from gateway.telemetry.observer import TelemetryObserver
+
+    sinks = [s for o in hub.observers if isinstance(o, TelemetryObserver) for s in o.sinks]
+    engine = ControlEngine(settings, hub, sinks)
+    hub.observers.append(engine)
+    hub.control = engine  # type: ignore[attr-defined]
+    stack.push_async_callback(engine.close)
+    return engine
 
 
 def _operations(settings: Settings, hub: Hub, store: Any, stack: contextlib.AsyncExitStack) -> Any:

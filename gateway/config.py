@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gateway.control.settings import ControlSettings, DeratingRule, DeratingSettings, SiteSettings
 from gateway.protocol.frames import OcppVersion
 
 ENV_PREFIX = "OCPPGW_"
@@ -263,6 +264,7 @@ class ChargerSettings(_Section):
     password: SecretStr = SecretStr("")
     upstream_password: SecretStr = SecretStr("")
     offline_mode: Literal["buffer", "strict"] | None = None  # None: [upstream].offline_mode
+    derating: DeratingRule | None = None  # None: the site-wide [derating] rule (when enabled)
     security_profile: int | None = Field(None, ge=0, le=3)  # None: [websocket].security_profile
 
 
@@ -287,6 +289,9 @@ class Settings(BaseSettings):
     influx: InfluxSettings = InfluxSettings()
     api: ApiSettings = ApiSettings()
     logging: LoggingSettings = LoggingSettings()
+    site: SiteSettings = SiteSettings()
+    control: ControlSettings = ControlSettings()
+    derating: DeratingSettings = DeratingSettings()
     chargers: dict[str, ChargerSettings] = Field(default_factory=dict)
 
     @field_validator("site_id")

@@ -1,0 +1,8 @@
+"""Local control: pause and resume, a site power limit shared among transactions, and charging
+derated by temperature (README "Local control").
+
+- `settings`: the `[site]`, `[control]` and `[derating]` configuration models;
+- `decide`: the pure decisions (fair share, the derating hysteresis, the profiles' payloads);
+- `engine`: the session observer that learns transactions and temperatures from the exchanges and
+  sends the charging profiles (import it from `gateway.control.engine`).
+"""

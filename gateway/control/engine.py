@@ -1,0 +1,510 @@
+"""The control engine: a session observer that learns transactions, temperatures and the CSMS's
+own charging profiles from the exchanges, decides (gateway.control.decide) and sends the gateway's
+charging profiles through each charger's one-outstanding queue.
+
+- Observer calls return at once: they update state and mark the charger dirty; one worker task per
+  charger reconciles what the gateway wants with what it last sent, one call at a time.
+- It works the same whether the CSMS is online, away or absent: it only needs the exchanges (which
+  flow whoever answered) and the charger's queue.
+- Every change of an EVSE's limit is logged with its reason and offered to the telemetry sinks as a
+  `ControlChange` record (MQTT `.../chargers/{id}/control`, InfluxDB measurement `control`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+from gateway.control import decide as D
+from gateway.control.settings import DeratingRule
+from gateway.errors import Busy, CallFailed, CallTimeout, NotConnected
+from gateway.ports import Exchange
+from gateway.telemetry.normalise import Normaliser
+from gateway.telemetry.records import EnvironmentReading
+
+log = logging.getLogger("gateway.control")
+
+ACCEPTED = "Accepted"
+
+
+class ControlError(Exception):
+    """A pause or resume that cannot be done; `code` names why (not_connected, unknown_transaction,
+    disabled, bad_request)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControlChange:
+    """A change of what the gateway applies to one EVSE (a telemetry record)."""
+
+    charger_id: str
+    evse: int
+    transaction_id: str | None
+    state: str  # "limited", "paused", "released"
+    limit_a: float | None  # A per phase; None when released
+    reason: str  # "operator", "temperature", "site_limit", "" when released
+    mechanism: str  # "profile", "availability", "stop", "none"
+    status: str  # the charger's answer: "Accepted", "Rejected", "Scheduled", an error code, "timeout"
+    ts: datetime
+    temperature: float | None = None
+
+
+@dataclass
+class _Tx:
+    transaction_id: str
+    evse: int
+    order: int
+
+
+@dataclass
+class _Sent:
+    """What the gateway last asked for on one EVSE, and how."""
+
+    want: D.Want
+    pid: int | None = None  # our profile id on the charger (None: no profile of ours)
+    mechanism: str = "profile"
+    inoperative: bool = False  # fallback ChangeAvailability Inoperative in force
+    status: str = ACCEPTED
+
+
+@dataclass
+class _Charger:
+    version: str = "ocpp1.6"
+    txs: dict[str, _Tx] = field(default_factory=dict)  # transaction id (as text) -> tx
+    paused_evses: set[int] = field(default_factory=set)  # operator pause of an EVSE
+    paused_txs: set[str] = field(default_factory=set)  # operator pause of one transaction
+    temps: dict[str, float] = field(default_factory=dict)  # reading name -> latest °C
+    level: int = D.NORMAL
+    temperature: float | None = None
+    csms_caps: dict[tuple[int, Any], tuple[str, float]] = field(default_factory=dict)  # (evse, pid) -> (purpose, A)
+    sent: dict[int, _Sent] = field(default_factory=dict)  # evse -> what we sent
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class ControlEngine:
+    def __init__(self, settings: Any, hub: Any, sinks: Sequence[Any] = ()) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.sinks = list(sinks)
+        self.normaliser = Normaliser()
+        self.chargers: dict[str, _Charger] = {}
+        self._order = 0
+        self._dirty: set[str] = set()
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._closed = False
+        self.changes: list[ControlChange] = []  # the latest changes (bounded), for the API and tests
+
+    # -- configuration --------------------------------------------------------------------------
+
+    @property
+    def control(self) -> Any:
+        return self.settings.control
+
+    def rule(self, charger_id: str) -> DeratingRule | None:
+        charger = self.settings.charger(charger_id)
+        own = getattr(charger, "derating", None) if charger is not None else None
+        if own is not None:
+            return own
+        return self.settings.derating if self.settings.derating.enabled else None
+
+    # -- observer -------------------------------------------------------------------------------
+
+    def _charger(self, charger_id: str) -> _Charger:
+        ch = self.chargers.get(charger_id)
+        if ch is None:
+            ch = self.chargers[charger_id] = _Charger()
+        return ch
+
+    def exchange(self, session: Any, exchange: Exchange) -> None:
+        if self._closed or exchange.error is not None or exchange.response is None:
+            return
+        try:
+            self._learn(exchange)
+        except Exception:  # noqa: BLE001 - never into the relay
+            log.exception("control: could not learn from %s of %s", exchange.action, exchange.charger_id)
+
+    def session_event(self, session: Any, event: str) -> None:
+        if self._closed:
+            return
+        ch = self.chargers.get(session.charger_id)
+        if event == "connected":
+            ch = self._charger(session.charger_id)
+            ch.version = session.version.value
+            # after a reconnect the charger may have lost what we sent: send it again
+            for sent in ch.sent.values():
+                sent.status = "unknown"
+            self._kick(session.charger_id)
+        elif event == "forgotten" and ch is not None:
+            self.chargers.pop(session.charger_id, None)
+            self._recompute_site(except_for=None)
+
+    def _learn(self, ex: Exchange) -> None:
+        cid, action, req, resp = ex.charger_id, ex.action, ex.request, ex.response or {}
+        ch = self._charger(cid)
+        ch.version = ex.version.value
+        v16 = ch.version == "ocpp1.6"
+        if ex.origin == "csms":
+            self._learn_csms(cid, ch, action, req, resp)
+            return
+        if ex.origin != "charger":
+            return
+        if v16 and action == "StartTransaction":
+            tx = resp.get("transactionId")
+            status = (resp.get("idTagInfo") or {}).get("status")
+            if tx is not None and status == ACCEPTED:
+                self._start(cid, ch, str(tx), int(req.get("connectorId") or 0))
+        elif v16 and action == "StopTransaction":
+            self._stop(cid, ch, str(req.get("transactionId")))
+        elif v16 and action == "MeterValues" and req.get("transactionId") is not None:
+            tid = str(req["transactionId"])
+            if tid not in ch.txs and req.get("connectorId"):  # a transaction that began before we ran
+                self._start(cid, ch, tid, int(req["connectorId"]))
+        elif not v16 and action == "TransactionEvent":
+            info = req.get("transactionInfo") or {}
+            tid = info.get("transactionId")
+            evse = (req.get("evse") or {}).get("id")
+            if tid is None:
+                pass
+            elif req.get("eventType") == "Ended":
+                self._stop(cid, ch, str(tid))
+            elif str(tid) not in ch.txs and evse:
+                self._start(cid, ch, str(tid), int(evse))
+        if action in ("MeterValues", "NotifyEvent", "NotifyReport", "NotifyMonitoringReport", "DataTransfer",
+                      "NotifyPeriodicEventStream"):
+            self._temperatures(cid, ch, ex)
+
+    def _learn_csms(self, cid: str, ch: _Charger, action: str, req: dict[str, Any], resp: dict[str, Any]) -> None:
+        """The CSMS's own profiles: remember their limits (we never go above them); a CSMS clear
+        that may have removed ours makes us send ours again."""
+        base = self.control.profile_id_base
+        if action == "SetChargingProfile" and resp.get("status") == ACCEPTED:
+            found = D.csms_profile_cap(ch.version, req, self.settings.site.voltage, self.settings.site.phases)
+            if found is None:
+                return
+            evse, pid, cap = found
+            if D.is_gateway_profile_id(base, pid):
+                log.warning("control: the CSMS set profile id %s on %s, inside the gateway's reserved range",
+                            pid, cid, extra={"charger_id": cid})
+            purpose = (req.get("csChargingProfiles") or req.get("chargingProfile") or {}).get("chargingProfilePurpose")
+            ch.csms_caps[(evse, pid)] = (purpose, cap)
+            self._kick(cid)
+        elif action == "ClearChargingProfile" and resp.get("status") == ACCEPTED:
+            pid = req.get("id") if ch.version == "ocpp1.6" else req.get("chargingProfileId")
+            for key in [k for k in ch.csms_caps if pid is None or k[1] == pid]:
+                del ch.csms_caps[key]
+            if pid is None or D.is_gateway_profile_id(base, pid):
+                for sent in ch.sent.values():
+                    sent.status = "unknown"  # ours may be gone: set again
+            self._kick(cid)
+
+    def _start(self, cid: str, ch: _Charger, tid: str, evse: int) -> None:
+        if tid in ch.txs:
+            return
+        self._order += 1
+        ch.txs[tid] = _Tx(tid, evse, self._order)
+        log.info("control: transaction %s started on %s EVSE %d", tid, cid, evse, extra={"charger_id": cid})
+        self._recompute_site(except_for=cid)
+        self._kick(cid)
+
+    def _stop(self, cid: str, ch: _Charger, tid: str) -> None:
+        tx = ch.txs.pop(tid, None)
+        ch.paused_txs.discard(tid)
+        if tx is None:
+            return
+        for key in [k for k, v in ch.csms_caps.items() if v[0] == D.TX_PROFILE and k[0] == tx.evse]:
+            del ch.csms_caps[key]
+        sent = ch.sent.get(tx.evse)
+        if sent is not None and sent.want.transaction_id == tid and sent.want.purpose == D.TX_PROFILE:
+            ch.sent.pop(tx.evse)  # a TxProfile ends with its transaction on the charger
+        log.info("control: transaction %s ended on %s EVSE %d", tid, cid, tx.evse, extra={"charger_id": cid})
+        self._recompute_site(except_for=cid)
+        self._kick(cid)
+
+    def _temperatures(self, cid: str, ch: _Charger, ex: Exchange) -> None:
+        rule = self.rule(cid)
+        if rule is None:
+            return
+        records = self.normaliser.records(cid, ex.version.value, ex.action, ex.request, ex.response,
+                                          ex.received_at, ex.origin)
+        seen = False
+        for r in records:
+            if isinstance(r, EnvironmentReading) and r.unit == "Celsius" and (not rule.sensors or r.name in rule.sensors):
+                ch.temps[r.name] = r.value
+                seen = True
+        if not seen:
+            return
+        hottest = max(ch.temps.values())
+        level = D.derate_level(ch.level, hottest, rule.reduce_above, rule.pause_above, rule.hysteresis)
+        ch.temperature = hottest
+        if level != ch.level:
+            log.info("control: %s temperature %.1f °C: derating %s -> %s", cid, hottest,
+                     D.LEVEL_NAMES[ch.level], D.LEVEL_NAMES[level], extra={"charger_id": cid})
+            ch.level = level
+            self._recompute_site(except_for=cid)
+            self._kick(cid)
+
+    # -- the site -------------------------------------------------------------------------------
+
+    def _recompute_site(self, except_for: str | None) -> None:
+        """A start, stop or cap change may move every share: every charger with a transaction is
+        reconciled (each compares against what it sent, so unchanged ones send nothing)."""
+        if self.settings.site.current_limit() is None:
+            return
+        for cid, ch in self.chargers.items():
+            if cid != except_for and (ch.txs or ch.sent):
+                self._kick(cid)
+
+    def site_shares(self) -> dict[tuple[str, str], float]:
+        limit = self.settings.site.current_limit()
+        if limit is None:
+            return {}
+        claims: list[tuple[int, D.Claim]] = []
+        for cid, ch in self.chargers.items():
+            for tx in ch.txs.values():
+                if self._operator_paused(ch, tx.evse, tx.transaction_id) or ch.level == D.PAUSED:
+                    continue  # draws nothing: leaves its share to the others
+                cap = self._cap(cid, ch, tx.evse)
+                claims.append((tx.order, D.Claim((cid, tx.transaction_id), cap)))
+        claims.sort(key=lambda c: c[0])
+        return D.fair_share(limit, [c for _, c in claims], self.settings.site.min_per_session)  # type: ignore[return-value]
+
+    def _cap(self, cid: str, ch: _Charger, evse: int) -> float:
+        cap = math.inf
+        rule = self.rule(cid)
+        if ch.level == D.REDUCED and rule is not None:
+            cap = rule.reduced_current_a
+        csms = self._csms_cap(ch, evse)
+        if csms is not None:
+            cap = min(cap, csms)
+        return cap
+
+    def _csms_cap(self, ch: _Charger, evse: int) -> float | None:
+        if not self.control.respect_csms_limits:
+            return None
+        caps = [cap for (e, _), (_, cap) in ch.csms_caps.items() if e in (0, evse)]
+        return min(caps) if caps else None
+
+    def _operator_paused(self, ch: _Charger, evse: int, tid: str | None) -> bool:
+        # EVSE 0 is the whole charger: pausing it pauses every EVSE
+        return evse in ch.paused_evses or 0 in ch.paused_evses or (tid is not None and tid in ch.paused_txs)
+
+    def want(self, cid: str, evse: int) -> D.Want:
+        ch = self._charger(cid)
+        tx = next((t for t in ch.txs.values() if t.evse == evse), None)
+        tid = tx.transaction_id if tx is not None else None
+        rule = self.rule(cid)
+        share = None
+        if tx is not None:
+            share = self.site_shares().get((cid, tid))
+        return D.evse_want(tid, operator_paused=self._operator_paused(ch, evse, tid),
+                           derating=ch.level if rule is not None else D.NORMAL,
+                           reduced=rule.reduced_current_a if rule is not None else math.inf,
+                           site_share=share, csms_cap=self._csms_cap(ch, evse))
+
+    # -- reconciling ----------------------------------------------------------------------------
+
+    def _kick(self, cid: str) -> None:
+        if self._closed:
+            return
+        self._dirty.add(cid)
+        task = self._workers.get(cid)
+        if task is None or task.done():
+            self._workers[cid] = asyncio.get_running_loop().create_task(self._worker(cid), name=f"control:{cid}")
+
+    async def _worker(self, cid: str) -> None:
+        while cid in self._dirty and not self._closed:
+            self._dirty.discard(cid)
+            try:
+                await self.reconcile(cid)
+            except Exception:  # noqa: BLE001 - keep serving the others
+                log.exception("control: reconciling %s failed", cid, extra={"charger_id": cid})
+
+    async def settled(self, timeout: float = 10.0) -> None:
+        """Wait until no charger has work pending (tests, shutdown)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._dirty or any(not t.done() for t in self._workers.values()):
+            if loop.time() > deadline:
+                raise TimeoutError("control work still pending")
+            await asyncio.sleep(0.02)
+
+    async def reconcile(self, cid: str) -> dict[int, _Sent]:
+        ch = self._charger(cid)
+        async with ch.lock:
+            session = self.hub.sessions.get(cid)
+            if session is None or not session.connected:
+                return {}
+            evses = {t.evse for t in ch.txs.values()} | ch.paused_evses | set(ch.sent)
+            if self.rule(cid) is not None and ch.level != D.NORMAL:
+                evses.add(0)  # TxDefaultProfile on EVSE 0: every session that starts meanwhile is derated
+            for evse in sorted(evses):
+                want = self.want(cid, evse)
+                sent = ch.sent.get(evse)
+                if sent is not None and sent.want == want and sent.status != "unknown":
+                    continue
+                if sent is None and want.limit is None:
+                    continue
+                await self._apply(session, cid, ch, evse, want, sent)
+            return dict(ch.sent)
+
+    async def _call(self, session: Any, action: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+        """(status, response): status is the response's `status`, a CALLERROR code or `timeout`."""
+        try:
+            response = await session.call_charger(action, payload, timeout=self.control.call_timeout)
+        except CallFailed as exc:
+            return exc.code, None
+        except CallTimeout:
+            return "timeout", None
+        except (NotConnected, Busy) as exc:
+            return type(exc).__name__, None
+        return str(response.get("status", "")), response
+
+    async def _apply(self, session: Any, cid: str, ch: _Charger, evse: int, want: D.Want, sent: _Sent | None) -> None:
+        version, ctl = ch.version, self.control
+        status, mechanism, new_pid = ACCEPTED, "profile", None
+        inoperative = bool(sent and sent.inoperative)
+        if want.limit is not None and sent is not None and sent.mechanism != "profile" and want.limit == 0 \
+                and sent.want.limit == 0 and sent.status != "unknown":
+            # paused by the fallback already: nothing a profile could add
+            ch.sent[evse] = _Sent(want, None, sent.mechanism, inoperative, sent.status)
+            return
+        if want.limit is not None:
+            pid = D.profile_id(ctl.profile_id_base, evse, want.purpose or D.TX_PROFILE)
+            request = D.set_profile_request(version, evse, want, pid, ctl.stack_level, self.settings.site.phases)
+            status, _ = await self._call(session, "SetChargingProfile", request)
+            if status == ACCEPTED:
+                new_pid = pid
+            elif want.limit == 0:
+                mechanism, status, inoperative = await self._fallback(session, ch, evse, want, status)
+            else:
+                mechanism = "none"
+        # our earlier profile, if it is another one (or none is wanted now): clear it by its id
+        if sent is not None and sent.pid is not None and sent.pid != new_pid:
+            clear_status, _ = await self._call(session, "ClearChargingProfile", D.clear_profile_request(version, sent.pid))
+            if want.limit is None:
+                status = clear_status
+        if inoperative and (want.limit is None or want.limit > 0 or mechanism == "profile"):
+            st, _ = await self._call(session, "ChangeAvailability", D.availability_request(version, evse, True))
+            inoperative = False
+            if want.limit is None:
+                mechanism, status = "availability", st
+        if want.limit is None and sent is not None and sent.mechanism == "stop":
+            mechanism = "stop"
+        ch.sent[evse] = _Sent(want, new_pid, mechanism, inoperative, status)
+        if want.limit is None and not inoperative:
+            ch.sent.pop(evse, None)
+        released_tx = sent.want.transaction_id if sent is not None else None
+        self._changed(cid, ch, evse, want, mechanism, status, want.transaction_id or released_tx)
+
+    async def _fallback(self, session: Any, ch: _Charger, evse: int, want: D.Want,
+                        refused: str) -> tuple[str, str, bool]:
+        """The charger refused the pause profile: (mechanism, status, inoperative)."""
+        how = self.control.fallback
+        log.warning("control: %s refused a charging profile on EVSE %d (%s); fallback: %s", session.charger_id,
+                    evse, refused, how, extra={"charger_id": session.charger_id})
+        if how == "availability":
+            status, _ = await self._call(session, "ChangeAvailability",
+                                         D.availability_request(ch.version, evse, False))
+            return "availability", status, status in (ACCEPTED, "Scheduled")
+        if how == "stop" and want.transaction_id is not None:
+            action, payload = D.stop_request(ch.version, want.transaction_id)
+            status, _ = await self._call(session, action, payload)
+            return "stop", status, False
+        return "none", refused, False
+
+    def _changed(self, cid: str, ch: _Charger, evse: int, want: D.Want, mechanism: str, status: str,
+                 tid: str | None) -> None:
+        state = "released" if want.limit is None else ("paused" if want.limit == 0 else "limited")
+        change = ControlChange(charger_id=cid, evse=evse, transaction_id=tid, state=state,
+                               limit_a=want.limit, reason=want.reason, mechanism=mechanism, status=status,
+                               ts=datetime.now(timezone.utc), temperature=ch.temperature)
+        log.info("control: %s EVSE %d %s%s (reason: %s; %s %s)", cid, evse, state,
+                 "" if want.limit is None else f" at {want.limit:g} A", want.reason or "none left", mechanism, status,
+                 extra={"charger_id": cid})
+        self.changes.append(change)
+        del self.changes[:-1000]
+        for sink in self.sinks:
+            try:
+                sink.offer(change)
+            except Exception:  # noqa: BLE001
+                log.exception("control: sink %r refused a change", sink)
+
+    # -- operator commands ----------------------------------------------------------------------
+
+    def _target(self, cid: str, body: dict[str, Any]) -> tuple[_Charger, int, str | None]:
+        if not self.control.pause_enabled:
+            raise ControlError("disabled", "pause and resume are switched off ([control].pause_enabled)")
+        session = self.hub.sessions.get(cid)
+        if session is None or not session.connected:
+            raise ControlError("not_connected", f"charger {cid!r} is not connected")
+        ch = self._charger(cid)
+        ch.version = session.version.value
+        evse, tid = body.get("evse"), body.get("transaction_id")
+        if tid is not None:
+            tx = ch.txs.get(str(tid))
+            if tx is None:
+                raise ControlError("unknown_transaction", f"no active transaction {tid!r} on {cid!r}")
+            return ch, tx.evse, tx.transaction_id
+        if isinstance(evse, bool) or not isinstance(evse, int) or evse < 0:
+            raise ControlError("bad_request", 'the body needs {"evse": n} (n >= 0) or {"transaction_id": ...}')
+        return ch, evse, None
+
+    async def pause(self, cid: str, body: dict[str, Any]) -> dict[str, Any]:
+        ch, evse, tid = self._target(cid, body)
+        if tid is not None:
+            ch.paused_txs.add(tid)
+        else:
+            ch.paused_evses.add(evse)
+        log.info("control: operator pause of %s EVSE %d%s", cid, evse, f" transaction {tid}" if tid else "",
+                 extra={"charger_id": cid})
+        return await self._result(cid, ch, evse)
+
+    async def resume(self, cid: str, body: dict[str, Any]) -> dict[str, Any]:
+        ch, evse, tid = self._target(cid, body)
+        if tid is not None:
+            ch.paused_txs.discard(tid)
+        else:
+            ch.paused_evses.discard(evse)
+            tx = next((t for t in ch.txs.values() if t.evse == evse), None)
+            if tx is not None:
+                ch.paused_txs.discard(tx.transaction_id)
+        log.info("control: operator resume of %s EVSE %d", cid, evse, extra={"charger_id": cid})
+        return await self._result(cid, ch, evse)
+
+    async def _result(self, cid: str, ch: _Charger, evse: int) -> dict[str, Any]:
+        self._recompute_site(except_for=cid)
+        await self.reconcile(cid)
+        sent = ch.sent.get(evse)
+        want = sent.want if sent is not None else D.NOTHING
+        return {
+            "charger_id": cid, "evse": evse, "transaction_id": want.transaction_id,
+            "state": "released" if want.limit is None else ("paused" if want.limit == 0 else "limited"),
+            "limit_a": want.limit, "reason": want.reason or None,
+            "mechanism": sent.mechanism if sent is not None else "profile",
+            "status": sent.status if sent is not None else ACCEPTED,
+        }
+
+    def view(self, cid: str) -> dict[str, Any]:
+        ch = self.chargers.get(cid)
+        if ch is None:
+            return {"transactions": [], "evses": {}, "temperature": None, "derating": "normal"}
+        return {
+            "transactions": [{"transaction_id": t.transaction_id, "evse": t.evse} for t in ch.txs.values()],
+            "evses": {e: {"limit_a": s.want.limit, "reason": s.want.reason, "mechanism": s.mechanism,
+                          "status": s.status} for e, s in ch.sent.items()},
+            "temperature": ch.temperature, "derating": D.LEVEL_NAMES[ch.level],
+        }
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = [t for t in self._workers.values() if not t.done()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
