@@ -2,7 +2,9 @@
 
 Offers exactly the charger's negotiated subprotocol, presents the charger's identity with its
 per-charger `upstream_password` (HTTP Basic, user = charger id), verifies TLS for `wss://` against
-`ca_file` or the system's trust store. The charger's own Authorization header never travels
+`ca_file` or the system's trust store (TLS >= 1.2, hostname checked), and for profile 3 presents the
+gateway's own client certificate (`client_cert`/`client_key`: a Local Controller has its own
+Charging Station certificate, J201 §6.5). The charger's own Authorization header never travels
 upstream: these links are built from configuration only.
 """
 
@@ -51,6 +53,9 @@ class WsUpstreamConnector:
         self.ssl: ssl.SSLContext | None = None
         if up.url.startswith("wss://"):
             self.ssl = ssl.create_default_context(cafile=up.ca_file or None)
+            self.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+            if up.client_cert:
+                self.ssl.load_cert_chain(up.client_cert, up.client_key)
 
     def url(self, charger_id: str) -> str:
         return f"{self.base}/{url_segment(charger_id)}"

@@ -7,12 +7,25 @@
   subprotocol the handshake completes without `Sec-WebSocket-Protocol` and the socket is then closed
   (websockets' default of HTTP 400 is not what the specs say);
 - `GET /healthz` on the same port answers 200 (for load balancers and the tests).
+
+Security (README "Security"; gateway/security.py): with `security_profile` >= 2 the server is wss://
+(TLS >= 1.2, `tls_cert`/`tls_key`, client certificates verified against `tls_ca`). Per charger
+(`[chargers.ID].security_profile` overrides the site's): 0 nothing asked; 1 and 2 HTTP Basic, user =
+charger id, password = `[chargers.ID].password`; 3 a client certificate whose subject CN or a DNS/URI
+SAN equals the charger id. Any failure, an unknown id included, is HTTP 401 with one fixed body;
+`max_auth_failures` failures per source address within `auth_failure_window` make further attempts
+from that address HTTP 429 (Retry-After) until the bucket refills. Beyond `max_connections` open
+connections (handshakes included) the handshake gets 503. A charger sending faster than
+`max_messages_per_second` (after a burst of `message_burst`) has its frames read later: nothing is
+refused, TCP back-pressure slows it down, other chargers are unaffected.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http
 import logging
+import ssl
 from typing import Any, Sequence
 
 import orjson
@@ -27,6 +40,8 @@ from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import charger_id_from_path
 from gateway.protocol import frames as F
 from gateway.protocol.frames import ErrorCode, OcppVersion
+from gateway.security import FailureLimiter, TokenBucket, certificate_matches, parse_basic, password_matches, \
+    password_problems
 from gateway.session import Hub
 
 log = logging.getLogger("gateway.websocket")
@@ -50,11 +65,30 @@ class WsChargerLink:
         await self.ws.close(code, reason)
 
 
-def _text_response(status: http.HTTPStatus, body: dict[str, Any]) -> Response:
+def _text_response(status: http.HTTPStatus, body: dict[str, Any], **extra: str) -> Response:
     data = orjson.dumps(body)
     headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(data))),
-                       ("Connection", "close")])
+                       ("Connection", "close"), *((k.replace("_", "-"), v) for k, v in extra.items())])
     return Response(status.value, status.phrase, headers, data)
+
+
+def server_tls_context(settings: Settings) -> ssl.SSLContext:
+    """TLS >= 1.2 with the gateway's certificate; client certificates verified against `tls_ca`:
+    required when every charger is on profile 3, optional (checked per charger) otherwise."""
+    ws = settings.websocket
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # A00.FR.312-316
+    ctx.options |= ssl.OP_NO_COMPRESSION  # A00.FR.320
+    ctx.load_cert_chain(ws.tls_cert, ws.tls_key)
+    if ws.tls_ca:
+        ctx.load_verify_locations(cafile=ws.tls_ca)
+        all_three = ws.security_profile == 3 and all(
+            c.security_profile in (None, 3) for c in settings.chargers.values())
+        ctx.verify_mode = ssl.CERT_REQUIRED if all_three else ssl.CERT_OPTIONAL
+    return ctx
+
+
+_AUTH_FAILED = {"error": "authentication failed"}  # one body for every failure: nothing to learn from it
 
 
 class WebSocketServer:
@@ -65,6 +99,18 @@ class WebSocketServer:
         self.versions = [v.value for v in settings.websocket.versions]
         self._server: Server | None = None
         self._dialled: dict[int, Any] = {}  # strict mode: upstream links opened during the handshake
+        ws = settings.websocket
+        self.limiter = FailureLimiter(ws.max_auth_failures, ws.auth_failure_window)
+        self.tls: ssl.SSLContext | None = None
+        self.tls_problem: str | None = None
+        if ws.security_profile >= 2:
+            if not ws.tls_cert or not ws.tls_key:
+                self.tls_problem = "security_profile >= 2 needs [websocket].tls_cert and tls_key"
+            elif any(settings.security_profile(c) == 3 for c in [*settings.chargers, ""]) and not ws.tls_ca:
+                self.tls_problem = "security_profile 3 needs [websocket].tls_ca (the CA of the chargers' certificates)"
+        for cid, charger in settings.chargers.items():
+            for problem in password_problems(charger.password.get_secret_value()):
+                log.warning("chargers.%s.password: %s", cid, problem)
 
     # -- handshake ------------------------------------------------------------------------------
 
@@ -72,18 +118,29 @@ class WebSocketServer:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             return _text_response(http.HTTPStatus.OK, {"status": "ok", "chargers": len(self.hub.sessions)})
+        if self.tls_problem is not None:  # fail closed: never serve a secured site without its TLS
+            log.error("refused connection: %s", self.tls_problem)
+            return _text_response(http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "not configured"})
+        if self._server is not None and len(self._server.all_connections) > self.settings.websocket.max_connections:
+            log.warning("refused connection from %s: max_connections (%d) reached", connection.remote_address,
+                        self.settings.websocket.max_connections)
+            return _text_response(http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many connections"},
+                                  Retry_After="30")
         charger_id, problem = charger_id_from_path(request.path, self.path)
         if charger_id is None:
             status = http.HTTPStatus.NOT_FOUND if problem == "not found" else http.HTTPStatus.BAD_REQUEST
             log.warning("refused connection to %r from %s: %s", request.path[:100], connection.remote_address, problem)
             return _text_response(status, {"error": problem})
+        offered = [p.strip() for p in ",".join(request.headers.get_all("Sec-WebSocket-Protocol")).split(",")]
+        chosen = self._select_subprotocol(connection, offered)  # type: ignore[arg-type]
+        refused = self._authenticate(connection, request, charger_id, chosen)
+        if refused is not None:
+            return refused
         if not self.hub.admits(charger_id):
             log.warning("refused unknown charger %r from %s", charger_id, connection.remote_address)
             return _text_response(http.HTTPStatus.NOT_FOUND, {"error": "unknown charger"})
         if self.hub.needs_upstream_first(charger_id):
             # strict offline mode: the charger is accepted only with its upstream link up
-            offered = [p.strip() for p in ",".join(request.headers.get_all("Sec-WebSocket-Protocol")).split(",")]
-            chosen = self._select_subprotocol(connection, offered)  # type: ignore[arg-type]
             if chosen is not None:
                 try:
                     self._dialled[id(connection)] = await self.hub.dial(charger_id, OcppVersion(chosen))
@@ -92,6 +149,51 @@ class WebSocketServer:
                                 extra={"charger_id": charger_id})
                     return _text_response(http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "CSMS unreachable"})
         return None
+
+    def _authenticate(self, connection: ServerConnection, request: Request, charger_id: str,
+                      chosen: str | None) -> Response | None:
+        """None when the charger may go on, else the refusal (401 / 429). Never says why."""
+        site = self.settings.websocket.security_profile
+        known = self.hub.is_known(charger_id)
+        profile = self.settings.security_profile(charger_id)
+        if profile == 0:
+            return None
+        address = connection.remote_address[0] if connection.remote_address else "?"
+        now = asyncio.get_running_loop().time()
+        wait = self.limiter.blocked(address, now)
+        if wait > 0:
+            log.warning("refused %r from %s: too many failed logins", charger_id, address)
+            return _text_response(http.HTTPStatus.TOO_MANY_REQUESTS, {"error": "too many failed attempts"},
+                                  Retry_After=str(max(1, round(wait + 0.5))))
+        reason = None
+        if not known and not (profile == 3 and self.hub.admits(charger_id)):
+            reason = "unknown charger"  # same answer as a wrong password (no probing for ids)
+        elif profile == 3:
+            peercert = connection.transport.get_extra_info("peercert") if connection.transport else None
+            if not peercert:
+                reason = "no client certificate"
+            elif not certificate_matches(peercert, charger_id):
+                reason = "client certificate does not name this charger"
+        else:
+            creds = parse_basic(request.headers.get("Authorization"))
+            charger = self.settings.charger(charger_id)
+            stored = charger.password.get_secret_value() if charger else ""
+            version = OcppVersion(chosen) if chosen else OcppVersion.V201
+            if creds is None:
+                reason = "no Basic credentials"
+            elif creds[0] != charger_id.encode("utf-8"):
+                reason = "Basic user is not the charger id"
+            elif not stored:
+                reason = "no password configured for this charger"
+            elif not password_matches(stored, creds[1], version):
+                reason = "wrong password"
+        if reason is None:
+            return None
+        self.limiter.failed(address, now)
+        log.warning("authentication of %r from %s failed (profile %d%s): %s", charger_id, address, profile,
+                    "" if profile == site else " for this charger", reason, extra={"charger_id": charger_id})
+        extra = {} if profile == 3 else {"WWW_Authenticate": 'Basic realm="ocpp", charset="UTF-8"'}
+        return _text_response(http.HTTPStatus.UNAUTHORIZED, _AUTH_FAILED, **extra)
 
     def _select_subprotocol(self, connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
         for name in offered:  # the client lists its versions in order of preference
@@ -119,8 +221,20 @@ class WebSocketServer:
         log.info("charger %s connected from %s with %s", charger_id, link.remote, version.value,
                  extra={"charger_id": charger_id})
         session = await self.hub.attach(charger_id, version, link, upstream)
+        rate = self.settings.websocket.max_messages_per_second
+        bucket = TokenBucket(rate, self.settings.websocket.message_burst) if rate > 0 else None
+        loop = asyncio.get_running_loop()
+        throttled = False
         try:
             async for message in ws:
+                if bucket is not None and not bucket.take(loop.time()):
+                    # too fast: read its next frame later (back-pressure), nothing refused or lost
+                    if not throttled:
+                        throttled = True
+                        log.warning("charger %s sends more than %g frames/s; slowing it down", charger_id, rate,
+                                    extra={"charger_id": charger_id})
+                    await asyncio.sleep(bucket.wait_time(loop.time()))
+                    bucket.take(loop.time())
                 if isinstance(message, bytes):
                     # OCPP-J is UTF-8 JSON in text frames (J16 §4.1.2, J201 §4.1.2)
                     code = ErrorCode.RPC_FRAMEWORK_ERROR
@@ -148,8 +262,17 @@ class WebSocketServer:
             ping_timeout=ws.ping_timeout,
             open_timeout=ws.handshake_timeout,
             server_header="ocpp-site-gateway",
+            ssl=self._tls_context(),
         )
         return self
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if self.settings.websocket.security_profile < 2 or self.tls_problem is not None:
+            if self.tls_problem:
+                log.error("WebSocket server refuses every charger: %s", self.tls_problem)
+            return None
+        self.tls = server_tls_context(self.settings)
+        return self.tls
 
     @property
     def port(self) -> int:

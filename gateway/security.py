@@ -77,15 +77,11 @@ def password_problems(stored: str) -> list[str]:
     """Rule violations of a configured (plain) password; hashed ones cannot be checked here."""
     if not stored or is_hashed(stored):
         return []
-    problems = []
-    if _HEX.fullmatch(stored):
-        if not 16 <= len(stored) // 2 <= 20:
-            problems.append("as a 1.6 AuthorizationKey it should be 16-20 bytes (32-40 hex digits)")
-    else:
-        problems.append("not hexadecimal: 1.6 chargers are compared against the text (no AuthorizationKey decoding)")
+    if _HEX.fullmatch(stored) and len(stored) >= 32:
+        return [] if len(stored) <= 40 else ["a 1.6 AuthorizationKey is at most 20 bytes (40 hex digits)"]
     if not 16 <= len(stored) <= 40:
-        problems.append("as a 2.x BasicAuthPassword it must be 16-40 characters")
-    return problems
+        return ["should be 16-40 characters (2.x BasicAuthPassword; a 1.6 AuthorizationKey is 32-40 hex digits)"]
+    return []
 
 
 def parse_basic(header: str | None) -> tuple[bytes, bytes] | None:

@@ -44,6 +44,7 @@ from gateway.protocol.transactions import Kind
 
 log = logging.getLogger("gateway.session")
 V16 = OcppVersion.V16
+SIGNED = "-Signed"  # 2.x signed-message action suffix (J201 §7)
 
 
 class UpstreamState(str, enum.Enum):
@@ -230,6 +231,16 @@ class ChargerSession:
     def _check_call(self, frame: Call) -> tuple[ErrorCode, str] | None:
         schemas = self.hub.schemas
         action = frame.action
+        if self.version.is_2x and action.endswith(SIGNED):
+            # J201 §7 signed message: the payload is a JWS for the CSMS, relayed untouched (not validated)
+            base = action[: -len(SIGNED)]
+            if not schemas.knows(self.version, base):
+                return ErrorCode.NOT_IMPLEMENTED, f"action {action!r} is not known in {self.version.value}"
+            if not schemas.charger_may_send(self.version, base):
+                return ErrorCode.NOT_SUPPORTED, f"{base} is not sent by a charging station"
+            if not (self.upstream_online or self.upstream_state is UpstreamState.CONNECTING):
+                return ErrorCode.INTERNAL_ERROR, "signed messages are relayed only while the CSMS is connected"
+            return None
         if not schemas.knows(self.version, action):
             return ErrorCode.NOT_IMPLEMENTED, f"action {action!r} is not known in {self.version.value}"
         if not schemas.charger_may_send(self.version, action):
@@ -668,7 +679,8 @@ class ChargerSession:
         self.log.warning("%s %s: %s", call.action, call.message_id, description)
         origin = call.origin if isinstance(call.origin, Origin) else Origin.GATEWAY
         if call.origin is Origin.CHARGER:
-            if self.relaying and not self.strict and isinstance(call.source, Call) and not busy:
+            if self.relaying and not self.strict and isinstance(call.source, Call) and not busy \
+                    and not call.action.endswith(SIGNED):  # only the CSMS can answer a signed message
                 # buffer mode: the gateway answers instead of the CSMS (and stores what must reach it)
                 await self._answer_locally(call.source, self._kind(call.source), uncertain=uncertain or timed_out)
                 return
