@@ -19,6 +19,7 @@ Types: a field always has one type in a measurement (InfluxDB refuses a float af
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import random
@@ -30,6 +31,8 @@ import aiohttp
 
 from adapters.spool import Spool
 from adapters.telemetry_sink import SpooledSink
+from adapters import control_api
+from gateway.control.engine import ControlChange
 from gateway.telemetry.records import (
     ChargerState, ConnectorStatus, EnvironmentReading, MeterReading, Record, TransactionEvent,
 )
@@ -63,15 +66,20 @@ def ns(ts: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
 
 
+@functools.lru_cache(maxsize=8192)
+def _series(measurement: str, tags: tuple[tuple[str, Any], ...]) -> str:
+    """`measurement,tag=value,...` (sorted, escaped, empty tags left out): cached, because a site
+    has few distinct series and every sample repeats one."""
+    return _escape_key(measurement) + "".join(f",{_escape_key(k)}={_escape_key(str(v))}" for k, v in sorted(tags)
+                                              if v is not None and str(v) != "")
+
+
 def line(measurement: str, tags: dict[str, Any], fields: dict[str, Any], ts: datetime) -> str | None:
     """One line of line protocol; tags with empty values are left out (InfluxDB refuses them)."""
-    fields = {k: v for k, v in fields.items() if v is not None}
-    if not fields:
+    field_text = ",".join(f"{_escape_key(k)}={_field_value(v)}" for k, v in fields.items() if v is not None)
+    if not field_text:
         return None
-    tag_text = "".join(f",{_escape_key(k)}={_escape_key(str(v))}" for k, v in sorted(tags.items())
-                       if v is not None and str(v) != "")
-    field_text = ",".join(f"{_escape_key(k)}={_field_value(v)}" for k, v in fields.items())
-    return f"{_escape_key(measurement)}{tag_text} {field_text} {ns(ts)}"
+    return f"{_series(measurement, tuple(tags.items()))} {field_text} {ns(ts)}"
 
 
 def _f(v: float | None) -> float | None:
@@ -105,6 +113,8 @@ def encode(record: Record, site: str) -> list[str]:
         out.append(line("charger_state", {"site": site, "charger": record.charger_id},
                         {"connected": record.connected, "upstream": record.upstream, "protocol": record.protocol},
                         record.ts))
+    elif isinstance(record, ControlChange):  # local control (adapters/control_api.py)
+        out.append(line("control", *control_api.influx_point(record, site), record.ts))
     return [x for x in out if x is not None]
 
 

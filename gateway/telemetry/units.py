@@ -64,6 +64,10 @@ def canonical(value: float, unit: str | None, *, measurand: str = "", multiplier
         raise ValueError("not a finite number")
     if multiplier:
         value = value * (10.0 ** multiplier)
+    if unit and measurand != "Temperature" and measurand != "Humidity":  # the common case, first
+        scaled = _SCALE.get(unit)
+        if scaled is not None:
+            return (tidy(value * scaled[1]) if scaled[1] != 1.0 else float(value)), scaled[0]
     if measurand == "Temperature" or is_temperature_unit(unit):
         return to_celsius(value, unit), CELSIUS
     if unit is None or unit == "":

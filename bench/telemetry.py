@@ -1,0 +1,195 @@
+"""What the telemetry sinks cost the relay: gateway CPU per relayed MeterValues with MQTT and
+InfluxDB off, then on, in one run.
+
+    python -m bench.telemetry                 # 20 chargers, 6 s measured per variant (~40 s)
+    python -m bench.telemetry --chargers 50 --seconds 10
+
+Processes (all on 127.0.0.1, all stopped by PID): the echo CSMS (`bench/echo_csms.py`), a
+Mosquitto and an InfluxDB 1.x started like the tests do (`tests/telemetry/services.py`), and the
+gateway twice: `off` (no sinks) and `on` (`[mqtt]` QoS 1 + `[influx]` v1). The load runs in this
+process: N websockets chargers, each in a closed loop (next MeterValues as soon as the previous
+is answered), 1.6, four sampled values per call (energy, power, current, temperature in
+Fahrenheit: the normaliser's full path). After a warm-up, the gateway's CPU time (user + system,
+read from /proc by PID through psutil) is divided by the calls completed in the window.
+
+The target in issue 4: both sinks together add at most 25 % CPU per call. The bench also checks
+that the sinks kept up: after the window it waits until InfluxDB holds one point per sample sent.
+Linux only; needs psutil, websockets, the gateway's dependencies, mosquitto and influxd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from websockets.asyncio.client import connect
+
+from bench._common import REPO, free_port, http_get_status
+
+SAMPLES = [
+    {"value": "1234.5", "measurand": "Energy.Active.Import.Register", "unit": "kWh"},
+    {"value": "7.2", "measurand": "Power.Active.Import", "unit": "kW"},
+    {"value": "16.0", "measurand": "Current.Import", "phase": "L1", "unit": "A"},
+    {"value": "77", "measurand": "Temperature", "unit": "Fahrenheit", "location": "Body"},
+]
+
+
+def start_gateway(workdir: Path, csms_port: int, extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    conf = workdir / "gateway.toml"
+    conf.write_text(f"""site_id = "bench"
+data_dir = "{workdir / 'data'}"
+[websocket]
+listen = "127.0.0.1:{port}"
+[upstream]
+url = "ws://127.0.0.1:{csms_port}/ocpp"
+[api]
+listen = "127.0.0.1:{free_port()}"
+[logging]
+level = "WARNING"
+{extra}
+""")
+    log = open(workdir / "gateway.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(conf)], cwd=REPO, stdout=log,
+                            stderr=subprocess.STDOUT)
+    log.close()
+    deadline = time.monotonic() + 20
+    while http_get_status("127.0.0.1", port, "/healthz") != 200:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"gateway did not start: {(workdir / 'gateway.log').read_text()[-2000:]}")
+        time.sleep(0.05)
+    idle(proc.pid)
+    return proc, port
+
+
+def idle(pid: int, limit: float = 0.05, timeout: float = 20.0) -> None:
+    """Wait until the process uses under `limit` of a core over 0.5 s (schema warm-up done)."""
+    p = psutil.Process(pid)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = sum(p.cpu_times()[:2])
+        time.sleep(0.5)
+        if (sum(p.cpu_times()[:2]) - before) / 0.5 < limit:
+            return
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+async def load(port: int, chargers: int, warmup: float, seconds: float, pid: int) -> dict[str, float]:
+    done = 0
+    measuring = False
+    stop_at = 0.0
+
+    async def one(i: int) -> None:
+        nonlocal done
+        async with connect(f"ws://127.0.0.1:{port}/ocpp/B{i:04d}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                           compression=None, open_timeout=10) as ws:
+            await ws.send(json.dumps([2, "boot", "BootNotification", {"chargePointVendor": "B", "chargePointModel": "M"}]))
+            await asyncio.wait_for(ws.recv(), 10)
+            seq = 0
+            while time.monotonic() < stop_at:
+                seq += 1
+                stamp = f"2026-01-01T{seq // 3600 % 24:02d}:{seq // 60 % 60:02d}:{seq % 60:02d}.{i % 1000:03d}Z"
+                payload = {"connectorId": 1, "meterValue": [{"timestamp": stamp, "sampledValue": SAMPLES}]}
+                await ws.send(json.dumps([2, f"{i}.{seq}", "MeterValues", payload]))
+                await asyncio.wait_for(ws.recv(), 10)
+                if measuring:
+                    done += 1
+
+    proc = psutil.Process(pid)
+    stop_at = time.monotonic() + warmup + seconds + 60
+    tasks = [asyncio.create_task(one(i)) for i in range(chargers)]
+    await asyncio.sleep(warmup)
+    cpu0, done, measuring = sum(proc.cpu_times()[:2]), 0, True
+    t0 = time.monotonic()
+    await asyncio.sleep(seconds)
+    cpu1, calls, measuring = sum(proc.cpu_times()[:2]), done, False
+    elapsed = time.monotonic() - t0
+    stop_at = 0.0
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return {"calls": calls, "calls_per_s": calls / elapsed, "cpu_s": cpu1 - cpu0,
+            "cpu_us_per_call": (cpu1 - cpu0) / max(calls, 1) * 1e6, "cpu_util": (cpu1 - cpu0) / elapsed}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.telemetry", description=__doc__.splitlines()[0])
+    ap.add_argument("--chargers", type=int, default=20)
+    ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--variants", default="off,on", help="comma-separated: off, on, mqtt, influx")
+    args = ap.parse_args()
+    sys.path.insert(0, str(REPO))
+    from tests.telemetry.services import Influx, Mosquitto
+
+    with tempfile.TemporaryDirectory(prefix="bench-telemetry-") as tmp:
+        root = Path(tmp)
+        csms_port = free_port()
+        csms = subprocess.Popen([sys.executable, "-m", "bench.echo_csms", "--listen", f"127.0.0.1:{csms_port}"],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        broker = Mosquitto(root / "mosquitto").start()
+        influx = Influx(root / "influxdb").start()
+        influx.create_db("bench")
+        results: dict[str, dict[str, float]] = {}
+        try:
+            deadline = time.monotonic() + 10
+            while http_get_status("127.0.0.1", csms_port, "/healthz") != 200 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            mqtt = f'[mqtt]\nurl = "{broker.url}"\nqos = 1\n'
+            inf = f'[influx]\nurl = "{influx.url}"\napi = "v1"\ndatabase = "bench"\n'
+            variants = {"off": "", "on": mqtt + inf, "mqtt": mqtt, "influx": inf}
+            for name in args.variants.split(","):
+                extra = variants[name]
+                workdir = root / name
+                workdir.mkdir()
+                gw, port = start_gateway(workdir, csms_port, extra)
+                try:
+                    results[name] = asyncio.run(load(port, args.chargers, args.warmup, args.seconds, gw.pid))
+                    if name in ("on", "influx"):
+                        t0 = time.monotonic()
+                        while time.monotonic() - t0 < 30:
+                            rows = influx.rows("bench", "SELECT count(value) FROM meter_value")
+                            if rows and rows[0]["count"] >= results[name]["calls"] * len(SAMPLES):
+                                break
+                            time.sleep(0.5)
+                        results[name]["influx_points"] = rows[0]["count"] if rows else 0
+                finally:
+                    stop(gw)
+        finally:
+            influx.stop()
+            broker.stop()
+            stop(csms)
+
+    off, on = results["off"], results.get("on") or results[list(results)[-1]]
+    overhead = on["cpu_us_per_call"] / off["cpu_us_per_call"] - 1
+    print(f"{'variant':8} {'calls/s':>9} {'gateway CPU':>12} {'CPU per call':>13}")
+    for name, r in results.items():
+        print(f"{name:8} {r['calls_per_s']:9.0f} {r['cpu_util'] * 100:11.0f}% {r['cpu_us_per_call']:10.0f} us")
+    print(f"MQTT + InfluxDB add {overhead * 100:+.1f} % CPU per relayed MeterValues (target: <= +25 %); "
+          f"InfluxDB received {on.get('influx_points', 0):.0f} points for {on['calls']:.0f} calls x {len(SAMPLES)} samples "
+          f"in the window (it also holds the warm-up's)")
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "telemetry.json").write_text(json.dumps({"args": vars(args), "results": results,
+                                                    "overhead": overhead}, indent=2))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
