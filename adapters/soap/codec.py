@@ -219,8 +219,14 @@ def _from_zeep(f: Field, value: Any) -> Any:
     if value is None:
         return None
     if f.repeated and isinstance(value, list):
-        items = [_from_zeep(replace_single(f), v) for v in value]
+        items = [_from_zeep_item(f, v) for v in value]
         return [v for v in items if v is not None] or None
+    return _from_zeep_item(f, value)
+
+
+def _from_zeep_item(f: Field, value: Any) -> Any:
+    if value is None:
+        return None
     if f.kind == "complex":
         out = {}
         for c in f.children:
@@ -244,16 +250,16 @@ def _from_zeep(f: Field, value: Any) -> Any:
     return value
 
 
-def replace_single(f: Field) -> Field:
-    return replace(f, repeated=False)
-
-
 def _to_zeep(f: Field, value: Any) -> Any:
     if value is None:
         return None
     if f.repeated:
         items = value if isinstance(value, list) else [value]
-        return [_to_zeep(replace_single(f), v) for v in items]
+        return [_to_zeep_item(f, v) for v in items]
+    return _to_zeep_item(f, value)
+
+
+def _to_zeep_item(f: Field, value: Any) -> Any:
     if f.kind == "complex":
         if not isinstance(value, dict):
             raise ValueError(f"{f.name} must be an object")
@@ -278,17 +284,19 @@ def _reorder(element: etree._Element, f: Field) -> None:
     chargers do not keep the WSDL's order, and their fields must not get lost."""
     if f.kind != "complex":
         return
-    rank = {c.name: i for i, c in enumerate(f.children)}
+    by_name = {c.name: (i, c) for i, c in enumerate(f.children)}
+    unknown = (len(by_name), None)
     children = [c for c in element if isinstance(c.tag, str)]
-    ordered = sorted(children, key=lambda c: rank.get(etree.QName(c).localname, len(rank)))
-    if ordered != children:
+    ranked = [(by_name.get(etree.QName(c).localname, unknown), c) for c in children]
+    ranks = [r[0][0] for r in ranked]
+    if ranks != sorted(ranks):
         for c in children:
             element.remove(c)
-        element.extend(ordered)
-    for c in ordered:
-        sub = f.child(etree.QName(c).localname)
-        if sub is not None:
-            _reorder(c, replace(sub, repeated=False))
+        ranked.sort(key=lambda r: r[0][0])
+        element.extend(c for _, c in ranked)
+    for (_, sub), c in ranked:
+        if sub is not None and sub.kind == "complex":
+            _reorder(c, sub)
 
 
 def decode(role: str, version: str, op: Operation, response: bool, envelope: etree._Element) -> dict[str, Any]:
