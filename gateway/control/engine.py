@@ -468,10 +468,12 @@ class ControlEngine:
 
     async def resume(self, cid: str, body: dict[str, Any]) -> dict[str, Any]:
         ch, evse, tid = self._target(cid, body)
+        # either form lifts the operator pauses of that EVSE and of its transaction (a pause of the
+        # whole charger, EVSE 0, is lifted only by resuming EVSE 0)
+        ch.paused_evses.discard(evse)
         if tid is not None:
             ch.paused_txs.discard(tid)
         else:
-            ch.paused_evses.discard(evse)
             tx = next((t for t in ch.txs.values() if t.evse == evse), None)
             if tx is not None:
                 ch.paused_txs.discard(tx.transaction_id)

@@ -1,0 +1,106 @@
+"""Pause and resume through the REST API (answers checked against the served OpenAPI document)
+and MQTT commands; every control change published on MQTT and encoded for InfluxDB."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from adapters.influx import encode
+from gateway.control.engine import ControlChange
+from tests.api.helpers import api_client, inproc
+from tests.control.peers import STEP, Connected, until
+from tests.telemetry.services import Mosquitto, Subscriber
+
+BASE = 900_000_000
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_pause_and_resume_through_the_rest_api(tmp_path: Path) -> None:
+    async with inproc(tmp_path, auth={"unknown_id_tags": "accept"}) as gw, api_client(gw.api_url) as api, \
+            Connected(gw.url("CP1"), "ocpp1.6", "CP1") as cp:
+        tx = await cp.start_tx(1)
+        await until(lambda: gw.control.view("CP1")["transactions"], STEP, "transaction learnt")
+        status, body, _ = await api.post("/api/v1/chargers/CP1/pause", {"transaction_id": tx})
+        assert status == 200 and body["state"] == "paused" and body["transaction_id"] == str(tx)
+        assert cp.limits()[-1] == ("TxProfile", 1, 0.0)
+        status, body, _ = await api.post("/api/v1/chargers/CP1/resume", {"evse": 1})
+        assert status == 200 and body["state"] == "released"
+        assert cp.of("ClearChargingProfile") == [{"id": BASE + 10}]
+        assert (await api.post("/api/v1/chargers/CP1/pause", {"evse": "x"}))[0] == 400
+        assert (await api.post("/api/v1/chargers/CP1/pause", [1]))[0] == 400
+        assert (await api.post("/api/v1/chargers/CP1/pause", {"transaction_id": 5}))[0] == 404
+        assert (await api.post("/api/v1/chargers/NOPE/resume", {"evse": 1}))[0] == 404
+    async with inproc(tmp_path / "off", control={"pause_enabled": False}) as gw, api_client(gw.api_url) as api, \
+            Connected(gw.url("CP1"), "ocpp1.6", "CP1"):
+        status, body, _ = await api.post("/api/v1/chargers/CP1/pause", {"evse": 1})
+        assert status == 409 and body["error"] == "disabled"
+
+
+class _Commander:
+    def __init__(self, port: int) -> None:
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def send(self, topic: str, payload: dict[str, Any]) -> None:
+        self.client.publish(topic, json.dumps(payload), qos=1).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+async def test_pause_and_resume_through_mqtt_and_changes_published(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    config = {"mqtt": {"url": mosquitto.url, "topic_prefix": "ctl"}, "site_id": "s1",
+              "auth": {"unknown_id_tags": "accept"}}
+    root = "ctl/s1/chargers/CP2"
+    sub = Subscriber(mosquitto.port, [f"{root}/#"])
+    commander = _Commander(mosquitto.port)
+    try:
+        async with inproc(tmp_path, **config) as gw:
+            await until(lambda: gw.control.sinks and gw.control.sinks[0].connected, STEP, "MQTT connected")
+            async with Connected(gw.url("CP2"), "ocpp2.0.1", "CP2") as cp:
+                await cp.start_tx(1, "m-1")
+                await until(lambda: gw.control.view("CP2")["transactions"], STEP, "transaction learnt")
+                await asyncio.to_thread(commander.send, f"{root}/cmd/Pause", {"evse": 1})
+                result = await asyncio.to_thread(sub.last, f"{root}/cmd/Pause/result", STEP)
+                assert result["status"] == "ok" and result["response"]["state"] == "paused"
+                assert cp.limits()[-1] == ("TxProfile", 1, 0.0)
+                await asyncio.to_thread(commander.send, f"{root}/cmd/Resume", {"transaction_id": "m-1"})
+                result = await asyncio.to_thread(sub.last, f"{root}/cmd/Resume/result", STEP)
+                assert result["status"] == "ok" and result["response"]["state"] == "released"
+                assert cp.of("ClearChargingProfile") == [{"charging_profile_id": BASE + 10}]
+                await asyncio.to_thread(commander.send, f"{root}/cmd/Pause", {"transaction_id": "nope"})
+                await until(lambda: len(sub.json(f"{root}/cmd/Pause/result")) == 2, STEP, "error result")
+                assert sub.json(f"{root}/cmd/Pause/result")[-1]["error"]["code"] == "unknown_transaction"
+                await until(lambda: len(sub.json(f"{root}/control")) >= 2, STEP, "control changes published")
+                changes = sub.json(f"{root}/control")
+                assert [(c["state"], c["reason"], c["limit_a"]) for c in changes[:2]] == [
+                    ("paused", "operator", 0.0), ("released", None, None)]
+                assert all(c["evse"] == 1 and c["transaction_id"] == "m-1" for c in changes[:2])
+                retained = [m for m in sub.on(f"{root}/evse/1/control")]
+                assert retained and json.loads(retained[-1].payload)["state"] == "released"
+    finally:
+        commander.close()
+        sub.close()
+
+
+def test_changes_are_encoded_for_influxdb() -> None:
+    ts = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    paused = ControlChange(charger_id="CP 1", evse=1, transaction_id="42", state="paused", limit_a=0.0,
+                           reason="temperature", mechanism="profile", status="Accepted", ts=ts, temperature=61.5)
+    released = ControlChange(charger_id="CP 1", evse=1, transaction_id="42", state="released", limit_a=None,
+                             reason="", mechanism="profile", status="Accepted", ts=ts)
+    (line,) = encode(paused, "site")
+    assert line.startswith("control,") and r"charger=CP\ 1" in line and "reason=temperature" in line
+    assert "limit_a=0.0" in line and "temperature=61.5" in line and 'status="Accepted"' in line
+    (line,) = encode(released, "site")
+    assert "limit_a" not in line and "state=released" in line and "reason=none" in line
