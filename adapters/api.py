@@ -32,6 +32,7 @@ from gateway.status import StatusBook
 from adapters.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from adapters.metrics import Metrics
 from adapters.openapi import document
+from adapters import control_api
 
 log = logging.getLogger("gateway.api")
 
@@ -66,7 +67,7 @@ class ApiServer:
         token = settings.api.token.get_secret_value()
         self._token = token.encode() if token else None
         self._page = resources.files("adapters").joinpath("static", "status.html").read_bytes()
-        self._openapi = orjson.dumps(document())
+        self._openapi = orjson.dumps(document(control_api.PATHS, control_api.SCHEMAS))
         self.app = web.Application(middlewares=[self._auth], client_max_size=MAX_BODY)
         self.app.router.add_get("/", self.page)
         self.app.router.add_get("/healthz", self.healthz)
@@ -76,6 +77,7 @@ class ApiServer:
         self.app.router.add_get("/api/v1/chargers", self.list_chargers)
         self.app.router.add_get("/api/v1/chargers/{id}", self.get_charger)
         self.app.router.add_post("/api/v1/chargers/{id}/calls/{action}", self.call)
+        control_api.add_routes(self.app, hub)  # .../pause, .../resume (local control)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
