@@ -18,6 +18,7 @@ import hmac
 import logging
 import math
 from datetime import datetime, timezone
+from datetime import datetime, timezone
 from importlib import resources
 from typing import Any, Awaitable, Callable
 
@@ -77,6 +78,8 @@ class ApiServer:
         self.app.router.add_get("/api/v1/chargers", self.list_chargers)
         self.app.router.add_get("/api/v1/chargers/{id}", self.get_charger)
         self.app.router.add_post("/api/v1/chargers/{id}/calls/{action}", self.call)
+        self.app.router.add_get("/api/v1/transactions", self.transactions)
+        self.app.router.add_get("/api/v1/outbox", self.outbox_view)
         control_api.add_routes(self.app, hub)  # .../pause, .../resume (local control)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -204,6 +207,45 @@ class ApiServer:
         outbox = await self._outbox_by_charger()
         chargers = [v for v in (self.charger_view(cid, outbox) for cid in sorted(ids)) if v is not None]
         return _json({"chargers": chargers, "count": len(chargers)})
+
+    async def transactions(self, request: web.Request) -> web.Response:
+        q = request.query
+        state = q.get("state")
+        if state not in (None, "open", "ended"):
+            return _error(400, "bad_state", "state must be open or ended")
+        bounds: dict[str, str | None] = {}
+        for key in ("since", "until"):
+            value = q.get(key)
+            if value is not None:
+                try:
+                    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+                except ValueError:
+                    return _error(400, f"bad_{key}", f"{key} must be an ISO 8601 date-time")
+                if parsed.tzinfo is None:
+                    parsed = parsed.replace(tzinfo=timezone.utc)
+                value = parsed.astimezone(timezone.utc).isoformat()
+            bounds[key] = value
+        try:
+            limit = int(q.get("limit", "100"))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 1000:
+            return _error(400, "bad_limit", "limit must be an integer from 1 to 1000")
+        rows = await self.hub.store.transactions(charger_id=q.get("charger"), state=state, since=bounds["since"],
+                                                 until=bounds["until"], limit=limit)
+        return _json({"transactions": rows, "count": len(rows)})
+
+    async def outbox_view(self, request: web.Request) -> web.Response:
+        now = datetime.now(timezone.utc)
+        chargers = []
+        for row in await self.hub.store.outbox_summary():
+            oldest = row.get("oldest")
+            age = None
+            if oldest:
+                age = round((now - datetime.fromisoformat(oldest)).total_seconds(), 3)
+            chargers.append({**row, "oldest_age_s": age})
+        dead = await self.hub.store.dead_letters(100)
+        return _json({"total_depth": sum(c["depth"] for c in chargers), "chargers": chargers, "dead_letters": dead})
 
     async def get_charger(self, request: web.Request) -> web.Response:
         view = self.charger_view(request.match_info["id"], await self._outbox_by_charger())

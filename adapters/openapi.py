@@ -145,6 +145,52 @@ SCHEMAS: dict[str, Any] = {
                        "count": {"type": "integer", "minimum": 0}},
     },
     "CallResult": {"type": "object", "description": "the charger's CALLRESULT payload, as it sent it"},
+    "Transaction": {
+        "type": "object",
+        "required": ["charger_id", "transaction_id", "evse", "connector", "started_at", "ended_at", "meter_start",
+                     "meter_stop", "energy_wh", "reason", "offline"],
+        "properties": {
+            "charger_id": {"type": "string"},
+            "transaction_id": {"type": "string", "description": "as the charger knows it (1.6: the id it was "
+                                                                "given, the gateway's own while offline)"},
+            "evse": {"type": ["integer", "null"]},
+            "connector": {"type": ["integer", "null"]},
+            "started_at": {"type": ["string", "null"], "format": "date-time"},
+            "ended_at": {"type": ["string", "null"], "format": "date-time", "description": "null while open"},
+            "meter_start": {"type": ["number", "null"], "description": "Wh"},
+            "meter_stop": {"type": ["number", "null"], "description": "Wh"},
+            "energy_wh": {"type": ["number", "null"]},
+            "reason": {"type": ["string", "null"]},
+            "offline": {"type": "boolean", "description": "reported while the CSMS was away"},
+        },
+    },
+    "TransactionList": {
+        "type": "object", "required": ["transactions", "count"],
+        "properties": {"transactions": {"type": "array", "items": _ref("Transaction")}, "count": {"type": "integer"}},
+    },
+    "OutboxCharger": {
+        "type": "object", "required": ["charger_id", "depth", "oldest", "oldest_age_s", "dead_letters"],
+        "properties": {
+            "charger_id": {"type": "string"},
+            "depth": {"type": "integer", "description": "messages waiting for the CSMS"},
+            "oldest": {"type": ["string", "null"], "format": "date-time"},
+            "oldest_age_s": {"type": ["number", "null"]},
+            "dead_letters": {"type": "integer"},
+        },
+    },
+    "DeadLetter": {
+        "type": "object", "required": ["seq", "charger_id", "action", "received_at", "error"],
+        "properties": {"seq": {"type": "integer"}, "charger_id": {"type": "string"}, "action": {"type": "string"},
+                       "received_at": {"type": "string", "format": "date-time"}, "error": {"type": ["string", "null"]}},
+    },
+    "Outbox": {
+        "type": "object", "required": ["total_depth", "chargers", "dead_letters"],
+        "properties": {
+            "total_depth": {"type": "integer"},
+            "chargers": {"type": "array", "items": _ref("OutboxCharger")},
+            "dead_letters": {"type": "array", "items": _ref("DeadLetter"), "description": "newest first, at most 100"},
+        },
+    },
 }
 
 _AUTH = [{"bearer": []}]
@@ -185,6 +231,27 @@ PATHS: dict[str, Any] = {
     "/api/v1/chargers/{id}": {"get": {
         "summary": "One charger", "operationId": "getCharger", "parameters": [_ID],
         "responses": {"200": _json(_ref("Charger"), "the charger"), "401": _401, "404": _404},
+    }},
+    "/api/v1/transactions": {"get": {
+        "summary": "Transactions the chargers reported (online, offline and standalone alike), newest first",
+        "operationId": "listTransactions",
+        "parameters": [
+            {"name": "charger", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 48}},
+            {"name": "state", "in": "query", "required": False, "schema": {"type": "string", "enum": ["open", "ended"]}},
+            {"name": "since", "in": "query", "required": False, "schema": {"type": "string", "format": "date-time"},
+             "description": "started at or after (ISO 8601)"},
+            {"name": "until", "in": "query", "required": False, "schema": {"type": "string", "format": "date-time"},
+             "description": "started before (ISO 8601)"},
+            {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+        ],
+        "responses": {"200": _json(_ref("TransactionList"), "transactions"),
+                      "400": _json(_ref("Error"), "a filter is malformed"), "401": _401},
+    }},
+    "/api/v1/outbox": {"get": {
+        "summary": "What waits for the CSMS: depth and oldest age per charger, and the dead letters",
+        "operationId": "getOutbox",
+        "responses": {"200": _json(_ref("Outbox"), "the outbox"), "401": _401},
     }},
     "/api/v1/chargers/{id}/calls/{action}": {"post": {
         "summary": "Send a CALL to the charger through its one-outstanding queue and return its answer",

@@ -11,6 +11,7 @@ import asyncio
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 from openapi_spec_validator import validate as validate_spec
 
@@ -155,7 +156,8 @@ async def test_calls_to_a_201_charger_use_its_schemas(gw, api) -> None:  # type:
 async def test_bearer_token(tmp_path: Path) -> None:
     async with inproc(tmp_path, api={"token": "s3cret-token"}) as gw:
         async with api_client(gw.api_url) as anon, api_client(gw.api_url, token="s3cret-token") as auth:
-            for path in ("/api/v1/chargers", "/api/v1/chargers/X", "/metrics"):
+            for path in ("/api/v1/chargers", "/api/v1/chargers/X", "/metrics", "/api/v1/transactions",
+                         "/api/v1/outbox"):
                 status, body, headers = await anon.get(path)
                 assert status == 401 and body["error"] == "unauthorized", path
                 assert headers["WWW-Authenticate"].startswith("Bearer")
@@ -246,6 +248,77 @@ async def test_busy_when_too_many_calls_wait_for_the_charger(tmp_path: Path) -> 
             status, body, headers = await api.post(path, {})  # no room left
             assert status == 503 and body["error"] == "busy" and headers["Retry-After"] == "1"
             assert (await first)[0] == 200 and (await second)[0] == 200
+        EXERCISED.update(api.openapi.checked)
+
+
+async def test_transactions_endpoint_filters_and_answers_bad_filters(gw, api) -> None:  # type: ignore[no-untyped-def]
+    from ocpp.v16 import call as c16
+
+    async with charger(gw.url("TX1"), "TX1") as cp:
+        first = await cp.call(c16.StartTransaction(connector_id=1, id_tag="A", meter_start=100,
+                                                   timestamp="2026-03-01T10:00:00Z"))
+        await cp.call(c16.StopTransaction(meter_stop=1100, timestamp="2026-03-01T11:00:00Z",
+                                          transaction_id=first.transaction_id))
+        second = await cp.call(c16.StartTransaction(connector_id=2, id_tag="B", meter_start=0,
+                                                    timestamp="2026-03-02T10:00:00Z"))
+
+    async def listing(query: str) -> list[str]:
+        status, body, _ = await api.get("/api/v1/transactions" + query)
+        assert status == 200 and body["count"] == len(body["transactions"])
+        return [t["transaction_id"] for t in body["transactions"]]
+
+    await until(lambda: gw.txlog.queue.empty(), what="transactions written")
+    await asyncio.sleep(0.1)
+    assert await listing("") == [str(second.transaction_id), str(first.transaction_id)]  # newest first
+    assert await listing("?state=open") == [str(second.transaction_id)]
+    assert await listing("?state=ended&charger=TX1") == [str(first.transaction_id)]
+    assert await listing("?since=2026-03-02T00:00:00Z") == [str(second.transaction_id)]
+    assert await listing("?until=2026-03-02T00:00:00Z&limit=5") == [str(first.transaction_id)]
+    assert await listing("?charger=OTHER") == []
+    status, body, _ = await api.get("/api/v1/transactions?state=open")
+    ended = body["transactions"][0]
+    assert ended["ended_at"] is None and ended["meter_start"] == 0 and ended["offline"] is False
+    for bad in ("?state=maybe", "?since=yesterday", "?limit=0"):
+        status, body, _ = await api.get("/api/v1/transactions" + bad)
+        assert status == 400, bad
+
+
+async def test_outbox_endpoint_shows_depth_age_and_dead_letters(tmp_path: Path) -> None:
+    from ocpp.v16 import call as c16
+
+    from tests.e2e.rawpeers import RawCsms
+
+    refused: list[str] = []
+
+    def answer(text: str) -> str | None:
+        msg = orjson.loads(text)
+        if msg[2] == "MeterValues":
+            refused.append(msg[1])
+            return orjson.dumps([4, msg[1], "FormationViolation", "refused by the test CSMS", {}]).decode()
+        if msg[2] == "StartTransaction":
+            return orjson.dumps([3, msg[1], {"transactionId": 42, "idTagInfo": {"status": "Accepted"}}]).decode()
+        return orjson.dumps([3, msg[1], {}]).decode()
+
+    csms = RawCsms(answer)
+    async with inproc(tmp_path, upstream={"url": csms.url, "reconnect_min": 0.1, "reconnect_max": 0.2},
+                      auth={"unknown_id_tags": "accept"}) as gw, api_client(gw.api_url) as api:
+        async with charger(gw.url("OB1"), "OB1") as cp:  # the CSMS is not there yet: buffered
+            tx = (await cp.call(c16.StartTransaction(connector_id=1, id_tag="A", meter_start=0,
+                                                     timestamp="2026-03-01T10:00:00Z"))).transaction_id
+            await cp.call(c16.MeterValues(connector_id=1, transaction_id=tx, meter_value=[
+                {"timestamp": "2026-03-01T10:01:00Z", "sampledValue": [{"value": "5"}]}]))
+            status, body, _ = await api.get("/api/v1/outbox")
+            assert status == 200 and body["total_depth"] == 2 and body["dead_letters"] == []
+            (row,) = body["chargers"]
+            assert row["charger_id"] == "OB1" and row["depth"] == 2 and row["oldest_age_s"] >= 0
+            async with csms:
+                await until(lambda: bool(refused), what="replay")
+                await asyncio.sleep(0.3)
+                status, body, _ = await api.get("/api/v1/outbox")
+        assert body["total_depth"] == 0
+        (dead,) = body["dead_letters"]
+        assert dead["action"] == "MeterValues" and "FormationViolation" in dead["error"]
+        assert body["chargers"][0]["dead_letters"] == 1
         EXERCISED.update(api.openapi.checked)
 
 
