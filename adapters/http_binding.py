@@ -12,19 +12,18 @@
 - A call for a device that does not fetch it within `[websocket].call_timeout` is answered to its
   caller with a timeout error by the session (GenericError to the CSMS), and is not handed out later.
 
-The device appears upstream as an OCPP 1.6J charger. Charger ids are validated like WebSocket ones
-(HTTP 400 with the reason); ids without a `[chargers.ID]` entry get 404 when `allow_unknown` is
-false; with `[websocket].security_profile` 1 or 2 the device must send HTTP Basic credentials
-(user = charger id, password = `[chargers.ID].password`), else 401. Session policy: see
-`adapters/polled.py`.
+The device appears upstream as an OCPP 1.6J charger. Ids and authentication follow the WebSocket
+server's rules: invalid ids get 400 with the reason; with security profile 1 or 2 (the charger's
+own, else the site's) HTTP Basic credentials are required, user = charger id, password =
+`[chargers.ID].password` (plain, 1.6 AuthorizationKey or hashed), else 401 with one body for every
+failure, and 429 after too many failures from one address; profile 3 is refused (the binding has no
+TLS of its own, so no client certificate can be checked); ids without a `[chargers.ID]` entry get
+404 when `allow_unknown` is false. Session policy: see `adapters/polled.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hmac
 import logging
 from typing import Any
 
@@ -36,6 +35,8 @@ from gateway.config import Settings, split_listen
 from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import validate_charger_id
 from gateway.protocol import frames as F
+from gateway.protocol.frames import OcppVersion
+from gateway.security import FailureLimiter, parse_basic, password_matches
 from gateway.session import Hub
 
 log = logging.getLogger("gateway.http")
@@ -94,36 +95,60 @@ class HttpBinding:
         self.hub = hub
         self.path = settings.http.path
         self.registry = LinkRegistry(hub, settings.http.idle_timeout)
+        ws = settings.websocket
+        self.limiter = FailureLimiter(ws.max_auth_failures, ws.auth_failure_window)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
 
     # -- checks ------------------------------------------------------------------------------------
 
     def _check(self, request: web.Request) -> tuple[str | None, web.Response | None]:
+        """The charger id when the request may go on, else the refusal: the WebSocket server's rules
+        (id 400, authentication 401/429 with one body for every failure, unknown id 404)."""
         charger_id = request.match_info["charger_id"]
         problem = validate_charger_id(charger_id)
         if problem:
             return None, _error(400, problem)
+        refused = self._authenticate(request, charger_id)
+        if refused is not None:
+            return None, refused
         if not self.hub.admits(charger_id):
             return None, _error(404, "unknown charger")
-        if self.settings.websocket.security_profile >= 1:  # no TLS of its own: profile 3 asks Basic too
-            charger = self.settings.charger(charger_id)
-            expected = charger.password.get_secret_value() if charger else ""
-            if not expected or not self._basic_ok(request, charger_id, expected):
-                return None, _error(401, "authentication required", **{"WWW-Authenticate": 'Basic realm="ocpp"'})
         return charger_id, None
 
-    @staticmethod
-    def _basic_ok(request: web.Request, charger_id: str, expected: str) -> bool:
-        header = request.headers.get("Authorization", "")
-        if not header.lower().startswith("basic "):
-            return False
-        try:
-            user, _, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        return hmac.compare_digest(user.encode(), charger_id.encode()) and \
-            hmac.compare_digest(password.encode(), expected.encode())
+    def _authenticate(self, request: web.Request, charger_id: str) -> web.Response | None:
+        profile = self.settings.security_profile(charger_id)
+        if profile == 0:
+            return None
+        address = request.remote or "?"
+        now = asyncio.get_running_loop().time()
+        wait = self.limiter.blocked(address, now)
+        if wait > 0:
+            return _error(429, "too many failed attempts", **{"Retry-After": str(max(1, round(wait + 0.5)))})
+        reason = None
+        if not self.hub.is_known(charger_id):
+            reason = "unknown charger"  # the same answer as a wrong password (no probing for ids)
+        elif profile == 3:
+            reason = "profile 3 needs a client certificate, and the HTTP binding has no TLS of its own"
+        else:
+            creds = parse_basic(request.headers.get("Authorization"))
+            charger = self.settings.charger(charger_id)
+            stored = charger.password.get_secret_value() if charger else ""
+            if creds is None:
+                reason = "no Basic credentials"
+            elif creds[0] != charger_id.encode("utf-8"):
+                reason = "Basic user is not the charger id"
+            elif not stored:
+                reason = "no password configured for this charger"
+            elif not password_matches(stored, creds[1], OcppVersion.V16):  # upstream it is a 1.6 charger
+                reason = "wrong password"
+        if reason is None:
+            return None
+        self.limiter.failed(address, now)
+        log.warning("authentication of %r from %s failed (profile %d): %s", charger_id, address, profile, reason,
+                    extra={"charger_id": charger_id})
+        extra = {} if profile == 3 else {"WWW-Authenticate": 'Basic realm="ocpp", charset="UTF-8"'}
+        return _error(401, "authentication failed", **extra)
 
     async def _body(self, request: web.Request) -> str | web.Response:
         try:

@@ -11,7 +11,7 @@ import datetime as dt
 import functools
 import io
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 

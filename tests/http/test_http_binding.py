@@ -131,17 +131,27 @@ async def test_http_standalone_ids_and_idle_sessions(tmp_path: Path) -> None:
         assert "DEV1" in gw.hub.sessions
 
 
-@pytest.mark.parametrize("profile", [1, 3])
-async def test_http_basic_auth_with_security_profiles(profile: int, tmp_path: Path) -> None:
-    async with gateway(tmp_path, websocket={"security_profile": profile}, chargers={"SEC1": {"password": "s3cret-s3cret"}}) as gw:
-        async with gw.client.post(f"{gw.base}/SEC1", json=[2, "1", "Heartbeat", {}]) as r:
-            assert r.status == 401
-        headers = {"Authorization": basic("SEC1", "wrong")}
-        async with gw.client.post(f"{gw.base}/SEC1", json=[2, "1", "Heartbeat", {}], headers=headers) as r:
-            assert r.status == 401
-        headers = {"Authorization": basic("SEC1", "s3cret-s3cret")}
-        async with gw.client.post(f"{gw.base}/SEC1", json=[2, "1", "Heartbeat", {}], headers=headers) as r:
-            assert r.status == 200 and (await r.json())[0] == 3
+async def test_http_authentication_follows_the_websocket_rules(tmp_path: Path) -> None:
+    from gateway.security import hash_password
+
+    chargers = {"SEC1": {"password": "s3cret-s3cret-s3cret"},
+                "SEC2": {"password": hash_password(b"an0ther-s3cret-pw")}}
+    config = {"websocket": {"security_profile": 1, "max_auth_failures": 4}, "chargers": chargers}
+    async with gateway(tmp_path, **config) as gw:
+        async def post(cid: str, auth: str | None) -> int:
+            headers = {"Authorization": auth} if auth else {}
+            async with gw.client.post(f"{gw.base}/{cid}", json=[2, "1", "Heartbeat", {}], headers=headers) as r:
+                return r.status
+
+        assert await post("SEC1", basic("SEC1", "s3cret-s3cret-s3cret")) == 200
+        assert await post("SEC2", basic("SEC2", "an0ther-s3cret-pw")) == 200  # a hashed password
+        # failures (the same 401 for each): none, wrong password, another charger's user, an unknown id
+        assert await post("SEC1", None) == 401
+        assert await post("SEC1", basic("SEC1", "wrong")) == 401
+        assert await post("SEC1", basic("SEC2", "an0ther-s3cret-pw")) == 401
+        assert await post("NOBODY", basic("NOBODY", "s3cret-s3cret-s3cret")) == 401
+        # then this address is slowed down, even with the right password
+        assert await post("SEC1", basic("SEC1", "s3cret-s3cret-s3cret")) == 429
 
 
 async def test_strict_mode_refuses_an_http_device_while_the_csms_is_unreachable(tmp_path: Path) -> None:
