@@ -44,7 +44,7 @@ async def test_ocpp16_session_reaches_mqtt_and_influx_v1(
         gateway_factory: Callable[..., GatewayProcess], mosquitto: Mosquitto, influx: Influx) -> None:
     db = db_name()
     influx.create_db(db)
-    cid = "CP+16/x"[:5]  # "CP+16": '+' is a legal charger id character and an MQTT wildcard
+    cid = "CP+16"  # "+" is a legal charger id character and an MQTT wildcard
     level = "CP%2B16"
     base = f"ocpp/testsite/chargers/{level}"
     sub = Subscriber(mosquitto.port, ["ocpp/testsite/#", "homeassistant/#"])
@@ -120,6 +120,9 @@ async def test_ocpp16_session_reaches_mqtt_and_influx_v1(
             assert temp_cfg["device_class"] == "temperature" and temp_cfg["unit_of_measurement"] == "°C"
             # nothing left its topic level: every charger topic is under the encoded id
             assert not [t for t in sub.topics_seen() if "/chargers/CP+" in t or "/chargers/CP/" in t]
+
+        # the charger hung up: its retained state says so
+        wait_for(lambda: sub.json(f"{base}/state")[-1]["connected"] is False, 10, "disconnected state")
 
         # InfluxDB (v1 /write): tags, float fields, the charger's timestamps
         rows = wait_for(lambda: len(influx.rows(db, "SELECT * FROM meter_value")) >= 5
