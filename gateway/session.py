@@ -261,6 +261,8 @@ class ChargerSession:
                              problem[1])
             if not frame.send:
                 await self._send_charger(F.call_error(self.version, frame.message_id, *problem))
+            self._emit(Origin.CHARGER, frame.action, frame.message_id, frame.payload, None,
+                       problem[0].spell(self.version), "gateway", _utcnow())
             return
         if frame.send:  # 2.1 SEND: never answered, exempt from the one-CALL rule
             if self._upstream is not None:
@@ -933,6 +935,7 @@ class Hub:
             # a new protocol version needs a new upstream link: end the old session entirely
             del self.sessions[charger_id]
             await session.close()
+            self.notify(session, "disconnected")
             session = None
         if session is None:
             session = ChargerSession(self, charger_id, version)
