@@ -282,16 +282,21 @@ async def test_csms_profile_left_untouched(tmp_path: Path) -> None:
             assert cp.limits()[-1] == ("TxProfile", 1, 20.0)  # ours (32 A) never goes above the CSMS's 20 A
             ours = [p for p in cp.of("SetChargingProfile") if p["cs_charging_profiles"]["charging_profile_id"] >= BASE]
             assert ours[-1]["cs_charging_profiles"]["charging_schedule"]["charging_schedule_period"][0]["limit"] == 20.0
+            # the CSMS clears every profile (no id): its limit is gone, ours is sent again (32 A)
+            res = await asyncio.wait_for(csms.cps["CP1"].call(v16.call.ClearChargingProfile(
+                charging_profile_purpose="TxProfile")), STEP)
+            assert res.status == "Accepted"
+            await until(lambda: cp.limits()[-1] == ("TxProfile", 1, 32.0), STEP, "our profile set again")
             await gw.control.pause("CP1", {"evse": 1})
             assert cp.limits()[-1] == ("TxProfile", 1, 0.0)
             await gw.control.resume("CP1", {"evse": 1})
-            assert cp.limits()[-1] == ("TxProfile", 1, 20.0)
+            assert cp.limits()[-1] == ("TxProfile", 1, 32.0)
             await gw.control.pause("CP1", {"evse": 2})  # an idle EVSE: our TxDefaultProfile, then cleared
             await gw.control.resume("CP1", {"evse": 2})
             await cp.stop_tx(tx)
             await settle(gw)
-            clears = cp.of("ClearChargingProfile")
-            assert clears and all(set(c) == {"id"} and c["id"] >= BASE for c in clears)
+            ours = [c for c in cp.of("ClearChargingProfile") if c != {"charging_profile_purpose": "TxProfile"}]
+            assert ours and all(set(c) == {"id"} and c["id"] >= BASE for c in ours)  # by our id only
             assert all(p["cs_charging_profiles"]["charging_profile_id"] in (7,) or
                        p["cs_charging_profiles"]["charging_profile_id"] >= BASE for p in cp.of("SetChargingProfile"))
             # the gateway's own calls never reach the CSMS
