@@ -30,13 +30,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from adapters.polled import LinkRegistry, PolledLink, TooLarge, read_limited
+from adapters.polled import ChargerAuth, LinkRegistry, PolledLink, TooLarge, read_limited
 from gateway.config import Settings, split_listen
 from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import validate_charger_id
 from gateway.protocol import frames as F
-from gateway.protocol.frames import OcppVersion
-from gateway.security import FailureLimiter, parse_basic, password_matches
 from gateway.session import Hub
 
 log = logging.getLogger("gateway.http")
@@ -95,8 +93,7 @@ class HttpBinding:
         self.hub = hub
         self.path = settings.http.path
         self.registry = LinkRegistry(hub, settings.http.idle_timeout)
-        ws = settings.websocket
-        self.limiter = FailureLimiter(ws.max_auth_failures, ws.auth_failure_window)
+        self.auth = ChargerAuth(settings, hub)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
 
@@ -117,38 +114,11 @@ class HttpBinding:
         return charger_id, None
 
     def _authenticate(self, request: web.Request, charger_id: str) -> web.Response | None:
-        profile = self.settings.security_profile(charger_id)
-        if profile == 0:
+        refusal = self.auth.check(charger_id, request.remote or "?", request.headers.get("Authorization"))
+        if refusal is None:
             return None
-        address = request.remote or "?"
-        now = asyncio.get_running_loop().time()
-        wait = self.limiter.blocked(address, now)
-        if wait > 0:
-            return _error(429, "too many failed attempts", **{"Retry-After": str(max(1, round(wait + 0.5)))})
-        reason = None
-        if not self.hub.is_known(charger_id):
-            reason = "unknown charger"  # the same answer as a wrong password (no probing for ids)
-        elif profile == 3:
-            reason = "profile 3 needs a client certificate, and the HTTP binding has no TLS of its own"
-        else:
-            creds = parse_basic(request.headers.get("Authorization"))
-            charger = self.settings.charger(charger_id)
-            stored = charger.password.get_secret_value() if charger else ""
-            if creds is None:
-                reason = "no Basic credentials"
-            elif creds[0] != charger_id.encode("utf-8"):
-                reason = "Basic user is not the charger id"
-            elif not stored:
-                reason = "no password configured for this charger"
-            elif not password_matches(stored, creds[1], OcppVersion.V16):  # upstream it is a 1.6 charger
-                reason = "wrong password"
-        if reason is None:
-            return None
-        self.limiter.failed(address, now)
-        log.warning("authentication of %r from %s failed (profile %d): %s", charger_id, address, profile, reason,
-                    extra={"charger_id": charger_id})
-        extra = {} if profile == 3 else {"WWW-Authenticate": 'Basic realm="ocpp", charset="UTF-8"'}
-        return _error(401, "authentication failed", **extra)
+        body = "too many failed attempts" if refusal.status == 429 else "authentication failed"
+        return _error(refusal.status, body, **refusal.headers)
 
     async def _body(self, request: web.Request) -> str | web.Response:
         try:

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from adapters.polled import LinkRegistry, PolledLink, TooLarge, new_call_id, read_limited
+from adapters.polled import ChargerAuth, LinkRegistry, PolledLink, TooLarge, new_call_id, read_limited
 from adapters.soap import codec, convert
 from adapters.soap.codec import SoapError
 from adapters.soap.contract import CP, CS, V15, contract
@@ -170,6 +170,7 @@ class SoapServer:
         self.hub = hub
         self.path = settings.soap.path
         self.registry = LinkRegistry(hub, settings.soap.idle_timeout)
+        self.auth = ChargerAuth(settings, hub)
         self._store = Path(settings.data_dir) / "soap-endpoints.json"
         self.endpoints: dict[str, str] = self._load_endpoints()
         self._runner: web.AppRunner | None = None
@@ -244,6 +245,13 @@ class SoapServer:
             problem = validate_charger_id(charger_id)
             if problem:
                 raise SoapError("Sender", "ProtocolError", f"chargeBoxIdentity: {problem}")
+            refusal = self.auth.check(charger_id, request.remote or "?", request.headers.get("Authorization"))
+            if refusal is not None:
+                # OCPP-S has no authentication of its own: HTTP Basic, as for OCPP-J (README, "SOAP chargers")
+                err = SoapError("Sender", "SecurityError", "authentication failed")
+                return web.Response(status=refusal.status, headers=refusal.headers,
+                                    body=codec.fault(err, namespace, relates_to),
+                                    content_type="application/soap+xml", charset="utf-8")
             if not self.hub.admits(charger_id):
                 raise SoapError("Sender", "SecurityError", "unknown charge box")
             payload = codec.decode(CS, c.version, op, False, env)

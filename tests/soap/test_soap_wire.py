@@ -268,3 +268,23 @@ async def test_large_compressed_and_chunked_bodies_arrive_whole(tmp_path: Path) 
                                                                          **headers}) as r:
                     assert r.status == 200, await r.text()
             assert len(seen[-1].request["data"]) == len(data)
+
+
+async def test_security_profile_1_asks_soap_chargers_for_http_basic_credentials(tmp_path: Path) -> None:
+    """OCPP-S has no authentication of its own; with profile 1 a SOAP charger must send HTTP Basic
+    credentials, as an OCPP-J charger does (no unauthenticated way around the profile)."""
+    import base64
+
+    def basic(user: str, password: str) -> str:
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    config = {"websocket": {"security_profile": 1}, "chargers": {"OLD1": {"password": "0ld-ch4rger-secret"}}}
+    async with gateway(tmp_path, **config) as gw:
+        hb = envelope("<cs:heartbeatRequest/>", identity="OLD1")
+        status, body = await post(gw.soap_url, hb)
+        assert status == 401 and fault_codes(body) == ("Sender", "SecurityError")
+        status, body = await post(gw.soap_url, hb, Authorization=basic("OLD1", "wrong"))
+        assert status == 401
+        status, body = await post(gw.soap_url, hb, Authorization=basic("OLD1", "0ld-ch4rger-secret"))
+        assert status == 200, body
+        assert "OLD1" in gw.hub.sessions
