@@ -121,7 +121,8 @@ class WebSocketServer:
         if self.tls_problem is not None:  # fail closed: never serve a secured site without its TLS
             log.error("refused connection: %s", self.tls_problem)
             return _text_response(http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "not configured"})
-        if self._server is not None and len(self._server.all_connections) > self.settings.websocket.max_connections:
+        # every TCP connection counts, those still in their handshake too (this one included)
+        if self._server is not None and len(self._server.handler_tasks) > self.settings.websocket.max_connections:
             log.warning("refused connection from %s: max_connections (%d) reached", connection.remote_address,
                         self.settings.websocket.max_connections)
             return _text_response(http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many connections"},
