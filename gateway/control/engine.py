@@ -29,6 +29,8 @@ from gateway.telemetry.records import EnvironmentReading
 log = logging.getLogger("gateway.control")
 
 ACCEPTED = "Accepted"
+TRANSIENT = frozenset({"timeout", "NotConnected", "Busy"})  # no answer: the charger's state is unchanged
+RETRY_AFTER = 5.0  # s before a call that got no answer is tried again
 
 
 class ControlError(Exception):
@@ -318,6 +320,10 @@ class ControlEngine:
         if task is None or task.done():
             self._workers[cid] = asyncio.get_running_loop().create_task(self._worker(cid), name=f"control:{cid}")
 
+    def _retry(self, cid: str) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(RETRY_AFTER, lambda: None if self._closed else self._kick(cid))
+
     async def _worker(self, cid: str) -> None:
         while cid in self._dirty and not self._closed:
             self._dirty.discard(cid)
@@ -381,6 +387,11 @@ class ControlEngine:
             status, _ = await self._call(session, "SetChargingProfile", request)
             if status == ACCEPTED:
                 new_pid = pid
+            elif status in TRANSIENT:
+                # not answered (timeout, gone, queue full): nothing changed on the charger; try again later
+                self._retry(cid)
+                self._changed(cid, ch, evse, want, "none", status, want.transaction_id)
+                return
             elif want.limit == 0:
                 mechanism, status, inoperative = await self._fallback(session, ch, evse, want, status)
             else:

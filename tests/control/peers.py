@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from ocpp import v16, v201
+from ocpp.exceptions import NotSupportedError
 from ocpp.routing import on
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -32,7 +33,7 @@ async def until(condition: Callable[[], Any], timeout: float = 10.0, what: str =
 
 class _Recording:
     commands: list[tuple[str, dict[str, Any]]]
-    refuse_profiles: bool
+    refuse_profiles: bool | str  # True: answer Rejected; "error": a NotSupported CALLERROR
 
     def of(self, action: str) -> list[dict[str, Any]]:
         return [p for a, p in self.commands if a == action]
@@ -99,6 +100,8 @@ class Charger201(_Recording, v201.ChargePoint):
     @on("SetChargingProfile")
     async def on_set_profile(self, **kw: Any) -> Any:
         self.commands.append(("SetChargingProfile", kw))
+        if self.refuse_profiles == "error":
+            raise NotSupportedError(description="no smart charging here")
         return v201.call_result.SetChargingProfile(status="Rejected" if self.refuse_profiles else "Accepted")
 
     @on("ClearChargingProfile")
@@ -147,7 +150,7 @@ class Charger201(_Recording, v201.ChargePoint):
 class Connected:
     """`async with Connected(url, "ocpp1.6", "CP1") as cp:` a charger running its read loop."""
 
-    def __init__(self, url: str, subprotocol: str, charger_id: str, *, refuse_profiles: bool = False) -> None:
+    def __init__(self, url: str, subprotocol: str, charger_id: str, *, refuse_profiles: bool | str = False) -> None:
         self.url, self.subprotocol, self.charger_id = url, subprotocol, charger_id
         self.refuse = refuse_profiles
         self.ws: ClientConnection | None = None

@@ -109,6 +109,17 @@ async def test_fallback_when_the_charger_refuses_profiles(tmp_path: Path) -> Non
         assert result["mechanism"] == "stop" and cp.of("RemoteStopTransaction") == [{"transaction_id": tx}]
 
 
+async def test_fallback_when_the_charger_answers_not_supported(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as gw, \
+            Connected(gw.url("OLD2"), "ocpp2.0.1", "OLD2", refuse_profiles="error") as cp:
+        result = await gw.control.pause("OLD2", {"evse": 1})
+        assert (result["mechanism"], result["status"]) == ("availability", "Accepted")
+        assert cp.of("ChangeAvailability") == [{"operational_status": "Inoperative", "evse": {"id": 1}}]
+        await gw.control.resume("OLD2", {"evse": 1})
+        assert cp.of("ChangeAvailability")[-1] == {"operational_status": "Operative", "evse": {"id": 1}}
+        assert cp.of("ClearChargingProfile") == []
+
+
 async def test_pause_switched_off(tmp_path: Path) -> None:
     async with gateway(tmp_path, control={"pause_enabled": False}) as gw, \
             Connected(gw.url("CP1"), "ocpp1.6", "CP1") as cp:
