@@ -40,8 +40,8 @@ from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import charger_id_from_path
 from gateway.protocol import frames as F
 from gateway.protocol.frames import ErrorCode, OcppVersion
-from gateway.security import FailureLimiter, TokenBucket, certificate_matches, parse_basic, password_matches, \
-    password_problems
+from gateway.security import FailureLimiter, TokenBucket, certificate_matches, is_hashed, parse_basic, \
+    password_matches, password_problems
 from gateway.session import Hub
 
 log = logging.getLogger("gateway.websocket")
@@ -134,7 +134,7 @@ class WebSocketServer:
             return _text_response(status, {"error": problem})
         offered = [p.strip() for p in ",".join(request.headers.get_all("Sec-WebSocket-Protocol")).split(",")]
         chosen = self._select_subprotocol(connection, offered)  # type: ignore[arg-type]
-        refused = self._authenticate(connection, request, charger_id, chosen)
+        refused = await self._authenticate(connection, request, charger_id, chosen)
         if refused is not None:
             return refused
         if not self.hub.admits(charger_id):
@@ -151,7 +151,7 @@ class WebSocketServer:
                     return _text_response(http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "CSMS unreachable"})
         return None
 
-    def _authenticate(self, connection: ServerConnection, request: Request, charger_id: str,
+    async def _authenticate(self, connection: ServerConnection, request: Request, charger_id: str,
                       chosen: str | None) -> Response | None:
         """None when the charger may go on, else the refusal (401 / 429). Never says why."""
         site = self.settings.websocket.security_profile
@@ -186,7 +186,8 @@ class WebSocketServer:
                 reason = "Basic user is not the charger id"
             elif not stored:
                 reason = "no password configured for this charger"
-            elif not password_matches(stored, creds[1], version):
+            elif not (await asyncio.to_thread(password_matches, stored, creds[1], version) if is_hashed(stored)
+                      else password_matches(stored, creds[1], version)):  # PBKDF2 off the event loop
                 reason = "wrong password"
         if reason is None:
             return None

@@ -1,5 +1,5 @@
-"""`ocpp-gateway` (also `python -m gateway`): run, check-config; status, call, outbox, health
-(through the REST API, gateway/opsclient.py)."""
+"""`ocpp-gateway` (also `python -m gateway`): run, check-config, hash-password; status, call, outbox,
+health (through the REST API, gateway/opsclient.py)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("charger", nargs="?", help="one charger in detail (connectors, open transactions)")
         if name in ("status", "outbox"):
             s.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
+    s = sub.add_parser("hash-password", help="print the stored form of a charger password for [chargers.ID].password")
+    s.add_argument("--hex", action="store_true", help="the input is a 1.6 AuthorizationKey in hex (hashes its bytes)")
+    s.add_argument("--iterations", type=int, default=None, help="PBKDF2-SHA256 iterations (default 200000)")
     return p
 
 
@@ -55,6 +58,10 @@ def _operator(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "hash-password":
+        from gateway.security import hash_password_command
+
+        return hash_password_command(args.hex, args.iterations)
     if args.command in ("status", "call", "outbox", "health"):
         return _operator(args)
     from gateway.config import ConfigError, load_settings, masked

@@ -189,3 +189,37 @@ class FailureLimiter:
             del self.buckets[address]
         while len(self.buckets) >= self.max_addresses:
             self.buckets.pop(next(iter(self.buckets)))
+
+
+def hash_password_command(hex_key: bool, iterations: int | None) -> int:
+    """`ocpp-gateway hash-password`: read the password (prompted twice on a terminal, else the first
+    line of stdin), print its stored form. Nothing else is printed to stdout."""
+    import getpass
+    import sys
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("the two entries differ", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("empty password", file=sys.stderr)
+        return 2
+    if hex_key:
+        if not _HEX.fullmatch(password):
+            print("--hex: the AuthorizationKey must be hexadecimal (an even number of 0-9 A-F)", file=sys.stderr)
+            return 2
+        secret = bytes.fromhex(password)
+        if not 16 <= len(secret) <= 20:
+            print(f"warning: a 1.6 AuthorizationKey is 16-20 bytes, this one is {len(secret)}", file=sys.stderr)
+    else:
+        secret = password.encode("utf-8")
+        for problem in password_problems(password):
+            print(f"warning: {problem}", file=sys.stderr)
+    if iterations is not None and iterations < 10_000:
+        print("--iterations: at least 10000", file=sys.stderr)
+        return 2
+    print(hash_password(secret, iterations or DEFAULT_ITERATIONS))
+    return 0
