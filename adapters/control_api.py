@@ -47,6 +47,23 @@ SCHEMAS: dict[str, Any] = {
                                                         "or an error code"},
         },
     },
+    "ControlView": {
+        "type": "object",
+        "required": ["charger_id", "transactions", "evses", "temperature", "derating", "paused_evses"],
+        "properties": {
+            "charger_id": {"type": "string"},
+            "transactions": {"type": "array", "items": {"type": "object", "properties": {
+                "transaction_id": {"type": "string"}, "evse": {"type": "integer"}}}},
+            "evses": {"type": "array", "description": "what the gateway applies, per EVSE", "items": {
+                "type": "object", "properties": {
+                    "evse": {"type": "integer"}, "transaction_id": {"type": ["string", "null"]},
+                    "limit_a": {"type": ["number", "null"]}, "reason": {"type": ["string", "null"]},
+                    "mechanism": {"type": "string"}, "status": {"type": "string"}}}},
+            "temperature": {"type": ["number", "null"], "description": "the hottest latest reading, °C"},
+            "derating": {"enum": ["normal", "reduced", "paused"]},
+            "paused_evses": {"type": "array", "items": {"type": "integer"}},
+        },
+    },
 }
 
 
@@ -71,6 +88,17 @@ def _operation(verb: str) -> dict[str, Any]:
 PATHS: dict[str, Any] = {
     "/api/v1/chargers/{id}/pause": _operation("pause"),
     "/api/v1/chargers/{id}/resume": _operation("resume"),
+    "/api/v1/chargers/{id}/control": {"get": {
+        "summary": "What local control knows and applies for one charger",
+        "operationId": "getControl",
+        "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 48},
+                        "description": "the charger id (percent-encoded in the URL)"}],
+        "responses": {
+            "200": _json({"$ref": "#/components/schemas/ControlView"}, "transactions, limits, temperature"),
+            "401": _json(_ERROR, "missing or wrong bearer token (only when [api].token is set)"),
+            "409": _json(_ERROR, "local control is not running"),
+        },
+    }},
 }
 
 _STATUS = {"bad_request": 400, "not_connected": 404, "unknown_transaction": 404, "disabled": 409}
@@ -104,6 +132,13 @@ def add_routes(app: web.Application, hub: Any) -> None:
             return _error(_STATUS.get(exc.code, 400), exc.code, str(exc))
         return web.Response(body=orjson.dumps(result), content_type="application/json")
 
+    async def view(request: web.Request) -> web.Response:
+        engine = getattr(hub, "control", None)
+        if engine is None:
+            return _error(409, "disabled", "local control is not running")
+        return web.Response(body=orjson.dumps(engine.view(request.match_info["id"])), content_type="application/json")
+
+    app.router.add_get("/api/v1/chargers/{id}/control", view)
     app.router.add_post("/api/v1/chargers/{id}/pause", handle)
     app.router.add_post("/api/v1/chargers/{id}/resume", handle)
 

@@ -505,14 +505,19 @@ class ControlEngine:
         }
 
     def view(self, cid: str) -> dict[str, Any]:
+        """What local control knows and applies for one charger (REST GET .../control)."""
         ch = self.chargers.get(cid)
         if ch is None:
-            return {"transactions": [], "evses": {}, "temperature": None, "derating": "normal"}
+            return {"charger_id": cid, "transactions": [], "evses": [], "temperature": None, "derating": "normal",
+                    "paused_evses": []}
         return {
+            "charger_id": cid,
             "transactions": [{"transaction_id": t.transaction_id, "evse": t.evse} for t in ch.txs.values()],
-            "evses": {e: {"limit_a": s.want.limit, "reason": s.want.reason, "mechanism": s.mechanism,
-                          "status": s.status} for e, s in ch.sent.items()},
+            "evses": [{"evse": e, "transaction_id": s.want.transaction_id, "limit_a": s.want.limit,
+                       "reason": s.want.reason or None, "mechanism": s.mechanism, "status": s.status}
+                      for e, s in sorted(ch.sent.items())],
             "temperature": ch.temperature, "derating": D.LEVEL_NAMES[ch.level],
+            "paused_evses": sorted(ch.paused_evses),
         }
 
     async def close(self) -> None:

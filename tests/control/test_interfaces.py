@@ -34,6 +34,13 @@ async def test_pause_and_resume_through_the_rest_api(tmp_path: Path) -> None:
         status, body, _ = await api.post("/api/v1/chargers/CP1/resume", {"evse": 1})
         assert status == 200 and body["state"] == "released"
         assert cp.of("ClearChargingProfile") == [{"id": BASE + 10}]
+        status, view, _ = await api.get("/api/v1/chargers/CP1/control")
+        assert status == 200 and view["transactions"] == [{"transaction_id": str(tx), "evse": 1}]
+        assert view["evses"] == [] and view["derating"] == "normal"
+        await api.post("/api/v1/chargers/CP1/pause", {"evse": 2})
+        view = (await api.get("/api/v1/chargers/CP1/control"))[1]
+        assert view["paused_evses"] == [2] and view["evses"][0]["limit_a"] == 0.0
+        await api.post("/api/v1/chargers/CP1/resume", {"evse": 2})
         assert (await api.post("/api/v1/chargers/CP1/pause", {"evse": "x"}))[0] == 400
         assert (await api.post("/api/v1/chargers/CP1/pause", [1]))[0] == 400
         assert (await api.post("/api/v1/chargers/CP1/pause", {"transaction_id": 5}))[0] == 404
