@@ -132,20 +132,6 @@ class OfficialChargePoint:
         await self._runner.cleanup()
 
 
-def post_raw(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    """A plain HTTP POST (for malformed requests zeep would never send)."""
-    import urllib.error
-    import urllib.request
-
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={"Content-Type": "application/soap+xml; charset=utf-8", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def fault_codes(body: bytes) -> tuple[str, str]:
     env = etree.fromstring(body)
     code = env.findtext(f".//{{{SOAP12}}}Fault/{{{SOAP12}}}Code/{{{SOAP12}}}Value")
