@@ -99,6 +99,59 @@ _HA_METER = {
 _HA_ENV = {"Celsius": ("temperature", "°C"), "RH": ("humidity", "%")}
 
 
+class _BatchedSocket:
+    """paho's socket, with writes gathered and reads buffered.
+
+    paho sends every MQTT packet with its own `send()` and reads each incoming packet in three or
+    more `recv()` calls (command byte, length bytes, body). Behind a busy relay that is several
+    system calls per message. This wrapper keeps what paho "sends" until the end of the event-loop
+    callback (`flush`, one `send` for all of it) and serves paho's small reads from one large
+    `recv`. Everything else is delegated to the real socket."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._out = bytearray()
+        self._in = bytearray()
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        self._out += data
+        return len(data)
+
+    def flush(self) -> bool:
+        """Write what is gathered; True when all of it went. Raises OSError when the link is dead."""
+        while self._out:
+            try:
+                sent = self._sock.send(self._out)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                return False
+            del self._out[:sent]
+        return True
+
+    def recv(self, size: int) -> bytes:
+        if not self._in:
+            data = self._sock.recv(65536)  # BlockingIOError / SSLWantReadError reach paho as before
+            if not data:
+                return b""
+            self._in += data
+        chunk = bytes(self._in[:size])
+        del self._in[:size]
+        return chunk
+
+    def pending(self) -> int:
+        inner = getattr(self._sock, "pending", None)
+        return len(self._in) + (inner() if inner else 0)
+
+    def close(self) -> None:
+        try:
+            self.flush()  # e.g. a DISCONNECT paho queued just before closing
+        except OSError:
+            pass
+        self._sock.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 class MqttSink(SpooledSink[Message]):
     name = "mqtt"
 
@@ -251,7 +304,11 @@ class MqttSink(SpooledSink[Message]):
 
     def _attach_socket(self, sock: Any) -> None:
         self._detach_socket()
-        self._sock, self._fd = sock, sock.fileno()
+        if self.client._sock is not sock:  # already closed again
+            return
+        wrapped = _BatchedSocket(sock)
+        self.client._sock = wrapped  # paho keeps no other reference to the socket it writes to
+        self._sock, self._fd = wrapped, sock.fileno()
         self._loop.add_reader(self._fd, self._readable)
         if self.client.want_write():
             self._want_write(True)
@@ -267,17 +324,32 @@ class MqttSink(SpooledSink[Message]):
             return
         if on:
             self._loop.add_writer(self._fd, self._writable)
-        else:
-            self._loop.remove_writer(self._fd)
+        elif not (self._sock is not None and self._sock._out):
+            self._loop.remove_writer(self._fd)  # (with bytes gathered, _writable removes it after the flush)
 
     def _readable(self) -> None:
         sock = self._sock
         self.client.loop_read(1000)
-        if sock is not None and sock is self._sock and getattr(sock, "pending", lambda: 0)():
-            self._loop.call_soon(self._readable)  # TLS: decrypted bytes waiting that select() cannot see
+        if sock is not None and sock is self._sock and sock.pending():
+            self._loop.call_soon(self._readable)  # bytes already read (or decrypted) that select() cannot see
+        if self._sock is not None and self._sock._out:
+            self._writable()  # acknowledgements paho queued while reading
 
     def _writable(self) -> None:
         self.client.loop_write()
+        sock = self._sock
+        if sock is None or sock is not self.client._sock:
+            return
+        try:
+            done = sock.flush()
+        except OSError as exc:
+            log.warning("MQTT: write failed (%s)", exc)
+            self.client.loop_read()  # paho notices the dead socket and reports the disconnect
+            return
+        if not done or self.client.want_write():
+            self._loop.add_writer(self._fd, self._writable)  # the kernel buffer is full: wait
+        else:
+            self._loop.remove_writer(self._fd)
 
     # -- what paho reports (on the event loop, or from the connecting thread) ----------------------
 
