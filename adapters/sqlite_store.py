@@ -136,7 +136,9 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
+        # NORMAL by default (a WAL commit survives a crash of the process, not a power loss);
+        # the writes that guard invariant 1 (outbox appends, issued ids) switch to FULL: see _durable
+        db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=ON")
         version = db.execute("PRAGMA user_version").fetchone()[0]
         for n, script in enumerate(_MIGRATIONS[version:], start=version + 1):
@@ -149,9 +151,20 @@ class SqliteStore:
             raise StoreError("store is not open")
         return self._db
 
-    def _next_id(self, name: str) -> int:
+    def _durable(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` with synchronous=FULL: its commit is on disk (fsync) before it returns."""
+        self.db.execute("PRAGMA synchronous=FULL")
+        try:
+            return fn(*args)
+        finally:
+            self.db.execute("PRAGMA synchronous=NORMAL")
+
+    def _next_id_now(self, name: str) -> int:
         row = self.db.execute("UPDATE counters SET value = value + 1 WHERE name = ? RETURNING value", (name,)).fetchone()
         return int(row[0])
+
+    def _next_id(self, name: str) -> int:
+        return self._durable(self._next_id_now, name)
 
     async def next_transaction_id(self) -> int:
         return await self._run(self._next_id, "transaction_id")
@@ -171,6 +184,10 @@ class SqliteStore:
 
     def _append(self, row: dict[str, Any], max_per_charger: int, max_total: int,
                 id_range: tuple[int, int] | None) -> tuple[int | None, int | None]:
+        return self._durable(self._append_now, row, max_per_charger, max_total, id_range)
+
+    def _append_now(self, row: dict[str, Any], max_per_charger: int, max_total: int,
+                    id_range: tuple[int, int] | None) -> tuple[int | None, int | None]:
         """Insert one outbox row in one transaction. Returns (seq or None if refused, local tx id)."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
@@ -224,32 +241,34 @@ class SqliteStore:
         return await self._run(self._head, charger_id, limit)
 
     def _step(self, ack: tuple[int, Any, Any] | None, send: tuple[int, str] | None) -> None:
-        """One commit per replayed message: acknowledge the previous row (with what its answer
-        taught: a 1.6 id binding, a finished mapping) and mark the next one as sent.
+        """Acknowledge the previous replayed row (with what its answer taught: a 1.6 id binding, a
+        finished mapping), then mark the next one as sent: normally two autocommit statements.
 
-        synchronous=NORMAL: in WAL mode a commit survives a crash of the process (SIGKILL); only a
-        power loss can undo the last few, which replays them again (reported as possible duplicates)."""
+        They need not be one transaction: a crash between them leaves the next row unmarked and
+        unsent. synchronous=NORMAL: in WAL mode a commit survives a crash of the process (SIGKILL);
+        only a power loss can undo the last few, which replays them again (reported as possible
+        duplicates)."""
         db = self.db
-        db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            db.execute("BEGIN")
-            if ack is not None:
-                seq, bind, stopped = ack
+        if ack is not None:
+            seq, bind, stopped = ack
+            if bind is None and stopped is None:
                 db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
-                if bind is not None:
-                    db.execute("UPDATE tx_map SET csms_id = ?, auth_status = ? WHERE charger_id = ? AND local_id = ?",
-                               (bind[2], bind[3], bind[0], bind[1]))
-                if stopped is not None:
-                    # the CSMS acknowledged the stop: the mapping has done its work
-                    db.execute("DELETE FROM tx_map WHERE charger_id = ? AND local_id = ?", stopped)
-            if send is not None:
-                db.execute("UPDATE outbox SET attempts = attempts + 1, sent_id = ? WHERE seq = ?", (send[1], send[0]))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        finally:
-            db.execute("PRAGMA synchronous=FULL")
+            else:
+                db.execute("BEGIN")
+                try:
+                    db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+                    if bind is not None:
+                        db.execute("UPDATE tx_map SET csms_id = ?, auth_status = ? WHERE charger_id = ? "
+                                   "AND local_id = ?", (bind[2], bind[3], bind[0], bind[1]))
+                    if stopped is not None:
+                        # the CSMS acknowledged the stop: the mapping has done its work
+                        db.execute("DELETE FROM tx_map WHERE charger_id = ? AND local_id = ?", stopped)
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+        if send is not None:
+            db.execute("UPDATE outbox SET attempts = attempts + 1, sent_id = ? WHERE seq = ?", (send[1], send[0]))
 
     async def outbox_step(self, ack: tuple[int, Any, Any] | None, send: tuple[int, str] | None) -> None:
         """`ack` = (seq, bind, stopped): the CSMS answered row `seq`; `bind` = (charger, local id,
