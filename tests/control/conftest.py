@@ -1,3 +1,3 @@
-"""The telemetry tests' Mosquitto broker (session-scoped, on a free loopback port)."""
+"""The telemetry tests' Mosquitto broker and InfluxDB (session-scoped, on free loopback ports)."""
 
-from tests.telemetry.conftest import mosquitto  # noqa: F401 - re-exported fixture
+from tests.telemetry.conftest import influx, mosquitto  # noqa: F401 - re-exported fixtures

@@ -17,7 +17,7 @@ from adapters.influx import encode
 from gateway.control.engine import ControlChange
 from tests.api.helpers import api_client, inproc
 from tests.control.peers import STEP, Connected, until
-from tests.telemetry.services import Mosquitto, Subscriber
+from tests.telemetry.services import Mosquitto, Subscriber, wait_for
 
 BASE = 900_000_000
 pytestmark = pytest.mark.timeout(60)
@@ -111,3 +111,26 @@ def test_changes_are_encoded_for_influxdb() -> None:
     assert "limit_a=0.0" in line and "temperature=61.5" in line and 'status="Accepted"' in line
     (line,) = encode(released, "site")
     assert "limit_a" not in line and "state=released" in line and "reason=none" in line
+
+
+async def test_derating_changes_reach_influxdb(tmp_path: Path, influx: Any) -> None:
+    db = "control_test"
+    influx.create_db(db)
+    config = {"influx": {"url": influx.url, "api": "v1", "database": db, "flush_interval": 0.1,
+                         "retry_min": 0.2, "retry_max": 0.5},
+              "site_id": "s1", "auth": {"unknown_id_tags": "accept"},
+              "derating": {"enabled": True, "reduce_above": 50.0, "pause_above": 60.0, "hysteresis": 5.0,
+                           "reduced_current_a": 10.0}}
+    def evse1() -> list[dict[str, Any]]:
+        rows = [r for r in influx.rows(db, "SELECT * FROM control") if r.get("evse") == "1"]
+        return rows if len(rows) >= 3 else []
+
+    async with inproc(tmp_path, **config) as gw, Connected(gw.url("HOT"), "ocpp1.6", "HOT") as cp:
+        tx = await cp.start_tx(1)
+        for t in (51.0, 61.0, 40.0):
+            await cp.temperature(t)
+            await gw.control.settled(STEP)
+        rows = await asyncio.to_thread(wait_for, evse1, STEP, "three control points for EVSE 1")
+    states = [(r["state"], r["reason"], r.get("limit_a")) for r in sorted(rows, key=lambda r: r["time"])]
+    assert states == [("limited", "temperature", 10.0), ("paused", "temperature", 0.0), ("released", "none", None)]
+    assert {r["transaction_id"] for r in rows} == {str(tx)} and rows[0]["charger"] == "HOT"
