@@ -135,6 +135,7 @@ class UpstreamSettings(_Section):
     max_concurrent_dials: int = Field(20, ge=1)  # site-wide cap on simultaneous upstream connects
     client_cert: str = ""  # PEM client certificate the gateway presents to a wss:// CSMS (profile 3)
     client_key: str = ""  # PEM private key of client_cert
+    authorization_key_bytes: bool = True  # 1.6: a hex upstream_password goes as its raw bytes (J16 §6.2.2)
 
     @field_validator("url")
     @classmethod
