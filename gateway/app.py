@@ -107,11 +107,13 @@ async def _start_telemetry(settings: Settings, hub: Hub, stack: contextlib.Async
 def _start_control(settings: Settings, hub: Hub, stack: contextlib.AsyncExitStack) -> Any:
     """Local control (pause/resume, site limit, derating): an observer of every session that
     publishes its changes through the telemetry sinks; REST and MQTT reach it as `hub.control`."""
+    from pathlib import Path
+
     from gateway.control.engine import ControlEngine
     from gateway.telemetry.observer import TelemetryObserver
 
     sinks = [s for o in hub.observers if isinstance(o, TelemetryObserver) for s in o.sinks]
-    engine = ControlEngine(settings, hub, sinks)
+    engine = ControlEngine(settings, hub, sinks, state_file=Path(settings.data_dir) / "control-state.json")
     hub.observers.append(engine)
     hub.control = engine  # type: ignore[attr-defined]
     stack.push_async_callback(engine.close)

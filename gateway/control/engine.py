@@ -13,8 +13,11 @@ charging profiles through each charger's one-outstanding queue.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
+import os
+from pathlib import Path
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Sequence
@@ -91,10 +94,15 @@ class _Charger:
 
 
 class ControlEngine:
-    def __init__(self, settings: Any, hub: Any, sinks: Sequence[Any] = ()) -> None:
+    def __init__(self, settings: Any, hub: Any, sinks: Sequence[Any] = (), state_file: Path | None = None) -> None:
         self.settings = settings
         self.hub = hub
         self.sinks = list(sinks)
+        # what must survive a restart: operator pauses, open transactions, the derating step and
+        # the profiles of ours a charger holds (else a paused EVSE could never be resumed)
+        self.state_file = state_file
+        self._save_task: asyncio.Task[None] | None = None
+        self._save_again = False
         self.normaliser = Normaliser()
         self.chargers: dict[str, _Charger] = {}
         self._order = 0
@@ -102,6 +110,7 @@ class ControlEngine:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._closed = False
         self.changes: list[ControlChange] = []  # the latest changes (bounded), for the API and tests
+        self._load()
 
     # -- configuration --------------------------------------------------------------------------
 
@@ -316,6 +325,7 @@ class ControlEngine:
         if self._closed:
             return
         self._dirty.add(cid)
+        self._touch()
         task = self._workers.get(cid)
         if task is None or task.done():
             self._workers[cid] = asyncio.get_running_loop().create_task(self._worker(cid), name=f"control:{cid}")
@@ -358,6 +368,7 @@ class ControlEngine:
                 if sent is None and want.limit is None:
                     continue
                 await self._apply(session, cid, ch, evse, want, sent)
+            self._touch()
             return dict(ch.sent)
 
     async def _call(self, session: Any, action: str, payload: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
@@ -526,3 +537,69 @@ class ControlEngine:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._save_task is not None:
+            await asyncio.gather(self._save_task, return_exceptions=True)
+        if self.state_file is not None:
+            await asyncio.to_thread(_write_json, self.state_file, self._snapshot())
+
+    # -- what survives a restart ----------------------------------------------------------------
+
+    def _touch(self) -> None:
+        if self.state_file is None or self._closed:
+            return
+        if self._save_task is None or self._save_task.done():
+            self._save_task = asyncio.get_running_loop().create_task(self._save())
+        else:
+            self._save_again = True
+
+    async def _save(self) -> None:
+        while True:
+            self._save_again = False
+            try:
+                await asyncio.to_thread(_write_json, self.state_file, self._snapshot())
+            except OSError as exc:
+                log.error("control: could not save %s: %s", self.state_file, exc)
+            if not self._save_again or self._closed:
+                return
+
+    def _snapshot(self) -> dict[str, Any]:
+        out = {}
+        for cid, ch in self.chargers.items():
+            out[cid] = {
+                "version": ch.version, "paused_evses": sorted(ch.paused_evses), "paused_txs": sorted(ch.paused_txs),
+                "txs": [[t.transaction_id, t.evse, t.order] for t in ch.txs.values()], "level": ch.level,
+                "sent": [{"evse": e, "pid": x.pid, "limit": x.want.limit, "purpose": x.want.purpose,
+                          "transaction_id": x.want.transaction_id, "reason": x.want.reason, "mechanism": x.mechanism,
+                          "inoperative": x.inoperative} for e, x in ch.sent.items()],
+            }
+        return {"chargers": out}
+
+    def _load(self) -> None:
+        if self.state_file is None or not self.state_file.is_file():
+            return
+        try:
+            data = json.loads(self.state_file.read_text(encoding="utf-8"))
+            for cid, c in (data.get("chargers") or {}).items():
+                ch = self._charger(cid)
+                ch.version = str(c.get("version") or "ocpp1.6")
+                ch.paused_evses = {int(e) for e in c.get("paused_evses") or []}
+                ch.paused_txs = {str(t) for t in c.get("paused_txs") or []}
+                for tid, evse, order in c.get("txs") or []:
+                    ch.txs[str(tid)] = _Tx(str(tid), int(evse), int(order))
+                    self._order = max(self._order, int(order))
+                ch.level = int(c.get("level") or 0)
+                for x in c.get("sent") or []:
+                    want = D.Want(x.get("limit"), x.get("purpose"), x.get("transaction_id"), x.get("reason") or "")
+                    # "unknown": set again (or cleared) when the charger connects
+                    ch.sent[int(x["evse"])] = _Sent(want, x.get("pid"), x.get("mechanism") or "profile",
+                                                    bool(x.get("inoperative")), "unknown")
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.error("control: %s unreadable (%s); starting without it", self.state_file, exc)
+            self.chargers.clear()
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` to `path` atomically (a temporary file renamed over it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
+    os.replace(tmp, path)

@@ -318,3 +318,20 @@ async def test_csms_profile_left_untouched(tmp_path: Path) -> None:
 
 def test_control_change_record_shape() -> None:
     assert "limit_a" in ControlChange.__dataclass_fields__
+
+
+async def test_pauses_and_profiles_survive_a_gateway_restart(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as gw, Connected(gw.url("CP1"), "ocpp1.6", "CP1") as cp:
+        tx = await cp.start_tx(1)
+        await until(lambda: gw.control.view("CP1")["transactions"], STEP, "transaction learnt")
+        await gw.control.pause("CP1", {"evse": 2})
+        await gw.control.pause("CP1", {"transaction_id": tx})
+    assert (tmp_path / "data" / "control-state.json").is_file()
+    async with gateway(tmp_path) as gw, Connected(gw.url("CP1"), "ocpp1.6", "CP1") as cp:
+        # what the charger holds of ours is known again and set again on connect
+        await until(lambda: len(cp.limits()) == 2, STEP, "profiles set again")
+        assert sorted(cp.limits()) == [("TxDefaultProfile", 2, 0.0), ("TxProfile", 1, 0.0)]
+        assert gw.control.view("CP1")["transactions"] == [{"transaction_id": str(tx), "evse": 1}]
+        await gw.control.resume("CP1", {"evse": 2})
+        await gw.control.resume("CP1", {"transaction_id": tx})
+        assert sorted(c["id"] for c in cp.of("ClearChargingProfile")) == [BASE + 10, BASE + 21]
