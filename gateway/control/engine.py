@@ -33,7 +33,6 @@ log = logging.getLogger("gateway.control")
 
 ACCEPTED = "Accepted"
 TRANSIENT = frozenset({"timeout", "NotConnected", "Busy"})  # no answer: the charger's state is unchanged
-RETRY_AFTER = 5.0  # s before a call that got no answer is tried again
 
 
 class ControlError(Exception):
@@ -90,6 +89,7 @@ class _Charger:
     temperature: float | None = None
     csms_caps: dict[tuple[int, Any], tuple[str, float]] = field(default_factory=dict)  # (evse, pid) -> (purpose, A)
     sent: dict[int, _Sent] = field(default_factory=dict)  # evse -> what we sent
+    failing: dict[int, str] = field(default_factory=dict)  # EVSE -> why its last call got no answer
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -332,7 +332,8 @@ class ControlEngine:
 
     def _retry(self, cid: str) -> None:
         loop = asyncio.get_running_loop()
-        loop.call_later(RETRY_AFTER, lambda: None if self._closed else self._kick(cid))
+        # try again after as long as a charger has to answer ([control].call_timeout)
+        loop.call_later(self.control.call_timeout, lambda: None if self._closed else self._kick(cid))
 
     async def _worker(self, cid: str) -> None:
         while cid in self._dirty and not self._closed:
@@ -400,8 +401,7 @@ class ControlEngine:
                 new_pid = pid
             elif status in TRANSIENT:
                 # not answered (timeout, gone, queue full): nothing changed on the charger; try again later
-                self._retry(cid)
-                self._changed(cid, ch, evse, want, "none", status, want.transaction_id)
+                self._unanswered(cid, ch, evse, want, status)
                 return
             elif want.limit == 0:
                 mechanism, status, inoperative = await self._fallback(session, ch, evse, want, status)
@@ -410,6 +410,10 @@ class ControlEngine:
         # our earlier profile, if it is another one (or none is wanted now): clear it by its id
         if sent is not None and sent.pid is not None and sent.pid != new_pid:
             clear_status, _ = await self._call(session, "ClearChargingProfile", D.clear_profile_request(version, sent.pid))
+            if want.limit is None and clear_status in TRANSIENT:
+                sent.status = "unknown"  # ours may still be there: clear it again later
+                self._unanswered(cid, ch, evse, want, clear_status)
+                return
             if want.limit is None:
                 status = clear_status
         if inoperative and (want.limit is None or want.limit > 0 or mechanism == "profile"):
@@ -422,8 +426,16 @@ class ControlEngine:
         ch.sent[evse] = _Sent(want, new_pid, mechanism, inoperative, status)
         if want.limit is None and not inoperative:
             ch.sent.pop(evse, None)
+        ch.failing.pop(evse, None)
         released_tx = sent.want.transaction_id if sent is not None else None
         self._changed(cid, ch, evse, want, mechanism, status, want.transaction_id or released_tx)
+
+    def _unanswered(self, cid: str, ch: _Charger, evse: int, want: D.Want, status: str) -> None:
+        """A call got no answer: retry later; the first failure in a row is published."""
+        self._retry(cid)
+        if evse not in ch.failing:
+            self._changed(cid, ch, evse, want, "none", status, want.transaction_id)
+        ch.failing[evse] = status
 
     async def _fallback(self, session: Any, ch: _Charger, evse: int, want: D.Want,
                         refused: str) -> tuple[str, str, bool]:
@@ -507,6 +519,9 @@ class ControlEngine:
         await self.reconcile(cid)
         sent = ch.sent.get(evse)
         want = sent.want if sent is not None else D.NOTHING
+        if evse in ch.failing:  # not applied: the charger did not answer (it is tried again)
+            want = self.want(cid, evse)
+            sent = _Sent(want, None, "none", False, ch.failing[evse])
         return {
             "charger_id": cid, "evse": evse, "transaction_id": want.transaction_id,
             "state": "released" if want.limit is None else ("paused" if want.limit == 0 else "limited"),

@@ -55,9 +55,14 @@ class _Recording:
 
 
 class Charger16(_Recording, v16.ChargePoint):
+    slow_once = 0.0  # s the first SetChargingProfile waits before it is answered
+
     @on("SetChargingProfile")
     async def on_set_profile(self, **kw: Any) -> Any:
         self.commands.append(("SetChargingProfile", kw))
+        if self.slow_once:
+            delay, self.slow_once = self.slow_once, 0.0
+            await asyncio.sleep(delay)
         return v16.call_result.SetChargingProfile(status="Rejected" if self.refuse_profiles else "Accepted")
 
     @on("ClearChargingProfile")

@@ -120,6 +120,20 @@ async def test_fallback_when_the_charger_answers_not_supported(tmp_path: Path) -
         assert cp.of("ClearChargingProfile") == []
 
 
+async def test_an_unanswered_profile_is_sent_again(tmp_path: Path) -> None:
+    async with gateway(tmp_path, control={"call_timeout": 0.3}) as gw, \
+            Connected(gw.url("SLOW"), "ocpp1.6", "SLOW") as cp:
+        cp.slow_once = 0.5
+        result = await gw.control.pause("SLOW", {"evse": 1})
+        assert (result["state"], result["mechanism"], result["status"]) == ("paused", "none", "timeout")
+        await until(lambda: gw.control.view("SLOW")["evses"], STEP, "sent again and accepted")
+        assert gw.control.view("SLOW")["evses"][0]["status"] == "Accepted"
+        assert len(cp.of("SetChargingProfile")) >= 2
+        assert cp.of("ChangeAvailability") == []  # no answer is not a refusal: no fallback
+        assert [(c.state, c.status) for c in gw.control.changes if c.charger_id == "SLOW"] == [
+            ("paused", "timeout"), ("paused", "Accepted")]
+
+
 async def test_pause_switched_off(tmp_path: Path) -> None:
     async with gateway(tmp_path, control={"pause_enabled": False}) as gw, \
             Connected(gw.url("CP1"), "ocpp1.6", "CP1") as cp:
