@@ -101,6 +101,14 @@ class Charger16(_Recording, v16.ChargePoint):
                                                   "unit": "Celsius", "location": "Body"}]}]))
 
 
+    async def environment(self, readings: list[dict[str, Any]]) -> None:
+        """The built-in vendor decoder's DataTransfer (gateway.environment / Environment)."""
+        import json
+
+        await self.call(v16.call.DataTransfer(vendor_id="gateway.environment", message_id="Environment",
+                                              data=json.dumps({"timestamp": now(), "readings": readings})))
+
+
 class Charger201(_Recording, v201.ChargePoint):
     @on("SetChargingProfile")
     async def on_set_profile(self, **kw: Any) -> Any:

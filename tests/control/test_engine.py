@@ -253,6 +253,21 @@ async def _derating_201(gw: Any) -> None:
         assert {c["charging_profile_id"] for c in cp.of("ClearChargingProfile")} == {BASE + 10, BASE + 1}
 
 
+async def test_derating_from_a_vendor_decoder_and_only_the_named_sensors(tmp_path: Path) -> None:
+    rule = {**RULE, "sensors": ["ambient_temperature"]}
+    async with gateway(tmp_path, derating=rule) as gw, Connected(gw.url("VEN"), "ocpp1.6", "VEN") as cp:
+        await cp.start_tx(1)
+        await cp.environment([{"name": "cabinet_temperature", "value": 158, "unit": "Fahrenheit"}])  # 70 °C: not named
+        await cp.temperature(70.0)  # the MeterValues "temperature": not named either
+        await settle(gw)
+        assert cp.limits() == []
+        await cp.environment([{"name": "ambient_temperature", "value": 131, "unit": "Fahrenheit"},  # 55 °C
+                              {"name": "humidity", "value": 99}])
+        await settle(gw)
+        assert ("TxProfile", 1, 10.0) in cp.limits()
+        assert gw.control.view("VEN")["temperature"] == pytest.approx(55.0)
+
+
 DERATING = {"derating": RULE, "chargers": {"HOT201": {"derating": {
     "reduce_above": 45.0, "pause_above": 55.0, "hysteresis": 5.0, "reduced_current_a": 8.0}}}}
 
