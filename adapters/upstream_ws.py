@@ -5,14 +5,18 @@ per-charger `upstream_password` (HTTP Basic, user = charger id), verifies TLS fo
 `ca_file` or the system's trust store (TLS >= 1.2, hostname checked), and for profile 3 presents the
 gateway's own client certificate (`client_cert`/`client_key`: a Local Controller has its own
 Charging Station certificate, J201 §6.5). The charger's own Authorization header never travels
-upstream: these links are built from configuration only.
+upstream: these links are built from configuration only (and from credentials the CSMS itself set,
+adapters/credentials.py).
+
+For a 1.6 charger an `upstream_password` that is an AuthorizationKey (32-40 hex digits) is sent as
+its raw bytes, as OCPP-J 1.6 §6.2.2 says, unless `[upstream].authorization_key_bytes` is false (for a
+CSMS that compares the hex text).
 """
 
 from __future__ import annotations
 
-import base64
 import ssl
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -21,6 +25,7 @@ from gateway.config import Settings
 from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import url_segment
 from gateway.protocol.frames import OcppVersion
+from gateway.security import basic_header, is_hex_key
 
 
 class WsUpstreamLink:
@@ -51,6 +56,7 @@ class WsUpstreamConnector:
         up = settings.upstream
         self.base = up.url
         self.ssl: ssl.SSLContext | None = None
+        self.credentials: Any = None  # adapters.credentials.CredentialBook, set by the WebSocket server
         if up.url.startswith("wss://"):
             self.ssl = ssl.create_default_context(cafile=up.ca_file or None)
             self.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -63,9 +69,13 @@ class WsUpstreamConnector:
     async def connect(self, charger_id: str, version: OcppVersion, password: str | None) -> WsUpstreamLink:
         up = self.settings.upstream
         headers = {}
+        if self.credentials is not None:
+            password = self.credentials.upstream_password(charger_id, password)
         if password:
-            token = base64.b64encode(f"{charger_id}:{password}".encode()).decode()
-            headers["Authorization"] = f"Basic {token}"
+            raw = password.encode("utf-8")
+            if version is OcppVersion.V16 and up.authorization_key_bytes and is_hex_key(password):
+                raw = bytes.fromhex(password)
+            headers["Authorization"] = basic_header(charger_id, raw)
         try:
             ws = await connect(
                 self.url(charger_id),

@@ -35,6 +35,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from adapters.credentials import CredentialBook
 from gateway.config import Settings, split_listen
 from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import charger_id_from_path
@@ -101,6 +102,7 @@ class WebSocketServer:
         self._dialled: dict[int, Any] = {}  # strict mode: upstream links opened during the handshake
         ws = settings.websocket
         self.limiter = FailureLimiter(ws.max_auth_failures, ws.auth_failure_window)
+        self.credentials = CredentialBook(settings)  # passwords changed by the CSMS since (adapters/credentials.py)
         self.tls: ssl.SSLContext | None = None
         self.tls_problem: str | None = None
         if ws.security_profile >= 2:
@@ -177,18 +179,22 @@ class WebSocketServer:
                 reason = "client certificate does not name this charger"
         else:
             creds = parse_basic(request.headers.get("Authorization"))
-            charger = self.settings.charger(charger_id)
-            stored = charger.password.get_secret_value() if charger else ""
+            valid = self.credentials.passwords(charger_id)
             version = OcppVersion(chosen) if chosen else OcppVersion.V201
             if creds is None:
                 reason = "no Basic credentials"
             elif creds[0] != charger_id.encode("utf-8"):
                 reason = "Basic user is not the charger id"
-            elif not stored:
+            elif not valid:
                 reason = "no password configured for this charger"
-            elif not (await asyncio.to_thread(password_matches, stored, creds[1], version) if is_hashed(stored)
-                      else password_matches(stored, creds[1], version)):  # PBKDF2 off the event loop
+            else:
                 reason = "wrong password"
+                for stored in valid:
+                    if await asyncio.to_thread(password_matches, stored, creds[1], version) if is_hashed(stored) \
+                            else password_matches(stored, creds[1], version):  # PBKDF2 off the event loop
+                        reason = None
+                        self.credentials.logged_in(charger_id, stored)
+                        break
         if reason is None:
             return None
         self.limiter.failed(address, now)
@@ -251,6 +257,13 @@ class WebSocketServer:
 
     async def start(self) -> "WebSocketServer":
         ws = self.settings.websocket
+        self.hub.observers.append(self.credentials)
+        try:
+            connector = self.hub.connector
+        except LinkFailed:  # standalone
+            connector = None
+        if connector is not None and hasattr(connector, "credentials"):
+            connector.credentials = self.credentials  # SOAP and HTTP chargers' links use it too
         host, port = split_listen(ws.listen)
         self._server = await serve(
             self._handler,

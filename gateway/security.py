@@ -36,6 +36,11 @@ _HASHED = re.compile(r"pbkdf2_sha256\$(\d{1,7})\$([A-Za-z0-9+/=]{4,88})\$([A-Za-
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2})+")
 
 
+def is_hex_key(value: str) -> bool:
+    """A 1.6 AuthorizationKey as configured: hexadecimal, 16-20 bytes (32-40 digits)."""
+    return 32 <= len(value) <= 40 and bool(_HEX.fullmatch(value))
+
+
 def hash_password(secret: bytes, iterations: int = DEFAULT_ITERATIONS, salt: bytes | None = None) -> str:
     """The stored form of `secret` (the exact bytes the charger sends as its password)."""
     salt = salt if salt is not None else secrets.token_bytes(16)

@@ -107,7 +107,7 @@ async def test_a_flooding_charger_is_slowed_down_not_the_others(tmp_path: Path) 
             elapsed = time.monotonic() - t
         # nothing refused or lost, but it took at least (sent - burst) / rate seconds
         assert elapsed >= (sent - burst) / rate * 0.9
-        assert max(rtts) < 1.0
+        assert rtts and max(rtts) < 3  # the well-behaved charger was answered throughout
 
 
 async def test_silent_handshakes_time_out_and_connections_are_capped(tmp_path: Path) -> None:
