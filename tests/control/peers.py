@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from ocpp import v16, v201
+from ocpp import v16, v201, v21
 from ocpp.exceptions import NotSupportedError
 from ocpp.routing import on
 from websockets.asyncio.client import ClientConnection, connect
@@ -160,6 +160,15 @@ class Charger201(_Recording, v201.ChargePoint):
             "component": {"name": "TemperatureSensor"}, "variable": {"name": "Temperature"}}]))
 
 
+class Charger21(Charger201):
+    """The same station speaking OCPP 2.1 (schemas and routing of ocpp.v21; the payloads used here
+    are the same in both versions)."""
+
+    _call = v21.call
+    _call_result = v21.call_result
+    _ocpp_version = "2.1"
+
+
 class Connected:
     """`async with Connected(url, "ocpp1.6", "CP1") as cp:` a charger running its read loop."""
 
@@ -171,7 +180,7 @@ class Connected:
 
     async def __aenter__(self) -> Any:
         self.ws = await asyncio.wait_for(connect(self.url, subprotocols=[self.subprotocol]), STEP)  # type: ignore[list-item]
-        cls = Charger16 if self.subprotocol == "ocpp1.6" else Charger201
+        cls = {"ocpp1.6": Charger16, "ocpp2.0.1": Charger201, "ocpp2.1": Charger21}[self.subprotocol]
         cp = cls(self.charger_id, self.ws, response_timeout=STEP)
         cp.commands = []
         cp.refuse_profiles = self.refuse

@@ -68,8 +68,10 @@ async def test_pause_and_resume_16_transaction_and_idle_evse(tmp_path: Path) -> 
             await gw.control.pause("NOPE", {"evse": 1})
 
 
-async def test_pause_and_resume_201(tmp_path: Path) -> None:
-    async with gateway(tmp_path) as gw, Connected(gw.url("CP201"), "ocpp2.0.1", "CP201") as cp:
+@pytest.mark.parametrize("version", ["ocpp2.0.1", "ocpp2.1"])
+async def test_pause_and_resume_2x(tmp_path: Path, version: str) -> None:
+    async with gateway(tmp_path) as gw, Connected(gw.url("CP201"), version, "CP201") as cp:
+        assert gw.hub.sessions["CP201"].version.value == version
         await cp.start_tx(1, "tx-a")
         await until(lambda: gw.control.view("CP201")["transactions"], STEP, "transaction learnt")
         result = await gw.control.pause("CP201", {"evse": 1})
