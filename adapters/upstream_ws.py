@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings
 from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import url_segment
 from gateway.protocol.frames import OcppVersion
@@ -58,10 +58,14 @@ class WsUpstreamConnector:
         self.ssl: ssl.SSLContext | None = None
         self.credentials: Any = None  # adapters.credentials.CredentialBook, set by the WebSocket server
         if up.url.startswith("wss://"):
-            self.ssl = ssl.create_default_context(cafile=up.ca_file or None)
-            self.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
-            if up.client_cert:
-                self.ssl.load_cert_chain(up.client_cert, up.client_key)
+            try:
+                self.ssl = ssl.create_default_context(cafile=up.ca_file or None)
+                self.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+                if up.client_cert:
+                    self.ssl.load_cert_chain(up.client_cert, up.client_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"upstream.ca_file / client_cert / client_key: cannot load them "
+                                  f"({exc.strerror or exc})") from None
 
     def url(self, charger_id: str) -> str:
         return f"{self.base}/{url_segment(charger_id)}"

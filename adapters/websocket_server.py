@@ -36,7 +36,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from adapters.credentials import CredentialBook
-from gateway.config import Settings, split_listen
+from gateway.config import ConfigError, Settings, split_listen
 from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import charger_id_from_path
 from gateway.protocol import frames as F
@@ -80,9 +80,15 @@ def server_tls_context(settings: Settings) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # A00.FR.312-316
     ctx.options |= ssl.OP_NO_COMPRESSION  # A00.FR.320
-    ctx.load_cert_chain(ws.tls_cert, ws.tls_key)
+    try:
+        ctx.load_cert_chain(ws.tls_cert, ws.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"websocket.tls_cert / tls_key: cannot load them ({exc.strerror or exc})") from None
     if ws.tls_ca:
-        ctx.load_verify_locations(cafile=ws.tls_ca)
+        try:
+            ctx.load_verify_locations(cafile=ws.tls_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"websocket.tls_ca: cannot load it ({exc.strerror or exc})") from None
         all_three = ws.security_profile == 3 and all(
             c.security_profile in (None, 3) for c in settings.chargers.values())
         ctx.verify_mode = ssl.CERT_REQUIRED if all_three else ssl.CERT_OPTIONAL

@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(serve_forever(settings))
     except KeyboardInterrupt:
         pass
+    except ConfigError as exc:  # found only while starting (e.g. a TLS file that cannot be read)
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -176,3 +176,15 @@ async def test_secured_site_without_tls_files_refuses_everyone(tmp_path: Path) -
 
 def test_basic_header_helper_is_the_rfc_form() -> None:
     assert basic_header("CP1", "pw") == "Basic " + base64.b64encode(b"CP1:pw").decode()
+
+
+async def test_unreadable_tls_files_are_a_configuration_error(tmp_path: Path, certs: Certs) -> None:
+    from gateway.config import ConfigError
+
+    missing = str(tmp_path / "missing.pem")
+    with pytest.raises(ConfigError, match="websocket.tls_cert"):
+        async with gateway(tmp_path, websocket={**tls_settings(certs, 2), "tls_cert": missing}):
+            pass
+    with pytest.raises(ConfigError, match="upstream.ca_file"):
+        async with gateway(tmp_path, upstream={"url": "wss://127.0.0.1:1/ocpp", "ca_file": missing}):
+            pass
