@@ -1,0 +1,58 @@
+"""Slow clients on the SOAP and HTTP-binding ports (aiohttp) do not stall anyone else: with dozens of
+connections sending half a request or trickling a body, a WebSocket charger, an HTTP device and a
+SOAP charger are all still answered. (How long such connections are kept open is up to aiohttp's
+timeouts; see docs/security.md.)"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiohttp
+import orjson
+from websockets.asyncio.client import connect
+
+from tests.harness import free_port
+from tests.security.conftest import gateway
+
+SOAP_HEARTBEAT = ('<?xml version="1.0" encoding="UTF-8"?><s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" '
+                  'xmlns:o="urn://Ocpp/Cs/2015/10/" xmlns:a="http://www.w3.org/2005/08/addressing"><s:Header>'
+                  '<o:chargeBoxIdentity>SOAP1</o:chargeBoxIdentity><a:Action>/Heartbeat</a:Action>'
+                  '<a:MessageID>urn:uuid:1</a:MessageID><a:To>http://x/ocpp-s</a:To></s:Header><s:Body>'
+                  '<o:heartbeatRequest/></s:Body></s:Envelope>')
+
+
+async def test_slow_http_and_soap_clients_stall_no_one(tmp_path: Path) -> None:
+    async with gateway(tmp_path, http={"enabled": True, "listen": f"127.0.0.1:{free_port()}"},
+                       soap={"enabled": True, "listen": f"127.0.0.1:{free_port()}"}) as gw:
+        slow = []
+        for port, head in ((gw.http.port, b"POST /ocpp-http/SLOW HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n[2,"),
+                           (gw.soap.port, b"POST /ocpp-s HTTP/1.1\r\nHost: x\r\nContent-Type: application/soap+xml\r\n"),
+                           (gw.http.port, b"GET /ocpp-http/SLOW/calls?wait=1 HTTP/1.1\r\nHo")):
+            for _ in range(20):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(head)
+                slow.append(writer)
+        try:
+            t = time.monotonic()
+            async with connect(gw.url("WS1"), subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+                await ws.send('[2,"h1","Heartbeat",{}]')
+                assert orjson.loads(await asyncio.wait_for(ws.recv(), 3))[:2] == [3, "h1"]
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+                async with http.post(f"http://127.0.0.1:{gw.http.port}/ocpp-http/DEV1",
+                                     json=[2, "h2", "Heartbeat", {}]) as r:
+                    assert r.status == 200 and (await r.json())[:2] == [3, "h2"]
+                async with http.post(f"http://127.0.0.1:{gw.soap.port}/ocpp-s", data=SOAP_HEARTBEAT.encode(),
+                                     headers={"Content-Type": "application/soap+xml; charset=utf-8"}) as r:
+                    assert r.status == 200 and b"heartbeatResponse" in await r.read()
+            assert time.monotonic() - t < 8
+            # trickle one byte on each slow connection: still nobody else waits
+            for w in slow:
+                w.write(b"x")
+            async with connect(gw.url("WS1"), subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+                await ws.send('[2,"h3","Heartbeat",{}]')
+                assert orjson.loads(await asyncio.wait_for(ws.recv(), 3))[:2] == [3, "h3"]
+        finally:
+            for w in slow:
+                w.close()
