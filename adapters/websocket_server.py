@@ -108,6 +108,7 @@ class WebSocketServer:
         self._dialled: dict[int, Any] = {}  # strict mode: upstream links opened during the handshake
         ws = settings.websocket
         self.limiter = FailureLimiter(ws.max_auth_failures, ws.auth_failure_window)
+        self._blocked_logged: dict[str, float] = {}
         self.credentials = CredentialBook(settings)  # passwords changed by the CSMS since (adapters/credentials.py)
         self.tls: ssl.SSLContext | None = None
         self.tls_problem: str | None = None
@@ -160,7 +161,7 @@ class WebSocketServer:
         return None
 
     async def _authenticate(self, connection: ServerConnection, request: Request, charger_id: str,
-                      chosen: str | None) -> Response | None:
+                            chosen: str | None) -> Response | None:
         """None when the charger may go on, else the refusal (401 / 429). Never says why."""
         site = self.settings.websocket.security_profile
         known = self.hub.is_known(charger_id)
@@ -171,7 +172,14 @@ class WebSocketServer:
         now = asyncio.get_running_loop().time()
         wait = self.limiter.blocked(address, now)
         if wait > 0:
-            log.warning("refused %r from %s: too many failed logins", charger_id, address)
+            # once per address and window at WARNING: a flood of attempts must not flood the log
+            quiet = self._blocked_logged.get(address, -1e9) > now - self.settings.websocket.auth_failure_window
+            log.log(logging.DEBUG if quiet else logging.WARNING, "refused %r from %s: too many failed logins%s",
+                    charger_id, address, "" if quiet else " (further refusals of this address are logged at DEBUG)")
+            if not quiet:
+                if len(self._blocked_logged) > 10_000:
+                    self._blocked_logged.clear()
+                self._blocked_logged[address] = now
             return _text_response(http.HTTPStatus.TOO_MANY_REQUESTS, {"error": "too many failed attempts"},
                                   Retry_After=str(max(1, round(wait + 0.5))))
         reason = None
