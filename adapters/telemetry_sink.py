@@ -32,6 +32,7 @@ class SpooledSink(Generic[Item]):
         self.dropped = 0  # records refused because the queue was full
         self.delivered = 0  # items handed to the far end
         self._task: asyncio.Task[None] | None = None
+        self._busy = False  # the worker holds records it took from the queue and has not delivered or spooled
         self._last_drop_log = 0.0
         self.log = logging.getLogger(f"gateway.telemetry.{self.name}")
 
@@ -77,8 +78,9 @@ class SpooledSink(Generic[Item]):
     async def stop_worker(self, grace: float = 5.0) -> None:
         """Deliver or spool what is queued, then stop."""
         deadline = time.monotonic() + grace
-        while self._task is not None and not self._task.done() and self.queue.qsize() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        while (self._task is not None and not self._task.done() and (self.queue.qsize() or self._busy)
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -108,6 +110,7 @@ class SpooledSink(Generic[Item]):
     async def _collect(self) -> list[Item]:
         """Wait for a first record, then gather up to a batch within flush_interval."""
         record = await self.queue.get()
+        self._busy = True
         items = self._encode(record)
         if self.flush_interval > 0 and len(items) < self.batch_size and self.queue.empty():
             deadline = time.monotonic() + self.flush_interval
@@ -128,15 +131,18 @@ class SpooledSink(Generic[Item]):
         while True:
             try:
                 if not spooling:
-                    items = await self._collect()
-                    if not items:
-                        continue
-                    if await self.deliver(items):
-                        self.delivered += len(items)
-                    else:
-                        await self.spool.append([self.pack(i) for i in items])
-                        spooling = True
-                        self.log.info("%s away: spooling to disk", self.name)
+                    try:
+                        items = await self._collect()
+                        if not items:
+                            continue
+                        if await self.deliver(items):
+                            self.delivered += len(items)
+                        else:
+                            await self.spool.append([self.pack(i) for i in items])
+                            spooling = True
+                            self.log.info("%s away: spooling to disk", self.name)
+                    finally:
+                        self._busy = False
                     continue
                 # spooling: new items go behind the spooled ones; drain when the far end is back
                 items = self._take_nowait(self.batch_size)
