@@ -366,3 +366,48 @@ async def test_influx_outage_loses_nothing(
     rows = own_influx.rows(db, "SELECT value FROM meter_value")
     assert [r["value"] for r in rows] == [float(i) for i in range(50)]
     assert "InfluxDB write failed" in gw.logs()
+
+
+async def test_ocpp21_send_frames_and_command_timeout(
+        gateway_factory: Callable[..., GatewayProcess], mosquitto: Mosquitto) -> None:
+    """2.1 NotifyPeriodicEventStream arrives as a SEND frame (type 6, never answered): its values
+    become environment readings via the monitor and stream the charger declared. A charger that
+    does not answer a command gives a `timeout` result."""
+    from websockets.asyncio.client import connect
+
+    cid = "CS21"
+    base = f"ocpp/testsite/chargers/{cid}"
+    sub = Subscriber(mosquitto.port, [f"{base}/#", "ocpp/testsite/gateway/state"])
+    try:
+        gw = gateway_factory({**telemetry_config(mosquitto), "websocket": {"call_timeout": 1.0}})
+        async with connect(gw.url(cid), subprotocols=["ocpp2.1"]) as ws:  # type: ignore[list-item]
+            async def call(msg_id: str, action: str, payload: dict[str, Any]) -> Any:
+                await ws.send(json.dumps([2, msg_id, action, payload]))
+                return json.loads(await asyncio.wait_for(ws.recv(), 5))
+
+            assert (await call("1", "BootNotification", {"reason": "PowerUp", "chargingStation": {
+                "model": "M", "vendorName": "V"}}))[0] == 3
+            assert (await call("2", "NotifyMonitoringReport", {"requestId": 1, "seqNo": 0, "generatedAt": T0, "monitor": [
+                {"component": {"name": "HumiditySensor"}, "variable": {"name": "Humidity"},
+                 "variableMonitoring": [{"id": 5, "transaction": False, "value": 10, "type": "Periodic",
+                                         "severity": 8, "eventNotificationType": "PreconfiguredMonitor"}]}]}))[0] == 3
+            assert (await call("3", "OpenPeriodicEventStream", {"constantStreamData": {
+                "id": 2, "variableMonitoringId": 5, "params": {"interval": 10, "values": 2}}}))[0] == 3
+            await ws.send(json.dumps([6, "4", "NotifyPeriodicEventStream", {
+                "id": 2, "pending": 0, "basetime": T1, "data": [{"t": 0, "v": "41.5"}, {"t": 10, "v": "42"}]}]))
+            await asyncio.to_thread(wait_for, lambda: len(sub.json(f"{base}/environment/humidity")) >= 2, 10,
+                                    "two humidity readings")
+            readings = sub.json(f"{base}/environment/humidity")
+            assert [(r["value"], r["ts"], r["source"]) for r in readings] == [
+                (41.5, "2025-03-01T10:01:00.000Z", "NotifyPeriodicEventStream"),
+                (42.0, "2025-03-01T10:01:10.000Z", "NotifyPeriodicEventStream")]
+            # a command the charger never answers
+            await asyncio.to_thread(wait_for, lambda: [m for m in sub.on("ocpp/testsite/gateway/state")
+                                                       if m.payload == b"online"], 10, "gateway online")
+            sub.client.publish(f"{base}/cmd/Reset", json.dumps({"type": "Immediate"}), qos=1)
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 5))  # the CALL reaches the charger...
+            assert frame[0] == 2 and frame[2] == "Reset"
+            result = await asyncio.to_thread(sub.last, f"{base}/cmd/Reset/result")  # ...which stays silent
+            assert result["status"] == "timeout"
+    finally:
+        sub.close()
