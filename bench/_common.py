@@ -25,11 +25,17 @@ def raise_nofile() -> tuple[int, int]:
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
-def child_setup(cpus: Sequence[int] | None) -> Callable[[], None]:
-    """A preexec_fn for subprocess.Popen: raise the fd limit and optionally pin to CPUs."""
+def child_setup(cpus: Sequence[int] | None, nice: int = 0) -> Callable[[], None]:
+    """A preexec_fn for subprocess.Popen: raise the fd limit, optionally pin to CPUs and
+    change the scheduling priority (negative `nice` needs privileges; ignored without)."""
 
     def setup() -> None:
         raise_nofile()
+        if nice:
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, nice)
+            except OSError:
+                pass
         if cpus and hasattr(os, "sched_setaffinity"):
             try:
                 os.sched_setaffinity(0, set(cpus))

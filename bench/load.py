@@ -206,6 +206,35 @@ def self_cpu() -> float:
     return t.user + t.system
 
 
+def start_pyspy(args: argparse.Namespace, action: str) -> tuple[Any, str] | None:
+    """py-spy record of the measured process over one closed-loop window (--pyspy DIR).
+    Only the thread holding the GIL is sampled (idle waits drop out).
+    Sampling stops the process briefly per sample: figures of a profiled window are perturbed."""
+    if not args.pyspy or not args.pid:
+        return None
+    import subprocess
+
+    path = os.path.join(args.pyspy, f"{args.pyspy_tag}N{args.n}-closed_{action}.txt")
+    proc = subprocess.Popen(
+        ["py-spy", "record", "-p", str(args.pid), "-d", str(max(1, int(args.closed_secs))), "-r", "250",
+         "--gil", "--format", "raw", "-o", path],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    return proc, path
+
+
+async def finish_pyspy(spy: tuple[Any, str]) -> dict[str, Any]:
+    proc, path = spy
+    deadline = time.monotonic() + 20
+    while proc.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    if proc.poll() is None:
+        proc.kill()  # our own child, by its handle
+        proc.wait()
+    err = proc.stderr.read().decode(errors="replace")[-500:] if proc.stderr else ""
+    return {"file": path, "returncode": proc.returncode, "stderr": err}
+
+
 async def open_charger(url: str, idx: int, stats: Stats, cid: str, timeout: float) -> Charger:
     ws = await connect(
         f"{url}/{cid}", subprotocols=["ocpp1.6"], compression=None, proxy=None,
@@ -253,6 +282,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     # -- connect -------------------------------------------------------------------------
     chargers: list[Charger] = []
     failures: list[str] = []
+    half: tuple[int, int] | None = None
+    first_open: float | None = None
     t0 = time.perf_counter()
     for start in range(0, args.n, args.batch):
         idxs = range(start + 1, min(args.n, start + args.batch) + 1)
@@ -263,12 +294,48 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for r in res:
             if isinstance(r, Charger):
                 chargers.append(r)
+                if first_open is None:
+                    first_open = time.monotonic()
             else:
                 failures.append(repr(r))
         if time.monotonic() > deadline:
             failures.append("deadline reached while connecting")
             break
+        if args.n >= 100 and half is None and len(chargers) >= args.n // 2:
+            # RSS at half way: the slope over the second half excludes one-off costs
+            # (allocator arenas, lazily created objects) that (RSS_N - RSS_0)/N spreads over N
+            t_pause = time.perf_counter()
+            await asyncio.sleep(args.settle / 2)
+            half = (len(chargers), relay.rss())
+            t0 += time.perf_counter() - t_pause
     out["connect_secs"] = time.perf_counter() - t0
+    last_open = time.monotonic()
+    out["keepalive_waits"] = []
+
+    async def avoid_keepalive(duration: float, phase: str) -> None:
+        """websockets pings every connection `ping_interval` (20 s) after it opened, with no
+        jitter: N connections opened within a few seconds ping in one burst every 20 s (in
+        the relay, the echo CSMS and the load alike). A measured phase must not straddle a
+        burst by accident; shift it past the burst (see --keepalive; 0 = do not)."""
+        if args.keepalive <= 0 or first_open is None or len(chargers) < args.keepalive_min_n:
+            return
+        waited = 0.0
+        for _ in range(20):  # bounded
+            now = time.monotonic()
+            k = max(1, int((now - last_open) // args.keepalive))
+            clash = None
+            for kk in (k, k + 1, k + 2):
+                lo = first_open + kk * args.keepalive - 0.3
+                hi = last_open + kk * args.keepalive + 0.7
+                if now < hi and now + duration > lo:
+                    clash = hi
+                    break
+            if clash is None or waited > args.keepalive:
+                break
+            await asyncio.sleep(clash - now)
+            waited += clash - now
+        if waited:
+            out["keepalive_waits"].append([phase, round(waited, 2)])
     out["connected"] = len(chargers)
     out["connect_failures"] = len(failures)
     out["connect_failure_samples"] = sorted(set(failures))[:5]
@@ -276,6 +343,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     out["rss_idle"] = relay.rss()
     n_ok = len(chargers)
     out["rss_per_charger"] = (out["rss_idle"] - out["rss_before"]) / n_ok if n_ok else None
+    out["rss_half"] = half
+    out["rss_per_charger_2nd_half"] = ((out["rss_idle"] - half[1]) / (n_ok - half[0])
+                                       if half and n_ok > half[0] else None)
 
     if not chargers:
         return out
@@ -284,6 +354,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     for action in args.closed_actions:
         if args.closed_secs <= 0:
             break
+        await avoid_keepalive(args.warmup + args.closed_secs + 0.5, f"closed_{action}")
         stats.rtts = []
         stats.record = False
         errors0 = stats.errors
@@ -301,11 +372,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 except ConnectionClosed:
                     pass
         await asyncio.sleep(args.warmup)
+        spy = start_pyspy(args, action)
         b0, c0, n0, e0, s0, d0, w0 = system_busy(), relay.cpu(), relay.cpu_ns(), echo.cpu(), self_cpu(), stats.done, time.perf_counter()
         stats.record = True
         await asyncio.sleep(args.closed_secs)
         b1, c1, n1, e1, s1, d1, w1 = system_busy(), relay.cpu(), relay.cpu_ns(), echo.cpu(), self_cpu(), stats.done, time.perf_counter()
         stats.record = False
+        if spy is not None:
+            out.setdefault("profiles", []).append(await finish_pyspy(spy))
         # drain: the chargers stop by themselves at stop_at; wait for answers in flight
         drain_until = time.monotonic() + min(args.call_timeout, left())
         while any(ch.pending is not None for ch in chargers) and time.monotonic() < drain_until:
@@ -342,6 +416,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     # -- open loop -----------------------------------------------------------------------
     if args.open_secs > 0 and chargers:
+        await avoid_keepalive(args.open_secs + 1.0 / args.rate + 0.5, "open_Heartbeat")
         period = 1.0 / args.rate
         count = max(1, int(round(args.open_secs * args.rate)))
         rng = random.Random(args.seed)
@@ -362,7 +437,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 elif delay < -0.001:
                     late += 1
                 try:
-                    rtts.append(await ch.call("Heartbeat", args.call_timeout))
+                    rtt = await ch.call("Heartbeat", args.call_timeout)
+                    rtts.append(rtt)
+                    sec = int(due - t_start)
+                    if 0 <= sec < len(per_second):
+                        per_second[sec].append(rtt)
                 except asyncio.TimeoutError:
                     timeouts += 1
                     return
@@ -370,6 +449,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     lost += 1
                     return
 
+        per_second: list[list[int]] = [[] for _ in range(int(args.open_secs) + 2)]
         offsets = [rng.random() * period for _ in chargers]
         await asyncio.sleep(max(0.0, t_start - time.monotonic()))
         b0, c0, n0, e0, s0, w0 = system_busy(), relay.cpu(), relay.cpu_ns(), echo.cpu(), self_cpu(), time.perf_counter()
@@ -396,6 +476,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if wall > 0 else None,
             "rtt_ms": {k: (v / 1e6 if isinstance(v, (int, float)) and k != "n" else v)
                        for k, v in percentiles(rtts).items()},
+            # p99 and max per 1 s of schedule: shows whether the tail is spread or one burst
+            # (e.g. all keepalive pings of connections opened in the same second)
+            "per_second_p99_max_ms": [
+                [round(percentiles(b)["p99"] / 1e6, 3), round(max(b) / 1e6, 3)] for b in per_second if b
+            ],
             "late_sends": late,
             "timeouts": timeouts,
             "lost": lost,
@@ -428,6 +513,13 @@ def main() -> None:
     ap.add_argument("--max-secs", type=float, default=240.0, help="hard time limit for the whole run")
     ap.add_argument("--id-prefix", default="CP")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--keepalive", type=float, default=20.0,
+                    help="ping interval of the relays (websockets default 20 s): measured phases are shifted "
+                         "so that they do not straddle the synchronized ping bursts; 0 = do not shift")
+    ap.add_argument("--keepalive-min-n", type=int, default=200,
+                    help="only shift phases when at least this many chargers are connected (a few pings are noise)")
+    ap.add_argument("--pyspy", default="", help="directory: py-spy record the measured process per closed window")
+    ap.add_argument("--pyspy-tag", default="", help="file name prefix for --pyspy")
     ap.add_argument("--no-prime", dest="prime", action="store_false")
     args = ap.parse_args()
     args.closed_actions = [a for a in args.closed_actions.split(",") if a]

@@ -36,6 +36,8 @@ from bench._common import REPO, child_setup, free_port, http_get_status, raise_n
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 
+NICE = [0]  # --nice: scheduling priority of every process the bench starts
+
 TARGETS = {
     "cpu_ratio_max": 1.5,          # gateway CPU per relayed call / bare
     "p99_added_ms_max": 2.0,       # at 1000 chargers x 1 msg/s
@@ -64,7 +66,7 @@ class Child:
         self.t_popen = time.perf_counter()
         self.proc = subprocess.Popen(
             argv, cwd=str(REPO), stdout=out, stderr=subprocess.STDOUT,
-            preexec_fn=child_setup(cpus), env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=child_setup(cpus, NICE[0]), env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         out.close()
 
@@ -136,14 +138,15 @@ class Child:
         return self.proc.returncode
 
 
-def gateway_toml(listen_port: int, csms_port: int, data_dir: Path, extra: str) -> str:
+def gateway_toml(listen_port: int, csms_port: int, data_dir: Path, extra: str, ws_extra: list[str]) -> str:
     return (
         'site_id = "bench"\n'
         f'data_dir = "{data_dir.as_posix()}"\n'
         "\n[websocket]\n"
         f'listen = "127.0.0.1:{listen_port}"\n'
         'path = "/ocpp"\n'
-        "\n[upstream]\n"
+        + "".join(line + "\n" for line in ws_extra)
+        + "\n[upstream]\n"
         f'url = "ws://127.0.0.1:{csms_port}/ocpp"\n'
         "\n[logging]\n"
         'level = "WARNING"\n'
@@ -154,10 +157,33 @@ def gateway_toml(listen_port: int, csms_port: int, data_dir: Path, extra: str) -
 # ----------------------------------------------------------------------------- load runs
 
 
+def wait_quiet(max_wait: float, max_busy: float = 0.2, window: float = 1.0) -> dict[str, Any]:
+    """Wait (bounded) until the machine is quiet: less than `max_busy` cores busy over
+    `window` seconds while the bench's own processes are idle. Other work on the same
+    cores (a test suite, a build) would distort every wall-clock figure."""
+    import psutil
+
+    def busy() -> float:
+        t = psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+    t0 = time.perf_counter()
+    last_busy = None
+    while True:
+        b0 = busy()
+        time.sleep(window)
+        last_busy = (busy() - b0) / window
+        if last_busy < max_busy:
+            return {"quiet": True, "waited_s": time.perf_counter() - t0, "busy_cores": last_busy}
+        if time.perf_counter() - t0 > max_wait:
+            log(f"  machine still busy ({last_busy:.2f} cores used by others) after {max_wait:.0f}s; measuring anyway")
+            return {"quiet": False, "waited_s": time.perf_counter() - t0, "busy_cores": last_busy}
+
+
 def load_budget(args: argparse.Namespace, n: int) -> float:
     closed = len(args.closed_actions) * (args.warmup + args.closed_secs + 2.0)
     connect = 10.0 + n * 0.05
-    return 10.0 + 2 * settle_for(args, n) + connect + closed + args.open_secs + 1.0 / args.rate + 15.0
+    return 10.0 + 2 * settle_for(args, n) + 2 * args.keepalive + connect + closed + args.open_secs + 1.0 / args.rate + 15.0
 
 
 def settle_for(args: argparse.Namespace, n: int) -> float:
@@ -167,17 +193,27 @@ def settle_for(args: argparse.Namespace, n: int) -> float:
 def run_load(args: argparse.Namespace, name: str, url: str, n: int, pid: int, echo_pid: int,
              cpus: list[int] | None, logs: Path) -> dict[str, Any]:
     budget = load_budget(args, n)
+    # bounded per run and over the whole bench (2x --quiet-wait in total)
+    allowance = min(args.quiet_wait, args.quiet_budget)
+    quiet = wait_quiet(allowance) if allowance > 0 else None
+    if quiet:
+        args.quiet_budget = max(0.0, args.quiet_budget - max(0.0, quiet["waited_s"] - 1.0))
     argv = [
         sys.executable, "-m", "bench.load", "--url", url, "--n", str(n), "--pid", str(pid),
         "--echo-pid", str(echo_pid), "--batch", str(args.batch), "--settle", str(settle_for(args, n)),
         "--warmup", str(args.warmup), "--closed-secs", str(args.closed_secs),
         "--closed-actions", ",".join(args.closed_actions), "--open-secs", str(args.open_secs),
         "--rate", str(args.rate), "--max-secs", str(budget), "--seed", str(n),
+        "--keepalive", str(args.keepalive),
     ]
+    if args.pyspy and name in args.pyspy:
+        prof = RESULTS / "profiles"
+        prof.mkdir(parents=True, exist_ok=True)
+        argv += ["--pyspy", str(prof), "--pyspy-tag", f"{name}-"]
     err_path = logs / f"load-{name}-N{n}.log"
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(argv, cwd=str(REPO), stdout=subprocess.PIPE, stderr=err,
-                                preexec_fn=child_setup(cpus))
+                                preexec_fn=child_setup(cpus, NICE[0]))
         try:
             out, _ = proc.communicate(timeout=budget + 45)
         except subprocess.TimeoutExpired:
@@ -186,7 +222,9 @@ def run_load(args: argparse.Namespace, name: str, url: str, n: int, pid: int, ec
             raise RuntimeError(f"load {name} N={n} exceeded {budget + 45:.0f}s; see {err_path.name}")
     if proc.returncode != 0:
         raise RuntimeError(f"load {name} N={n} failed ({proc.returncode}):\n{err_path.read_text()[-3000:]}")
-    return json.loads(out.decode().strip().splitlines()[-1])
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    result["machine_before"] = quiet
+    return result
 
 
 # ----------------------------------------------------------------------------- summary
@@ -209,6 +247,8 @@ def summarize(r: dict[str, Any] | None, direct: dict[str, Any] | None) -> dict[s
         "connect_failures": r.get("connect_failures"),
         "connect_secs": r.get("connect_secs"),
         "rss_per_charger_kib": (r["rss_per_charger"] / 1024) if r.get("rss_per_charger") is not None else None,
+        "rss_per_charger_2nd_half_kib": (r["rss_per_charger_2nd_half"] / 1024)
+        if r.get("rss_per_charger_2nd_half") is not None else None,
         "rss_before_mib": r.get("rss_before", 0) / 2**20,
         "rss_idle_mib": r.get("rss_idle", 0) / 2**20,
         "rss_after_load_mib": r.get("rss_after_load", 0) / 2**20,
@@ -257,6 +297,7 @@ def compare(n: int, bare: dict[str, Any] | None, gw: dict[str, Any] | None) -> d
         "throughput_ratio_hb": ratio(gw.get("throughput_hb"), bare.get("throughput_hb")),
         "throughput_ratio_mv": ratio(gw.get("throughput_mv"), bare.get("throughput_mv")),
         "rss_per_charger_ratio": ratio(gw.get("rss_per_charger_kib"), bare.get("rss_per_charger_kib")),
+        "rss_2nd_half_ratio": ratio(gw.get("rss_per_charger_2nd_half_kib"), bare.get("rss_per_charger_2nd_half_kib")),
         "gateway_p99_added_ms": gw.get("added_p99_ms"),
         "p99_added_minus_bare_ms": (gw["added_p99_ms"] - bare["added_p99_ms"])
         if gw.get("added_p99_ms") is not None and bare.get("added_p99_ms") is not None else None,
@@ -310,6 +351,7 @@ def print_table(n: int, res: dict[str, Any], gw_label: str) -> None:
     row("RSS idle with N chargers, MiB", "rss_idle_mib", ".1f")
     row("RSS per charger, KiB" + (" (noisy)" if n < 100 else ""), "rss_per_charger_kib", ".1f",
         "rss_per_charger_ratio", "<= 48 KiB", chk.get("rss_per_charger_le_48KiB"))
+    row("  RSS per charger, 2nd half only, KiB", "rss_per_charger_2nd_half_kib", ".1f", "rss_2nd_half_ratio")
     row("CPU/call closed Heartbeat, us", "cpu_us_per_call_hb", ".1f", "cpu_ratio_hb", "<= 1.5x bare",
         chk.get("cpu_per_call_le_1.5x_bare"))
     row("CPU/call closed MeterValues, us", "cpu_us_per_call_mv", ".1f", "cpu_ratio_mv")
@@ -367,6 +409,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=50, help="concurrent connects when connecting N chargers")
     ap.add_argument("--gateway-impl", choices=["gateway", "bare"], default="gateway",
                     help="'bare' puts a second bare relay in the gateway slot (to test the bench itself)")
+    ap.add_argument("--gateway-rate-limit", action="store_true",
+                    help="keep the gateway's per-charger frame rate limit ([websocket] max_messages_per_second, "
+                         "20/s by default); without this flag the bench sets it to 0, since a closed loop "
+                         "would otherwise measure the throttle rather than the relay")
     ap.add_argument("--gateway-extra-toml", default="", help="TOML text appended to the gateway config")
     ap.add_argument("--skip", default="", help="comma-separated subset of direct,bare,gateway to skip")
     ap.add_argument("--no-pin", dest="pin", action="store_false",
@@ -374,22 +420,39 @@ def main() -> None:
     ap.add_argument("--startup-timeout", type=float, default=30.0)
     ap.add_argument("--idle-timeout", type=float, default=20.0,
                     help="after /healthz, wait up to this long for the relay to go idle before loading it")
+    ap.add_argument("--quiet-wait", type=float, default=None,
+                    help="before each load run wait up to this long for other CPU load to stop "
+                         "(default 10 s, --quick 3 s, at most twice that in total; 0 = do not wait)")
+    ap.add_argument("--keepalive", type=float, default=20.0,
+                    help="the relays' ping interval: measured phases avoid the synchronized ping bursts "
+                         "of N connections opened together (0 = measure across them)")
+    ap.add_argument("--pyspy", default="",
+                    help="comma-separated subset of bare,gateway to profile with py-spy during each closed-loop "
+                         "window (collapsed stacks in bench/results/profiles/; perturbs those figures)")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="scheduling priority for all bench processes, e.g. -5 (needs root) when the machine "
+                         "cannot be kept quiet; it slows whatever else runs, so it is off by default")
     ap.add_argument("--out", default=str(RESULTS / "latest.json"))
     args = ap.parse_args()
 
     if args.quick:
         sizes = args.sizes or "1,100"
-        defaults = {"closed_secs": 1.5, "warmup": 0.5, "open_secs": 4.0, "settle": 0.5}
+        defaults = {"closed_secs": 1.5, "warmup": 0.5, "open_secs": 4.0, "settle": 0.5, "quiet_wait": 3.0}
         args.closed_actions = ["Heartbeat"]
     else:
         sizes = args.sizes or "1,100,1000"
-        defaults = {"closed_secs": 4.0, "warmup": 1.0, "open_secs": 10.0, "settle": 1.0}
+        defaults = {"closed_secs": 4.0, "warmup": 1.0, "open_secs": 10.0, "settle": 1.0, "quiet_wait": 10.0}
         args.closed_actions = ["Heartbeat", "MeterValues"]
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    args.quiet_budget = 2 * args.quiet_wait
+    NICE[0] = args.nice
     args.sizes_list = [int(x) for x in sizes.split(",") if x.strip()]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    args.pyspy = {s.strip() for s in args.pyspy.split(",") if s.strip()}
+    if args.pyspy and not shutil.which("py-spy"):
+        ap.error("--pyspy needs py-spy on PATH (pip install py-spy)")
 
     soft, hard = raise_nofile()
     need = 2 * max(args.sizes_list) + 200
@@ -416,7 +479,7 @@ def main() -> None:
         "sizes": args.sizes_list,
         "closed_secs": args.closed_secs, "warmup": args.warmup, "open_secs": args.open_secs,
         "rate": args.rate, "batch": args.batch, "closed_actions": args.closed_actions,
-        "gateway_impl": args.gateway_impl, "quick": args.quick,
+        "gateway_impl": args.gateway_impl, "quick": args.quick, "nice": args.nice, "gateway_rate_limit": args.gateway_rate_limit, "pyspy": sorted(args.pyspy),
     }
     try:
         import websockets
@@ -457,7 +520,8 @@ def main() -> None:
                     ddir = tmp / f"gw-N{n}"
                     (ddir / "data").mkdir(parents=True, exist_ok=True)
                     cfg = ddir / "gateway.toml"
-                    cfg.write_text(gateway_toml(port, csms_port, ddir / "data", args.gateway_extra_toml))
+                    ws_extra = [] if args.gateway_rate_limit else ["max_messages_per_second = 0"]
+                    cfg.write_text(gateway_toml(port, csms_port, ddir / "data", args.gateway_extra_toml, ws_extra))
                     argv = [sys.executable, "-m", "gateway", "run", "-c", str(cfg)]
                 log(f"N={n}: {kind} ({impl})")
                 child = Child(kind, argv, logs / f"{kind}-N{n}.log", relay_cpus)
