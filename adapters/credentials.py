@@ -61,6 +61,31 @@ def new_secret(exchange: Exchange) -> str | None:
     return None
 
 
+def new_security_profile(exchange: Exchange) -> int | None:
+    """The security profile an accepted exchange told the charger to use from now on, if any."""
+    if exchange.response is None or exchange.answered_by != "charger" or exchange.origin == "charger":
+        return None
+    req, resp = exchange.request, exchange.response
+    value: Any = None
+    if exchange.version is OcppVersion.V16:
+        if exchange.action == "ChangeConfiguration" and req.get("key") == "SecurityProfile" \
+                and resp.get("status") in _ACCEPTED:
+            value = req.get("value")
+    elif exchange.action == "SetVariables":
+        for item in req.get("setVariableData") or []:
+            if (item.get("component") or {}).get("name") == "SecurityCtrlr" \
+                    and (item.get("variable") or {}).get("name") == "SecurityProfile":
+                value = item.get("attributeValue")
+        results = [r for r in resp.get("setVariableResult") or []
+                   if (r.get("variable") or {}).get("name") == "SecurityProfile"]
+        if not results or results[0].get("attributeStatus") not in _ACCEPTED:
+            value = None
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
 class CredentialBook:
     """A hub observer; the WebSocket server asks it which passwords are valid, the upstream connector
     which password to present."""
@@ -114,6 +139,13 @@ class CredentialBook:
     # -- observer -----------------------------------------------------------------------------------
 
     def exchange(self, session: Any, exchange: Exchange) -> None:
+        profile = new_security_profile(exchange)
+        if profile is not None and profile != self.settings.security_profile(exchange.charger_id):
+            # the charger will reconnect with that profile; the gateway's port does not change with it
+            log.error("charger %s accepted security profile %d from the %s, but the gateway serves it with profile %d: "
+                      "it will probably not get back in until [websocket]/[chargers.%s].security_profile is changed",
+                      exchange.charger_id, profile, exchange.origin, self.settings.security_profile(exchange.charger_id),
+                      exchange.charger_id, extra={"charger_id": exchange.charger_id})
         secret = new_secret(exchange)
         if secret is not None:
             self._spawn(self._rotate(exchange.charger_id, exchange.version, secret, exchange.origin == "csms"))

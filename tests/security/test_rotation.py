@@ -121,3 +121,34 @@ async def test_2x_basic_auth_password_change_and_a_rejected_one(tmp_path: Path) 
             await ws.close()
             await asyncio.sleep(0.3)
             await refused(gw, "P2", PW_A, "ocpp2.0.1")
+
+
+def test_security_profile_changes_are_recognised() -> None:
+    from datetime import datetime, timezone
+
+    from adapters.credentials import new_secret, new_security_profile
+    from gateway.ports import Exchange
+    from gateway.protocol.frames import OcppVersion
+
+    def ex(version: OcppVersion, action: str, request: dict[str, Any], response: dict[str, Any],
+           origin: str = "csms") -> Exchange:
+        return Exchange(charger_id="C", version=version, origin=origin, action=action, message_id="m", request=request,
+                        response=response, answered_by="charger", received_at=datetime.now(timezone.utc))
+
+    v16, v201 = OcppVersion.V16, OcppVersion.V201
+    assert new_security_profile(ex(v16, "ChangeConfiguration", {"key": "SecurityProfile", "value": "2"},
+                                   {"status": "Accepted"})) == 2
+    assert new_security_profile(ex(v16, "ChangeConfiguration", {"key": "SecurityProfile", "value": "2"},
+                                   {"status": "Rejected"})) is None
+    sv = {"setVariableData": [{"component": {"name": "SecurityCtrlr"}, "variable": {"name": "SecurityProfile"},
+                               "attributeValue": "3"}]}
+    ok = {"setVariableResult": [{"component": {"name": "SecurityCtrlr"}, "variable": {"name": "SecurityProfile"},
+                                 "attributeStatus": "RebootRequired"}]}
+    assert new_security_profile(ex(v201, "SetVariables", sv, ok)) == 3
+    # a charger's own CALL never counts, nor a key change it did not accept
+    assert new_secret(ex(v16, "ChangeConfiguration", {"key": "AuthorizationKey", "value": KEY_B},
+                         {"status": "Accepted"}, origin="charger")) is None
+    assert new_secret(ex(v16, "ChangeConfiguration", {"key": "AuthorizationKey", "value": KEY_B},
+                         {"status": "NotSupported"})) is None
+    assert new_secret(ex(v16, "ChangeConfiguration", {"key": "AuthorizationKey", "value": KEY_B},
+                         {"status": "RebootRequired"})) == KEY_B
