@@ -188,3 +188,32 @@ async def test_unreadable_tls_files_are_a_configuration_error(tmp_path: Path, ce
     with pytest.raises(ConfigError, match="upstream.ca_file"):
         async with gateway(tmp_path, upstream={"url": "wss://127.0.0.1:1/ocpp", "ca_file": missing}):
             pass
+
+
+async def test_ocpp_package_chargers_over_profiles_2_and_3(tmp_path: Path, certs: Certs) -> None:
+    """Chargers built with the independent `ocpp` package: 2.0.1 on profile 2, 1.6 on profile 3."""
+    import contextlib
+
+    from ocpp import v16, v201
+
+    async def boot(cp: Any, request: Any) -> Any:
+        task = asyncio.create_task(cp.start())
+        try:
+            return await asyncio.wait_for(cp.call(request), 5)
+        finally:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+    async with gateway(tmp_path, websocket={**tls_settings(certs, 2), "allow_unknown": False},
+                       chargers={"CP2": {"password": PW}, "CP3": {"security_profile": 3}}) as gw:
+        async with connect(gw.url("CP2"), subprotocols=["ocpp2.0.1"], ssl=certs.client(),  # type: ignore[list-item]
+                           additional_headers={"Authorization": basic_header("CP2", PW)}) as ws:
+            answer = await boot(v201.ChargePoint("CP2", ws, response_timeout=5),
+                                v201.call.BootNotification(charging_station={"model": "M", "vendorName": "V"},
+                                                           reason="PowerUp"))
+            assert answer.status == "Accepted"
+        async with connect(gw.url("CP3"), subprotocols=["ocpp1.6"], ssl=certs.client("CP3")) as ws:  # type: ignore[list-item]
+            answer = await boot(v16.ChargePoint("CP3", ws, response_timeout=5),
+                                v16.call.BootNotification(charge_point_vendor="V", charge_point_model="M"))
+            assert answer.status == "Accepted"
