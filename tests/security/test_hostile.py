@@ -67,6 +67,12 @@ async def test_bad_frames_close_or_answer_only_their_connection(tmp_path: Path) 
         async with connect(gw.url("BIG"), subprotocols=["ocpp1.6"], max_size=None) as ws:  # type: ignore[list-item]
             await ws.send('[2,"big","DataTransfer",{"vendorId":"x","data":"' + "A" * 70_000 + '"}]')
             assert await closed_with(ws) == 1009
+        # a compression bomb: 4 MB of "A" deflate to a few kB; the limit applies after inflating
+        async with connect(gw.url("ZIP"), subprotocols=["ocpp1.6"], max_size=None,  # type: ignore[list-item]
+                           compression="deflate") as ws:
+            assert ws.protocol.extensions, "permessage-deflate negotiated"
+            await ws.send('[2,"z","DataTransfer",{"vendorId":"x","data":"' + "A" * 4_000_000 + '"}]')
+            assert await closed_with(ws) == 1009
         # malformed UTF-8 in a text frame: 1007 (invalid frame payload data)
         async with connect(gw.url("UTF"), subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
             await ws.send(b'[2,"u1","Heartbeat",{"x":"\xff\xfe"}]', text=True)
