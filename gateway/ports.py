@@ -94,7 +94,7 @@ class SessionObserver(Protocol):
         """`connected`, `disconnected` or `upstream` (the upstream state changed)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Exchange:
     """One finished CALL: the request and what answered it (a CALLRESULT payload or an error code)."""
 

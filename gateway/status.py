@@ -86,7 +86,7 @@ class ChargerStatus:
         self.boot: dict[str, Any] | None = None
         self.connectors: dict[tuple[int, int | None], dict[str, Any]] = {}
         self.transactions: dict[str, dict[str, Any]] = {}  # open ones, by transaction id (as a string)
-        self.last_seen: str | None = None
+        self.last_seen_at: datetime | None = None  # formatted only when shown (the relay path stays cheap)
         self.connected = False
         self.protocol: str | None = None  # of the last connection
 
@@ -107,7 +107,7 @@ class ChargerStatus:
     def view(self) -> dict[str, Any]:
         return {
             "boot": self.boot,
-            "last_seen": self.last_seen,
+            "last_seen": _iso(self.last_seen_at) if self.last_seen_at else None,
             "connectors": [dict(c) for _, c in sorted(self.connectors.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0))],
             "open_transactions": [dict(t) for t in self.transactions.values()],
         }
@@ -142,13 +142,13 @@ class StatusBook:
         if event == "connected":
             entry.connected = True
             entry.protocol = session.version.value
-            entry.last_seen = _iso(datetime.now(timezone.utc))
+            entry.last_seen_at = datetime.now(timezone.utc)
         elif event == "disconnected":
             entry.connected = False
 
     def exchange(self, session: Any, ex: Exchange) -> None:
         entry = self._entry(ex.charger_id)
-        entry.last_seen = _iso(datetime.now(timezone.utc))
+        entry.last_seen_at = ex.received_at
         if ex.origin != "charger":
             return
         handler = getattr(self, "_on_" + ex.action, None)

@@ -66,10 +66,12 @@ class MessageType(enum.IntEnum):
     SEND = 6
 
 
+_TYPES_21 = frozenset({2, 3, 4, 5, 6})
+_TYPES = frozenset({2, 3, 4})
+
+
 def message_types(version: OcppVersion) -> frozenset[int]:
-    if version is OcppVersion.V21:
-        return frozenset({2, 3, 4, 5, 6})
-    return frozenset({2, 3, 4})
+    return _TYPES_21 if version is OcppVersion.V21 else _TYPES
 
 
 class ErrorCode(str, enum.Enum):
@@ -114,7 +116,7 @@ def parse_error_code(text: str) -> ErrorCode | None:
     return _BY_WIRE.get(text)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Call:
     message_id: str
     action: str
@@ -123,14 +125,14 @@ class Call:
     send: bool = False  # True for a 2.1 SEND (type 6): never answered
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class CallResult:
     message_id: str
     payload: dict[str, Any]
     raw: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class CallError:
     message_id: str
     code: str  # as received; see parse_error_code
