@@ -170,3 +170,25 @@ async def test_ids_within_the_safe_set_work_end_to_end(tmp_path: Path) -> None:
         for cid in ("a+b", "x*y", "op@site", "CP 01.~_-"):
             async with connect(gw.url(quote(cid, safe="")), subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
                 assert (await rpc(ws, BOOT16))[0] == 3
+
+
+async def test_a_hostile_csms_cannot_crash_the_gateway(tmp_path: Path) -> None:
+    """A compromised CSMS sending 200 000 levels of nesting (a segfault in orjson before the depth guard),
+    junk and binary frames: the gateway stays up and the charger keeps being relayed."""
+    from tests.e2e.rawpeers import RawCsms
+
+    def answer(text: str) -> str | None:
+        msg = orjson.loads(text)
+        return orjson.dumps([3, msg[1], {"currentTime": "2026-01-01T00:00:00Z", "interval": 300,
+                                         "status": "Accepted"}]).decode() if msg[0] == 2 else None
+
+    async with RawCsms(answer) as csms:
+        async with gateway(tmp_path, upstream={"url": csms.url}) as gw:
+            async with connect(gw.url("VICTIM"), subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+                assert (await rpc(ws, BOOT16))[0] == 3
+                (conn,) = await csms.wait_connections(1)
+                for junk in ("[" * 200_000 + "]" * 200_000, "[" * 300_000, "{not json", '[3,"nobody",{}]'):
+                    await conn.ws.send(junk)
+                await conn.ws.send(b"\x00\xff")
+                await asyncio.sleep(0.3)
+                assert (await rpc(ws, '[2,"h1","Heartbeat",{}]'))[:2] == [3, "h1"]
