@@ -74,8 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         import orjson
 
+        from gateway.security import configuration_warnings
+
         print(f"# configuration OK ({source or 'embedded defaults'})")
         print(orjson.dumps(masked(settings), option=orjson.OPT_INDENT_2).decode())
+        for warning in configuration_warnings(settings):  # security notes, on stderr (stdout stays JSON)
+            print(f"warning: {warning}", file=sys.stderr)
         return 0
     from gateway import logs
     from gateway.app import serve_forever

@@ -228,3 +228,27 @@ def hash_password_command(hex_key: bool, iterations: int | None) -> int:
         return 2
     print(hash_password(secret, iterations or DEFAULT_ITERATIONS))
     return 0
+
+
+def configuration_warnings(settings: Any) -> list[str]:
+    """Security problems of a valid configuration (for `check-config`); never quotes a secret."""
+    out: list[str] = []
+    ws = settings.websocket
+    if ws.security_profile >= 2 and not (ws.tls_cert and ws.tls_key):
+        out.append("websocket.security_profile >= 2 without tls_cert/tls_key: every charger will be refused")
+    profiles = {settings.security_profile(c) for c in settings.chargers} | {ws.security_profile}
+    if 3 in profiles and not ws.tls_ca:
+        out.append("security profile 3 without websocket.tls_ca: every charger will be refused")
+    for cid, charger in settings.chargers.items():
+        profile = settings.security_profile(cid)
+        if profile in (1, 2) and not charger.password.get_secret_value():
+            out.append(f"chargers.{cid}: security profile {profile} but no password: it cannot log in")
+        for problem in password_problems(charger.password.get_secret_value()):
+            out.append(f"chargers.{cid}.password: {problem}")
+    if ws.security_profile == 0 and not ws.listen.startswith(("127.", "localhost", "[::1]")):
+        out.append("websocket.security_profile = 0 on a non-loopback address: any device on the network can "
+                   "connect as any charger")
+    if settings.upstream.url.startswith("ws://") and any(c.upstream_password.get_secret_value()
+                                                         for c in settings.chargers.values()):
+        out.append("upstream.url is ws:// but upstream passwords are set: they cross the network in clear")
+    return out

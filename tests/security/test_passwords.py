@@ -3,8 +3,10 @@ and the `ocpp-gateway hash-password` command."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +93,18 @@ def test_hash_password_command() -> None:
     assert run_cli("--hex", stdin="xyz\n").returncode == 2
     weak = run_cli("--iterations", "10000", stdin="short\n")
     assert weak.returncode == 0 and "16-40" in weak.stderr
+
+
+def test_check_config_warns_about_security_problems(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text('[websocket]\nsecurity_profile = 2\n[upstream]\nurl = "ws://csms.example/ocpp"\n'
+                   '[chargers.CP1]\npassword = "weak-pw"\nupstream_password = "up-secret-value-123"\n'
+                   '[chargers.CP2]\nsecurity_profile = 3\n[chargers.CP3]\n')
+    out = subprocess.run([sys.executable, "-m", "gateway", "check-config", "-c", str(cfg)], cwd=REPO,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0
+    json.loads(out.stdout.split("\n", 1)[1])  # stdout stays the JSON after the comment line
+    for expected in ("without tls_cert/tls_key", "without websocket.tls_ca", "chargers.CP1.password: should be 16-40",
+                     "upstream passwords are set", "chargers.CP3: security profile 2 but no password"):
+        assert expected in out.stderr, expected
+    assert "weak-pw" not in out.stderr + out.stdout and "up-secret-value-123" not in out.stderr + out.stdout
