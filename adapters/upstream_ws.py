@@ -16,7 +16,7 @@ CSMS that compares the hex text).
 from __future__ import annotations
 
 import ssl
-from typing import Any, AsyncIterator
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -38,13 +38,15 @@ class WsUpstreamLink:
         except ConnectionClosed as exc:
             raise LinkClosed(str(exc)) from None
 
-    async def frames(self) -> AsyncIterator[str]:
-        try:
-            async for message in self.ws:
-                if isinstance(message, str):
-                    yield message
-        except ConnectionClosed:
-            return
+    async def recv(self) -> str:
+        """The CSMS's next text frame (binary frames are not OCPP-J and are skipped)."""
+        while True:
+            try:
+                message = await self.ws.recv()
+            except ConnectionClosed as exc:
+                raise LinkClosed(str(exc)) from None
+            if isinstance(message, str):
+                return message
 
     async def close(self) -> None:
         await self.ws.close()

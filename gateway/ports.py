@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, Protocol
 
 from gateway.protocol.frames import OcppVersion
 
@@ -27,8 +27,8 @@ class UpstreamLink(Protocol):
     async def send(self, text: str) -> None:
         """Raises LinkClosed."""
 
-    def frames(self) -> AsyncIterator[str]:
-        """The CSMS's frames until the link closes."""
+    async def recv(self) -> str:
+        """The CSMS's next frame. Raises LinkClosed when the link is gone."""
 
     async def close(self) -> None: ...
 

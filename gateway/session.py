@@ -768,9 +768,10 @@ class ChargerSession:
             nxt = self.to_upstream.resume(self._loop.time())
             if nxt is not None:
                 await self._send_upstream(nxt)
+            recv = link.recv
             try:
-                async for text in link.frames():
-                    await self.from_upstream(text)
+                while True:
+                    await self.from_upstream(await recv())
             except LinkClosed:
                 pass
             finally:
