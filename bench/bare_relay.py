@@ -41,13 +41,17 @@ def main() -> None:
     ap.add_argument("--path", default="/ocpp")
     ap.add_argument("--upstream", required=True, help="base URL, e.g. ws://127.0.0.1:9700/ocpp")
     ap.add_argument("--compression", choices=["deflate", "none"], default="deflate",
-                    help="permessage-deflate on both legs (websockets default) or off (diagnostics only)")
+                    help="permessage-deflate offered to chargers (as the gateway does) or not")
+    ap.add_argument("--upstream-compression", choices=["deflate", "none"], default="none",
+                    help="permessage-deflate towards the CSMS; off by default, like the gateway's "
+                         "[upstream].compression, so that both relays do the same work")
     args = ap.parse_args()
     raise_nofile()
     host, port = parse_hostport(args.listen)
     prefix = args.path.rstrip("/") + "/"
     upstream = args.upstream.rstrip("/") + "/"
     compression = None if args.compression == "none" else "deflate"
+    upstream_compression = None if args.upstream_compression == "none" else "deflate"
 
     def process_request(connection, request):  # type: ignore[no-untyped-def]
         if request.path == "/healthz":
@@ -61,7 +65,7 @@ def main() -> None:
         sub = ws.subprotocol
         try:
             up = await connect(upstream + charger_id, subprotocols=[sub] if sub else None, proxy=None,
-                               compression=compression)
+                               compression=upstream_compression)
         except (OSError, asyncio.TimeoutError, Exception):  # noqa: BLE001 - any upstream failure
             await ws.close(1011, "upstream unavailable")
             return
