@@ -115,7 +115,7 @@ def _start_control(settings: Settings, hub: Hub, stack: contextlib.AsyncExitStac
     sinks = [s for o in hub.observers if isinstance(o, TelemetryObserver) for s in o.sinks]
     engine = ControlEngine(settings, hub, sinks, state_file=Path(settings.data_dir) / "control-state.json")
     hub.observers.append(engine)
-    hub.control = engine  # type: ignore[attr-defined]
+    hub.control = engine
     stack.push_async_callback(engine.close)
     return engine
 

@@ -867,6 +867,7 @@ class Hub:
         self.rng = rng or random.Random()
         self.sessions: dict[str, ChargerSession] = {}
         self.observers: list[SessionObserver] = []
+        self.control: Any = None  # gateway.control.engine.ControlEngine, when local control is wired
 
     async def start(self) -> None:
         """Load what the store keeps; resume replaying outboxes left by an earlier run."""
