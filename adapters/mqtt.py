@@ -469,6 +469,8 @@ class MqttSink(SpooledSink[Message]):
                                        "icon": "mdi:ev-station"})
         elif isinstance(record, EnvironmentReading):
             topic = f"{root}/environment/{topic_level(record.name)}"
+            if not self._due(topic, record.value, time.monotonic()):
+                return out
             out.append(self._retained(ch, topic, _json({"value": record.value, "unit": record.unit, "ts": iso(record.ts),
                                                         "source": record.source})))
             ha = _HA_ENV.get(record.unit)

@@ -108,22 +108,16 @@ class SpooledSink(Generic[Item]):
             return []
 
     async def _collect(self) -> list[Item]:
-        """Wait for a first record, then gather up to a batch within flush_interval."""
+        """Wait for a first record, then gather a batch: what is queued already, and if that is not
+        a full batch, what arrives within flush_interval (one sleep per batch, not a timed wait per
+        record: asyncio.wait_for costs a task and a timer each time)."""
         record = await self.queue.get()
         self._busy = True
         items = self._encode(record)
-        if self.flush_interval > 0 and len(items) < self.batch_size and self.queue.empty():
-            deadline = time.monotonic() + self.flush_interval
-            while len(items) < self.batch_size:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    break
-                try:
-                    record = await asyncio.wait_for(self.queue.get(), timeout)
-                except asyncio.TimeoutError:
-                    break
-                items.extend(self._encode(record))
         items.extend(self._take_nowait(self.batch_size - len(items)))
+        if len(items) < self.batch_size and self.flush_interval > 0:
+            await asyncio.sleep(self.flush_interval)
+            items.extend(self._take_nowait(self.batch_size - len(items)))
         return items
 
     async def _run(self) -> None:
