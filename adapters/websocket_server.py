@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import secrets
 import ssl
 from typing import Any, Sequence
 
@@ -41,8 +42,8 @@ from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import charger_id_from_path
 from gateway.protocol import frames as F
 from gateway.protocol.frames import ErrorCode, OcppVersion
-from gateway.security import FailureLimiter, TokenBucket, certificate_matches, is_hashed, parse_basic, \
-    password_matches, password_problems
+from gateway.security import DEFAULT_ITERATIONS, FailureLimiter, TokenBucket, certificate_matches, hash_password, \
+    is_hashed, parse_basic, password_matches, password_problems
 from gateway.session import Hub
 
 log = logging.getLogger("gateway.websocket")
@@ -109,6 +110,8 @@ class WebSocketServer:
         ws = settings.websocket
         self.limiter = FailureLimiter(ws.max_auth_failures, ws.auth_failure_window)
         self._blocked_logged: dict[str, float] = {}
+        self._hashing = any(is_hashed(c.password.get_secret_value()) for c in settings.chargers.values())
+        self._decoy_hash: str | None = None
         self.credentials = CredentialBook(settings)  # passwords changed by the CSMS since (adapters/credentials.py)
         self.tls: ssl.SSLContext | None = None
         self.tls_problem: str | None = None
@@ -211,11 +214,23 @@ class WebSocketServer:
                         break
         if reason is None:
             return None
+        creds = parse_basic(request.headers.get("Authorization")) if profile in (1, 2) else None
+        if reason in ("unknown charger", "no password configured for this charger") and self._hashing \
+                and creds is not None and creds[0] == charger_id.encode("utf-8"):
+            # as long as a real check would take: the time to refuse says nothing about which ids exist
+            await asyncio.to_thread(password_matches, self._decoy(), b"decoy", OcppVersion.V201)
         self.limiter.failed(address, now)
         log.warning("authentication of %r from %s failed (profile %d%s): %s", charger_id, address, profile,
                     "" if profile == site else " for this charger", reason, extra={"charger_id": charger_id})
         extra = {} if profile == 3 else {"WWW_Authenticate": 'Basic realm="ocpp", charset="UTF-8"'}
         return _text_response(http.HTTPStatus.UNAUTHORIZED, _AUTH_FAILED, **extra)
+
+    def _decoy(self) -> str:
+        if self._decoy_hash is None:  # as costly as the dearest configured hash
+            costs = [int(p.split("$")[1]) for c in self.settings.chargers.values()
+                     if is_hashed(p := c.password.get_secret_value()) and p.split("$")[1].isdigit()]
+            self._decoy_hash = hash_password(secrets.token_bytes(16), max(costs, default=DEFAULT_ITERATIONS))
+        return self._decoy_hash
 
     def _select_subprotocol(self, connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
         for name in offered:  # the client lists its versions in order of preference

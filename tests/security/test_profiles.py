@@ -217,3 +217,21 @@ async def test_ocpp_package_chargers_over_profiles_2_and_3(tmp_path: Path, certs
             answer = await boot(v16.ChargePoint("CP3", ws, response_timeout=5),
                                 v16.call.BootNotification(charge_point_vendor="V", charge_point_model="M"))
             assert answer.status == "Accepted"
+
+
+async def test_refusal_time_does_not_reveal_which_ids_exist(tmp_path: Path) -> None:
+    """With hashed passwords a wrong password costs a PBKDF2 check; an unknown id costs the same."""
+    import time
+
+    stored = hash_password(PW.encode(), iterations=400_000)
+    async with gateway(tmp_path, websocket={"security_profile": 1, "max_auth_failures": 0},
+                       chargers={"REAL": {"password": stored}}) as gw:
+        async def timed(cid: str) -> float:
+            t = time.monotonic()
+            assert (await refused(gw.url(cid), **auth(cid, "wrong-password-123456")))[0] == 401
+            return time.monotonic() - t
+
+        await timed("REAL")  # warm up
+        real = min([await timed("REAL") for _ in range(2)])
+        ghost = min([await timed("GHOST") for _ in range(2)])
+        assert ghost > real * 0.6, (real, ghost)  # both pay for one PBKDF2 check of the same cost
