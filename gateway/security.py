@@ -52,12 +52,28 @@ def is_hashed(stored: str) -> bool:
     return stored.startswith(HASH_SCHEME + "$")
 
 
+# Successful hash checks, remembered so that a charger (or an HTTP-binding device, which logs in with
+# every request) pays for PBKDF2 once, not at every login. Keyed by an HMAC of the password under a
+# key that lives only in this process; failures are never remembered; bounded.
+_VERIFIED: dict[tuple[str, bytes], None] = {}
+_VERIFIED_KEY = secrets.token_bytes(32)
+_VERIFIED_MAX = 10_000
+
+
 def _matches(stored: str, given: bytes) -> bool:
     """Constant-time comparison of what the charger sent with one stored password."""
     m = _HASHED.fullmatch(stored)
     if m:
+        seen = (stored, hmac.new(_VERIFIED_KEY, given, "sha256").digest())
+        if seen in _VERIFIED:
+            return True
         iterations, salt, digest = int(m[1]), base64.b64decode(m[2]), base64.b64decode(m[3])
-        return hmac.compare_digest(hashlib.pbkdf2_hmac("sha256", given, salt, max(1, iterations)), digest)
+        ok = hmac.compare_digest(hashlib.pbkdf2_hmac("sha256", given, salt, max(1, iterations)), digest)
+        if ok:
+            if len(_VERIFIED) >= _VERIFIED_MAX:
+                _VERIFIED.clear()
+            _VERIFIED[seen] = None
+        return ok
     if is_hashed(stored):  # a malformed hash never matches
         return False
     return hmac.compare_digest(given, stored.encode("utf-8"))

@@ -108,3 +108,17 @@ def test_check_config_warns_about_security_problems(tmp_path: Path) -> None:
                      "upstream passwords are set", "chargers.CP3: security profile 2 but no password"):
         assert expected in out.stderr, expected
     assert "weak-pw" not in out.stderr + out.stdout and "up-secret-value-123" not in out.stderr + out.stdout
+
+
+def test_a_verified_hash_is_not_recomputed() -> None:
+    import time
+
+    stored = hash_password(b"correct-horse-battery", iterations=300_000)
+    t = time.perf_counter()
+    assert password_matches(stored, b"correct-horse-battery", V201)
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(10):
+        assert password_matches(stored, b"correct-horse-battery", V201)
+    assert time.perf_counter() - t < first  # ten remembered checks cost less than one real one
+    assert not password_matches(stored, b"correct-horse-batterY", V201)  # failures are never remembered
