@@ -411,3 +411,37 @@ async def test_ocpp21_send_frames_and_command_timeout(
             assert result["status"] == "timeout"
     finally:
         sub.close()
+
+
+async def test_sinks_away_never_slow_the_relay(gateway_factory: Callable[..., GatewayProcess]) -> None:
+    """Broker and InfluxDB unreachable from the start: every charger call is still answered at
+    once, and the telemetry is on disk, in the spools, when the gateway stops."""
+    import sqlite3
+    import time
+
+    from tests.harness import free_port
+
+    gw = gateway_factory({"mqtt": {"url": f"mqtt://127.0.0.1:{free_port()}"},
+                          "influx": {"url": f"http://127.0.0.1:{free_port()}", "api": "v1", "database": "x",
+                                     "flush_interval": 0.05}})
+    n = 200
+    async with charger(gw.url("AWAY"), "1.6", "AWAY") as cp:
+        started = time.monotonic()
+        for i in range(n):
+            await cp.raw_call("MeterValues", {"connectorId": 1, "meterValue": [{
+                "timestamp": T0, "sampledValue": [{"value": str(i)}]}]})
+        elapsed = time.monotonic() - started
+    assert elapsed < 10, f"{n} relayed calls took {elapsed:.1f} s with both sinks away"
+    gw.stop()
+    data = gw.dir / "data"
+
+    def count(name: str) -> int:
+        db = sqlite3.connect(data / f"telemetry-spool-{name}.sqlite3")
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+        finally:
+            db.close()
+
+    assert count("mqtt") >= 2 * n  # .../meter and the retained .../meter/Energy.Active.Import.Register, each call
+    assert count("influx") >= n  # one meter_value point per call
+    assert "MQTT: cannot connect" in gw.logs() and "InfluxDB write failed" in gw.logs()
