@@ -126,3 +126,23 @@ async def test_signed_calls_without_the_csms_get_a_callerror(tmp_path: Path) -> 
             assert (await rpc('[2,"x3","Reset-Signed",%s]' % JWS))[:3] == [4, "x3", "NotSupported"]
             # and unsigned traffic goes on as before
             assert (await rpc('[2,"x4","Heartbeat",{}]'))[:2] == [3, "x4"]
+
+
+async def test_signed_call_whose_csms_link_drops_gets_a_callerror_not_a_local_answer(tmp_path: Path) -> None:
+    def answer(text: str) -> str | None:
+        msg = orjson.loads(text)
+        return None if msg[2].endswith("-Signed") else echo_answer(text)
+
+    async with RawCsms(answer) as csms:
+        async with gateway(tmp_path, upstream={"url": csms.url, "reconnect_min": 5.0}) as gw:
+            async with connect(gw.url("SD1"), subprotocols=["ocpp2.0.1"]) as ws:  # type: ignore[list-item]
+                (conn,) = await csms.wait_connections(1)
+                text = '[2,"sg1","TransactionEvent-Signed",%s]' % JWS
+                await ws.send(text)
+                assert await asyncio.wait_for(conn.received.get(), 5) == text
+                await conn.ws.close()  # the CSMS goes away before answering
+                reply = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+                assert reply[:2] == [4, "sg1"]  # never a CALLRESULT the CSMS did not give
+                # and ordinary messages are answered by the gateway meanwhile (buffer mode)
+                await ws.send('[2,"h1","Heartbeat",{}]')
+                assert orjson.loads(await asyncio.wait_for(ws.recv(), 10))[:2] == [3, "h1"]
