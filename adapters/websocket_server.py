@@ -110,6 +110,7 @@ class WebSocketServer:
         ws = settings.websocket
         self.limiter = FailureLimiter(ws.max_auth_failures, ws.auth_failure_window)
         self._blocked_logged: dict[str, float] = {}
+        self._buckets: dict[str, TokenBucket] = {}  # message rate per charger id
         self._hashing = any(is_hashed(c.password.get_secret_value()) for c in settings.chargers.values())
         self._decoy_hash: str | None = None
         self.credentials = CredentialBook(settings)  # passwords changed by the CSMS since (adapters/credentials.py)
@@ -259,7 +260,13 @@ class WebSocketServer:
                  extra={"charger_id": charger_id})
         session = await self.hub.attach(charger_id, version, link, upstream)
         rate = self.settings.websocket.max_messages_per_second
-        bucket = TokenBucket(rate, self.settings.websocket.message_burst) if rate > 0 else None
+        bucket = None
+        if rate > 0:  # per charger id, not per connection: reconnecting does not refill it
+            bucket = self._buckets.get(charger_id)
+            if bucket is None:
+                if len(self._buckets) >= 10_000:
+                    self._buckets.clear()
+                bucket = self._buckets[charger_id] = TokenBucket(rate, self.settings.websocket.message_burst)
         loop = asyncio.get_running_loop()
         throttled = False
         try:

@@ -110,9 +110,21 @@ async def test_a_flooding_charger_is_slowed_down_not_the_others(tmp_path: Path) 
                 msg = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
                 answered += 1
                 assert msg[0] in (3, 4)
-            elapsed = time.monotonic() - t
+            flood_end = time.monotonic()
+            elapsed = flood_end - t
         # nothing refused or lost, but it took at least (sent - burst) / rate seconds
         assert elapsed >= (sent - burst) / rate * 0.9
+        # reconnecting does not refill the bucket (it is per charger id, not per connection)
+        async with connect(gw.url("FLOOD"), subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+            t = time.monotonic()
+            for i in range(burst):
+                await ws.send(f'[2,"g{i}","Heartbeat",{{}}]')
+            for _ in range(burst):
+                await asyncio.wait_for(ws.recv(), 10)
+            refilled = (t - flood_end) * rate  # tokens the bucket regained while reconnecting
+            expected = (burst - refilled) / rate  # a fresh bucket would have let them all through at once
+            if expected > 0.05:
+                assert time.monotonic() - t >= expected * 0.8
         assert rtts and max(rtts) < 10  # the well-behaved charger was answered throughout
 
 
