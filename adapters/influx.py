@@ -19,6 +19,7 @@ Types: a field always has one type in a measurement (InfluxDB refuses a float af
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import logging
 import math
@@ -210,11 +211,12 @@ class InfluxSink(SpooledSink[str]):
     async def _write_v1(self, body: str) -> tuple[int, str]:
         assert self._session is not None
         params = {"db": self.cfg.database, "precision": "ns"}
-        auth = None
-        if self.cfg.username:
-            auth = aiohttp.BasicAuth(self.cfg.username, self.cfg.password.get_secret_value())
-        async with self._session.post(f"{self.url}/write", params=params, data=body.encode("utf-8"), auth=auth,
-                                      headers={"Content-Type": "text/plain; charset=utf-8"}) as resp:
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if self.cfg.username:  # HTTP Basic (InfluxDB 1.x also takes u/p in the query string, which ends up in logs)
+            creds = f"{self.cfg.username}:{self.cfg.password.get_secret_value()}".encode("utf-8")
+            headers["Authorization"] = "Basic " + base64.b64encode(creds).decode("ascii")
+        async with self._session.post(f"{self.url}/write", params=params, data=body.encode("utf-8"),
+                                      headers=headers) as resp:
             return resp.status, await resp.text()
 
     async def _write_v2(self, body: str) -> tuple[int, str]:

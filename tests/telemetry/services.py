@@ -6,6 +6,7 @@ Every process is started here on a free port and stopped by its PID.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import os
@@ -107,10 +108,11 @@ class Mosquitto(_Process):
 class Influx(_Process):
     """InfluxDB 1.x (`influxd run -config conf`) with meta/data/wal under `directory`."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, auth: bool = False) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.auth: tuple[str, str] | None = None
         rpc = free_port()
         self.conf = self.dir / "influxdb.conf"
         self.conf.write_text(f"""
@@ -125,6 +127,7 @@ bind-address = "127.0.0.1:{rpc}"
 [http]
   bind-address = "127.0.0.1:{self.port}"
   log-enabled = false
+  auth-enabled = {"true" if auth else "false"}
 [monitor]
   store-enabled = false
 [continuous_queries]
@@ -155,9 +158,17 @@ bind-address = "127.0.0.1:{rpc}"
         params = {"q": query, "epoch": "ns"}
         if db:
             params["db"] = db
-        data = urllib.parse.urlencode(params).encode()
-        with urllib.request.urlopen(f"{self.url}/query", data=data, timeout=5) as r:
+        request = urllib.request.Request(f"{self.url}/query", data=urllib.parse.urlencode(params).encode())
+        if self.auth:
+            token = base64.b64encode(f"{self.auth[0]}:{self.auth[1]}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(request, timeout=5) as r:
             return json.loads(r.read())
+
+    def create_admin(self, user: str, password: str) -> None:
+        """With auth-enabled, the first user must be an admin (InfluxDB allows creating it unauthenticated)."""
+        self.q(f"CREATE USER \"{user}\" WITH PASSWORD '{password}' WITH ALL PRIVILEGES")
+        self.auth = (user, password)
 
     def create_db(self, name: str) -> None:
         self.q(f'CREATE DATABASE "{name}"')

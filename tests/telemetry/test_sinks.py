@@ -232,3 +232,30 @@ async def test_influx_drops_a_refused_batch_and_carries_on(influx: Influx, tmp_p
                                       source="MeterValues"))
         await until(lambda: influx.rows(db, "SELECT * FROM environment"), 10, "the next batch")
         assert sink.rejected == 1 and sink.spool.count == 0
+
+
+async def test_influx_v1_with_username_and_password(tmp_path: Path) -> None:
+    """InfluxDB 1.x with authentication on: a wrong password is retried (spooled, nothing lost);
+    the right one (HTTP Basic) gets the points in."""
+    server = Influx(tmp_path / "auth-influx", auth=True).start()
+    try:
+        server.create_admin("admin", "adm1n")
+        server.create_db("secured")
+        server.q("CREATE USER \"gw\" WITH PASSWORD 'g:w pass'")
+        server.q('GRANT WRITE ON "secured" TO "gw"')
+        bad = InfluxSettings(url=server.url, api="v1", database="secured", username="gw", password="nope",
+                             flush_interval=0.05, retry_min=0.1, retry_max=0.2)
+        data = str(tmp_path / "data")
+        async with InfluxSink(bad, data, "s") as sink:
+            for i in range(5):
+                sink.offer(meter("CP", float(i), ts=NOW + timedelta(seconds=i)))
+            await until(lambda: sink.spool.count == 5, 10, "spooled while refused (401)")
+        assert server.rows("secured", "SELECT * FROM meter_value") == []
+        good = InfluxSettings(url=server.url, api="v1", database="secured", username="gw", password="g:w pass",
+                              flush_interval=0.05)
+        async with InfluxSink(good, data, "s") as sink:  # the same spool: drained first
+            sink.offer(meter("CP", 5.0, ts=NOW + timedelta(seconds=5)))
+            await until(lambda: len(server.rows("secured", "SELECT * FROM meter_value")) == 6, 10, "6 points")
+        assert [r["value"] for r in server.rows("secured", "SELECT * FROM meter_value")] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    finally:
+        server.stop()
