@@ -259,3 +259,29 @@ async def test_influx_v1_with_username_and_password(tmp_path: Path) -> None:
         assert [r["value"] for r in server.rows("secured", "SELECT * FROM meter_value")] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     finally:
         server.stop()
+
+
+async def test_influx_v2_wrong_token_spools_then_drains(influx: Influx, tmp_path: Path) -> None:
+    """The v2 path (influxdb-client) against the test /api/v2/write endpoint: a wrong token is
+    refused with 401 and retried from the spool; with the right token everything lands, in order."""
+    from tests.telemetry.services import V2WriteEndpoint
+
+    bucket = "v2auth" + str(free_port())
+    influx.create_db(bucket)
+    v2 = V2WriteEndpoint(influx, token="right", org="o", bucket=bucket).start()
+    try:
+        data = str(tmp_path / "data")
+        bad = InfluxSettings(url=v2.url, api="v2", org="o", bucket=bucket, token="wrong", flush_interval=0.05,
+                             retry_min=0.1, retry_max=0.2)
+        async with InfluxSink(bad, data, "s") as sink:
+            for i in range(4):
+                sink.offer(meter("CP", float(i), ts=NOW + timedelta(seconds=i)))
+            await until(lambda: sink.spool.count == 4, 10, "spooled while refused")
+        assert any(r["auth"] == "Token wrong" for r in v2.requests)
+        good = InfluxSettings(url=v2.url, api="v2", org="o", bucket=bucket, token="right", flush_interval=0.05)
+        async with InfluxSink(good, data, "s") as sink:
+            await until(lambda: len(influx.rows(bucket, "SELECT * FROM meter_value")) == 4, 10, "4 points")
+            assert sink.spool.count == 0
+        assert [r["value"] for r in influx.rows(bucket, "SELECT * FROM meter_value")] == [0.0, 1.0, 2.0, 3.0]
+    finally:
+        v2.stop()
