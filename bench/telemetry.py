@@ -8,7 +8,7 @@ Processes (all on 127.0.0.1, all stopped by PID): the echo CSMS (`bench/echo_csm
 Mosquitto and an InfluxDB 1.x started like the tests do (`tests/telemetry/services.py`), and the
 gateway twice: `off` (no sinks) and `on` (`[mqtt]` QoS 1 + `[influx]` v1). The load runs in this
 process: N websockets chargers, each in a closed loop (next MeterValues as soon as the previous
-is answered), 1.6, four sampled values per call (energy, power, current, temperature in
+is answered; the per-charger message rate limit is off), 1.6, four sampled values per call (energy, power, current, temperature in
 Fahrenheit: the normaliser's full path). After a warm-up, the gateway's CPU time (user + system,
 read from /proc by PID through psutil) is divided by the calls completed in the window.
 
@@ -50,6 +50,7 @@ def start_gateway(workdir: Path, csms_port: int, extra: str) -> tuple[subprocess
 data_dir = "{workdir / 'data'}"
 [websocket]
 listen = "127.0.0.1:{port}"
+max_messages_per_second = 0
 [upstream]
 url = "ws://127.0.0.1:{csms_port}/ocpp"
 [api]
