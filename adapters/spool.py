@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -40,11 +41,29 @@ class Spool:
 
     def _open(self) -> int:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as exc:
+            # A damaged spool must not keep the gateway from starting: keep it aside for a human, start empty.
+            aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+            log.error("telemetry spool %s is unreadable (%s); moved to %s, starting an empty one",
+                      self.path.name, exc, aside.name)
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            self.path.rename(aside)
+            for suffix in ("-wal", "-shm"):
+                extra = self.path.with_name(self.path.name + suffix)
+                if extra.exists():
+                    extra.rename(aside.with_name(aside.name + suffix))
+            return self._connect()
+
+    def _connect(self) -> int:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db = db
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("CREATE TABLE IF NOT EXISTS items (seq INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL)")
-        self._db = db
         return int(db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
 
     async def close(self) -> None:

@@ -285,3 +285,22 @@ async def test_influx_v2_wrong_token_spools_then_drains(influx: Influx, tmp_path
         assert [r["value"] for r in influx.rows(bucket, "SELECT * FROM meter_value")] == [0.0, 1.0, 2.0, 3.0]
     finally:
         v2.stop()
+
+
+async def test_a_damaged_spool_is_set_aside(tmp_path: Path) -> None:
+    path = tmp_path / "telemetry-spool-mqtt.sqlite3"
+    path.write_bytes(b"this is not an SQLite database" * 100)
+    spool = await Spool(path, max_items=10).open()
+    await spool.append([b"x"])
+    assert spool.count == 1
+    await spool.close()
+    assert [p.name for p in tmp_path.iterdir() if ".damaged-" in p.name]
+
+
+async def test_influx_v2_unreachable_spools(tmp_path: Path) -> None:
+    cfg = InfluxSettings(url=f"http://127.0.0.1:{free_port()}", api="v2", org="o", bucket="b", token="t",
+                         flush_interval=0.05, retry_min=0.1, retry_max=0.2, timeout=2.0)
+    async with InfluxSink(cfg, str(tmp_path), "s") as sink:
+        for i in range(3):
+            sink.offer(meter("CP", float(i), ts=NOW + timedelta(seconds=i)))
+        await until(lambda: sink.spool.count == 3, 10, "spooled while unreachable")
