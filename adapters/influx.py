@@ -32,6 +32,7 @@ import aiohttp
 
 from adapters.spool import Spool
 from adapters.telemetry_sink import SpooledSink
+from gateway.config import ConfigError
 from adapters import control_api
 from gateway.control.engine import ControlChange
 from gateway.telemetry.records import (
@@ -141,6 +142,13 @@ class InfluxSink(SpooledSink[str]):
 
     async def __aenter__(self) -> "InfluxSink":
         timeout = self.cfg.timeout
+        if self.cfg.ca_file:
+            import ssl
+
+            try:
+                ssl.create_default_context(cafile=self.cfg.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"influx.ca_file: cannot load it ({getattr(exc, 'strerror', None) or exc})") from None
         if self.cfg.api == "v2":
             from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 

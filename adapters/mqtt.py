@@ -39,6 +39,7 @@ from paho.mqtt.properties import Properties
 
 from adapters.spool import Spool
 from adapters.telemetry_sink import SpooledSink
+from gateway.config import ConfigError
 from gateway.errors import Busy, CallFailed, CallTimeout, NotConnected
 from adapters import control_api
 from gateway.control.engine import ControlChange
@@ -188,10 +189,13 @@ class MqttSink(SpooledSink[Message]):
         self._states: dict[str, ChargerState] = {}  # the last state published per charger
         url = urlsplit(cfg.url.get_secret_value())
         if url.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ValueError("mqtt.url must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+            raise ConfigError("mqtt.url: must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
         self._tls = url.scheme in ("mqtts", "ssl")
         self._host = url.hostname or "127.0.0.1"
-        self._port = url.port or (8883 if self._tls else 1883)
+        try:
+            self._port = url.port or (8883 if self._tls else 1883)
+        except ValueError:
+            raise ConfigError("mqtt.url: the port is not a number from 0 to 65535") from None
         self.v5 = cfg.protocol_version == 5
         client_id = cfg.client_id or f"ocpp-gateway-{site_id}"
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -199,7 +203,10 @@ class MqttSink(SpooledSink[Message]):
         if url.username:
             self.client.username_pw_set(unquote(url.username), unquote(url.password) if url.password else None)
         if self._tls:
-            ctx = ssl.create_default_context(cafile=cfg.ca_file or None)
+            try:
+                ctx = ssl.create_default_context(cafile=cfg.ca_file or None)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"mqtt.ca_file: cannot load it ({getattr(exc, 'strerror', None) or exc})") from None
             self.client.tls_set_context(ctx)
         self.client.will_set(f"{self.base}/gateway/state", "offline", qos=self.qos, retain=True)
         self.client.max_inflight_messages_set(100)  # MQTT 5: the broker's Receive Maximum lowers it

@@ -34,3 +34,19 @@ def test_secrets_are_masked() -> None:
     shown = masked(s)
     assert shown["mqtt"]["url"] == "********" and shown["influx"]["token"] == "********"
     assert "s3cret" not in repr(s) and "t0ken" not in repr(s)
+
+
+def test_an_unreadable_ca_file_is_a_configuration_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Found only while starting: `run` exits with status 2 and names the key."""
+    import subprocess
+    import sys
+
+    from tests.harness import REPO, GatewayProcess, free_port
+
+    for section, extra in (("mqtt", {"url": f"mqtts://127.0.0.1:{free_port()}"}),
+                           ("influx", {"url": f"https://127.0.0.1:{free_port()}", "bucket": "b"})):
+        gw = GatewayProcess(tmp_path, {section: {**extra, "ca_file": str(tmp_path / "missing.pem")}}, name=section)
+        proc = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", str(gw.config_path)], cwd=REPO,
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert f"{section}.ca_file" in proc.stderr + proc.stdout
