@@ -7,11 +7,13 @@ from typing import Callable, Iterator
 
 import pytest
 
-from tests.telemetry.services import Influx, Mosquitto
+from tests.telemetry.services import INFLUXD, MOSQUITTO, Influx, Mosquitto
+from tests.telemetry.services import need as _need
 
 
 @pytest.fixture(scope="session")
 def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    _need(MOSQUITTO, "mosquitto")
     broker = Mosquitto(tmp_path_factory.mktemp("mosquitto")).start()
     yield broker
     broker.stop()
@@ -19,6 +21,7 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
 
 @pytest.fixture(scope="session")
 def influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Influx]:
+    _need(INFLUXD, "influxdb")
     server = Influx(tmp_path_factory.mktemp("influxdb")).start()
     yield server
     server.stop()
@@ -27,6 +30,7 @@ def influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Influx]:
 @pytest.fixture
 def own_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     """A broker for one test (for tests that stop and restart it)."""
+    _need(MOSQUITTO, "mosquitto")
     broker = Mosquitto(tmp_path / "own-mosquitto").start()
     yield broker
     broker.stop()
@@ -35,6 +39,7 @@ def own_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
 @pytest.fixture
 def own_influx(tmp_path: Path) -> Iterator[Influx]:
     """An InfluxDB for one test (for tests that stop and restart it)."""
+    _need(INFLUXD, "influxdb")
     server = Influx(tmp_path / "own-influxdb").start()
     yield server
     server.stop()

@@ -33,6 +33,15 @@ _RUN_AS = ["user root"] if os.geteuid() == 0 else []
 INFLUXD = shutil.which("influxd") or "/usr/bin/influxd"
 
 
+def need(binary: str, package: str) -> None:
+    """Skip the test when a service binary is missing (scripts/test installs the packages)."""
+    import pytest
+
+    path = binary if os.path.isabs(binary) else shutil.which(binary)
+    if not path or not os.access(path, os.X_OK):
+        pytest.skip(f"{binary} not installed (Debian package {package}; scripts/test installs it)")
+
+
 def wait_port(port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -21,7 +21,7 @@ from gateway.telemetry.records import (
     ChargerForgotten, ChargerState, ConnectorStatus, EnvironmentReading, MeterReading, MeterSample,
 )
 from tests.harness import free_port
-from tests.telemetry.services import _RUN_AS, Influx, Mosquitto, Subscriber, wait_for
+from tests.telemetry.services import _RUN_AS, INFLUXD, MOSQUITTO, Influx, Mosquitto, Subscriber, need, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 NOW = datetime(2025, 3, 1, 10, 0, tzinfo=timezone.utc)
@@ -52,6 +52,9 @@ def _openssl(*args: str, cwd: Path) -> None:
 def tls_broker(tmp_path: Path) -> Any:
     """Mosquitto with a TLS listener (certificate from a CA made here) and a plain one, both
     requiring a password."""
+    need(MOSQUITTO, "mosquitto")
+    need("mosquitto_passwd", "mosquitto")
+    need("openssl", "openssl")
     d = tmp_path / "tls"
     d.mkdir()
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
@@ -145,6 +148,7 @@ async def test_offer_never_blocks_and_counts_what_it_drops(tmp_path: Path) -> No
 async def test_mqtt_spool_survives_a_gateway_restart(tmp_path: Path) -> None:
     """Broker away: the sink spools to disk; the gateway stops; it starts again with the broker
     back, and the spooled messages arrive first, in order."""
+    need(MOSQUITTO, "mosquitto")
     broker = Mosquitto(tmp_path / "broker")  # configured, not started yet
     data = str(tmp_path / "data")
     cfg = MqttSettings(url=broker.url, reconnect_min=1.0, reconnect_max=1.0)
@@ -237,6 +241,7 @@ async def test_influx_drops_a_refused_batch_and_carries_on(influx: Influx, tmp_p
 async def test_influx_v1_with_username_and_password(tmp_path: Path) -> None:
     """InfluxDB 1.x with authentication on: a wrong password is retried (spooled, nothing lost);
     the right one (HTTP Basic) gets the points in."""
+    need(INFLUXD, "influxdb")
     server = Influx(tmp_path / "auth-influx", auth=True).start()
     try:
         server.create_admin("admin", "adm1n")
