@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from adapters.polled import ChargerAuth, LinkRegistry, PolledLink, TooLarge, read_limited
+from adapters.polled import ChargerAuth, LinkRegistry, PolledLink, TooLarge, TooSlow, read_limited
 from gateway.config import Settings, split_listen
 from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import validate_charger_id
@@ -125,6 +125,8 @@ class HttpBinding:
             data = await read_limited(request.content, self.settings.http.max_body_size)
         except TooLarge:
             return _error(413, "frame too large")
+        except TooSlow as exc:
+            return _error(408, str(exc))
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError:

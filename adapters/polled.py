@@ -96,19 +96,32 @@ class TooLarge(Exception):
     pass
 
 
-async def read_limited(stream: Any, limit: int) -> bytes:
+class TooSlow(Exception):
+    """The client did not send its whole body in time (a slow or stalled client)."""
+
+
+BODY_TIMEOUT = 30.0  # seconds for a whole request body; a charger's SOAP or OCPP-J body is small
+
+
+async def read_limited(stream: Any, limit: int, timeout: float | None = None) -> bytes:
     """A whole HTTP body from an aiohttp stream, refusing more than `limit` bytes (one `read(n)`
-    may return only part of a chunked or slow body)."""
+    may return only part of a chunked or slow body) and a body that takes longer than `timeout`
+    (a client trickling bytes must not hold a connection and its buffer for ever)."""
     chunks: list[bytes] = []
     size = 0
-    while True:
-        chunk = await stream.read(65536)
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"more than {limit} bytes")
-        chunks.append(chunk)
+    timeout = BODY_TIMEOUT if timeout is None else timeout
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                chunk = await stream.read(65536)
+                if not chunk:
+                    return b"".join(chunks)
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(f"more than {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise TooSlow(f"body not received within {timeout:g} s") from None
 
 
 def new_call_id(prefix: str) -> str:

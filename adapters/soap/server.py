@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from adapters.polled import ChargerAuth, LinkRegistry, PolledLink, TooLarge, new_call_id, read_limited
+from adapters.polled import ChargerAuth, LinkRegistry, PolledLink, TooLarge, TooSlow, new_call_id, read_limited
 from adapters.soap import codec, convert
 from adapters.soap.codec import SoapError
 from adapters.soap.contract import CP, CS, V15, contract
@@ -221,6 +221,8 @@ class SoapServer:
             return await read_limited(request.content, limit)
         except TooLarge:
             raise SoapError("Sender", "ProtocolError", "request body too large") from None
+        except TooSlow as exc:
+            raise SoapError("Sender", "ProtocolError", str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - aiohttp raises its own errors for a corrupt body
             raise SoapError("Sender", "ProtocolError", f"cannot decode the {encoding} body: {exc}") from None
 

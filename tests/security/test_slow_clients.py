@@ -56,3 +56,25 @@ async def test_slow_http_and_soap_clients_stall_no_one(tmp_path: Path) -> None:
         finally:
             for w in slow:
                 w.close()
+
+
+async def test_a_trickled_body_is_cut_off(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A client that sends its body too slowly gets an answer (HTTP 408, a SOAP Fault) instead of
+    holding its connection for ever."""
+    import adapters.polled
+
+    monkeypatch.setattr(adapters.polled, "BODY_TIMEOUT", 0.5)
+    async with gateway(tmp_path, http={"enabled": True, "listen": f"127.0.0.1:{free_port()}"},
+                       soap={"enabled": True, "listen": f"127.0.0.1:{free_port()}"}) as gw:
+        for port, head, expect in (
+                (gw.http.port, b"POST /ocpp-http/SLOW2 HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n[2,",
+                 b" 408 "),
+                (gw.soap.port, b"POST /ocpp-s HTTP/1.1\r\nHost: x\r\nContent-Type: application/soap+xml\r\n"
+                               b"Content-Length: 1000\r\n\r\n<s:Envelope", b"Fault")):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(head)
+            try:
+                answer = await asyncio.wait_for(reader.read(4096), 5)
+            finally:
+                writer.close()
+            assert expect in answer, answer[:200]
