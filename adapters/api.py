@@ -18,7 +18,6 @@ import hmac
 import logging
 import math
 from datetime import datetime, timezone
-from datetime import datetime, timezone
 from importlib import resources
 from typing import Any, Awaitable, Callable
 
