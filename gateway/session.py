@@ -966,3 +966,5 @@ class Hub:
     async def close(self) -> None:
         sessions, self.sessions = list(self.sessions.values()), {}
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        for session in sessions:  # observers (retained MQTT state, metrics) see every charger leave
+            self.notify(session, "disconnected")
