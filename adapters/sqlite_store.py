@@ -113,6 +113,8 @@ class SqliteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()  # the connection is used by the writer thread and, for replay steps, the loop
+        self._step_batch: list[tuple[Any, Any, asyncio.Future[None]]] = []
+        self._step_flush: asyncio.Handle | None = None
 
     async def __aenter__(self) -> "SqliteStore":
         await self._run(self._open)
@@ -240,49 +242,69 @@ class SqliteStore:
     async def outbox_head(self, charger_id: str, limit: int = 100) -> list[dict[str, Any]]:
         return await self._run(self._head, charger_id, limit)
 
-    def _step(self, ack: tuple[int, Any, Any] | None, send: tuple[int, str] | None) -> None:
-        """Acknowledge the previous replayed row (with what its answer taught: a 1.6 id binding, a
-        finished mapping), then mark the next one as sent: normally two autocommit statements.
-
-        They need not be one transaction: a crash between them leaves the next row unmarked and
-        unsent. synchronous=NORMAL: in WAL mode a commit survives a crash of the process (SIGKILL);
-        only a power loss can undo the last few, which replays them again (reported as possible
-        duplicates)."""
+    def _step_statements(self, ack: tuple[int, Any, Any] | None, send: tuple[int, str] | None) -> None:
         db = self.db
         if ack is not None:
             seq, bind, stopped = ack
-            if bind is None and stopped is None:
-                db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
-            else:
-                db.execute("BEGIN")
-                try:
-                    db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
-                    if bind is not None:
-                        db.execute("UPDATE tx_map SET csms_id = ?, auth_status = ? WHERE charger_id = ? "
-                                   "AND local_id = ?", (bind[2], bind[3], bind[0], bind[1]))
-                    if stopped is not None:
-                        # the CSMS acknowledged the stop: the mapping has done its work
-                        db.execute("DELETE FROM tx_map WHERE charger_id = ? AND local_id = ?", stopped)
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
+            db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            if bind is not None:
+                db.execute("UPDATE tx_map SET csms_id = ?, auth_status = ? WHERE charger_id = ? AND local_id = ?",
+                           (bind[2], bind[3], bind[0], bind[1]))
+            if stopped is not None:
+                # the CSMS acknowledged the stop: the mapping has done its work
+                db.execute("DELETE FROM tx_map WHERE charger_id = ? AND local_id = ?", stopped)
         if send is not None:
             db.execute("UPDATE outbox SET attempts = attempts + 1, sent_id = ? WHERE seq = ?", (send[1], send[0]))
+
+    def _steps(self, batch: list[tuple[Any, Any]]) -> None:
+        """Acknowledge replayed rows (with what their answers taught: a 1.6 id binding, a finished
+        mapping) and mark the next rows as sent, for every charger replaying now, in one commit.
+
+        synchronous=NORMAL: in WAL mode a commit survives a crash of the process (SIGKILL); only a
+        power loss can undo the last ones, which replays them again (reported as possible duplicates)."""
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            for ack, send in batch:
+                self._step_statements(ack, send)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _step(self, ack: tuple[int, Any, Any] | None, send: tuple[int, str] | None) -> None:
+        self._steps([(ack, send)])
+
+    def _flush_steps(self) -> None:
+        batch, self._step_batch = self._step_batch, []
+        self._step_flush = None
+        try:
+            self._locked(self._steps, [(ack, send) for ack, send, _ in batch])
+        except sqlite3.Error as exc:
+            error = StoreError(f"{self.path}: {exc}")
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for _, _, future in batch:
+            if not future.done():
+                future.set_result(None)
 
     async def outbox_step(self, ack: tuple[int, Any, Any] | None, send: tuple[int, str] | None) -> None:
         """`ack` = (seq, bind, stopped): the CSMS answered row `seq`; `bind` = (charger, local id,
         CSMS id, auth status) for a replayed 1.6 start; `stopped` = (charger, local id) to unmap.
-        `send` = (seq, message id): that row goes out now.
+        `send` = (seq, message id): that row goes out now. Returns once committed.
 
-        Runs on the calling (event loop) thread: it is a small WAL append without fsync (tens of
-        microseconds), and a hop to the writer thread per replayed message costs more than the
-        work and dominates the replay rate (measured with bench/replay.py). It may wait for the
-        writer thread to finish its current statement."""
-        try:
-            self._locked(self._step, ack, send)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
+        Group commit on the event loop thread: the steps of every charger that replays in the same
+        loop iteration share one transaction (a WAL append without fsync). A hop to the writer
+        thread, or a commit, per replayed message cost more than the work and set the replay rate
+        (measured with bench/replay.py). It may wait for the writer thread's current statement."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._step_batch.append((ack, send, future))
+        if self._step_flush is None:
+            self._step_flush = loop.call_soon(self._flush_steps)
+        await future
 
     async def outbox_mark_sent(self, seq: int, sent_id: str) -> None:
         await self._run(self._step, None, (seq, sent_id))
