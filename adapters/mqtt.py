@@ -601,6 +601,10 @@ class MqttSink(SpooledSink[Message]):
             return error("FormatViolation", f"payload is not JSON: {exc}")
         if not isinstance(request, dict):
             return error("FormatViolation", "payload must be a JSON object (the OCPP request payload)")
+        allowed = self.cfg.command_actions
+        permitted = "*" in allowed or action in allowed
+        if action in ("Pause", "Resume") and not permitted:
+            return error("SecurityError", f"{action} is not in [mqtt].command_actions")
         local = await control_api.command(self.hub, charger_id, action, request)  # Pause, Resume
         if local is not None:
             return local
@@ -610,6 +614,8 @@ class MqttSink(SpooledSink[Message]):
             return error("NotConnected", f"charger {charger_id!r} is not connected")
         if not hub.schemas.csms_may_send(session.version, action):
             return error("NotSupported", f"{action} is not a CSMS-to-charger action in {session.version.value}")
+        if not permitted:
+            return error("SecurityError", f"{action} is not in [mqtt].command_actions")
         violation = hub.schemas.validate(session.version, action, request)
         if violation is not None:
             code = getattr(violation.code, "value", violation.code)

@@ -182,6 +182,14 @@ class OfflineSettings(_Section):
         return self
 
 
+DEFAULT_COMMAND_ACTIONS = (
+    "Pause", "Resume", "Reset", "UnlockConnector", "TriggerMessage", "RemoteStartTransaction",
+    "RemoteStopTransaction", "RequestStartTransaction", "RequestStopTransaction", "ChangeAvailability",
+    "GetConfiguration", "GetVariables", "GetCompositeSchedule", "GetLocalListVersion", "GetTransactionStatus",
+    "ClearCache",
+)
+
+
 class MqttSettings(_Section):
     url: SecretStr = SecretStr("")  # may carry user:password
     topic_prefix: str = "ocpp"
@@ -199,6 +207,10 @@ class MqttSettings(_Section):
     retained_min_interval: float = Field(0.0, ge=0)  # s between updates of a retained .../meter/{measurand} or .../environment/{name} topic
     retained_deadband: float = Field(0.0, ge=0)  # skip such an update when the value moved less than this
     retained_max_interval: float = Field(900.0, gt=0)  # ...but publish at least this often (s)
+    # actions anyone who may publish to .../chargers/+/cmd/+ can send; "*" = all. Left out by default:
+    # what changes credentials, certificates, firmware, network or authorization lists
+    # (ChangeConfiguration and SetVariables can set AuthorizationKey / BasicAuthPassword).
+    command_actions: list[str] = Field(default_factory=lambda: list(DEFAULT_COMMAND_ACTIONS))
 
     @field_validator("url")
     @classmethod

@@ -285,6 +285,9 @@ async def test_commands_round_trip_over_mqtt(
                 ("CMD16", "BootNotification", b"{}", "NotSupported"),
                 ("CMD16", "NoSuchAction", b"{}", "NotSupported"),
                 ("NOBODY", "Reset", json.dumps({"type": "Soft"}).encode(), "NotConnected"),
+                # not in [mqtt].command_actions by default: it can change the charger's AuthorizationKey
+                ("CMD16", "ChangeConfiguration", json.dumps({"key": "AuthorizationKey", "value": "00"}).encode(),
+                 "SecurityError"),
             ]
             for cid, action, payload, code in cases:
                 with sub._lock:
@@ -295,6 +298,7 @@ async def test_commands_round_trip_over_mqtt(
                 last = got[-1]
                 assert last["status"] == "error" and last["error"]["code"] == code, (payload, last)
             assert cp16.log.calls_in("UnlockConnector") == []
+            assert cp16.log.calls_in("ChangeConfiguration") == []
             assert "ignoring a retained command" in gw.logs()
     finally:
         sub.client.publish(f"{base}/CMD16/cmd/UnlockConnector", b"", qos=1, retain=True).wait_for_publish(5)
