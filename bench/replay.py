@@ -115,7 +115,7 @@ def start_gateway(tmp: Path, upstream_port: int) -> tuple[subprocess.Popen[bytes
     cfg = tmp / "gateway.toml"
     cfg.write_text(
         f'site_id = "bench"\ndata_dir = "{(tmp / "data").as_posix()}"\n'
-        f'[websocket]\nlisten = "127.0.0.1:{port}"\n'
+        f'[websocket]\nlisten = "127.0.0.1:{port}"\nmax_messages_per_second = 0\n'
         f'[upstream]\nurl = "ws://127.0.0.1:{upstream_port}/ocpp"\nreconnect_min = 0.05\nreconnect_max = 0.1\n'
         f'compression = false\n[api]\nlisten = "127.0.0.1:{free_port()}"\n[logging]\nlevel = "WARNING"\n')
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(cfg)], cwd=REPO,
