@@ -46,9 +46,12 @@ def setup(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # the libraries' own chatter stays at INFO or above unless debugging the gateway
-    for name in ("websockets", "asyncio"):
-        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(level)))
+    # the libraries' own chatter (a line per HTTP request and per closed socket in websockets)
+    # stays at WARNING or above, INFO when the gateway is debugged; never DEBUG: websockets then
+    # logs every handshake header, Authorization included. The gateway logs connections itself.
+    for name in ("websockets", "asyncio", "aiohttp.access"):
+        logging.getLogger(name).setLevel(logging.INFO if level == "DEBUG" else max(logging.WARNING,
+                                                                                  logging.getLevelName(level)))
 
 
 # -- frames at debug level, with id tags and secrets redacted -------------------------------------
