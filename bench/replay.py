@@ -160,6 +160,7 @@ async def measure(n: int, m: int) -> dict[str, Any]:
         echo = CountingEcho(free_port())
         proc, port = start_gateway(Path(d), echo.port)
         try:
+            await asyncio.sleep(4.0)  # let the gateway finish compiling its schemas (~3 s of CPU after start)
             t0 = time.perf_counter()
             await buffer_messages(port, n, m)
             buffered_in = time.perf_counter() - t0
