@@ -76,6 +76,7 @@ class ApiServer:
         self.app.router.add_get("/api/v1/openapi.json", self.openapi)
         self.app.router.add_get("/api/v1/chargers", self.list_chargers)
         self.app.router.add_get("/api/v1/chargers/{id}", self.get_charger)
+        self.app.router.add_delete("/api/v1/chargers/{id}", self.forget_charger)
         self.app.router.add_post("/api/v1/chargers/{id}/calls/{action}", self.call)
         self.app.router.add_get("/api/v1/transactions", self.transactions)
         self.app.router.add_get("/api/v1/outbox", self.outbox_view)
@@ -251,6 +252,13 @@ class ApiServer:
         if view is None:
             return _error(404, "not_found", f"no charger {request.match_info['id']!r}")
         return _json(view)
+
+    async def forget_charger(self, request: web.Request) -> web.Response:
+        charger_id = request.match_info["id"]
+        if self.charger_view(charger_id, None) is None:
+            return _error(404, "not_found", f"no charger {charger_id!r}")
+        await self.hub.forget_charger(charger_id)
+        return _json({"forgotten": charger_id})
 
     async def call(self, request: web.Request) -> web.Response:
         charger_id, action = request.match_info["id"], request.match_info["action"]

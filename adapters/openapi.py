@@ -231,6 +231,13 @@ PATHS: dict[str, Any] = {
     "/api/v1/chargers/{id}": {"get": {
         "summary": "One charger", "operationId": "getCharger", "parameters": [_ID],
         "responses": {"200": _json(_ref("Charger"), "the charger"), "401": _401, "404": _404},
+    }, "delete": {
+        "summary": "Forget a charger: close its connection and remove its retained MQTT state, Home Assistant "
+                   "discovery and status entry (its outbox and transactions are kept; it returns if it connects "
+                   "again)", "operationId": "forgetCharger", "parameters": [_ID],
+        "responses": {"200": _json({"type": "object", "required": ["forgotten"],
+                                    "properties": {"forgotten": {"type": "string"}}}, "forgotten"),
+                      "401": _401, "404": _404},
     }},
     "/api/v1/transactions": {"get": {
         "summary": "Transactions the chargers reported (online, offline and standalone alike), newest first",

@@ -91,7 +91,9 @@ class SessionObserver(Protocol):
     def exchange(self, session: Any, exchange: "Exchange") -> None: ...
 
     def session_event(self, session: Any, event: str) -> None:
-        """`connected`, `disconnected` or `upstream` (the upstream state changed)."""
+        """`connected`, `disconnected`, `upstream` (the upstream state changed) or `forgotten` (an
+        operator retired the charger: drop what is kept about it; `session` may then carry only
+        `charger_id`)."""
 
 
 @dataclass(slots=True, kw_only=True)

@@ -849,6 +849,14 @@ def _settle(future: asyncio.Future[dict[str, Any]], frame: F.CallResult | CallEr
         future.set_result(frame.payload)
 
 
+@dataclass(slots=True)
+class _Retired:
+    """What observers get for a forgotten charger that had no session."""
+
+    charger_id: str
+    connected: bool = False
+
+
 class Hub:
     """All sessions of the site, and what they share: settings, schemas, the store, the upstream
     connector, the local CSMS and authorizer, the gateway's message ids and the site-wide cap on
@@ -962,6 +970,17 @@ class Hub:
         if self.sessions.get(session.charger_id) is session:
             del self.sessions[session.charger_id]
         await session.close()
+
+    async def forget_charger(self, charger_id: str) -> None:
+        """An operator retires a charger: its connection and upstream link are closed and the
+        observers drop what they keep about it (retained MQTT state, Home Assistant discovery, the
+        status page). Its outbox and transaction log stay: nothing accepted is dropped, and a
+        backlog is replayed after the next start. It comes back if it connects again."""
+        session = self.sessions.pop(charger_id, None)
+        if session is not None:
+            await session.close()
+            self.notify(session, "disconnected")
+        self.notify(session or _Retired(charger_id), "forgotten")
 
     async def close(self) -> None:
         sessions, self.sessions = list(self.sessions.values()), {}

@@ -138,6 +138,9 @@ class StatusBook:
     # -- SessionObserver ------------------------------------------------------------------------
 
     def session_event(self, session: Any, event: str) -> None:
+        if event == "forgotten":
+            self.chargers.pop(session.charger_id, None)
+            return
         entry = self._entry(session.charger_id)
         if event == "connected":
             entry.connected = True

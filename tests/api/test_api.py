@@ -165,6 +165,8 @@ async def test_bearer_token(tmp_path: Path) -> None:
                 assert status == 401
             status, _, _ = await anon.post("/api/v1/chargers/X/calls/Reset", {"type": "Soft"})
             assert status == 401
+            status, _, _ = await anon.request("DELETE", "/api/v1/chargers/X")
+            assert status == 401
             for path in ("/healthz", "/readyz", "/", "/api/v1/openapi.json"):  # probes, the page shell, the doc
                 status, _, _ = await anon.get(path)
                 assert status == 200, path
@@ -320,6 +322,22 @@ async def test_outbox_endpoint_shows_depth_age_and_dead_letters(tmp_path: Path) 
         assert dead["action"] == "MeterValues" and "FormationViolation" in dead["error"]
         assert body["chargers"][0]["dead_letters"] == 1
         EXERCISED.update(api.openapi.checked)
+
+
+async def test_forgetting_a_charger(gw, api) -> None:  # type: ignore[no-untyped-def]
+    async with charger(gw.url("GONE1"), "GONE1") as cp:
+        from ocpp.v16 import call as c16
+
+        await cp.call(c16.BootNotification(charge_point_vendor="V", charge_point_model="M"))
+        status, body, _ = await api.get("/api/v1/chargers/GONE1")
+        assert status == 200 and body["connected"] is True
+        status, body, _ = await api.request("DELETE", "/api/v1/chargers/GONE1")
+        assert status == 200 and body == {"forgotten": "GONE1"}
+        await until(lambda: cp.ws.close_code is not None, what="the charger's connection closed")
+    status, _, _ = await api.get("/api/v1/chargers/GONE1")
+    assert status == 404  # nothing is kept about it any more
+    status, _, _ = await api.request("DELETE", "/api/v1/chargers/NEVER")
+    assert status == 404
 
 
 def test_every_documented_response_was_exercised() -> None:

@@ -449,3 +449,37 @@ async def test_sinks_away_never_slow_the_relay(gateway_factory: Callable[..., Ga
     assert count("mqtt") >= 2 * n  # .../meter and the retained .../meter/Energy.Active.Import.Register, each call
     assert count("influx") >= n  # one meter_value point per call
     assert "MQTT: cannot connect" in gw.logs() and "InfluxDB write failed" in gw.logs()
+
+
+async def test_forgetting_a_charger_removes_its_discovery_and_retained_state(
+        gateway_factory: Callable[..., GatewayProcess], mosquitto: Mosquitto) -> None:
+    import urllib.request
+
+    cid = "FORGET1"
+    base = f"ocpp/testsite/chargers/{cid}"
+    node = f"ocppgw_testsite_{cid}"
+    discovery = f"homeassistant/binary_sensor/{node}/connected/config"
+    sub = Subscriber(mosquitto.port, ["ocpp/testsite/#", "homeassistant/#"])
+    try:
+        gw = gateway_factory(telemetry_config(mosquitto, ha_discovery=True))
+        async with charger(gw.url(cid), "1.6", cid) as cp:
+            await cp.raw_call("BootNotification", {"chargePointVendor": "ACME", "chargePointModel": "Wall-1"})
+            await cp.raw_call("StatusNotification", {"connectorId": 1, "status": "Available", "errorCode": "NoError"})
+            wait_for(lambda: [m for m in sub.on(discovery) if m.payload], 10, "discovery published")
+            wait_for(lambda: sub.on(f"{base}/evse/1/status"), 10, "status published")
+            api = gw.config["api"]["listen"]
+            req = urllib.request.Request(f"http://{api}/api/v1/chargers/{cid}", method="DELETE")
+            with await asyncio.to_thread(urllib.request.urlopen, req, timeout=5) as r:
+                assert r.status == 200
+            # every retained topic of the charger is cleared (an empty retained payload), discovery included
+            wait_for(lambda: sub.on(discovery)[-1].payload == b"", 10, "discovery removed")
+            wait_for(lambda: sub.on(f"{base}/evse/1/status")[-1].payload == b"", 10, "status removed")
+        # a fresh subscriber sees nothing retained for it any more
+        fresh = Subscriber(mosquitto.port, [f"{base}/#", f"homeassistant/+/{node}/#"])
+        try:
+            await asyncio.sleep(1.0)
+            assert [m.topic for m in fresh.messages if m.payload] == []
+        finally:
+            fresh.close()
+    finally:
+        sub.close()
