@@ -140,7 +140,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--variants", default="off,on",
-                    help="comma-separated: off, on, mqtt, influx, mqtt-qos0, on-qos0, on-thin "
+                    help="comma-separated: off, on, mqtt, influx, mqtt-qos0, on-qos0, on-mqtt311, on-thin "
                          "(on = MQTT QoS 1 + InfluxDB v1; on-thin: retained_min_interval = 10)")
     ap.add_argument("--repeat", type=int, default=2, help="rounds of all variants, interleaved; medians are reported")
     args = ap.parse_args()
@@ -164,6 +164,7 @@ def main() -> None:
             inf = f'[influx]\nurl = "{influx.url}"\napi = "v1"\ndatabase = "bench"\n'
             variants = {"off": "", "on": mqtt + inf, "mqtt": mqtt, "influx": inf, "mqtt-qos0": mqtt.replace("qos = 1", "qos = 0"),
                         "on-qos0": mqtt.replace("qos = 1", "qos = 0") + inf,
+                        "on-mqtt311": mqtt + "protocol_version = 4\n" + inf,
                         "on-thin": mqtt + "retained_min_interval = 10.0\n" + inf}
             for rnd in range(args.repeat):
                 for name in args.variants.split(","):
