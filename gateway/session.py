@@ -272,7 +272,8 @@ class ChargerSession:
         if not self.relaying:
             await self._answer_locally(frame, Kind.LIVE)
             return
-        kind = self._kind(frame)
+        # classified only when it matters (a backlog, or the gateway answering): not on the live path
+        kind = self._kind(frame) if self.backlog or not self.upstream_online else Kind.LIVE
         if self.upstream_state is UpstreamState.CONNECTING and not self.backlog:
             # the link is being set up: wait for it (on failure the gateway answers, see _run_upstream)
             call = PendingCall(message_id=frame.message_id, action=frame.action, frame=frame.raw, origin=Origin.CHARGER,
@@ -287,7 +288,7 @@ class ChargerSession:
                 if tid is not None and tid in self.local_to_csms:
                     csms_id = self.local_to_csms[tid]
                     if csms_id is None:  # its start never reached the CSMS: keep it in order behind it
-                        await self._answer_locally(frame, kind)
+                        await self._answer_locally(frame, self._kind(frame))
                         return
                     text = F.call(frame.message_id, frame.action, T.with_charger_tx_id(frame.action, frame.payload, csms_id))
             if self.version is V16 and frame.action == "StopTransaction":
