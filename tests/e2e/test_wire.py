@@ -350,3 +350,35 @@ async def test_unreachable_csms_strict_mode_refuses_the_charger(tmp_path: Path) 
                 pass
         assert info.value.response.status_code == 503
         assert "STRICT1" not in gw.hub.sessions
+
+
+async def test_keepalive_pings_are_spread_over_the_interval(gateway_factory: Callable[..., GatewayProcess]) -> None:
+    """Chargers that connect together (after an outage) are not all pinged in the same instant."""
+    from websockets.client import ClientProtocol
+    from websockets.uri import parse_uri
+
+    gw = gateway_factory({"websocket": {"ping_interval": 2.0, "ping_timeout": 5.0}})
+
+    async def first_ping_after(n: int) -> float:
+        proto = ClientProtocol(parse_uri(gw.url(f"SPREAD{n}")))
+        request = proto.connect()
+        request.headers["Sec-WebSocket-Protocol"] = "ocpp1.6"
+        proto.send_request(request)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.ws_port)
+        writer.write(proto.data_to_send()[0])
+        opened = None
+        buffer = b""
+        try:
+            while True:
+                buffer += await asyncio.wait_for(reader.read(65536), 10)
+                if opened is None and b"\r\n\r\n" in buffer:
+                    opened = time.monotonic()
+                    buffer = buffer.split(b"\r\n\r\n", 1)[1]
+                if opened is not None and buffer[:1] == b"\x89":
+                    return time.monotonic() - opened
+        finally:
+            writer.close()
+
+    delays = await asyncio.gather(*(first_ping_after(n) for n in range(20)))
+    assert all(2.0 - 0.2 <= d <= 4.0 + 0.5 for d in delays), delays  # interval + a share of one interval
+    assert max(delays) - min(delays) > 0.8, delays  # spread, not one burst
