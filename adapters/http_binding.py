@@ -142,7 +142,8 @@ class HttpBinding:
 
     # -- handlers ----------------------------------------------------------------------------------
 
-    async def _post(self, request: web.Request) -> web.Response:
+    async def _checked_body(self, request: web.Request) -> tuple[str, str] | web.Response:
+        """(charger id, body text) of an authenticated POST, or the refusal to send instead."""
         charger_id, refusal = self._check(request)
         if refusal is not None:
             return refusal
@@ -150,6 +151,13 @@ class HttpBinding:
         text = await self._body(request)
         if isinstance(text, web.Response):
             return text
+        return charger_id, text
+
+    async def _post(self, request: web.Request) -> web.Response:
+        checked = await self._checked_body(request)
+        if isinstance(checked, web.Response):
+            return checked
+        charger_id, text = checked
         link = await self._link(charger_id, request)
         if isinstance(link, web.Response):
             return link
@@ -194,13 +202,10 @@ class HttpBinding:
         return web.Response(text=call, content_type=JSON)
 
     async def _answer(self, request: web.Request) -> web.Response:
-        charger_id, refusal = self._check(request)
-        if refusal is not None:
-            return refusal
-        assert charger_id is not None
-        text = await self._body(request)
-        if isinstance(text, web.Response):
-            return text
+        checked = await self._checked_body(request)
+        if isinstance(checked, web.Response):
+            return checked
+        charger_id, text = checked
         kind = F.peek_reply_id(text)
         if kind is None or kind[0] not in (3, 4):
             return _error(400, "POST the CALLRESULT or CALLERROR of a fetched call here")
