@@ -351,3 +351,12 @@ class WebSocketServer:
         if self._server is not None:
             self._server.close(close_connections=False)
             await self._server.wait_closed()
+
+    def abort_connections(self) -> int:
+        """Drop every connection still open (shutdown's last resort); returns how many."""
+        if self._server is None:
+            return 0
+        connections = list(self._server.all_connections)
+        for connection in connections:
+            connection.transport.abort()
+        return len(connections)

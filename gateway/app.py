@@ -77,8 +77,12 @@ async def running(settings: Settings) -> AsyncIterator[Gateway]:
             # (1001 to each charger), then wait. A charger that slipped in meanwhile is closed too.
             stopped = asyncio.ensure_future(server.stop())
             await hub.close()
-            while not (await asyncio.wait({stopped}, timeout=2.0))[0]:
+            for _ in range(5):  # bounded: a connection that will not finish is dropped after ~10 s
+                if (await asyncio.wait({stopped}, timeout=2.0))[0]:
+                    break
                 await hub.close()
+            else:
+                log.warning("%d connections still open after 10 s; dropping them", server.abort_connections())
             await stopped
             await txlog.stop()
             with contextlib.suppress(Exception):
