@@ -74,8 +74,9 @@ class HttpChargerLink(PolledLink):
                     return None
                 self._arrived.clear()
                 try:
-                    await asyncio.wait_for(self._arrived.wait(), deadline - now)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(deadline - now):  # not wait_for: on 3.11 it can swallow a cancel
+                        await self._arrived.wait()
+                except TimeoutError:
                     pass
             return None
         finally:

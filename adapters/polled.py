@@ -209,7 +209,8 @@ class PolledLink:
         token = _feeding.set(fut)
         try:
             await self.session.from_charger(text)
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancel
+                return await fut
         finally:
             _feeding.reset(token)
             self._waiting.pop(message_id, None)

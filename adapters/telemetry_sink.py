@@ -154,8 +154,11 @@ class SpooledSink(Generic[Item]):
                         continue
                 if not items:
                     try:
-                        record = await asyncio.wait_for(self.queue.get(), 0.2)
-                    except asyncio.TimeoutError:
+                        # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that
+                        # arrives as the record does, and this loop would then never stop
+                        async with asyncio.timeout(0.2):
+                            record = await self.queue.get()
+                    except TimeoutError:
                         continue
                     await self.spool.append([self.pack(i) for i in self._encode(record)])
             except asyncio.CancelledError:

@@ -22,8 +22,11 @@ BOOT16 = '[2,"b1","BootNotification",{"chargePointVendor":"ACME","chargePointMod
 
 
 async def rpc(ws: ClientConnection, text: str, timeout: float = 10.0) -> list[Any]:
-    await ws.send(text)
-    return orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
+    # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that arrives as the
+    # answer does, and good_charger's loop below would then never stop
+    async with asyncio.timeout(timeout):
+        await ws.send(text)
+        return orjson.loads(await ws.recv())
 
 
 @contextlib.asynccontextmanager
@@ -34,9 +37,11 @@ async def good_charger(gw: Any) -> AsyncIterator[list[float]]:
     async with connect(gw.url("GOOD"), subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
         assert (await rpc(ws, BOOT16))[0] == 3
 
+        stopping = False
+
         async def beat() -> None:
             n = 0
-            while True:
+            while not stopping:
                 n += 1
                 t = time.monotonic()
                 assert (await rpc(ws, f'[2,"hb{n}","Heartbeat",{{}}]', timeout=10))[:2] == [3, f"hb{n}"]
@@ -48,6 +53,7 @@ async def good_charger(gw: Any) -> AsyncIterator[list[float]]:
             yield rtts
             assert not task.done(), task.exception() if task.done() else None
         finally:
+            stopping = True  # and a cancel: the loop ends either way
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
