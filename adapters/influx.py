@@ -88,15 +88,33 @@ def _f(v: float | None) -> float | None:
     return None if v is None else float(v)
 
 
+@functools.lru_cache(maxsize=16384)
+def _meter_series(site: str, charger: str, evse: int, connector: int | None, measurand: str, phase: str | None,
+                  location: str | None, unit: str, context: str | None) -> str:
+    return _series("meter_value", (("site", site), ("charger", charger), ("evse", evse), ("connector", connector),
+                                   ("measurand", measurand), ("phase", phase), ("location", location),
+                                   ("unit", unit), ("context", context)))
+
+
+def _meter_lines(record: MeterReading, site: str) -> list[str]:
+    """The hot path (a line per sample of every MeterValues): the series text comes from a cache
+    keyed by the tag values, the timestamp is converted once per reading."""
+    stamp = ns(record.ts)
+    out = []
+    for s in record.samples:
+        value = float(s.value)
+        if not math.isfinite(value):
+            continue
+        out.append(f"{_meter_series(site, record.charger_id, record.evse, record.connector, s.measurand, s.phase, s.location, s.unit, s.context)}"
+                   f" value={value!r} {stamp}")
+    return out
+
+
 def encode(record: Record, site: str) -> list[str]:
     """The lines for one record (PRODUCT.md measurements, plus `charger_state`)."""
     out: list[str | None] = []
     if isinstance(record, MeterReading):
-        for s in record.samples:
-            out.append(line("meter_value", {
-                "site": site, "charger": record.charger_id, "evse": record.evse, "connector": record.connector,
-                "measurand": s.measurand, "phase": s.phase, "location": s.location, "unit": s.unit,
-                "context": s.context}, {"value": float(s.value)}, record.ts))
+        return _meter_lines(record, site)
     elif isinstance(record, ConnectorStatus):
         out.append(line("connector_status", {"site": site, "charger": record.charger_id, "evse": record.evse,
                                              "connector": record.connector},

@@ -95,6 +95,25 @@ class Spool:
         db.execute("COMMIT")
         return count
 
+    async def prepend(self, bodies: list[bytes]) -> None:
+        """Put items in front of everything spooled, in their order: messages that were handed to
+        the far end but not acknowledged when it went away. They are older than anything spooled
+        since, so the order of the whole stream holds. Not bounded here: they were already counted."""
+        if not bodies:
+            return
+        self.count = await self._run(self._prepend, bodies)
+
+    def _prepend(self, bodies: list[bytes]) -> int:
+        assert self._db is not None
+        db = self._db
+        db.execute("BEGIN")
+        first = db.execute("SELECT MIN(seq) FROM items").fetchone()[0]
+        start = (first if first is not None else 1) - len(bodies)  # explicit seqs may go below 1
+        db.executemany("INSERT INTO items (seq, body) VALUES (?, ?)", [(start + i, b) for i, b in enumerate(bodies)])
+        count = int(db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+        db.execute("COMMIT")
+        return count
+
     async def peek(self, limit: int) -> list[tuple[int, bytes]]:
         """The oldest `limit` items as (seq, body)."""
         def _peek() -> list[tuple[int, bytes]]:

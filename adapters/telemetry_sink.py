@@ -55,6 +55,18 @@ class SpooledSink(Generic[Item]):
         """Worth trying to deliver now (connected, or the retry time has come)."""
         return True
 
+    def take_unsent(self) -> list[Item]:
+        """Items `deliver` took earlier that the far end never acknowledged (it went away): they
+        are spooled ahead of everything else and delivered again, oldest first."""
+        return []
+
+    def wake(self) -> None:
+        """Make the worker look at `take_unsent` now, even if no record arrives."""
+        try:
+            self.queue.put_nowait(None)  # type: ignore[arg-type]
+        except asyncio.QueueFull:
+            pass  # it is busy anyway
+
     # -- the hand-off -----------------------------------------------------------------------------
 
     def offer(self, record: Record) -> None:
@@ -85,10 +97,18 @@ class SpooledSink(Generic[Item]):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        await self._spool_unsent()
         rest = self._take_nowait(self.queue.qsize())
         if rest:
             await self.spool.append([self.pack(i) for i in rest])
         await self.spool.close()
+
+    async def _spool_unsent(self) -> bool:
+        unsent = self.take_unsent()
+        if unsent:
+            await self.spool.prepend([self.pack(i) for i in unsent])
+            self.log.info("%s: %d messages were not acknowledged; spooled to be sent again", self.name, len(unsent))
+        return bool(unsent)
 
     def _take_nowait(self, limit: int) -> list[Item]:
         items: list[Item] = []
@@ -100,7 +120,9 @@ class SpooledSink(Generic[Item]):
             items.extend(self._encode(record))
         return items
 
-    def _encode(self, record: Record) -> list[Item]:
+    def _encode(self, record: Record | None) -> list[Item]:
+        if record is None:  # wake()
+            return []
         try:
             return self.encode(record)
         except Exception:  # noqa: BLE001 - one odd record must not stop the sink
@@ -124,6 +146,8 @@ class SpooledSink(Generic[Item]):
         spooling = self.spool.count > 0
         while True:
             try:
+                if await self._spool_unsent():
+                    spooling = True
                 if not spooling:
                     try:
                         items = await self._collect()
@@ -132,6 +156,7 @@ class SpooledSink(Generic[Item]):
                         if await self.deliver(items):
                             self.delivered += len(items)
                         else:
+                            await self._spool_unsent()  # older than `items`
                             await self.spool.append([self.pack(i) for i in items])
                             spooling = True
                             self.log.info("%s away: spooling to disk", self.name)
