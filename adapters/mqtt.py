@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 import orjson
@@ -72,6 +72,7 @@ def topic_level(text: str) -> str:
     return "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in text)
 
 
+@functools.lru_cache(maxsize=1024)  # the records of one exchange share their timestamp
 def iso(ts: datetime) -> str:
     if ts.tzinfo is not timezone.utc:
         ts = ts.astimezone(timezone.utc)
@@ -114,8 +115,7 @@ def publish_packet(topic: str, payload: bytes, qos: int, retain: bool, mid: int,
     return bytes((0x30 | qos << 1 | retain,)) + _remaining_length(len(var) + len(payload)) + var + payload
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     topic: str
     payload: bytes
     retain: bool
@@ -127,6 +127,7 @@ class _ChargerTopics:
 
     root: str = ""  # {base}/chargers/{topic-safe id}
     retained: set[str] = field(default_factory=set)
+    meter_topics: dict[tuple[Any, ...], str] = field(default_factory=dict)  # (evse, measurand, phase, unit) -> topic
     discovery: dict[str, bytes] = field(default_factory=dict)  # HA config topic -> config (without device)
     device: dict[str, Any] = field(default_factory=dict)
 
@@ -621,27 +622,24 @@ class MqttSink(SpooledSink[Message]):
         if isinstance(record, ChargerForgotten):
             return self._forget(record.charger_id)
         root, ch = self._charger(record.charger_id)
-        if isinstance(record, MeterReading):
-            evse_topic = f"{root}/evse/{record.evse}"
+        if isinstance(record, MeterReading):  # the hot path: every MeterValues of every charger
             ts = iso(record.ts)
+            tx = record.transaction_id
             samples = [{"measurand": s.measurand, "value": s.value, "unit": s.unit, "phase": s.phase,
                         "location": s.location, "context": s.context} for s in record.samples]
-            out.append(Message(f"{evse_topic}/meter", _json({"ts": ts, "transaction_id": record.transaction_id,
-                                                            "samples": samples}), False))
-            now = time.monotonic()
+            out.append(Message(f"{root}/evse/{record.evse}/meter",
+                               _json({"ts": ts, "transaction_id": tx, "samples": samples}), False))
+            thin = self.cfg.retained_min_interval > 0 or self.cfg.retained_deadband > 0
+            now = time.monotonic() if thin else 0.0
+            topics = ch.meter_topics
             for s, body in zip(record.samples, samples):
-                topic = f"{evse_topic}/meter/{topic_level(s.measurand)}" + (f"/{topic_level(s.phase)}" if s.phase else "")
-                if not self._due(topic, s.value, now):
+                topic = topics.get((record.evse, s.measurand, s.phase, s.unit))
+                if topic is None:
+                    topic = self._meter_topic(record.charger_id, ch, record.evse, s, out)
+                if thin and not self._due(topic, s.value, now):
                     continue
-                body["ts"], body["transaction_id"] = ts, record.transaction_id  # the list above is already encoded
-                out.append(self._retained(ch, topic, _json(body)))
-                ha = _HA_METER.get(s.measurand)
-                if ha is not None and self.cfg.ha_discovery and s.unit in (ha[2], "Percent" if ha[2] == "%" else ha[2]):
-                    suffix = f" {s.phase}" if s.phase else ""
-                    out += self._discover(record.charger_id, "sensor", f"evse{record.evse}_{s.measurand}_{s.phase or ''}",
-                                          {"name": f"EVSE {record.evse} {ha[3]}{suffix}", "state_topic": topic,
-                                           "value_template": "{{ value_json.value }}", "device_class": ha[0],
-                                           "state_class": ha[1], "unit_of_measurement": ha[2]})
+                body["ts"], body["transaction_id"] = ts, tx  # the list above is already encoded
+                out.append(Message(topic, _json(body), True))
         elif isinstance(record, ConnectorStatus):
             topic = f"{root}/evse/{record.evse}/status"
             out.append(self._retained(ch, topic, _json({"status": record.status, "error_code": record.error_code,
@@ -687,6 +685,22 @@ class MqttSink(SpooledSink[Message]):
             if self.cfg.ha_discovery:  # the device details changed: publish every config again
                 out += [Message(t, self._ha_payload(record.charger_id, c), True) for t, c in ch.discovery.items()]
         return out
+
+    def _meter_topic(self, charger_id: str, ch: _ChargerTopics, evse: int, s: Any, out: list[Message]) -> str:
+        """The retained topic of one measurand (and phase) of an EVSE, worked out once per charger;
+        its Home Assistant sensor is announced (into `out`) the first time."""
+        topic = (f"{ch.root}/evse/{evse}/meter/{topic_level(s.measurand)}"
+                 + (f"/{topic_level(s.phase)}" if s.phase else ""))
+        ch.meter_topics[(evse, s.measurand, s.phase, s.unit)] = topic
+        ch.retained.add(topic)
+        ha = _HA_METER.get(s.measurand)
+        if ha is not None and self.cfg.ha_discovery and s.unit in (ha[2], "Percent" if ha[2] == "%" else ha[2]):
+            suffix = f" {s.phase}" if s.phase else ""
+            out += self._discover(charger_id, "sensor", f"evse{evse}_{s.measurand}_{s.phase or ''}",
+                                  {"name": f"EVSE {evse} {ha[3]}{suffix}", "state_topic": topic,
+                                   "value_template": "{{ value_json.value }}", "device_class": ha[0],
+                                   "state_class": ha[1], "unit_of_measurement": ha[2]})
+        return topic
 
     def _due(self, topic: str, value: float, now: float) -> bool:
         """The deadband / minimum interval of the retained per-measurand topics."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
+from math import isfinite
 from collections import OrderedDict
 from datetime import datetime, timedelta
 from typing import Any, Iterable
@@ -72,6 +73,7 @@ class Normaliser:
         self._units: _Bounded = _Bounded(max_state)  # (charger, component key, variable key) -> unit
         self._monitors: _Bounded = _Bounded(max_state)  # (charger, monitor id) -> (component, variable)
         self._streams: _Bounded = _Bounded(max_state)  # (charger, stream id) -> monitor id
+        self._plans: dict[tuple[Any, ...], tuple[Any, ...] | None] = {}  # 1.6 sample shape -> _plan_16
 
     def forget(self, charger_id: str) -> None:
         for table in (self._tx, self._units, self._monitors, self._streams):
@@ -124,36 +126,71 @@ class Normaliser:
                               error_code=req.get("errorCode"), ts=parse_time(req.get("timestamp"), now),
                               info=req.get("info"), vendor_error_code=req.get("vendorErrorCode"))
 
+    @staticmethod
+    def _plan_16(key: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """What a 1.6 sampledValue of this shape becomes (all but its value): None for signed data."""
+        measurand, unit, phase, location, context, fmt, evse = key
+        if fmt == "SignedData":
+            return None  # a signed blob, not a number
+        measurand = measurand or ENERGY_REGISTER
+        scale = None
+        if measurand != "Temperature" and not units.is_temperature_unit(unit):
+            # every other conversion is a factor: (canonical unit, factor), no call per value
+            factor, canonical_unit = units.canonical(1.0, unit, measurand=measurand)
+            scale = (canonical_unit, factor)
+        env = _ENV_MEASURANDS_16.get(measurand)
+        if env is not None:
+            if location and location != "Body":
+                env += "_" + snake(location)
+            if phase:
+                env += "_" + snake(phase)
+            if evse:
+                env += f"_evse{evse}"
+        return measurand, unit, phase, location, context or "Sample.Periodic", scale, env
+
     def _samples_16(self, cid: str, evse: int, tx: str | None, meter_values: Any, now: datetime,
                     source: str) -> list[Record]:
         out: list[Record] = []
+        plans = self._plans
         for mv in meter_values or []:
             ts = parse_time(mv.get("timestamp"), now)
             samples: list[MeterSample] = []
             for sv in mv.get("sampledValue") or []:
-                if sv.get("format") == "SignedData":
-                    continue  # a signed blob, not a number
-                raw = units.parse_number(sv.get("value"))
-                if raw is None:
+                get = sv.get
+                # the shape of a sample repeats from one MeterValues to the next: work it out once
+                key = (get("measurand"), get("unit"), get("phase"), get("location"), get("context"), get("format"), evse)
+                plan = plans.get(key, False)  # TypeError for a (schema-invalid) list or object field
+                if plan is False:
+                    plan = self._plan_16(key)
+                    if len(plans) >= 4096:
+                        plans.clear()
+                    plans[key] = plan
+                if plan is None:
                     continue
-                measurand = sv.get("measurand") or ENERGY_REGISTER
-                try:
-                    value, unit = units.canonical(raw, sv.get("unit"), measurand=measurand)
-                except ValueError:
-                    continue
-                sample = MeterSample(measurand, value, unit, sv.get("phase"), sv.get("location"),
-                                     sv.get("context") or "Sample.Periodic")
-                samples.append(sample)
-                env = _ENV_MEASURANDS_16.get(measurand)
+                raw = get("value")
+                if type(raw) is str:  # 1.6: a decimal string (float() allows the spaces around it)
+                    try:
+                        raw = float(raw)
+                    except ValueError:
+                        continue
+                    if not isfinite(raw):
+                        continue
+                else:
+                    raw = units.parse_number(raw)
+                    if raw is None:
+                        continue
+                measurand, unit, phase, location, context, scale, env = plan
+                if scale is not None:
+                    value = raw if scale[1] == 1.0 else units.tidy(raw * scale[1])
+                    unit = scale[0]
+                else:
+                    try:
+                        value, unit = units.canonical(raw, unit, measurand=measurand)
+                    except ValueError:
+                        continue
+                samples.append(MeterSample(measurand, value, unit, phase, location, context))
                 if env is not None:
-                    name = env
-                    if sample.location and sample.location != "Body":
-                        name += "_" + snake(sample.location)
-                    if sample.phase:
-                        name += "_" + snake(sample.phase)
-                    if evse:
-                        name += f"_evse{evse}"
-                    out.append(EnvironmentReading(charger_id=cid, name=name, value=value, unit=unit, ts=ts,
+                    out.append(EnvironmentReading(charger_id=cid, name=env, value=value, unit=unit, ts=ts,
                                                   source=source, evse=evse or None))
             if samples:
                 out.append(MeterReading(charger_id=cid, evse=evse, connector=evse, ts=ts, transaction_id=tx,
