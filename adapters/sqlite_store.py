@@ -3,6 +3,26 @@
 Every call runs on that thread, so the event loop never blocks on disk and SQLite sees one
 connection. Writes that guard an invariant commit with `synchronous=FULL` before the awaited call
 returns. The schema is versioned with `PRAGMA user_version` and migrated forward on open.
+
+The outbox and its replay:
+- An append is one transaction committed with `synchronous=FULL` (fsync) before the charger is
+  answered. The outbox bounds are checked against exact in-memory counts of pending rows per
+  charger and in total (the store is the only writer: counted once with GROUP BY on open, then
+  kept on append, coalescing delete, acknowledgement and dead letter), so an append costs the same
+  with ten rows waiting as with a million.
+- Replay keeps a cursor per charger (table `replay_cursor`): `sent` is the seq of the row last
+  sent to the CSMS, `acked` the seq of the last one the CSMS answered. A pending row with
+  `seq <= acked` is done; such rows are deleted in batches (when the session reads its next page,
+  and on open), so a replayed message costs one small UPDATE, not a DELETE and an UPDATE of the
+  outbox and its index. A pending row with `acked < seq <= sent` was in flight: after a crash it is
+  sent again, with the same message id, and reported as a possible duplicate.
+- A replayed row's message id is derived from its seq (`gw-<token>-o<seq>`, the token drawn once
+  per database): seq is AUTOINCREMENT, so an id is never reused, and the id of a message sent
+  again after a crash is the same without having been written down.
+- Replay steps run on the event loop thread as a group commit with `synchronous=NORMAL`: in WAL
+  mode a commit survives a crash of the process (SIGKILL) at any instant; only a power loss can
+  undo the last ones, and then those messages are replayed again (duplicates), never lost, because
+  a row leaves the outbox only after its acknowledgement was committed.
 """
 
 from __future__ import annotations
@@ -96,6 +116,15 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX transactions_by_time ON transactions (started_at);
     """,
+    # 4: replay cursor per charger (see the module docstring) and the token of replay message ids
+    """
+    CREATE TABLE replay_cursor (
+        charger_id TEXT PRIMARY KEY,
+        acked INTEGER NOT NULL DEFAULT 0,
+        sent INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO counters (name, value) VALUES ('replay_id_token', abs(random()) % 281474976710656);
+    """,
 ]
 
 PROTECTED_KINDS = ("start", "stop")  # never refused at the outbox bounds
@@ -113,8 +142,15 @@ class SqliteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()  # the connection is used by the writer thread and, for replay steps, the loop
-        self._step_batch: list[tuple[Any, Any, asyncio.Future[None]]] = []
+        self._step_batch: list[tuple[str, Any, int | None, asyncio.Future[None]]] = []
         self._step_flush: asyncio.Handle | None = None
+        # exact in-memory state of the outbox (the store is its only writer; see the module docstring)
+        self._pending: dict[str, int] = {}  # pending rows per charger, acknowledged ones excluded
+        self._pending_total = 0
+        self._cursor: dict[str, list[int]] = {}  # charger -> [acked, sent], as committed in replay_cursor
+        self._purge: dict[str, int] = {}  # charger -> acked seq up to which pending rows are not yet deleted
+        self._read_upto: dict[str, int] = {}  # charger -> highest seq handed to its replay (never coalesced)
+        self._replay_prefix = ""
 
     async def __aenter__(self) -> "SqliteStore":
         await self._run(self._open)
@@ -146,6 +182,36 @@ class SqliteStore:
         for n, script in enumerate(_MIGRATIONS[version:], start=version + 1):
             db.executescript(f"BEGIN; {script}; PRAGMA user_version={n}; COMMIT;")
         self._db = db
+        self._load_outbox_state()
+
+    def _load_outbox_state(self) -> None:
+        """Delete the rows acknowledged before the last stop; count what is pending (once)."""
+        db = self.db
+        token = db.execute("SELECT value FROM counters WHERE name = 'replay_id_token'").fetchone()[0]
+        self._replay_prefix = f"gw-{int(token):012x}-o"
+        self._cursor = {r[0]: [r[1], r[2]] for r in db.execute("SELECT charger_id, acked, sent FROM replay_cursor")}
+        db.execute("BEGIN")
+        try:
+            for charger_id, (acked, _) in self._cursor.items():
+                db.execute("DELETE FROM outbox WHERE charger_id = ? AND state = 'pending' AND seq <= ?",
+                           (charger_id, acked))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._pending = {r[0]: r[1] for r in db.execute(
+            "SELECT charger_id, COUNT(*) FROM outbox WHERE state = 'pending' GROUP BY charger_id")}
+        self._pending_total = sum(self._pending.values())
+        self._purge.clear()
+        self._read_upto.clear()
+
+    def _count(self, charger_id: str, delta: int) -> None:
+        n = self._pending.get(charger_id, 0) + delta
+        if n > 0:
+            self._pending[charger_id] = n
+        else:
+            self._pending.pop(charger_id, None)
+        self._pending_total += delta
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -192,18 +258,25 @@ class SqliteStore:
                     id_range: tuple[int, int] | None) -> tuple[int | None, int | None]:
         """Insert one outbox row in one transaction. Returns (seq or None if refused, local tx id)."""
         db = self.db
+        charger_id = row["charger_id"]
+        coalesced = 0
         db.execute("BEGIN IMMEDIATE")
         try:
             if row["kind"] == "status":
-                # coalesced: only the latest status per connector waits for the CSMS
-                db.execute("DELETE FROM outbox WHERE charger_id = ? AND kind = 'status' AND connector IS ? "
-                           "AND state = 'pending' AND attempts = 0", (row["charger_id"], row["connector"]))
+                # coalesced: only the latest status per connector waits for the CSMS; never a row that
+                # was sent (it may have reached the CSMS) or handed to the replay already
+                cursor = self._cursor.get(charger_id)
+                done = max(cursor[1] if cursor else 0, self._read_upto.get(charger_id, 0))
+                coalesced = db.execute(
+                    "DELETE FROM outbox WHERE charger_id = ? AND kind = 'status' AND connector IS ? "
+                    "AND state = 'pending' AND attempts = 0 AND seq > ?", (charger_id, row["connector"], done)).rowcount
             if row["kind"] not in PROTECTED_KINDS:
-                n_charger = db.execute("SELECT COUNT(*) FROM outbox WHERE charger_id = ? AND state = 'pending'",
-                                       (row["charger_id"],)).fetchone()[0]
-                n_total = db.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
+                n_charger = self._pending.get(charger_id, 0) - coalesced
+                n_total = self._pending_total - coalesced
                 if n_charger >= max_per_charger or n_total >= max_total:
                     db.execute("COMMIT")
+                    if coalesced:
+                        self._count(charger_id, -coalesced)
                     return None, None
             local_tx = None
             if id_range is not None:
@@ -217,14 +290,15 @@ class SqliteStore:
             cur = db.execute(
                 "INSERT INTO outbox (charger_id, protocol, action, payload, kind, connector, local_tx, received_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (row["charger_id"], row["protocol"], row["action"], row["payload"], row["kind"], row["connector"],
+                (charger_id, row["protocol"], row["action"], row["payload"], row["kind"], row["connector"],
                  local_tx, row["received_at"]),
             )
             db.execute("COMMIT")
-            return cur.lastrowid, local_tx
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self._count(charger_id, 1 - coalesced)
+        return cur.lastrowid, local_tx
 
     async def outbox_append(self, row: dict[str, Any], *, max_per_charger: int, max_total: int,
                             id_range: tuple[int, int] | None = None) -> tuple[int | None, int | None]:
@@ -233,30 +307,56 @@ class SqliteStore:
         return await self._run(self._append, row, max_per_charger, max_total, id_range)
 
     def _head(self, charger_id: str, limit: int) -> list[dict[str, Any]]:
-        cur = self.db.execute(
+        db = self.db
+        cursor = self._cursor.get(charger_id)
+        if cursor is None:
+            db.execute("INSERT OR IGNORE INTO replay_cursor (charger_id) VALUES (?)", (charger_id,))
+            cursor = self._cursor[charger_id] = [0, 0]
+        purge = self._purge.pop(charger_id, None)
+        if purge is not None:  # the rows acknowledged since the last page, in one statement
+            db.execute("DELETE FROM outbox WHERE charger_id = ? AND state = 'pending' AND seq <= ?", (charger_id, purge))
+        acked, sent = cursor
+        cur = db.execute(
             "SELECT seq, charger_id, protocol, action, payload, kind, connector, local_tx, received_at, attempts, "
-            "sent_id FROM outbox WHERE charger_id = ? AND state = 'pending' ORDER BY seq LIMIT ?", (charger_id, limit))
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r)) for r in cur.fetchall()]
+            "sent_id FROM outbox WHERE charger_id = ? AND state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
+            (charger_id, acked, limit))
+        prefix = self._replay_prefix
+        rows = []
+        for seq, cid, protocol, action, payload, kind, connector, local_tx, received_at, attempts, sent_id in cur:
+            if seq <= sent:
+                attempts += 1  # it was in flight when the link or the gateway went down
+            rows.append({"seq": seq, "charger_id": cid, "protocol": protocol, "action": action, "payload": payload,
+                         "kind": kind, "connector": connector, "local_tx": local_tx, "received_at": received_at,
+                         "attempts": attempts, "message_id": sent_id or f"{prefix}{seq}"})
+        if rows:
+            self._read_upto[charger_id] = max(self._read_upto.get(charger_id, 0), rows[-1]["seq"])
+        return rows
 
     async def outbox_head(self, charger_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The next `limit` pending rows of a charger, oldest first. Each row has `message_id` (the id
+        it is replayed with: the one it was already sent with, or the one derived from its seq) and
+        `attempts` (> 0 when it may have reached the CSMS already). Deletes the rows acknowledged
+        since the previous call first."""
         return await self._run(self._head, charger_id, limit)
 
-    def _step_statements(self, ack: tuple[int, Any, Any] | None, send: tuple[int, str] | None) -> None:
+    def _step_statements(self, charger_id: str, ack: tuple[int, Any, Any] | None, send: int | None) -> None:
         db = self.db
         if ack is not None:
             seq, bind, stopped = ack
-            db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            if send is not None:
+                db.execute("UPDATE replay_cursor SET acked = ?, sent = ? WHERE charger_id = ?", (seq, send, charger_id))
+            else:
+                db.execute("UPDATE replay_cursor SET acked = ? WHERE charger_id = ?", (seq, charger_id))
             if bind is not None:
                 db.execute("UPDATE tx_map SET csms_id = ?, auth_status = ? WHERE charger_id = ? AND local_id = ?",
                            (bind[2], bind[3], bind[0], bind[1]))
             if stopped is not None:
                 # the CSMS acknowledged the stop: the mapping has done its work
                 db.execute("DELETE FROM tx_map WHERE charger_id = ? AND local_id = ?", stopped)
-        if send is not None:
-            db.execute("UPDATE outbox SET attempts = attempts + 1, sent_id = ? WHERE seq = ?", (send[1], send[0]))
+        elif send is not None:
+            db.execute("UPDATE replay_cursor SET sent = ? WHERE charger_id = ?", (send, charger_id))
 
-    def _steps(self, batch: list[tuple[Any, Any]]) -> None:
+    def _steps(self, batch: list[tuple[str, Any, int | None]]) -> None:
         """Acknowledge replayed rows (with what their answers taught: a 1.6 id binding, a finished
         mapping) and mark the next rows as sent, for every charger replaying now, in one commit.
 
@@ -265,59 +365,77 @@ class SqliteStore:
         db = self.db
         db.execute("BEGIN")
         try:
-            for ack, send in batch:
-                self._step_statements(ack, send)
+            for charger_id, ack, send in batch:
+                self._step_statements(charger_id, ack, send)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-
-    def _step(self, ack: tuple[int, Any, Any] | None, send: tuple[int, str] | None) -> None:
-        self._steps([(ack, send)])
+        for charger_id, ack, send in batch:  # committed: the in-memory copies follow
+            cursor = self._cursor.setdefault(charger_id, [0, 0])
+            if ack is not None:
+                cursor[0] = self._purge[charger_id] = ack[0]
+                self._count(charger_id, -1)
+            if send is not None:
+                cursor[1] = send
 
     def _flush_steps(self) -> None:
         batch, self._step_batch = self._step_batch, []
         self._step_flush = None
         try:
-            self._locked(self._steps, [(ack, send) for ack, send, _ in batch])
+            self._locked(self._steps, [(charger_id, ack, send) for charger_id, ack, send, _ in batch])
         except sqlite3.Error as exc:
             error = StoreError(f"{self.path}: {exc}")
-            for _, _, future in batch:
+            for *_, future in batch:
                 if not future.done():
                     future.set_exception(error)
             return
-        for _, _, future in batch:
+        for *_, future in batch:
             if not future.done():
                 future.set_result(None)
 
-    async def outbox_step(self, ack: tuple[int, Any, Any] | None, send: tuple[int, str] | None) -> None:
-        """`ack` = (seq, bind, stopped): the CSMS answered row `seq`; `bind` = (charger, local id,
+    async def outbox_step(self, charger_id: str, ack: tuple[int, Any, Any] | None, send: int | None) -> None:
+        """Move the charger's replay cursor; returns once committed.
+
+        `ack` = (seq, bind, stopped): the CSMS answered row `seq`; `bind` = (charger, local id,
         CSMS id, auth status) for a replayed 1.6 start; `stopped` = (charger, local id) to unmap.
-        `send` = (seq, message id): that row goes out now. Returns once committed.
+        `send` = seq: that row goes out now (with the `message_id` outbox_head gave it). Rows are
+        acknowledged and sent in seq order; the acknowledged ones are deleted with the next
+        outbox_head.
 
         Group commit on the event loop thread: the steps of every charger that replays in the same
-        loop iteration share one transaction (a WAL append without fsync). A hop to the writer
-        thread, or a commit, per replayed message cost more than the work and set the replay rate
-        (measured with bench/replay.py). It may wait for the writer thread's current statement."""
+        loop iteration share one transaction (a WAL append without fsync, crash-safe for SIGKILL:
+        see the module docstring). A hop to the writer thread, or a commit, per replayed message
+        cost more than the work and set the replay rate (measured with bench/replay.py). It may
+        wait for the writer thread's current statement."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._step_batch.append((ack, send, future))
+        self._step_batch.append((charger_id, ack, send, future))
         if self._step_flush is None:
             self._step_flush = loop.call_soon(self._flush_steps)
         await future
 
+    def _mark_sent(self, seq: int, sent_id: str) -> None:
+        self.db.execute("UPDATE outbox SET attempts = attempts + 1, sent_id = ? WHERE seq = ?", (sent_id, seq))
+
     async def outbox_mark_sent(self, seq: int, sent_id: str) -> None:
-        await self._run(self._step, None, (seq, sent_id))
+        """Row `seq` was sent live with `sent_id` and its answer never came: it is replayed with
+        that id and reported as a possible duplicate."""
+        await self._run(self._mark_sent, seq, sent_id)
 
     def _dead(self, seq: int, error: str) -> None:
-        self.db.execute("UPDATE outbox SET state = 'dead', error = ? WHERE seq = ?", (error[:500], seq))
+        row = self.db.execute("UPDATE outbox SET state = 'dead', error = ? WHERE seq = ? AND state = 'pending' "
+                              "RETURNING charger_id", (error[:500], seq)).fetchone()
+        if row is not None:
+            self._count(row[0], -1)
 
     async def outbox_dead(self, seq: int, error: str) -> None:
         await self._run(self._dead, seq, error)
 
     def _backlogs(self) -> list[tuple[str, str]]:
         rows = self.db.execute(
-            "SELECT charger_id, protocol FROM outbox WHERE state = 'pending' "
+            "SELECT charger_id, protocol FROM outbox WHERE state = 'pending' AND seq > "
+            "COALESCE((SELECT acked FROM replay_cursor c WHERE c.charger_id = outbox.charger_id), 0) "
             "UNION SELECT charger_id, protocol FROM pending_boot").fetchall()
         return [(r[0], r[1]) for r in rows]
 
@@ -325,17 +443,20 @@ class SqliteStore:
         return await self._run(self._backlogs)
 
     def _has_backlog(self, charger_id: str) -> bool:
-        return self.db.execute(
-            "SELECT EXISTS (SELECT 1 FROM outbox WHERE charger_id = ? AND state = 'pending') "
-            "OR EXISTS (SELECT 1 FROM pending_boot WHERE charger_id = ?)", (charger_id, charger_id)).fetchone()[0] == 1
+        if self._pending.get(charger_id, 0) > 0:
+            return True
+        return self.db.execute("SELECT 1 FROM pending_boot WHERE charger_id = ?", (charger_id,)).fetchone() is not None
 
     async def has_backlog(self, charger_id: str) -> bool:
         return await self._run(self._has_backlog, charger_id)
 
     def _summary(self) -> list[dict[str, Any]]:
+        # rows acknowledged but not yet deleted (seq <= the charger's acked cursor) do not count
         cur = self.db.execute(
-            "SELECT charger_id, SUM(state = 'pending'), MIN(CASE WHEN state = 'pending' THEN received_at END), "
-            "SUM(state = 'dead') FROM outbox GROUP BY charger_id ORDER BY charger_id")
+            "SELECT o.charger_id, SUM(o.state = 'pending' AND o.seq > COALESCE(c.acked, 0)) AS depth, "
+            "MIN(CASE WHEN o.state = 'pending' AND o.seq > COALESCE(c.acked, 0) THEN o.received_at END), "
+            "SUM(o.state = 'dead') AS dead FROM outbox o LEFT JOIN replay_cursor c ON c.charger_id = o.charger_id "
+            "GROUP BY o.charger_id HAVING depth > 0 OR dead > 0 ORDER BY o.charger_id")
         return [{"charger_id": r[0], "depth": r[1] or 0, "oldest": r[2], "dead_letters": r[3] or 0}
                 for r in cur.fetchall()]
 

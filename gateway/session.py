@@ -516,21 +516,20 @@ class ChargerSession:
                 local_tid = None
         elif self.version.is_2x and action == "TransactionEvent":
             text = orjson.dumps(T.mark_offline(orjson.loads(text))).decode()
+        message_id = row["message_id"]  # derived from the row's seq: the same when it is sent again
+        attempts = row["attempts"]
         while True:
-            if row["attempts"]:
+            if attempts:
                 # it was on its way when the link or the gateway went down: the CSMS may have it
-                message_id = row["sent_id"] or self.hub.ids.next()
                 self.counters["possible_duplicates"] += 1
                 self.log.warning("replaying %s (outbox #%d) again: it was in flight when the link or the gateway "
                                  "went down, so the CSMS may receive it twice (same message id %s)",
                                  action, row["seq"], message_id)
-            else:
-                message_id = self.hub.ids.next()
-            await store.outbox_step(pending, (row["seq"], message_id))
+            await store.outbox_step(self.charger_id, pending, row["seq"])
             if pending is not None:
                 self._acked(pending)
                 pending = None
-            row = {**row, "attempts": row["attempts"] + 1, "sent_id": message_id}
+            attempts += 1
             outcome = await self._replay_call(action, text, message_id)
             if outcome is not None:
                 break
@@ -561,7 +560,7 @@ class ChargerSession:
 
     async def _flush(self, pending: tuple[int, Any, Any] | None) -> None:
         if pending is not None:
-            await self.hub.store.outbox_step(pending, None)
+            await self.hub.store.outbox_step(self.charger_id, pending, None)
             self._acked(pending)
 
     async def _after_replayed_start(self, local_id: int, status: Any, request: dict[str, Any]) -> None:
