@@ -157,7 +157,7 @@ class _BatchedSocket:
         self._out = bytearray()
         self._in = bytearray()  # whole packets for paho
         self._raw = bytearray()  # read from the socket, not yet split into packets
-        self._take_puback = take_puback  # PUBACK body -> True when it acknowledged one of the sink's own PUBLISHes
+        self._take_puback = take_puback  # (packet id, reason code) of a PUBACK -> True when it was the sink's
 
     def send(self, data: bytes | bytearray | memoryview) -> int:
         self._out += data
@@ -193,6 +193,12 @@ class _BatchedSocket:
         take = self._take_puback
         n, i = len(raw), 0
         while i + 2 <= n:
+            if raw[i] == 0x40 and raw[i + 1] == 2 and i + 4 <= n and take is not None:
+                # the common packet by far: a PUBACK with just its packet id (success)
+                if not take(raw[i + 2] << 8 | raw[i + 3], 0):
+                    self._in += raw[i:i + 4]
+                i += 4
+                continue
             length, start = raw[i + 1], i + 2
             if length > 127:  # a longer remaining length: up to three more bytes
                 length, shift, j = length & 0x7F, 7, i + 2
@@ -212,7 +218,8 @@ class _BatchedSocket:
             end = start + length
             if end > n:
                 break
-            if not (raw[i] == 0x40 and take is not None and take(raw[start:end])):
+            if not (raw[i] == 0x40 and take is not None and length >= 2
+                    and take(raw[start] << 8 | raw[start + 1], raw[start + 2] if length > 2 else 0)):
                 self._in += raw[i:end]
             i = end
         del raw[:i]
@@ -507,17 +514,15 @@ class MqttSink(SpooledSink[Message]):
         unsent, self._unsent = self._unsent, []
         return unsent
 
-    def _puback(self, body: bytearray) -> bool:
-        """A PUBACK arrived (its variable header): True if it was for one of the sink's messages."""
-        if len(body) < 2:
-            return False
-        message = self._window.pop(body[0] << 8 | body[1], None)
+    def _puback(self, mid: int, reason: int) -> bool:
+        """A PUBACK arrived: True if it was for one of the sink's messages."""
+        message = self._window.pop(mid, None)
         if message is None:
             return False  # paho's own (or one given up on): paho handles it
         self._acked += 1
-        if len(body) > 2 and body[2] >= 0x80:  # MQTT 5 reason code: refused (not authorised, quota, ...)
+        if reason >= 0x80:  # MQTT 5 reason code: refused (not authorised, quota exceeded, ...)
             self.refused += 1
-            log.warning("MQTT: the broker refused a message to %s (reason code 0x%02X)", message.topic, body[2])
+            log.warning("MQTT: the broker refused a message to %s (reason code 0x%02X)", message.topic, reason)
         return True
 
     # -- delivery ---------------------------------------------------------------------------------
