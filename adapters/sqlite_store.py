@@ -21,8 +21,10 @@ The outbox and its replay:
   again after a crash is the same without having been written down.
 - Replay steps run on the event loop thread as a group commit with `synchronous=NORMAL`: in WAL
   mode a commit survives a crash of the process (SIGKILL) at any instant; only a power loss can
-  undo the last ones, and then those messages are replayed again (duplicates), never lost, because
-  a row leaves the outbox only after its acknowledgement was committed.
+  undo the last ones, and then those messages are replayed again (duplicates, with the same
+  message ids), never lost, because a row leaves the outbox only after its acknowledgement was
+  committed. The step that marks a row as sent is committed before the row is sent, so after a
+  SIGKILL exactly the row that may have reached the CSMS is reported as a possible duplicate.
 """
 
 from __future__ import annotations
@@ -361,7 +363,7 @@ class SqliteStore:
         mapping) and mark the next rows as sent, for every charger replaying now, in one commit.
 
         synchronous=NORMAL: in WAL mode a commit survives a crash of the process (SIGKILL); only a
-        power loss can undo the last ones, which replays them again (reported as possible duplicates)."""
+        power loss can undo the last ones, which replays them again (with the same message ids)."""
         db = self.db
         db.execute("BEGIN")
         try:

@@ -594,10 +594,10 @@ class ChargerSession:
         """CALL the CSMS with a stored payload. ("result", payload), ("error", text), or None if the
         link went away or the CSMS did not answer in time."""
         future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+        # request None: not shown to observers (so no receipt time either)
         call = PendingCall(message_id=message_id, action=action,
                            frame=F.call_with_payload_text(message_id, action, payload_text),
-                           origin=GatewayCall(future), timeout=self.hub.settings.upstream.call_timeout,
-                           request=None, received_at=_utcnow())  # request None: not shown to observers
+                           origin=GatewayCall(future), timeout=self.hub.settings.upstream.call_timeout)
         await self._submit_upstream(call)
         try:
             return "result", await future
@@ -642,7 +642,7 @@ class ChargerSession:
             return
         self._arm(call.queue_deadline)
         if nxt is not None:
-            await self._send_upstream(nxt)
+            await self._send_upstream_raw(nxt.frame)
 
     def _arm(self, deadline: float | None) -> None:
         if deadline is None or self._closed:
