@@ -148,7 +148,8 @@ class SpooledSink(Generic[Item]):
     async def _spool_unsent(self) -> bool:
         unsent = self.take_unsent()
         if unsent:
-            await self.spool.prepend([self.pack(i) for i in unsent])
+            # shielded: once taken they are only in this call, and stop_worker may cancel the worker now
+            await asyncio.shield(self.spool.prepend([self.pack(i) for i in unsent]))
             self.log.info("%s: %d messages were not acknowledged; spooled to be sent again", self.name, len(unsent))
         return bool(unsent)
 

@@ -309,3 +309,51 @@ async def test_influx_v2_unreachable_spools(tmp_path: Path) -> None:
         for i in range(3):
             sink.offer(meter("CP", float(i), ts=NOW + timedelta(seconds=i)))
         await until(lambda: sink.spool.count == 3, 10, "spooled while unreachable")
+
+
+async def test_messages_the_broker_never_acknowledged_are_sent_again_after_a_restart(tmp_path: Path) -> None:
+    """The broker stops answering (SIGSTOP) while the gateway publishes at QoS 1: what it sent and
+    what waited for the window are spooled when the gateway stops, ahead of anything newer, and sent
+    again after it starts. The frozen broker is then killed (what it had in its socket buffer is
+    gone, as in a crash) and started again; the subscriber, with a persistent session, ends up with
+    every value exactly once and in order, the retained topic with the last."""
+    import os
+    import signal
+
+    need(MOSQUITTO, "mosquitto")
+    broker = Mosquitto(tmp_path / "broker").start()
+    data = str(tmp_path / "data")
+    cfg = MqttSettings(url=broker.url, qos=1, reconnect_min=0.5, reconnect_max=0.5)
+    topic, retained = "ocpp/u/chargers/CP/evse/1/meter", "ocpp/u/chargers/CP/evse/1/meter/Energy.Active.Import.Register"
+    sub = Subscriber(broker.port, [topic, retained], client_id="u-sub", persistent=True)
+    stopped = False
+    try:
+        async with MqttSink(cfg, data, "u") as sink:
+            await until(lambda: sink.connected, 10, "connected")
+            for i in range(10):
+                sink.offer(meter("CP", float(i)))
+            await until(lambda: len(sub.on(topic)) >= 10, 10, "the first 10")
+            os.kill(broker.proc.pid, signal.SIGSTOP)
+            stopped = True
+            for i in range(10, 25):
+                sink.offer(meter("CP", float(i)))
+            await until(lambda: len(sink._window) + len(sink._backlog) >= 30, 10, "30 messages handed over")
+            assert len(sink._window) <= 20  # never more than the broker's Receive Maximum
+        assert sink.spool.count == 30  # none acknowledged: all spooled, none lost
+        broker.proc.kill()  # SIGKILL works on a stopped process
+        broker.proc.wait(10)
+        stopped = False
+        broker.start()  # same port, same persistence file: the subscriber's session is back
+        assert await asyncio.to_thread(sub.connected.wait, 10), "subscriber back"
+        async with MqttSink(cfg, data, "u") as sink:
+            await until(lambda: {json.loads(m.payload)["samples"][0]["value"] for m in sub.on(topic)}
+                        >= {float(i) for i in range(25)}, 15, "every value")
+            await until(lambda: sink.spool.count == 0, 10, "spool drained")
+        values = [json.loads(m.payload)["samples"][0]["value"] for m in sub.on(topic)]
+        assert values == [float(i) for i in range(25)]
+        assert json.loads(sub.on(retained)[-1].payload)["value"] == 24.0
+    finally:
+        if stopped:
+            os.kill(broker.proc.pid, signal.SIGCONT)
+        sub.close()
+        broker.stop()
