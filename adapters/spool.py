@@ -77,23 +77,7 @@ class Spool:
     async def append(self, bodies: list[bytes]) -> None:
         if not bodies:
             return
-        self.count = await self._run(self._append, bodies)
-
-    def _append(self, bodies: list[bytes]) -> int:
-        assert self._db is not None
-        db = self._db
-        db.execute("BEGIN")
-        db.executemany("INSERT INTO items (body) VALUES (?)", [(b,) for b in bodies])
-        count = int(db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
-        if count > self.max_items:
-            excess = count - self.max_items
-            db.execute("DELETE FROM items WHERE seq IN (SELECT seq FROM items ORDER BY seq LIMIT ?)", (excess,))
-            self.dropped += excess
-            count = self.max_items
-            log.warning("telemetry spool %s full: dropped the %d oldest items (%d in all)", self.path.name, excess,
-                        self.dropped)
-        db.execute("COMMIT")
-        return count
+        self.count = await self._run(self._insert, bodies, False)
 
     async def prepend(self, bodies: list[bytes]) -> None:
         """Put items in front of everything spooled, in their order: messages that were handed to
@@ -101,16 +85,26 @@ class Spool:
         since, so the order of the whole stream holds. Not bounded here: they were already counted."""
         if not bodies:
             return
-        self.count = await self._run(self._prepend, bodies)
+        self.count = await self._run(self._insert, bodies, True)
 
-    def _prepend(self, bodies: list[bytes]) -> int:
+    def _insert(self, bodies: list[bytes], front: bool) -> int:
         assert self._db is not None
         db = self._db
         db.execute("BEGIN")
-        first = db.execute("SELECT MIN(seq) FROM items").fetchone()[0]
-        start = (first if first is not None else 1) - len(bodies)  # explicit seqs may go below 1
-        db.executemany("INSERT INTO items (seq, body) VALUES (?, ?)", [(start + i, b) for i, b in enumerate(bodies)])
+        if front:
+            first = db.execute("SELECT MIN(seq) FROM items").fetchone()[0]
+            start = (first if first is not None else 1) - len(bodies)  # explicit seqs may go below 1
+            db.executemany("INSERT INTO items (seq, body) VALUES (?, ?)", [(start + i, b) for i, b in enumerate(bodies)])
+        else:
+            db.executemany("INSERT INTO items (body) VALUES (?)", [(b,) for b in bodies])
         count = int(db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+        if count > self.max_items and not front:
+            excess = count - self.max_items
+            db.execute("DELETE FROM items WHERE seq IN (SELECT seq FROM items ORDER BY seq LIMIT ?)", (excess,))
+            self.dropped += excess
+            count = self.max_items
+            log.warning("telemetry spool %s full: dropped the %d oldest items (%d in all)", self.path.name, excess,
+                        self.dropped)
         db.execute("COMMIT")
         return count
 
