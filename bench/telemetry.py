@@ -7,10 +7,16 @@ InfluxDB off, then on, in one run.
 Processes (all on 127.0.0.1, all stopped by PID): the echo CSMS (`bench/echo_csms.py`), a
 Mosquitto and an InfluxDB 1.x started like the tests do (`tests/telemetry/services.py`), and the
 gateway twice: `off` (no sinks) and `on` (`[mqtt]` QoS 1 + `[influx]` v1). The load runs in this
-process: N websockets chargers, each in a closed loop (next MeterValues as soon as the previous
-is answered; the per-charger message rate limit is off), 1.6, four sampled values per call (energy, power, current, temperature in
-Fahrenheit: the normaliser's full path). After a warm-up, the gateway's CPU time (user + system,
-read from /proc by PID through psutil) is divided by the calls completed in the window.
+process: N websockets chargers sharing one offered rate (`--rate`, 2000 MeterValues/s by default,
+the same for every variant; each charger waits for its answer before its next call; the
+per-charger message rate limit is off), 1.6, four sampled values per call (energy, power, current,
+temperature in Fahrenheit: the normaliser's full path). After a warm-up, the gateway's CPU time
+(user + system, read from /proc by PID through psutil) is divided by the calls completed in the
+window. The gateway runs pinned to the last CPU, everything else on the others (`--no-pin`).
+
+Why a fixed rate: the relay's own CPU per call falls as the load rises (more frames per wake-up),
+so with closed-loop chargers (`--rate 0`, as fast as the gateway answers) a variant that runs
+slower also pays more per call for the relay itself, and the comparison mixes the two effects.
 
 The target in issue 4: both sinks together add at most 25 % CPU per call. The bench also checks
 that the sinks kept up: after the window it waits until InfluxDB holds one point per sample sent.
@@ -33,7 +39,7 @@ from typing import Any
 import psutil
 from websockets.asyncio.client import connect
 
-from bench._common import REPO, free_port, http_get_status
+from bench._common import REPO, child_setup, free_port, http_get_status
 
 SAMPLES = [
     {"value": "1234.5", "measurand": "Energy.Active.Import.Register", "unit": "kWh"},
@@ -43,7 +49,8 @@ SAMPLES = [
 ]
 
 
-def start_gateway(workdir: Path, csms_port: int, extra: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_gateway(workdir: Path, csms_port: int, extra: str,
+                  cpus: list[int] | None = None) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     conf = workdir / "gateway.toml"
     conf.write_text(f"""site_id = "bench"
@@ -61,7 +68,7 @@ level = "WARNING"
 """)
     log = open(workdir / "gateway.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(conf)], cwd=REPO, stdout=log,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, preexec_fn=child_setup(cpus))
     log.close()
     deadline = time.monotonic() + 20
     while http_get_status("127.0.0.1", port, "/healthz") != 200:
@@ -93,8 +100,10 @@ def stop(proc: subprocess.Popen[Any]) -> None:
             proc.wait(5)
 
 
-async def load(port: int, chargers: int, warmup: float, seconds: float, pid: int) -> dict[str, float]:
+async def load(port: int, chargers: int, warmup: float, seconds: float, pid: int,
+               rate: float = 0.0) -> dict[str, float]:
     done = 0
+    interval = chargers / rate if rate > 0 else 0.0  # s between one charger's calls; 0 = closed loop
     measuring = False
     stop_at = 0.0
 
@@ -105,7 +114,13 @@ async def load(port: int, chargers: int, warmup: float, seconds: float, pid: int
             await ws.send(json.dumps([2, "boot", "BootNotification", {"chargePointVendor": "B", "chargePointModel": "M"}]))
             await asyncio.wait_for(ws.recv(), 10)
             seq = 0
+            due = time.monotonic() + interval * i / chargers  # spread the chargers over one interval
             while time.monotonic() < stop_at:
+                if interval:
+                    due += interval
+                    delay = due - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
                 seq += 1
                 stamp = f"2026-01-01T{seq // 3600 % 24:02d}:{seq // 60 % 60:02d}:{seq % 60:02d}.{i % 1000:03d}Z"
                 payload = {"connectorId": 1, "meterValue": [{"timestamp": stamp, "sampledValue": SAMPLES}]}
@@ -143,8 +158,19 @@ def main() -> None:
                     help="comma-separated: off, on, mqtt, influx, mqtt-qos0, on-qos0, on-mqtt311, on-thin "
                          "(on = MQTT QoS 1 + InfluxDB v1; on-thin: retained_min_interval = 10)")
     ap.add_argument("--repeat", type=int, default=2, help="rounds of all variants, interleaved; medians are reported")
+    ap.add_argument("--rate", type=float, default=2000.0,
+                    help="MeterValues per second offered by all chargers together, the same for every variant "
+                         "(0: each charger in a closed loop, as fast as the gateway answers; then the variants "
+                         "run at different rates and the relay's own cost per call changes with the rate)")
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="do not pin the gateway to its own CPU (default: gateway on the last CPU, the load, "
+                         "echo CSMS, Mosquitto and InfluxDB on the others): less noise between rounds")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
+    ncpu = os.cpu_count() or 1
+    gateway_cpus = [ncpu - 1] if args.pin and ncpu >= 2 and hasattr(os, "sched_setaffinity") else None
+    if gateway_cpus:
+        os.sched_setaffinity(0, set(range(ncpu - 1)))  # this process and what it starts (echo, broker, influxd)
     from tests.telemetry.services import Influx, Mosquitto
 
     with tempfile.TemporaryDirectory(prefix="bench-telemetry-") as tmp:
@@ -171,10 +197,10 @@ def main() -> None:
                     extra = variants[name]
                     workdir = root / f"{name}-{rnd}"
                     workdir.mkdir()
-                    gw, port = start_gateway(workdir, csms_port, extra)
+                    gw, port = start_gateway(workdir, csms_port, extra, gateway_cpus)
                     try:
                         before = points(influx)
-                        r = asyncio.run(load(port, args.chargers, args.warmup, args.seconds, gw.pid))
+                        r = asyncio.run(load(port, args.chargers, args.warmup, args.seconds, gw.pid, args.rate))
                         if name in ("on", "influx"):  # the sink kept up: every sample of the window landed
                             want = before + r["calls"] * len(SAMPLES)
                             deadline = time.monotonic() + 30
