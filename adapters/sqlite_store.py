@@ -144,7 +144,7 @@ class SqliteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()  # the connection is used by the writer thread and, for replay steps, the loop
-        self._step_batch: list[tuple[str, Any, int | None, asyncio.Future[None]]] = []
+        self._step_batch: list[tuple[str, Any, int | None, Any]] = []  # a future, or a callback
         self._step_flush: asyncio.Handle | None = None
         # exact in-memory state of the outbox (the store is its only writer; see the module docstring)
         self._pending: dict[str, int] = {}  # pending rows per charger, acknowledged ones excluded
@@ -389,12 +389,18 @@ class SqliteStore:
         except sqlite3.Error as exc:
             error = StoreError(f"{self.path}: {exc}")
             for *_, future in batch:
-                if not future.done():
-                    future.set_exception(error)
+                if isinstance(future, asyncio.Future):
+                    if not future.done():
+                        future.set_exception(error)
+                else:
+                    future(error)
             return
         for *_, future in batch:
-            if not future.done():
-                future.set_result(None)
+            if isinstance(future, asyncio.Future):
+                if not future.done():
+                    future.set_result(None)
+            else:
+                future(None)
 
     async def outbox_step(self, charger_id: str, ack: tuple[int, Any, Any] | None, send: int | None) -> None:
         """Move the charger's replay cursor; returns once committed.
@@ -416,6 +422,15 @@ class SqliteStore:
         if self._step_flush is None:
             self._step_flush = loop.call_soon(self._flush_steps)
         await future
+
+    def outbox_step_then(self, charger_id: str, ack: tuple[int, Any, Any] | None, send: int | None,
+                         then: Callable[[Exception | None], None]) -> None:
+        """`outbox_step` without a future: `then(None)` is called right after the commit, in the
+        same loop callback that commits (`then(error)` if it failed). Lets the session send the next
+        replayed row from there, with no task switch per message. Call it on the event loop thread."""
+        self._step_batch.append((charger_id, ack, send, then))
+        if self._step_flush is None:
+            self._step_flush = asyncio.get_running_loop().call_soon(self._flush_steps)
 
     def _mark_sent(self, seq: int, sent_id: str) -> None:
         self.db.execute("UPDATE outbox SET attempts = attempts + 1, sent_id = ? WHERE seq = ?", (sent_id, seq))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import random
 import secrets
@@ -65,6 +66,18 @@ def _utcnow() -> datetime:
 
 
 @dataclass(slots=True)
+class _Chain:
+    """Plain rows of one outbox page replayed from the upstream reader (see `_chain_answer`):
+    `rows[i]` is in flight as `call`; `committing` while its step waits for the group commit."""
+
+    rows: list[dict[str, Any]]
+    i: int
+    call: PendingCall | None = None
+    committing: bool = False
+    then: Any = None  # the store's post-commit callback for this chain
+
+
+@dataclass(slots=True)
 class GatewayCall:
     """Origin of a call the gateway itself makes; its answer stays in the gateway."""
 
@@ -98,6 +111,8 @@ class ChargerSession:
         self._adopted: UpstreamLink | None = None  # a link dialled before the charger was accepted (strict)
         self._upstream_task: asyncio.Task[None] | None = None
         self._replay_task: asyncio.Task[None] | None = None
+        self._chain: _Chain | None = None  # the replay's run of plain rows the reader may continue
+        self._chains = getattr(hub.store, "outbox_step_then", None) is not None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._closed = False
@@ -410,6 +425,9 @@ class ChargerSession:
                                received_at=_utcnow())
             await self._submit_charger(call)
             return
+        chain = self._chain
+        if chain is not None and self._chain_answer(chain, frame):
+            return
         done, nxt = self.to_upstream.complete(frame.message_id, self._loop.time())
         if nxt is not None:
             await self._send_upstream(nxt)
@@ -478,8 +496,9 @@ class ChargerSession:
                             self.log.info("outbox replayed")
                             break
                         continue
-                    for row in rows:
-                        ok, pending = await self._replay_row(row, pending)
+                    i = 0
+                    while i < len(rows):
+                        ok, pending, i = await self._replay_row(rows, i, pending)
                         if not ok:
                             return
             finally:
@@ -494,12 +513,16 @@ class ChargerSession:
         if stopped is not None:
             self._unbind(stopped[1])
 
-    async def _replay_row(self, row: dict[str, Any], pending: tuple[int, Any, Any] | None
-                          ) -> tuple[bool, tuple[int, Any, Any] | None]:
-        """Send one stored message; `pending` is the previous answered row, acknowledged in the
-        same commit that marks this one as sent. Returns (False, ...) when the link is gone (this
-        row stays for next time) and the row to acknowledge next."""
+    async def _replay_row(self, rows: list[dict[str, Any]], i: int, pending: tuple[int, Any, Any] | None
+                          ) -> tuple[bool, tuple[int, Any, Any] | None, int]:
+        """Send stored message `rows[i]`; `pending` is the previous answered row, acknowledged in
+        the same commit that marks this one as sent. A plain row followed by plain rows is sent as
+        a chain: the upstream reader acknowledges each and sends the next itself (`_chain_answer`)
+        until something unusual happens, which comes back here for the row then in flight.
+        Returns (False, ...) when the link is gone (the row in flight stays for next time), the
+        row to acknowledge next and the index of the next row."""
         store = self.hub.store
+        row = rows[i]
         action, text = row["action"], row["payload"]
         local_tid: int | None = None
         if self.version is V16 and action in T.CHARGER_TX_ACTIONS and self.local_to_csms:
@@ -510,7 +533,7 @@ class ChargerSession:
                 if csms_id is None:
                     await self._flush(pending)
                     await self._dead_letter(row, "its StartTransaction was not accepted by the CSMS")
-                    return True, None
+                    return True, None, i + 1
                 text = orjson.dumps(T.with_charger_tx_id(action, payload, csms_id)).decode()
             else:
                 local_tid = None
@@ -529,16 +552,25 @@ class ChargerSession:
             if pending is not None:
                 self._acked(pending)
                 pending = None
+            chain = None
+            if not attempts and self._chains and i + 1 < len(rows) and self._plain(row):
+                chain = _Chain(rows, i)
+                chain.then = functools.partial(self._chain_committed, chain)
             attempts += 1
-            outcome = await self._replay_call(action, text, message_id)
+            outcome = await self._replay_call(action, text, message_id, chain)
+            if chain is not None and chain.i != i:
+                # the reader acknowledged rows[i:chain.i] (committed) and sent rows[chain.i]: the outcome is its
+                i = chain.i
+                row = rows[i]
+                action, text, message_id, attempts = row["action"], row["payload"], row["message_id"], 1
             if outcome is not None:
                 break
             if not self.upstream_online or self._closed:
-                return False, None
+                return False, None, i
             await asyncio.sleep(1.0)  # the CSMS did not answer in time: try again, once the line is free
         if outcome[0] == "error":
             await self._dead_letter(row, outcome[1])
-            return True, None
+            return True, None, i + 1
         response = outcome[1]
         bind = stopped = None
         if self.version is V16 and action == "StartTransaction" and row["local_tx"] is not None:
@@ -556,7 +588,84 @@ class ChargerSession:
         if local_tid is not None and action == "StopTransaction":
             stopped = (self.charger_id, local_tid)
         self.counters["replayed"] += 1
-        return True, (row["seq"], bind, stopped)
+        return True, (row["seq"], bind, stopped), i + 1
+
+    def _plain(self, row: dict[str, Any]) -> bool:
+        """A row sent as stored, whose answer teaches nothing: its acknowledgement is the seq alone."""
+        if row["attempts"]:
+            return False
+        action = row["action"]
+        if self.version is V16:
+            return action != "StartTransaction" and not (action in T.CHARGER_TX_ACTIONS and self.local_to_csms)
+        return action != "TransactionEvent"
+
+    def _chain_answer(self, chain: _Chain, frame: F.CallResult | CallError) -> bool:
+        """The steady state of the replay, on the upstream reader: the CSMS answered the plain row
+        in flight with a CALLRESULT, the next row of the page is plain and nothing waits for the
+        line. Its acknowledgement joins the pending group commit together with "the next row is
+        sent"; the store's callback sends that row right after the commit (`_chain_committed`).
+        The call stays in flight, re-labelled as the next row. Anything else returns False and
+        takes the general path (which ends the chain: the replay task gets the outcome)."""
+        call = chain.call
+        queue = self.to_upstream
+        if (type(frame) is not F.CallResult or call is None or queue.in_flight is not call or chain.committing
+                or frame.message_id != call.message_id or queue.queued or self._closed):
+            return False
+        i = chain.i + 1
+        rows = chain.rows
+        if i >= len(rows) or not self._plain(rows[i]):
+            return False
+        done, row = rows[chain.i], rows[i]
+        chain.i = i
+        self.counters["replayed"] += 1
+        message_id, action = row["message_id"], row["action"]
+        call.message_id = message_id
+        call.action = action
+        call.frame = F.call_with_payload_text(message_id, action, row["payload"])
+        now = self._loop.time()
+        call.sent_at = now
+        call.deadline = now + call.timeout  # the line stays taken: live calls queue behind it
+        chain.committing = True
+        self.hub.store.outbox_step_then(self.charger_id, (done["seq"], None, None), row["seq"], chain.then)  # type: ignore[attr-defined]
+        return True
+
+    def _chain_committed(self, chain: _Chain, error: Exception | None) -> None:
+        """Right after the commit that acknowledged the previous row and marked this one as sent
+        (in the store's loop callback): send it. Not if the link went down or the session closed
+        meanwhile: the replay task then takes the row in flight as it does any other."""
+        chain.committing = False
+        call = chain.call
+        queue = self.to_upstream
+        if self._chain is not chain or call is None or queue.in_flight is not call or self._closed:
+            return
+        if error is not None:  # nothing was sent: give the line back; the replay task sees the error
+            done, nxt = queue.complete(call.message_id, self._loop.time())
+            if nxt is not None:
+                self._drive(self._send_upstream_raw(nxt.frame))
+            if isinstance(call.origin, GatewayCall) and not call.origin.future.done():
+                call.origin.future.set_exception(error)
+            return
+        self._drive(self._send_upstream_raw(call.frame))
+
+    def _drive(self, coro: Any) -> None:
+        """Run a send coroutine from a plain callback, without a task: a WebSocket send normally
+        completes without suspending. If it does suspend (flow control, a closing transport), a
+        task finishes it once what it waits for is done."""
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
+        except Exception:  # noqa: BLE001 - _send_upstream_raw handles a closed link; anything else is logged
+            self.log.exception("replay send failed")
+            return
+        if waiting is None:  # a bare yield (asyncio.sleep(0))
+            self._loop.call_soon(self._finish_send, coro)
+        else:
+            waiting._asyncio_future_blocking = False
+            waiting.add_done_callback(lambda _f: self._finish_send(coro))
+
+    def _finish_send(self, coro: Any) -> None:
+        asyncio.ensure_future(coro)
 
     async def _flush(self, pending: tuple[int, Any, Any] | None) -> None:
         if pending is not None:
@@ -590,21 +699,33 @@ class ChargerSession:
         self.log.error("outbox #%d %s set aside (dead letter): %s", row["seq"], row["action"], error)
         await self.hub.store.outbox_dead(row["seq"], error)
 
-    async def _replay_call(self, action: str, payload_text: str, message_id: str) -> tuple[str, Any] | None:
+    async def _replay_call(self, action: str, payload_text: str, message_id: str,
+                           chain: _Chain | None = None) -> tuple[str, Any] | None:
         """CALL the CSMS with a stored payload. ("result", payload), ("error", text), or None if the
-        link went away or the CSMS did not answer in time."""
+        link went away or the CSMS did not answer in time. With `chain`, the reader may continue
+        with the next rows of the page; the outcome is then that of `chain.rows[chain.i]`."""
         future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         # request None: not shown to observers (so no receipt time either)
         call = PendingCall(message_id=message_id, action=action,
                            frame=F.call_with_payload_text(message_id, action, payload_text),
                            origin=GatewayCall(future), timeout=self.hub.settings.upstream.call_timeout)
-        await self._submit_upstream(call)
+        if chain is not None:
+            chain.call = call
+            self._chain = chain
         try:
-            return "result", await future
-        except CallFailed as exc:
-            return "error", f"{exc.code}: {exc.description}"
-        except (CallTimeout, NotConnected, Busy):
-            return None
+            await self._submit_upstream(call)
+            try:
+                return "result", await future
+            except CallFailed as exc:
+                return "error", f"{exc.code}: {exc.description}"
+            except (CallTimeout, NotConnected, Busy):
+                return None
+        finally:
+            if chain is not None:
+                if self._chain is chain:
+                    self._chain = None
+                while chain.committing:  # the last step's commit comes first (it runs in this loop iteration)
+                    await asyncio.sleep(0)
 
     # -- calls the gateway makes ----------------------------------------------------------------
 

@@ -208,6 +208,9 @@ async def test_a_csms_error_on_a_replayed_message_sets_it_aside_and_the_rest_con
             await cp.call(v16.call.StopTransaction(meter_stop=400, timestamp=now(), transaction_id=local_id))
             await csms.start()
             await until(lambda: bool(csms.of(cid, "StopTransaction")), what="replay past the error")
+            # acknowledged rows leave the outbox after the CSMS answered the last one: wait for that too
+            await until(lambda: not store_rows(gw, "SELECT 1 FROM outbox WHERE state = 'pending'"),
+                        what="acknowledged rows deleted")
         values = [r.payload["meter_value"][0]["sampled_value"][0]["value"] for r in csms.of(cid, "MeterValues")]
         assert values == ["100", "200", "300", "400"]  # 300 was tried once, refused, and not retried
         dead = store_rows(gw, "SELECT action, state, error FROM outbox")
