@@ -111,6 +111,7 @@ class ChargerSession:
         self._adopted: UpstreamLink | None = None  # a link dialled before the charger was accepted (strict)
         self._upstream_task: asyncio.Task[None] | None = None
         self._replay_task: asyncio.Task[None] | None = None
+        self._sends: set[asyncio.Task[None]] = set()  # replay sends started from the commit callback (kept referenced)
         self._chain: _Chain | None = None  # the replay's run of plain rows the reader may continue
         self._chains = getattr(hub.store, "outbox_step_then", None) is not None
         self._timer: asyncio.TimerHandle | None = None
@@ -648,24 +649,11 @@ class ChargerSession:
         self._drive(self._send_upstream_raw(call.frame))
 
     def _drive(self, coro: Any) -> None:
-        """Run a send coroutine from a plain callback, without a task: a WebSocket send normally
-        completes without suspending. If it does suspend (flow control, a closing transport), a
-        task finishes it once what it waits for is done."""
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
-            return
-        except Exception:  # noqa: BLE001 - _send_upstream_raw handles a closed link; anything else is logged
-            self.log.exception("replay send failed")
-            return
-        if waiting is None:  # a bare yield (asyncio.sleep(0))
-            self._loop.call_soon(self._finish_send, coro)
-        else:
-            waiting._asyncio_future_blocking = False
-            waiting.add_done_callback(lambda _f: self._finish_send(coro))
-
-    def _finish_send(self, coro: Any) -> None:
-        asyncio.ensure_future(coro)
+        """Run a send coroutine from a plain callback: as a task (asyncio starts tasks in the order
+        they are made, and a charger has one replayed CALL in flight, so order holds)."""
+        task = self._loop.create_task(coro)
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
 
     async def _flush(self, pending: tuple[int, Any, Any] | None) -> None:
         if pending is not None:
