@@ -94,8 +94,9 @@ async def running(settings: Settings) -> AsyncIterator[Gateway]:
 def _freeze_heap(_: Any = None) -> None:
     """Once started (modules, settings, every compiled schema: tens of thousands of objects that
     live as long as the process), move what exists into the collector's permanent generation, so
-    its full collections stop scanning it again and again while frames flow (gc.freeze)."""
-    gc.collect()
+    its full collections stop scanning it again and again while frames flow (gc.freeze). No
+    gc.collect() first: that full pass would stall the event loop for as long as the heap is big
+    (an embedding process, such as the test runner, may hold a large one)."""
     gc.freeze()
 
 
