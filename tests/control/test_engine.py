@@ -26,9 +26,10 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @contextlib.asynccontextmanager
-async def gateway(tmp_path: Path, csms: CountingCsms | None = None, **config: Any) -> AsyncIterator[Any]:
+async def gateway(tmp_path: Path, csms: CountingCsms | None = None, connect_timeout: float = 1.0,
+                  **config: Any) -> AsyncIterator[Any]:
     if csms is not None:
-        config["upstream"] = {"url": csms.url, "reconnect_min": 0.2, "reconnect_max": 0.5, "connect_timeout": 1.0,
+        config["upstream"] = {"url": csms.url, "reconnect_min": 0.2, "reconnect_max": 0.5, "connect_timeout": connect_timeout,
                               "call_timeout": 2.0}
     async with inproc(tmp_path, auth=AUTH, **config) as gw:
         yield gw
@@ -308,12 +309,14 @@ async def test_all_of_it_while_the_csms_is_down(tmp_path: Path) -> None:
 async def test_csms_profile_left_untouched(tmp_path: Path) -> None:
     csms = await CountingCsms().start()
     try:
-        async with gateway(tmp_path, csms, site={"enabled": True, "max_current_a": 32.0}) as gw, \
+        # a loaded machine can take more than a second for the first upstream handshake: the CSMS is up
+        # here, so give it time, and start the transaction only once the CSMS sees the charger
+        async with gateway(tmp_path, csms, connect_timeout=10.0, site={"enabled": True, "max_current_a": 32.0}) as gw, \
                 Connected(gw.url("CP1"), "ocpp1.6", "CP1") as cp:
+            await until(lambda: "CP1" in csms.cps, STEP, "CSMS sees the charger")
             tx = await cp.start_tx(1)
             assert tx < 2_000_000_000  # the CSMS's id
             await settle(gw)
-            await until(lambda: "CP1" in csms.cps, STEP, "CSMS sees the charger")
             # the CSMS sets its own TxProfile (id 7, stack level 0, 20 A) through the gateway
             res = await asyncio.wait_for(csms.cps["CP1"].call(v16.call.SetChargingProfile(connector_id=1, cs_charging_profiles={
                 "chargingProfileId": 7, "transactionId": tx, "stackLevel": 0, "chargingProfilePurpose": "TxProfile",
