@@ -18,8 +18,12 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+from collections.abc import Callable
+
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
 from gateway.config import ConfigError, Settings
 from gateway.errors import LinkClosed, LinkFailed
@@ -28,9 +32,65 @@ from gateway.protocol.frames import OcppVersion
 from gateway.security import basic_header, is_hex_key
 
 
+class _Connection(ClientConnection):
+    """websockets' client connection with a synchronous lane for the replay's steady state.
+
+    `on_text`, when set, sees a complete text message as it is parsed (in the transport's
+    callback) while the link's reader is waiting with nothing queued, and may take it (returns
+    True); anything it leaves, and every message while the reader is busy or messages are queued,
+    goes through websockets' own queue to `recv()` as usual, so messages never change order."""
+
+    on_text: Callable[[str], bool] | None = None
+
+    def process_event(self, event: Any) -> None:
+        on_text = self.on_text
+        if on_text is not None and type(event) is Frame and event.opcode is Opcode.TEXT and event.fin \
+                and self._reader_waiting():
+            try:
+                text = bytes(event.data).decode()
+            except UnicodeDecodeError:
+                pass  # websockets' own path reports it
+            else:
+                if on_text(text):
+                    return
+        super().process_event(event)
+
+    def _reader_waiting(self) -> bool:
+        """The reader is suspended in recv() for the first frame of a message, none queued."""
+        try:
+            messages = self.recv_messages
+            frames = messages.frames
+            waiter = frames.get_waiter
+            return bool(messages.get_in_progress and not frames.queue and waiter is not None and not waiter.done())
+        except AttributeError:  # another websockets release: the lane stays shut
+            return False
+
+
 class WsUpstreamLink:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
+
+    def set_fast_reader(self, on_text: Callable[[str], bool] | None) -> None:
+        """See `_Connection.on_text`."""
+        if isinstance(self.ws, _Connection):
+            self.ws.on_text = on_text
+
+    def send_now(self, text: str) -> bool:
+        """Frame and write `text` at once, from a plain callback, when the connection is open and
+        its write buffer is not over the high-water mark (flow control). False: nothing was
+        written; use `send`. What `send` does minus the coroutine: the frame goes to the
+        transport in the order of the calls."""
+        ws = self.ws
+        if not isinstance(ws, _Connection) or ws.protocol.state is not State.OPEN \
+                or getattr(ws, "paused", True) or getattr(ws, "send_in_progress", True) is not None \
+                or ws.transport.is_closing():
+            return False
+        ws.protocol.send_text(text.encode())
+        try:
+            ws.send_data()
+        except Exception:  # noqa: BLE001 - the socket failed: the link is lost, as `send` would find
+            ws.transport.abort()
+        return True
 
     async def send(self, text: str) -> None:
         try:
@@ -95,6 +155,7 @@ class WsUpstreamConnector:
                 ping_timeout=self.settings.websocket.ping_timeout,
                 proxy=None,
                 user_agent_header="ocpp-site-gateway",
+                create_connection=_Connection,
             )
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
             raise LinkFailed(f"{type(exc).__name__}: {exc}") from None

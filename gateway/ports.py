@@ -22,7 +22,12 @@ class ChargerLink(Protocol):
 
 
 class UpstreamLink(Protocol):
-    """One live connection to the CSMS on a charger's behalf."""
+    """One live connection to the CSMS on a charger's behalf.
+
+    A link may also offer a synchronous lane, used by the replay when present:
+    `send_now(text) -> bool` (write at once from a plain callback; False = use `send`) and
+    `set_fast_reader(on_text)` (offer each text message to `on_text(text) -> bool` as it arrives
+    while the reader waits idle; what it does not take goes to `recv` in order)."""
 
     async def send(self, text: str) -> None:
         """Raises LinkClosed."""

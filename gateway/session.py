@@ -646,7 +646,22 @@ class ChargerSession:
             if isinstance(call.origin, GatewayCall) and not call.origin.future.done():
                 call.origin.future.set_exception(error)
             return
-        self._drive(self._send_upstream_raw(call.frame))
+        link = self._upstream
+        if link is None or not getattr(link, "send_now", None) or not link.send_now(call.frame):
+            self._drive(self._send_upstream_raw(call.frame))
+
+    def _fast_from_upstream(self, text: str) -> bool:
+        """The link's synchronous lane (adapters/upstream_ws.py): the answer to a chained replay
+        row is taken as it is parsed, with no hop through the reader task. Anything else: False,
+        and the reader gets it as usual (the link hands over only while the reader waits idle)."""
+        chain = self._chain
+        if chain is None or chain.committing or chain.call is None or not text.startswith("[3"):
+            return False
+        try:
+            frame = F.parse(text, self.version)
+        except FrameError:
+            return False
+        return self._chain_answer(chain, frame)
 
     def _drive(self, coro: Any) -> None:
         """Run a send coroutine from a plain callback: as a task (asyncio starts tasks in the order
@@ -872,6 +887,8 @@ class ChargerSession:
                 continue
             attempt = 0
             self._upstream = link
+            if self._chains and hasattr(link, "set_fast_reader"):
+                link.set_fast_reader(self._fast_from_upstream)
             self._set_upstream_state(UpstreamState.ONLINE)
             self._maybe_replay()
             nxt = self.to_upstream.resume(self._loop.time())
