@@ -40,6 +40,11 @@ from gateway.errors import GatewayError
 
 T = TypeVar("T")
 
+# Acknowledged outbox rows are deleted behind the replay, not in its way: a chunk per writer-thread
+# job (so appends and commits interleave), once a charger's replay ends or when this many are due.
+PURGE_CHUNK = 2000
+PURGE_DUE = 20_000
+
 _MIGRATIONS: list[str] = [
     # 1: counters (durable id sequences) and the charger registry
     """
@@ -151,6 +156,7 @@ class SqliteStore:
         self._pending_total = 0
         self._cursor: dict[str, list[int]] = {}  # charger -> [acked, sent], as committed in replay_cursor
         self._purge: dict[str, int] = {}  # charger -> acked seq up to which pending rows are not yet deleted
+        self._unpurged: dict[str, int] = {}  # charger -> how many acknowledged rows are not yet deleted
         self._read_upto: dict[str, int] = {}  # charger -> highest seq handed to its replay (never coalesced)
         self._replay_prefix = ""
 
@@ -205,6 +211,7 @@ class SqliteStore:
             "SELECT charger_id, COUNT(*) FROM outbox WHERE state = 'pending' GROUP BY charger_id")}
         self._pending_total = sum(self._pending.values())
         self._purge.clear()
+        self._unpurged.clear()
         self._read_upto.clear()
 
     def _count(self, charger_id: str, delta: int) -> None:
@@ -314,9 +321,6 @@ class SqliteStore:
         if cursor is None:
             db.execute("INSERT OR IGNORE INTO replay_cursor (charger_id) VALUES (?)", (charger_id,))
             cursor = self._cursor[charger_id] = [0, 0]
-        purge = self._purge.pop(charger_id, None)
-        if purge is not None:  # the rows acknowledged since the last page, in one statement
-            db.execute("DELETE FROM outbox WHERE charger_id = ? AND state = 'pending' AND seq <= ?", (charger_id, purge))
         acked, sent = cursor
         cur = db.execute(
             "SELECT seq, charger_id, protocol, action, payload, kind, connector, local_tx, received_at, attempts, "
@@ -337,9 +341,33 @@ class SqliteStore:
     async def outbox_head(self, charger_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """The next `limit` pending rows of a charger, oldest first. Each row has `message_id` (the id
         it is replayed with: the one it was already sent with, or the one derived from its seq) and
-        `attempts` (> 0 when it may have reached the CSMS already). Deletes the rows acknowledged
-        since the previous call first."""
+        `attempts` (> 0 when it may have reached the CSMS already). Deletes acknowledged rows first
+        when PURGE_DUE of them wait (see `outbox_purge`)."""
+        if self._unpurged.get(charger_id, 0) >= PURGE_DUE:
+            await self.outbox_purge(charger_id)
         return await self._run(self._head, charger_id, limit)
+
+    def _purge_chunk(self, charger_id: str) -> bool:
+        upto = self._purge.get(charger_id)
+        if upto is None:
+            return False
+        n = self.db.execute(
+            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE charger_id = ? AND state = 'pending' "
+            "AND seq <= ? ORDER BY seq LIMIT ?)", (charger_id, upto, PURGE_CHUNK)).rowcount
+        if n < PURGE_CHUNK:  # every acknowledged row is gone (`_steps` moves `_purge` under the same lock)
+            del self._purge[charger_id]
+            self._unpurged.pop(charger_id, None)
+        else:
+            self._unpurged[charger_id] = max(self._unpurged.get(charger_id, 0) - n, 0)
+        return n == PURGE_CHUNK
+
+    async def outbox_purge(self, charger_id: str) -> None:
+        """Delete the charger's acknowledged rows (they are already out of every count and query:
+        the replay cursor says they are done), PURGE_CHUNK per writer-thread job. Deleting them
+        while the replay runs would hold the store's lock for the length of the DELETE and stall
+        every charger's replay commits; a restart deletes whatever is left."""
+        while await self._run(self._purge_chunk, charger_id):
+            pass
 
     def _step_statements(self, charger_id: str, ack: tuple[int, Any, Any] | None, send: int | None) -> None:
         db = self.db
@@ -377,6 +405,7 @@ class SqliteStore:
             cursor = self._cursor.setdefault(charger_id, [0, 0])
             if ack is not None:
                 cursor[0] = self._purge[charger_id] = ack[0]
+                self._unpurged[charger_id] = self._unpurged.get(charger_id, 0) + 1
                 self._count(charger_id, -1)
             if send is not None:
                 cursor[1] = send
@@ -408,8 +437,8 @@ class SqliteStore:
         `ack` = (seq, bind, stopped): the CSMS answered row `seq`; `bind` = (charger, local id,
         CSMS id, auth status) for a replayed 1.6 start; `stopped` = (charger, local id) to unmap.
         `send` = seq: that row goes out now (with the `message_id` outbox_head gave it). Rows are
-        acknowledged and sent in seq order; the acknowledged ones are deleted with the next
-        outbox_head.
+        acknowledged and sent in seq order; the acknowledged ones are deleted later
+        (`outbox_purge`).
 
         Group commit on the event loop thread: the steps of every charger that replays in the same
         loop iteration share one transaction (a WAL append without fsync, crash-safe for SIGKILL:

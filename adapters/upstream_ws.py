@@ -15,7 +15,9 @@ CSMS that compares the hex text).
 
 from __future__ import annotations
 
+import os
 import ssl
+import struct
 from typing import Any
 
 from collections.abc import Callable
@@ -24,6 +26,25 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
+
+try:  # websockets' C helper where it was built
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover
+    from websockets.utils import apply_mask
+
+_KEYS = 1024  # masking keys drawn from the kernel's CSPRNG per read (one read per 1024 frames)
+
+
+def text_frame(data: bytes, key: bytes) -> bytes:
+    """One unfragmented, masked client text frame (RFC 6455 §5.2), no extension."""
+    n = len(data)
+    if n < 126:
+        head = struct.pack("!BB", 0x81, 0x80 | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
+    return head + key + apply_mask(data, key)
 
 from gateway.config import ConfigError, Settings
 from gateway.errors import LinkClosed, LinkFailed
@@ -69,6 +90,8 @@ class _Connection(ClientConnection):
 class WsUpstreamLink:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
+        self._keys = b""
+        self._key_at = 0
 
     def set_fast_reader(self, on_text: Callable[[str], bool] | None) -> None:
         """See `_Connection.on_text`."""
@@ -85,9 +108,19 @@ class WsUpstreamLink:
                 or getattr(ws, "paused", True) or getattr(ws, "send_in_progress", True) is not None \
                 or ws.transport.is_closing():
             return False
-        ws.protocol.send_text(text.encode())
+        if ws.protocol.extensions:  # permessage-deflate: websockets frames it
+            ws.protocol.send_text(text.encode())
+            frame = b"".join(ws.protocol.data_to_send())
+        else:
+            # framed here: websockets draws each masking key with its own urandom call, which
+            # cost as much as the rest of the frame; keys are still the kernel's random bytes
+            at = self._key_at
+            if at >= len(self._keys):
+                self._keys, at = os.urandom(4 * _KEYS), 0
+            self._key_at = at + 4
+            frame = text_frame(text.encode(), self._keys[at:at + 4])
         try:
-            ws.send_data()
+            ws.transport.write(frame)
         except Exception:  # noqa: BLE001 - the socket failed: the link is lost, as `send` would find
             ws.transport.abort()
         return True

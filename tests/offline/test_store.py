@@ -102,3 +102,48 @@ async def test_status_rows_coalesce_but_never_one_that_was_sent(tmp_path: Path) 
         await store.outbox_append(row("S", kind="status", connector=1, n=6), **big)  # replaces n=4 only
         assert [r["payload"] for r in await store.outbox_head("S")] == ['{"n":2}', '{"n":3}', '{"n":5}', '{"n":6}']
         assert store._pending == sql_pending(store.path) == {"S": 4}
+
+
+async def test_acknowledged_rows_are_deleted_behind_the_replay_in_chunks(tmp_path: Path, monkeypatch: Any) -> None:
+    import adapters.sqlite_store as module
+
+    monkeypatch.setattr(module, "PURGE_CHUNK", 3)
+    monkeypatch.setattr(module, "PURGE_DUE", 5)
+    big = {"max_per_charger": 100, "max_total": 100}
+
+    def rows_of(path: Path, charger_id: str) -> int:
+        db = sqlite3.connect(path)
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM outbox WHERE charger_id = ?", (charger_id,)).fetchone()[0])
+        finally:
+            db.close()
+
+    async with SqliteStore(tmp_path) as store:
+        for n in range(12):
+            await store.outbox_append(row("A", n=n), **big)
+        await store.outbox_append(row("B"), **big)
+        head = await store.outbox_head("A", 4)
+        await store.outbox_step("A", None, head[0]["seq"])
+        for prev, cur in zip(head, head[1:]):
+            await store.outbox_step("A", (prev["seq"], None, None), cur["seq"])
+        await store.outbox_step("A", (head[-1]["seq"], None, None), None)
+        # acknowledged, out of every count, still on disk: reading the next page does not delete them
+        assert rows_of(store.path, "A") == 12 and store._pending == sql_pending(store.path) == {"A": 8, "B": 1}
+        head = await store.outbox_head("A", 4)
+        assert [r["payload"] for r in head] == [f'{{"n":{n}}}' for n in range(4, 8)]
+        assert rows_of(store.path, "A") == 12
+        await store.outbox_step("A", None, head[0]["seq"])
+        for prev, cur in zip(head, head[1:]):
+            await store.outbox_step("A", (prev["seq"], None, None), cur["seq"])
+        await store.outbox_step("A", (head[-1]["seq"], None, None), None)
+        # 8 acknowledged >= PURGE_DUE: the next page deletes them first (three chunks of at most 3)
+        head = await store.outbox_head("A", 4)
+        assert [r["payload"] for r in head] == [f'{{"n":{n}}}' for n in range(8, 12)]
+        assert rows_of(store.path, "A") == 4 and rows_of(store.path, "B") == 1
+        await store.outbox_step("A", None, head[0]["seq"])
+        await store.outbox_step("A", (head[0]["seq"], None, None), None)
+        await store.outbox_purge("A")  # what the session does when a replay ends
+        assert rows_of(store.path, "A") == 3 and rows_of(store.path, "B") == 1
+        await store.outbox_purge("A")  # nothing more to do
+        assert rows_of(store.path, "A") == 3
+        assert store._pending == sql_pending(store.path) == {"A": 3, "B": 1}
