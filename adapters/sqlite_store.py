@@ -315,30 +315,28 @@ class SqliteStore:
         issue a local 1.6 transaction id and record it in the id map, in the same transaction."""
         return await self._run(self._append, row, max_per_charger, max_total, id_range)
 
-    def _head(self, charger_id: str, limit: int) -> list[dict[str, Any]]:
+    def _head(self, charger_id: str, limit: int) -> list[sqlite3.Row]:
         db = self.db
         cursor = self._cursor.get(charger_id)
         if cursor is None:
             db.execute("INSERT OR IGNORE INTO replay_cursor (charger_id) VALUES (?)", (charger_id,))
             cursor = self._cursor[charger_id] = [0, 0]
         acked, sent = cursor
+        # rows as sqlite3.Row (read by key, built in C): the one in flight when the link or the
+        # gateway went down (seq <= sent) counts one attempt more; the message id is the one it was
+        # sent with live, or the one derived from its seq
         cur = db.execute(
-            "SELECT seq, charger_id, protocol, action, payload, kind, connector, local_tx, received_at, attempts, "
-            "sent_id FROM outbox WHERE charger_id = ? AND state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
-            (charger_id, acked, limit))
-        prefix = self._replay_prefix
-        rows = []
-        for seq, cid, protocol, action, payload, kind, connector, local_tx, received_at, attempts, sent_id in cur:
-            if seq <= sent:
-                attempts += 1  # it was in flight when the link or the gateway went down
-            rows.append({"seq": seq, "charger_id": cid, "protocol": protocol, "action": action, "payload": payload,
-                         "kind": kind, "connector": connector, "local_tx": local_tx, "received_at": received_at,
-                         "attempts": attempts, "message_id": sent_id or f"{prefix}{seq}"})
+            "SELECT seq, charger_id, protocol, action, payload, kind, connector, local_tx, received_at, "
+            "attempts + (seq <= ?) AS attempts, COALESCE(sent_id, ? || seq) AS message_id "
+            "FROM outbox WHERE charger_id = ? AND state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
+            (sent, self._replay_prefix, charger_id, acked, limit))
+        cur.row_factory = sqlite3.Row
+        rows = cur.fetchall()
         if rows:
             self._read_upto[charger_id] = max(self._read_upto.get(charger_id, 0), rows[-1]["seq"])
         return rows
 
-    async def outbox_head(self, charger_id: str, limit: int = 100) -> list[dict[str, Any]]:
+    async def outbox_head(self, charger_id: str, limit: int = 100) -> list[Any]:
         """The next `limit` pending rows of a charger, oldest first. Each row has `message_id` (the id
         it is replayed with: the one it was already sent with, or the one derived from its seq) and
         `attempts` (> 0 when it may have reached the CSMS already). Deletes acknowledged rows first

@@ -54,8 +54,9 @@ class Store(Protocol):
                             id_range: tuple[int, int] | None = None) -> tuple[int | None, int | None]:
         """Durable before it returns; (seq or None when refused at a bound, issued local 1.6 id)."""
 
-    async def outbox_head(self, charger_id: str, limit: int = 100) -> list[dict[str, Any]]:
-        """The next pending rows, oldest first, each with its replay `message_id` and `attempts`."""
+    async def outbox_head(self, charger_id: str, limit: int = 100) -> list[Any]:
+        """The next pending rows, oldest first, each read by key (row["payload"]) and with its
+        replay `message_id` and `attempts`."""
 
     async def outbox_step(self, charger_id: str, ack: tuple[int, Any, Any] | None, send: int | None) -> None:
         """Acknowledge the previous replayed row and mark the next (by seq) as sent, in one commit."""

@@ -486,7 +486,7 @@ class ChargerSession:
                     await self._flush(pending)  # before reading: the head must not hold an answered row
                     pending = None
                     gen = self._append_gen
-                    rows = await store.outbox_head(self.charger_id, 100)
+                    rows = await store.outbox_head(self.charger_id, 500)
                     if not rows:
                         if self._appending:
                             await asyncio.sleep(0.005)
