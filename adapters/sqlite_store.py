@@ -30,6 +30,8 @@ The outbox and its replay:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -39,11 +41,13 @@ from typing import Any, Callable, TypeVar
 from gateway.errors import GatewayError
 
 T = TypeVar("T")
+_log = logging.getLogger("gateway.store")
 
 # Acknowledged outbox rows are deleted behind the replay, not in its way: a chunk per writer-thread
 # job (so appends and commits interleave), once a charger's replay ends or when this many are due.
-PURGE_CHUNK = 2000
+PURGE_CHUNK = 500
 PURGE_DUE = 20_000
+PURGE_QUIET = 0.5  # s without a replay commit before a finished replay's rows are deleted
 
 _MIGRATIONS: list[str] = [
     # 1: counters (durable id sequences) and the charger registry
@@ -150,6 +154,9 @@ class SqliteStore:
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()  # the connection is used by the writer thread and, for replay steps, the loop
         self._step_batch: list[tuple[str, Any, int | None, Any]] = []  # a future, or a callback
+        self._last_step = 0.0  # loop time of the last replay commit
+        self._purger: asyncio.Task[None] | None = None
+        self._purge_ready: set[str] = set()
         self._step_flush: asyncio.Handle | None = None
         # exact in-memory state of the outbox (the store is its only writer; see the module docstring)
         self._pending: dict[str, int] = {}  # pending rows per charger, acknowledged ones excluded
@@ -359,6 +366,27 @@ class SqliteStore:
             self._unpurged[charger_id] = max(self._unpurged.get(charger_id, 0) - n, 0)
         return n == PURGE_CHUNK
 
+    def outbox_purge_later(self, charger_id: str) -> None:
+        """The charger's replay is over: delete its acknowledged rows once no replay has committed
+        for PURGE_QUIET seconds (the DELETE holds the store's lock, which would stall the replays
+        of the other chargers), in the background."""
+        self._purge_ready.add(charger_id)
+        if self._purger is None or self._purger.done():
+            self._purger = asyncio.get_running_loop().create_task(self._purge_when_quiet(), name="outbox-purge")
+
+    async def _purge_when_quiet(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._purge_ready:
+            idle = loop.time() - self._last_step
+            if idle < PURGE_QUIET:
+                await asyncio.sleep(PURGE_QUIET - idle)
+                continue
+            charger_id = self._purge_ready.pop()
+            try:
+                await self.outbox_purge(charger_id)
+            except StoreError as exc:  # a restart deletes them
+                _log.warning("deleting the replayed outbox rows of %s failed: %s", charger_id, exc)
+
     async def outbox_purge(self, charger_id: str) -> None:
         """Delete the charger's acknowledged rows (they are already out of every count and query:
         the replay cursor says they are done), PURGE_CHUNK per writer-thread job. Deleting them
@@ -409,6 +437,7 @@ class SqliteStore:
                 cursor[1] = send
 
     def _flush_steps(self) -> None:
+        self._last_step = asyncio.get_running_loop().time()
         batch, self._step_batch = self._step_batch, []
         self._step_flush = None
         try:
@@ -651,6 +680,10 @@ class SqliteStore:
             self._db = None
 
     async def close(self) -> None:
+        if self._purger is not None and not self._purger.done():
+            self._purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purger
         if self._db is not None:
             await self._run(self._close)
         self._executor.shutdown(wait=True)

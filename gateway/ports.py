@@ -63,6 +63,9 @@ class Store(Protocol):
 
     async def outbox_mark_sent(self, seq: int, sent_id: str) -> None: ...
 
+    def outbox_purge_later(self, charger_id: str) -> None:
+        """The charger's replay is over: its acknowledged rows may be deleted (in the background)."""
+
     async def outbox_dead(self, seq: int, error: str) -> None: ...
 
     async def has_backlog(self, charger_id: str) -> bool: ...

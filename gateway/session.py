@@ -495,7 +495,7 @@ class ChargerSession:
                                 and gen == self._append_gen and not self._appending:
                             self.backlog = False
                             self.log.info("outbox replayed")
-                            await store.outbox_purge(self.charger_id)
+                            store.outbox_purge_later(self.charger_id)
                             break
                         continue
                     i = 0
