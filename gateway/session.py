@@ -20,6 +20,7 @@ Routing of a charger CALL when an upstream is configured:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import functools
 import logging
@@ -481,12 +482,16 @@ class ChargerSession:
                 if outcome[0] == "result" and outcome[1].get("status") != ACCEPTED:
                     self.log.warning("the CSMS answered the replayed BootNotification with %s", outcome[1].get("status"))
             pending: tuple[int, Any, Any] | None = None  # the answered row, acknowledged with the next step
+            pages = 0
             try:
                 while self.upstream_online and not self._closed:
                     await self._flush(pending)  # before reading: the head must not hold an answered row
                     pending = None
                     gen = self._append_gen
-                    rows = await store.outbox_head(self.charger_id, 500)
+                    # a short first page gets the replay going (page reads of all chargers share
+                    # the store's one thread), then long ones: fewer pauses between pages
+                    rows = await store.outbox_head(self.charger_id, 500 if pages else 50)
+                    pages += 1
                     if not rows:
                         if self._appending:
                             await asyncio.sleep(0.005)
@@ -884,8 +889,9 @@ class ChargerSession:
                 attempt += 1
                 delay = backoff_delay(attempt, settings.reconnect_min, settings.reconnect_max, self.hub.rng)
                 self.log.warning("upstream connect failed (%s); retry in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
+                await self.hub.backoff(delay)
                 continue
+            self.hub.csms_reached()
             attempt = 0
             self._upstream = link
             if self._chains and hasattr(link, "set_fast_reader"):
@@ -1003,6 +1009,26 @@ class Hub:
         self.sessions: dict[str, ChargerSession] = {}
         self.observers: list[SessionObserver] = []
         self.control: Any = None  # gateway.control.engine.ControlEngine, when local control is wired
+        self._csms_back: asyncio.Event | None = None
+
+    async def backoff(self, delay: float) -> None:
+        """Wait out a session's backoff after a failed dial: `delay` seconds, or less if another
+        session reaches the CSMS meanwhile (`csms_reached`)."""
+        if self._csms_back is None:
+            self._csms_back = asyncio.Event()
+        back = self._csms_back
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await back.wait()
+
+    def csms_reached(self) -> None:
+        """A dial got through: the CSMS is there. The sessions waiting out
+        a backoff dial now (through the dial gate, `[upstream].max_concurrent_dials` at a time)
+        instead of each at its own timer, spread over up to `reconnect_max`: the outboxes start
+        replaying together and the chargers are back online at the CSMS sooner."""
+        back, self._csms_back = self._csms_back, None
+        if back is not None:
+            back.set()
 
     async def start(self) -> None:
         """Load what the store keeps; resume replaying outboxes left by an earlier run."""

@@ -358,3 +358,26 @@ async def test_outbox_bound_refuses_meter_values_but_never_a_start_or_stop(
         assert len(csms.of(cid, "MeterValues")) == 9
     finally:
         await csms.stop()
+
+
+async def test_once_one_link_gets_through_the_others_stop_waiting_out_their_backoff(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    """Backoff after failed dials is long here (30-60 s); when a new charger's dial reaches the
+    CSMS, the chargers waiting out their backoff dial at once and their outboxes replay."""
+    csms = await CountingCsms().start()
+    await csms.stop()
+    gw = gateway_factory(upstream(csms, reconnect_min=30.0, reconnect_max=60.0, connect_timeout=2.0))
+    try:
+        for cid in ("WAIT1", "WAIT2"):
+            async with Connected(gw.url(cid), "ocpp1.6", cid) as cp:
+                await cp.call(v16.call.StatusNotification(connector_id=1, error_code="NoError", status="Faulted"))
+        await until(lambda: gw.logs().count("upstream connect failed") >= 2, what="both dials failed")
+        await csms.start()
+        async with Connected(gw.url("FIRST"), "ocpp1.6", "FIRST") as cp:
+            await boot16(cp)
+            # well before the shortest backoff (15 s) could have run out
+            await until(lambda: all(csms.of(cid, "StatusNotification") for cid in ("WAIT1", "WAIT2")),
+                        timeout=10.0, what="the waiting chargers' outboxes replayed")
+    finally:
+        await csms.stop()
