@@ -333,8 +333,8 @@ class SqliteStore:
         # gateway went down (seq <= sent) counts one attempt more; the message id is the one it was
         # sent with live, or the one derived from its seq
         cur = db.execute(
-            "SELECT seq, charger_id, protocol, action, payload, kind, connector, local_tx, received_at, "
-            "attempts + (seq <= ?) AS attempts, COALESCE(sent_id, ? || seq) AS message_id "
+            "SELECT seq, action, payload, local_tx, attempts + (seq <= ?) AS attempts, "
+            "COALESCE(sent_id, ? || seq) AS message_id "
             "FROM outbox WHERE charger_id = ? AND state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
             (sent, self._replay_prefix, charger_id, acked, limit))
         cur.row_factory = sqlite3.Row
@@ -344,7 +344,8 @@ class SqliteStore:
         return rows
 
     async def outbox_head(self, charger_id: str, limit: int = 100) -> list[Any]:
-        """The next `limit` pending rows of a charger, oldest first. Each row has `message_id` (the id
+        """The next `limit` pending rows of a charger, oldest first: `seq`, `action`, `payload`,
+        `local_tx` (a 1.6 start's local id), `message_id` (the id
         it is replayed with: the one it was already sent with, or the one derived from its seq) and
         `attempts` (> 0 when it may have reached the CSMS already). Deletes acknowledged rows first
         when PURGE_DUE of them wait (see `outbox_purge`)."""
