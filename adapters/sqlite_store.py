@@ -322,7 +322,7 @@ class SqliteStore:
         issue a local 1.6 transaction id and record it in the id map, in the same transaction."""
         return await self._run(self._append, row, max_per_charger, max_total, id_range)
 
-    def _head(self, charger_id: str, limit: int) -> list[sqlite3.Row]:
+    def _head(self, charger_id: str, limit: int, after: int) -> list[sqlite3.Row]:
         db = self.db
         cursor = self._cursor.get(charger_id)
         if cursor is None:
@@ -336,22 +336,23 @@ class SqliteStore:
             "SELECT seq, action, payload, local_tx, attempts + (seq <= ?) AS attempts, "
             "COALESCE(sent_id, ? || seq) AS message_id "
             "FROM outbox WHERE charger_id = ? AND state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
-            (sent, self._replay_prefix, charger_id, acked, limit))
+            (sent, self._replay_prefix, charger_id, max(acked, after), limit))
         cur.row_factory = sqlite3.Row
         rows = cur.fetchall()
         if rows:
             self._read_upto[charger_id] = max(self._read_upto.get(charger_id, 0), rows[-1]["seq"])
         return rows
 
-    async def outbox_head(self, charger_id: str, limit: int = 100) -> list[Any]:
+    async def outbox_head(self, charger_id: str, limit: int = 100, after: int = 0) -> list[Any]:
         """The next `limit` pending rows of a charger, oldest first: `seq`, `action`, `payload`,
         `local_tx` (a 1.6 start's local id), `message_id` (the id
         it is replayed with: the one it was already sent with, or the one derived from its seq) and
-        `attempts` (> 0 when it may have reached the CSMS already). Deletes acknowledged rows first
-        when PURGE_DUE of them wait (see `outbox_purge`)."""
+        `attempts` (> 0 when it may have reached the CSMS already); with `after`, only rows after that
+        seq (the replay reads its next page while the rows before it are still being replayed).
+        Deletes acknowledged rows first when PURGE_DUE of them wait (see `outbox_purge`)."""
         if self._unpurged.get(charger_id, 0) >= PURGE_DUE:
             await self.outbox_purge(charger_id)
-        return await self._run(self._head, charger_id, limit)
+        return await self._run(self._head, charger_id, limit, after)
 
     def _purge_chunk(self, charger_id: str) -> bool:
         upto = self._purge.get(charger_id)

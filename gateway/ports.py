@@ -54,7 +54,7 @@ class Store(Protocol):
                             id_range: tuple[int, int] | None = None) -> tuple[int | None, int | None]:
         """Durable before it returns; (seq or None when refused at a bound, issued local 1.6 id)."""
 
-    async def outbox_head(self, charger_id: str, limit: int = 100) -> list[Any]:
+    async def outbox_head(self, charger_id: str, limit: int = 100, after: int = 0) -> list[Any]:
         """The next pending rows, oldest first, each read by key (row["payload"]) and with its
         replay `message_id` and `attempts`."""
 

@@ -34,7 +34,7 @@ import orjson
 
 from gateway.auth import ACCEPTED, LocalAuthorizer, info_of, token_of
 from gateway.config import Settings
-from gateway.errors import Busy, CallFailed, CallTimeout, LinkClosed, LinkFailed, NotConnected
+from gateway.errors import Busy, CallFailed, CallTimeout, GatewayError, LinkClosed, LinkFailed, NotConnected
 from gateway.local import LocalCsms
 from gateway.ports import ChargerLink, Exchange, SessionObserver, Store, UpstreamConnector, UpstreamLink
 from gateway.protocol import frames as F
@@ -78,6 +78,42 @@ class _Chain:
     then: Any = None  # the store's post-commit callback for this chain
 
 
+PAGE_FIRST = 50  # outbox rows in a replay's first page
+PAGE = 500  # ... and in each next one
+
+
+class _ReadAhead:
+    """A replay's next outbox page: armed with the seq whose sending starts the read (`sent`) and
+    the last seq of the current page; `take` returns the page (reading it now if it was not)."""
+
+    def __init__(self, store: Any, charger_id: str) -> None:
+        self.store = store
+        self.charger_id = charger_id
+        self.armed_at: int | None = None
+        self.after = 0
+        self.future: asyncio.Future[list[Any]] | None = None
+
+    def arm(self, at: int, after: int) -> None:
+        self.armed_at, self.after = at, after
+
+    def sent(self, seq: int) -> None:
+        if self.future is None and self.armed_at is not None and seq >= self.armed_at:
+            self.future = asyncio.ensure_future(self.store.outbox_head(self.charger_id, PAGE, after=self.after))
+
+    async def take(self) -> list[Any]:
+        self.sent(self.armed_at or 0)
+        future, self.future, self.armed_at = self.future, None, None
+        assert future is not None
+        return await future
+
+    async def drop(self) -> None:
+        future, self.future, self.armed_at = self.future, None, None
+        if future is not None:
+            future.cancel()
+            with contextlib.suppress(asyncio.CancelledError, GatewayError):
+                await future
+
+
 @dataclass(slots=True)
 class GatewayCall:
     """Origin of a call the gateway itself makes; its answer stays in the gateway."""
@@ -114,6 +150,7 @@ class ChargerSession:
         self._replay_task: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()  # replay sends started from the commit callback (kept referenced)
         self._chain: _Chain | None = None  # the replay's run of plain rows the reader may continue
+        self._ahead: _ReadAhead | None = None  # the replay's next page
         self._chains = getattr(hub.store, "outbox_step_then", None) is not None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -482,16 +519,25 @@ class ChargerSession:
                 if outcome[0] == "result" and outcome[1].get("status") != ACCEPTED:
                     self.log.warning("the CSMS answered the replayed BootNotification with %s", outcome[1].get("status"))
             pending: tuple[int, Any, Any] | None = None  # the answered row, acknowledged with the next step
-            pages = 0
+            ahead = _ReadAhead(store, self.charger_id)  # the next page, read while this one replays
+            self._ahead = ahead
             try:
                 while self.upstream_online and not self._closed:
-                    await self._flush(pending)  # before reading: the head must not hold an answered row
-                    pending = None
                     gen = self._append_gen
-                    # a short first page gets the replay going (page reads of all chargers share
-                    # the store's one thread), then long ones: fewer pauses between pages
-                    rows = await store.outbox_head(self.charger_id, 500 if pages else 50)
-                    pages += 1
+                    if ahead.armed_at is not None:
+                        rows = await ahead.take()
+                    else:
+                        await self._flush(pending)  # before reading: the head must not hold an answered row
+                        pending = None
+                        gen = self._append_gen
+                        # a short first page gets the replay going (the page reads of all chargers
+                        # share the store's one thread), the next ones are long and read ahead
+                        rows = await store.outbox_head(self.charger_id, PAGE_FIRST)
+                    if len(rows) >= PAGE_FIRST:
+                        # the next page (rows after this one's last) is read once half of this one
+                        # is sent: the replay never waits for it, and the chargers' reads (on the
+                        # store's one thread, under its lock) spread out instead of coming together
+                        ahead.arm(rows[len(rows) // 2]["seq"], rows[-1]["seq"])
                     if not rows:
                         if self._appending:
                             await asyncio.sleep(0.005)
@@ -509,6 +555,8 @@ class ChargerSession:
                         if not ok:
                             return
             finally:
+                self._ahead = None
+                await ahead.drop()
                 await self._flush(pending)
         finally:
             self._replay_task = None
@@ -556,6 +604,8 @@ class ChargerSession:
                                  "went down, so the CSMS may receive it twice (same message id %s)",
                                  action, row["seq"], message_id)
             await store.outbox_step(self.charger_id, pending, row["seq"])
+            if self._ahead is not None:
+                self._ahead.sent(row["seq"])
             if pending is not None:
                 self._acked(pending)
                 pending = None
@@ -630,6 +680,8 @@ class ChargerSession:
             return False
         done, row = rows[chain.i], rows[i]
         chain.i = i
+        if self._ahead is not None:
+            self._ahead.sent(row["seq"])
         self.counters["replayed"] += 1
         message_id, action = row["message_id"], row["action"]
         call.message_id = message_id

@@ -153,3 +153,22 @@ async def test_acknowledged_rows_are_deleted_behind_the_replay_in_chunks(tmp_pat
         await store.outbox_purge("A")  # nothing more to do
         assert rows_of(store.path, "A") == 3
         assert store._pending == sql_pending(store.path) == {"A": 3, "B": 1}
+
+
+async def test_the_next_page_is_read_after_the_current_one_while_that_one_replays(tmp_path: Path) -> None:
+    big = {"max_per_charger": 100, "max_total": 100}
+    async with SqliteStore(tmp_path) as store:
+        for n in range(7):
+            await store.outbox_append(row("P", n=n), **big)
+            await store.outbox_append(row("Q", n=n), **big)
+        page = await store.outbox_head("P", 3)
+        await store.outbox_step("P", None, page[0]["seq"])  # the first row is in flight
+        ahead = await store.outbox_head("P", 3, after=page[-1]["seq"])
+        assert [r["payload"] for r in ahead] == ['{"n":3}', '{"n":4}', '{"n":5}']
+        assert [r["attempts"] for r in ahead] == [0, 0, 0]
+        await store.outbox_step("P", (page[0]["seq"], None, None), page[1]["seq"])
+        await store.outbox_step("P", (page[1]["seq"], None, None), page[2]["seq"])
+        await store.outbox_step("P", (page[2]["seq"], None, None), ahead[0]["seq"])
+        # `after` below the acknowledged rows never returns one of them
+        assert [r["payload"] for r in await store.outbox_head("P", 2, after=0)] == ['{"n":3}', '{"n":4}']
+        assert [r["attempts"] for r in await store.outbox_head("P", 1, after=0)] == [1]  # in flight
