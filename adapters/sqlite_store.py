@@ -421,10 +421,20 @@ class SqliteStore:
         synchronous=NORMAL: in WAL mode a commit survives a crash of the process (SIGKILL); only a
         power loss can undo the last ones, which replays them again (with the same message ids)."""
         db = self.db
+        moves: list[tuple[int, int, str]] = []  # the common step (acknowledged, next sent, nothing learnt)
+        move = "UPDATE replay_cursor SET acked = ?, sent = ? WHERE charger_id = ?"
         db.execute("BEGIN")
         try:
             for charger_id, ack, send in batch:
+                if ack is not None and send is not None and ack[1] is None and ack[2] is None:
+                    moves.append((ack[0], send, charger_id))
+                    continue
+                if moves:  # in batch order
+                    db.executemany(move, moves)
+                    moves.clear()
                 self._step_statements(charger_id, ack, send)
+            if moves:
+                db.executemany(move, moves)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
