@@ -1084,10 +1084,10 @@ class Hub:
                 await back.wait()
 
     def csms_reached(self) -> None:
-        """A dial got through: the CSMS is there. The sessions waiting out
-        a backoff dial now (through the dial gate, `[upstream].max_concurrent_dials` at a time)
-        instead of each at its own timer, spread over up to `reconnect_max`: the outboxes start
-        replaying together and the chargers are back online at the CSMS sooner."""
+        """A dial got through: the CSMS is there. The sessions waiting out a backoff dial now
+        (through the dial gate, `[upstream].max_concurrent_dials` at a time) instead of each at its
+        own timer, spread over up to `reconnect_max`: the outboxes start replaying together and the
+        chargers are back online at the CSMS sooner."""
         back, self._csms_back = self._csms_back, None
         if back is not None:
             back.set()
