@@ -50,6 +50,8 @@ async def test_soap_15_outage_is_answered_locally_and_replayed_in_order(
             assert boot["heartbeatInterval"] == CSMS_INTERVAL  # the CSMS's answer, in 1.5 terms
             assert (await charger.call("Authorize", idTag="TAG1"))["status"] == "Accepted"
             await csms.stop()
+            # a message sent before the gateway sees the link go would be relayed live and lost with it
+            await until(lambda: not gw_online(gw, cid), what="the gateway sees the outage")
             # -- the outage ------------------------------------------------------------------------
             start = await charger.call("StartTransaction", connectorId=1, idTag="TAG1", timestamp=NOW, meterStart=0)
             local_id = start["transactionId"]
