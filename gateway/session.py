@@ -521,6 +521,10 @@ class ChargerSession:
             pending: tuple[int, Any, Any] | None = None  # the answered row, acknowledged with the next step
             ahead = _ReadAhead(store, self.charger_id)  # the next page, read while this one replays
             self._ahead = ahead
+            # the link's synchronous lane, for the replay only (live traffic never uses it)
+            lane = self._upstream if self._chains and hasattr(self._upstream, "set_fast_reader") else None
+            if lane is not None:
+                lane.set_fast_reader(self._fast_from_upstream)
             try:
                 while self.upstream_online and not self._closed:
                     gen = self._append_gen
@@ -555,6 +559,8 @@ class ChargerSession:
                         if not ok:
                             return
             finally:
+                if lane is not None:
+                    lane.set_fast_reader(None)
                 self._ahead = None
                 await ahead.drop()
                 await self._flush(pending)
@@ -956,8 +962,6 @@ class ChargerSession:
             self.hub.csms_reached()
             attempt = 0
             self._upstream = link
-            if self._chains and hasattr(link, "set_fast_reader"):
-                link.set_fast_reader(self._fast_from_upstream)
             self._set_upstream_state(UpstreamState.ONLINE)
             self._maybe_replay()
             nxt = self.to_upstream.resume(self._loop.time())
