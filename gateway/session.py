@@ -71,7 +71,7 @@ class _Chain:
     """Plain rows of one outbox page replayed from the upstream reader (see `_chain_answer`):
     `rows[i]` is in flight as `call`; `committing` while its step waits for the group commit."""
 
-    rows: list[dict[str, Any]]
+    rows: list[Any]  # outbox rows, read by key (sqlite3.Row)
     i: int
     call: PendingCall | None = None
     committing: bool = False
@@ -574,7 +574,7 @@ class ChargerSession:
         if stopped is not None:
             self._unbind(stopped[1])
 
-    async def _replay_row(self, rows: list[dict[str, Any]], i: int, pending: tuple[int, Any, Any] | None
+    async def _replay_row(self, rows: list[Any], i: int, pending: tuple[int, Any, Any] | None
                           ) -> tuple[bool, tuple[int, Any, Any] | None, int]:
         """Send stored message `rows[i]`; `pending` is the previous answered row, acknowledged in
         the same commit that marks this one as sent. A plain row followed by plain rows is sent as
@@ -653,7 +653,7 @@ class ChargerSession:
         self.counters["replayed"] += 1
         return True, (row["seq"], bind, stopped), i + 1
 
-    def _plain(self, row: dict[str, Any]) -> bool:
+    def _plain(self, row: Any) -> bool:
         """A row sent as stored, whose answer teaches nothing: its acknowledgement is the seq alone."""
         if row["attempts"]:
             return False
