@@ -99,15 +99,21 @@ def _meter_series(site: str, charger: str, evse: int, connector: int | None, mea
 def _meter_lines(record: MeterReading, site: str) -> list[str]:
     """The hot path (a line per sample of every MeterValues): the series text comes from a cache
     keyed by the tag values, the timestamp is converted once per reading."""
-    stamp = ns(record.ts)
+    stamp = f" {ns(record.ts)}"
+    charger, evse, connector = record.charger_id, record.evse, record.connector
     out = []
-    for s in record.samples:
-        value = float(s.value)
-        if not math.isfinite(value):
+    for measurand, value, unit, phase, location, context in record.samples:
+        if value - value != 0.0:  # inf or nan (the normaliser lets none through; a decoder might)
             continue
-        out.append(f"{_meter_series(site, record.charger_id, record.evse, record.connector, s.measurand, s.phase, s.location, s.unit, s.context)}"
-                   f" value={value!r} {stamp}")
+        out.append(f"{_meter_series(site, charger, evse, connector, measurand, phase, location, unit, context)}"
+                   f" value={float(value)!r}{stamp}")
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _environment_series(site: str, charger: str, name: str, unit: str, source: str) -> str:
+    return _series("environment", (("site", site), ("charger", charger), ("name", name), ("unit", unit),
+                                   ("source", source)))
 
 
 def encode(record: Record, site: str) -> list[str]:
@@ -125,10 +131,11 @@ def encode(record: Record, site: str) -> list[str]:
                         {"transaction_id": record.transaction_id, "energy_wh": _f(record.energy_wh),
                          "meter_start": _f(record.meter_start), "meter_stop": _f(record.meter_stop),
                          "offline": bool(record.offline)}, record.ts))
-    elif isinstance(record, EnvironmentReading):
-        out.append(line("environment", {"site": site, "charger": record.charger_id, "name": record.name,
-                                        "unit": record.unit, "source": record.source},
-                        {"value": float(record.value)}, record.ts))
+    elif isinstance(record, EnvironmentReading):  # one with most 1.6 MeterValues (a temperature sample)
+        value = float(record.value)
+        if value - value == 0.0:  # finite
+            out.append(f"{_environment_series(site, record.charger_id, record.name, record.unit, record.source)}"
+                       f" value={value!r} {ns(record.ts)}")
     elif isinstance(record, ChargerState):
         out.append(line("charger_state", {"site": site, "charger": record.charger_id},
                         {"connected": record.connected, "upstream": record.upstream, "protocol": record.protocol},

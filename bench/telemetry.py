@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -101,7 +102,7 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 
 
 async def load(port: int, chargers: int, warmup: float, seconds: float, pid: int,
-               rate: float = 0.0) -> dict[str, float]:
+               rate: float = 0.0, profile: Path | None = None) -> dict[str, float]:
     done = 0
     interval = chargers / rate if rate > 0 else 0.0  # s between one charger's calls; 0 = closed loop
     measuring = False
@@ -133,15 +134,27 @@ async def load(port: int, chargers: int, warmup: float, seconds: float, pid: int
     stop_at = time.monotonic() + warmup + seconds + 60
     tasks = [asyncio.create_task(one(i)) for i in range(chargers)]
     await asyncio.sleep(warmup)
-    cpu0, done, measuring = sum(proc.cpu_times()[:2]), 0, True
+    spy = None
+    if profile is not None:  # sampled during the window, so its figures are perturbed a little
+        spy = await asyncio.create_subprocess_exec(
+            "py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "1000", "--gil", "--duration",
+            str(int(seconds)), "--output", str(profile), "--nonblocking",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    t_0, done, measuring = proc.cpu_times(), 0, True
+    cpu0 = t_0.user + t_0.system
     t0 = time.monotonic()
     await asyncio.sleep(seconds)
-    cpu1, calls, measuring = sum(proc.cpu_times()[:2]), done, False
+    t_1, calls, measuring = proc.cpu_times(), done, False
+    cpu1 = t_1.user + t_1.system
+    if spy is not None:
+        await asyncio.wait_for(spy.wait(), 30)
     elapsed = time.monotonic() - t0
     stop_at = 0.0
     await asyncio.gather(*tasks, return_exceptions=True)
     return {"calls": calls, "calls_per_s": calls / elapsed, "cpu_s": cpu1 - cpu0,
-            "cpu_us_per_call": (cpu1 - cpu0) / max(calls, 1) * 1e6, "cpu_util": (cpu1 - cpu0) / elapsed}
+            "cpu_us_per_call": (cpu1 - cpu0) / max(calls, 1) * 1e6,
+            "user_us_per_call": (t_1.user - t_0.user) / max(calls, 1) * 1e6,
+            "sys_us_per_call": (t_1.system - t_0.system) / max(calls, 1) * 1e6, "cpu_util": (cpu1 - cpu0) / elapsed}
 
 
 def points(influx: Any) -> int:
@@ -165,8 +178,16 @@ def main() -> None:
     ap.add_argument("--no-pin", dest="pin", action="store_false",
                     help="do not pin the gateway to its own CPU (default: gateway on the last CPU, the load, "
                          "echo CSMS, Mosquitto and InfluxDB on the others): less noise between rounds")
+    ap.add_argument("--pyspy", action="store_true",
+                    help="record the gateway with py-spy during each measured window into "
+                         "bench/results/profiles/telemetry-{variant}-{round}.txt (summarise with bench.pyspy_top)")
     args = ap.parse_args()
+    if args.pyspy and not shutil.which("py-spy"):
+        ap.error("--pyspy needs py-spy on PATH (pip install py-spy)")
     sys.path.insert(0, str(REPO))
+    profiles = REPO / "bench" / "results" / "profiles"
+    if args.pyspy:
+        profiles.mkdir(parents=True, exist_ok=True)
     ncpu = os.cpu_count() or 1
     gateway_cpus = [ncpu - 1] if args.pin and ncpu >= 2 and hasattr(os, "sched_setaffinity") else None
     if gateway_cpus:
@@ -200,7 +221,8 @@ def main() -> None:
                     gw, port = start_gateway(workdir, csms_port, extra, gateway_cpus)
                     try:
                         before = points(influx)
-                        r = asyncio.run(load(port, args.chargers, args.warmup, args.seconds, gw.pid, args.rate))
+                        prof = profiles / f"telemetry-{name}-{rnd + 1}.txt" if args.pyspy else None
+                        r = asyncio.run(load(port, args.chargers, args.warmup, args.seconds, gw.pid, args.rate, prof))
                         if name in ("on", "influx"):  # the sink kept up: every sample of the window landed
                             want = before + r["calls"] * len(SAMPLES)
                             deadline = time.monotonic() + 30
@@ -209,7 +231,8 @@ def main() -> None:
                             r["influx_kept_up"] = float(points(influx) >= want)
                         runs.setdefault(name, []).append(r)
                         print(f"round {rnd + 1} {name:7} {r['calls_per_s']:7.0f} calls/s  "
-                              f"{r['cpu_us_per_call']:6.0f} us CPU per call", flush=True)
+                              f"{r['cpu_us_per_call']:6.0f} us CPU per call (user {r['user_us_per_call']:.0f}, "
+                              f"system {r['sys_us_per_call']:.0f})", flush=True)
                     finally:
                         stop(gw)
         finally:

@@ -128,16 +128,23 @@ class Normaliser:
 
     @staticmethod
     def _plan_16(key: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        """What a 1.6 sampledValue of this shape becomes (all but its value): None for signed data."""
+        """What a 1.6 sampledValue of this shape becomes (all but its value): None for signed data.
+
+        (measurand, unit, phase, location, context, factor, kind, env): a value is `value x factor`
+        in `unit` when factor is set; `kind` "F", "K" or "C" is a temperature to convert to Celsius;
+        with neither, units.canonical works it out per value (units it does not know)."""
         measurand, unit, phase, location, context, fmt, evse = key
         if fmt == "SignedData":
             return None  # a signed blob, not a number
         measurand = measurand or ENERGY_REGISTER
-        scale = None
-        if measurand != "Temperature" and not units.is_temperature_unit(unit):
+        factor = kind = None
+        if measurand == "Temperature" or units.is_temperature_unit(unit):
+            kind = units.temperature_kind(unit)  # None: "Temperature" in a unit that is not one
+            if kind is not None:
+                unit = units.CELSIUS
+        else:
             # every other conversion is a factor: (canonical unit, factor), no call per value
-            factor, canonical_unit = units.canonical(1.0, unit, measurand=measurand)
-            scale = (canonical_unit, factor)
+            factor, unit = units.canonical(1.0, unit, measurand=measurand)
         env = _ENV_MEASURANDS_16.get(measurand)
         if env is not None:
             if location and location != "Body":
@@ -146,16 +153,18 @@ class Normaliser:
                 env += "_" + snake(phase)
             if evse:
                 env += f"_evse{evse}"
-        return measurand, unit, phase, location, context or "Sample.Periodic", scale, env
+        return measurand, unit, phase, location, context or "Sample.Periodic", factor, kind, env
 
     def _samples_16(self, cid: str, evse: int, tx: str | None, meter_values: Any, now: datetime,
                     source: str) -> list[Record]:
+        """The hot path of the telemetry plane (every 1.6 MeterValues): the sample's shape is looked
+        up once per sample, its conversion comes from the plan, and the records are named tuples."""
         out: list[Record] = []
         plans = self._plans
-        for mv in meter_values or []:
+        for mv in meter_values or ():
             ts = parse_time(mv.get("timestamp"), now)
             samples: list[MeterSample] = []
-            for sv in mv.get("sampledValue") or []:
+            for sv in mv.get("sampledValue") or ():
                 get = sv.get
                 # the shape of a sample repeats from one MeterValues to the next: work it out once
                 key = (get("measurand"), get("unit"), get("phase"), get("location"), get("context"), get("format"), evse)
@@ -179,10 +188,12 @@ class Normaliser:
                     raw = units.parse_number(raw)
                     if raw is None:
                         continue
-                measurand, unit, phase, location, context, scale, env = plan
-                if scale is not None:
-                    value = raw if scale[1] == 1.0 else units.tidy(raw * scale[1])
-                    unit = scale[0]
+                measurand, unit, phase, location, context, factor, kind, env = plan
+                if factor is not None:
+                    value = raw if factor == 1.0 else round(raw * factor, 6)
+                elif kind is not None:
+                    # units.to_celsius, inline
+                    value = round(raw if kind == "C" else (raw - 32.0) * 5.0 / 9.0 if kind == "F" else raw - 273.15, 6)
                 else:
                     try:
                         value, unit = units.canonical(raw, unit, measurand=measurand)

@@ -24,9 +24,12 @@ class MeterSample(NamedTuple):
     context: str | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MeterReading:
-    """The samples a charger took at one instant on one EVSE (1.6 connectorId, 2.x evseId; 0 = main meter)."""
+class MeterReading(NamedTuple):
+    """The samples a charger took at one instant on one EVSE (1.6 connectorId, 2.x evseId; 0 = main meter).
+
+    A named tuple, like MeterSample, and for the same reason: one is built for every MeterValues of
+    every charger, and a frozen slots dataclass costs three times as much to build (about 1 us
+    against 0.35 us). Immutable all the same; build it with keywords."""
 
     charger_id: str
     evse: int
@@ -65,9 +68,9 @@ class TransactionEvent:
     seq_no: int | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EnvironmentReading:
-    """A device or environment variable: temperature, humidity, fan speed, ..."""
+class EnvironmentReading(NamedTuple):
+    """A device or environment variable: temperature, humidity, fan speed, ... (a named tuple: a 1.6
+    MeterValues with a temperature sample carries one, see MeterReading)."""
 
     charger_id: str
     name: str  # e.g. "temperature", "humidity", "ambient_temperature", "temperature_inlet_evse1"

@@ -41,9 +41,14 @@ def is_temperature_unit(unit: str | None) -> bool:
     return unit is not None and unit.strip().lower() in _TEMPERATURE_UNITS
 
 
+def temperature_kind(unit: str | None) -> str | None:
+    """"C", "F" or "K" for a temperature unit (None means Celsius, the OCPP default); None otherwise."""
+    return _TEMPERATURE_UNITS.get((unit or "Celsius").strip().lower())
+
+
 def to_celsius(value: float, unit: str | None) -> float:
     """A temperature in Celsius; `unit` None means Celsius (the OCPP default)."""
-    kind = _TEMPERATURE_UNITS.get((unit or "Celsius").strip().lower())
+    kind = temperature_kind(unit)
     if kind == "F":
         value = (value - 32.0) * 5.0 / 9.0
     elif kind == "K":
