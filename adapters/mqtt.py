@@ -26,6 +26,7 @@ import logging
 import random
 import re
 import ssl
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -83,6 +84,14 @@ def _json(data: Any) -> bytes:
     return orjson.dumps(data)
 
 
+def _text(value: Any) -> str:
+    """A value as JSON text (strings escaped as orjson escapes them)."""
+    return orjson.dumps(value).decode()
+
+
+_new = tuple.__new__  # Message(...) without the named tuple's Python-level __new__ (the hot path builds many)
+
+
 @functools.lru_cache(maxsize=65536)
 def _topic_field(topic: str) -> bytes:
     """A topic name as it goes in a PUBLISH packet: two length bytes, then UTF-8 (MQTT 3.1.1 §1.5.3)."""
@@ -90,6 +99,12 @@ def _topic_field(topic: str) -> bytes:
     if not data or len(data) > 65535 or "+" in topic or "#" in topic or "\0" in topic:
         raise ValueError(f"not a topic name a client may publish to: {topic!r}")
     return len(data).to_bytes(2, "big") + data
+
+
+@functools.lru_cache(maxsize=512)
+def _pubacks_format(count: int) -> struct.Struct:
+    """`count` PUBACKs with just a packet id each (4 bytes: 0x40, 0x02, id): their ids."""
+    return struct.Struct(">" + "2xH" * count)
 
 
 def _remaining_length(n: int) -> bytes:
@@ -147,6 +162,8 @@ class _ChargerTopics:
     # (evse, measurand, unit, phase, location, context) -> (retained topic, JSON before the value, after it)
     meter_topics: dict[tuple[Any, ...], tuple[str, str, str]] = field(default_factory=dict)
     meter_root: dict[int, str] = field(default_factory=dict)  # evse -> {root}/evse/{evse}/meter
+    # (name, unit, source) -> (retained topic, JSON before the value, after it up to the time, after the time)
+    environment: dict[tuple[str, str, str], tuple[str, str, str, str]] = field(default_factory=dict)
     discovery: dict[str, bytes] = field(default_factory=dict)  # HA config topic -> config (without device)
     device: dict[str, Any] = field(default_factory=dict)
 
@@ -171,12 +188,13 @@ class _BatchedSocket:
     callback (`flush`, one `send` for all of it) and serves paho's small reads from one large
     `recv`. Everything else is delegated to the real socket."""
 
-    def __init__(self, sock: Any, take_puback: Any = None) -> None:
+    def __init__(self, sock: Any, take_puback: Any = None, take_pubacks: Any = None) -> None:
         self._sock = sock
         self._out = bytearray()
         self._in = bytearray()  # whole packets for paho
         self._raw = bytearray()  # read from the socket, not yet split into packets
         self._take_puback = take_puback  # (packet id, reason code) of a PUBACK -> True when it was the sink's
+        self._take_pubacks = take_pubacks  # packet ids of successful PUBACKs -> the ids that were not the sink's
 
     def send(self, data: bytes | bytearray | memoryview) -> int:
         self._out += data
@@ -211,6 +229,14 @@ class _BatchedSocket:
         raw += data
         take = self._take_puback
         n, i = len(raw), 0
+        count = n >> 2
+        if (not n & 3 and self._take_pubacks is not None and raw[0::4].count(0x40) == count
+                and raw[1::4].count(2) == count):
+            # nothing but successful PUBACKs, as behind a steady stream of QoS 1 telemetry: in one go
+            for mid in self._take_pubacks(_pubacks_format(count).unpack(raw)):
+                self._in += b"\x40\x02" + mid.to_bytes(2, "big")  # paho's own
+            raw.clear()
+            return
         while i + 2 <= n:
             if raw[i] == 0x40 and raw[i + 1] == 2 and i + 4 <= n and take is not None:
                 # the common packet by far: a PUBACK with just its packet id (success)
@@ -429,7 +455,7 @@ class MqttSink(SpooledSink[Message]):
         self._detach_socket()
         if self.client._sock is not sock:  # already closed again
             return
-        wrapped = _BatchedSocket(sock, self._puback)
+        wrapped = _BatchedSocket(sock, self._puback, self._pubacks)
         self.client._sock = wrapped  # paho keeps no other reference to the socket it writes to
         self._sock, self._fd = wrapped, sock.fileno()
         self._loop.add_reader(self._fd, self._readable)
@@ -544,6 +570,26 @@ class MqttSink(SpooledSink[Message]):
             log.warning("MQTT: the broker refused a message to %s (reason code 0x%02X)", message.topic, reason)
         return True
 
+    def _pubacks(self, mids: tuple[int, ...]) -> list[int]:
+        """Successful PUBACKs, many at once: the ids that were not the sink's (paho's own)."""
+        pop = self._window.pop
+        others = [mid for mid in mids if pop(mid, None) is None]
+        self._acked += len(mids) - len(others)
+        return others
+
+    def _next_mids(self, count: int) -> list[int]:
+        """`count` packet ids from paho's own sequence (so they never clash with paho's messages),
+        taken under its lock once rather than once per message."""
+        client = self.client
+        lock = getattr(client, "_mid_generate_mutex", None)
+        if lock is None or not isinstance(getattr(client, "_last_mid", None), int):
+            return [client._mid_generate() for _ in range(count)]  # paho changed: one at a time
+        with lock:
+            last = client._last_mid
+            mids = [(last + j) % 65535 + 1 for j in range(count)]  # 1 .. 65535, never 0
+            client._last_mid = mids[-1]
+        return mids
+
     # -- delivery ---------------------------------------------------------------------------------
 
     def ready(self) -> bool:
@@ -590,19 +636,19 @@ class MqttSink(SpooledSink[Message]):
                 self._published += 1
                 self._acked += 1
         else:
-            room = self._limit - len(self.client._out_messages) - len(window)
-            mid_next = self.client._mid_generate
-            while backlog and room > 0:
-                m = backlog.popleft()
-                mid = mid_next()
-                try:
-                    write_publish(out, m.topic, m.payload, 1, m.retain, mid, v5)
-                except ValueError as exc:
-                    log.warning("MQTT: not published: %s", exc)
-                    continue
-                window[mid] = m
-                self._published += 1
-                room -= 1
+            room = min(self._limit - len(self.client._out_messages) - len(window), len(backlog))
+            if room > 0:
+                sent = 0
+                for mid in self._next_mids(room):
+                    m = backlog.popleft()
+                    try:
+                        write_publish(out, m[0], m[1], 1, m[2], mid, v5)
+                    except ValueError as exc:  # (that id goes unused)
+                        log.warning("MQTT: not published: %s", exc)
+                        continue
+                    window[mid] = m
+                    sent += 1
+                self._published += sent
         if len(backlog) <= BACKLOG:
             self._room.set()
         if out:
@@ -642,13 +688,18 @@ class MqttSink(SpooledSink[Message]):
         return Message(topic, payload, True)
 
     def encode(self, record: Record) -> list[Message]:
+        kind = type(record)
+        if kind is MeterReading:  # the hot path: every MeterValues of every charger
+            ch = self._chargers.get(record.charger_id) or self._charger(record.charger_id)[1]
+            return self._meter(record, ch)
+        if kind is EnvironmentReading:  # with most 1.6 MeterValues (a temperature sample)
+            ch = self._chargers.get(record.charger_id) or self._charger(record.charger_id)[1]
+            return self._environment(record, ch)
         out: list[Message] = []
         if isinstance(record, ChargerForgotten):
             return self._forget(record.charger_id)
         root, ch = self._charger(record.charger_id)
-        if isinstance(record, MeterReading):  # the hot path: every MeterValues of every charger
-            return self._meter(record, ch)
-        elif isinstance(record, ConnectorStatus):
+        if isinstance(record, ConnectorStatus):
             topic = f"{root}/evse/{record.evse}/status"
             out.append(self._retained(ch, topic, _json({"status": record.status, "error_code": record.error_code,
                                                         "connector": record.connector, "ts": iso(record.ts)})))
@@ -657,18 +708,6 @@ class MqttSink(SpooledSink[Message]):
                 out += self._discover(record.charger_id, "sensor", f"evse{record.evse}_status",
                                       {"name": name, "state_topic": topic, "value_template": "{{ value_json.status }}",
                                        "icon": "mdi:ev-station"})
-        elif isinstance(record, EnvironmentReading):
-            topic = f"{root}/environment/{topic_level(record.name)}"
-            if not self._due(topic, record.value, time.monotonic()):
-                return out
-            out.append(self._retained(ch, topic, _json({"value": record.value, "unit": record.unit, "ts": iso(record.ts),
-                                                        "source": record.source})))
-            ha = _HA_ENV.get(record.unit)
-            if ha is not None and self.cfg.ha_discovery:
-                out += self._discover(record.charger_id, "sensor", f"env_{record.name}",
-                                      {"name": record.name.replace("_", " ").capitalize(), "state_topic": topic,
-                                       "value_template": "{{ value_json.value }}", "device_class": ha[0],
-                                       "state_class": "measurement", "unit_of_measurement": ha[1]})
         elif isinstance(record, TransactionEvent):
             out.append(Message(f"{root}/transactions", _json({
                 "event": record.event, "transaction_id": record.transaction_id, "evse": record.evse,
@@ -719,12 +758,40 @@ class MqttSink(SpooledSink[Message]):
             bodies.append(body)
             if thin and not self._due(shape[0], value, now):
                 continue
-            rest.append(Message(shape[0], f"{body}{tail}".encode(), True))
+            rest.append(_new(Message, (shape[0], f"{body}{tail}".encode(), True)))
         topic = ch.meter_root.get(evse)
         if topic is None:
             topic = ch.meter_root[evse] = f"{ch.root}/evse/{evse}/meter"
         joined = "},".join(bodies)
-        return [Message(topic, f'{{{head},"samples":[{joined}}}]}}'.encode(), False), *rest]
+        return [_new(Message, (topic, f'{{{head},"samples":[{joined}}}]}}'.encode(), False)), *rest]
+
+    def _environment(self, record: EnvironmentReading, ch: _ChargerTopics) -> list[Message]:
+        """`.../environment/{name}` (retained), its JSON put together like `_meter`'s; the Home
+        Assistant sensor of a temperature or humidity is announced the first time."""
+        shape = ch.environment.get((record.name, record.unit, record.source))
+        out: list[Message] = []
+        if shape is None:
+            shape = self._environment_shape(record, ch, out)
+        value = record.value
+        if (self.cfg.retained_min_interval > 0 or self.cfg.retained_deadband > 0) and not self._due(
+                shape[0], value, time.monotonic()):
+            return out
+        out.append(_new(Message, (shape[0], f'{shape[1]}{value!r}{shape[2]}{iso(record.ts)}{shape[3]}'.encode(), True)))
+        return out
+
+    def _environment_shape(self, record: EnvironmentReading, ch: _ChargerTopics,
+                           out: list[Message]) -> tuple[str, str, str, str]:
+        topic = f"{ch.root}/environment/{topic_level(record.name)}"
+        ch.retained.add(topic)
+        shape = (topic, '{"value":', f',"unit":{_text(record.unit)},"ts":"', f'","source":{_text(record.source)}}}')
+        ch.environment[(record.name, record.unit, record.source)] = shape
+        ha = _HA_ENV.get(record.unit)
+        if ha is not None and self.cfg.ha_discovery:
+            out += self._discover(record.charger_id, "sensor", f"env_{record.name}",
+                                  {"name": record.name.replace("_", " ").capitalize(), "state_topic": topic,
+                                   "value_template": "{{ value_json.value }}", "device_class": ha[0],
+                                   "state_class": "measurement", "unit_of_measurement": ha[1]})
+        return shape
 
     def _meter_shape(self, charger_id: str, ch: _ChargerTopics, evse: int, s: Any,
                      out: list[Message]) -> tuple[str, str, str]:
@@ -733,13 +800,9 @@ class MqttSink(SpooledSink[Message]):
         announced (into `out`) the first time."""
         topic = (f"{ch.root}/evse/{evse}/meter/{topic_level(s.measurand)}"
                  + (f"/{topic_level(s.phase)}" if s.phase else ""))
-
-        def text(v: Any) -> str:
-            return orjson.dumps(v).decode()
-
-        shape = (topic, f'{{"measurand":{text(s.measurand)},"value":',
-                 f',"unit":{text(s.unit)},"phase":{text(s.phase)},"location":{text(s.location)},'
-                 f'"context":{text(s.context)}')
+        shape = (topic, f'{{"measurand":{_text(s.measurand)},"value":',
+                 f',"unit":{_text(s.unit)},"phase":{_text(s.phase)},"location":{_text(s.location)},'
+                 f'"context":{_text(s.context)}')
         ch.meter_topics[(evse, s.measurand, s.unit, s.phase, s.location, s.context)] = shape
         ch.retained.add(topic)
         ha = _HA_METER.get(s.measurand)

@@ -50,11 +50,11 @@ SAMPLES = [
 ]
 
 
-def start_gateway(workdir: Path, csms_port: int, extra: str,
-                  cpus: list[int] | None = None) -> tuple[subprocess.Popen[bytes], int]:
+def start_gateway(workdir: Path, csms_port: int, extra: str, cpus: list[int] | None = None,
+                  site: str = "bench", wait_idle: bool = True) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     conf = workdir / "gateway.toml"
-    conf.write_text(f"""site_id = "bench"
+    conf.write_text(f"""site_id = "{site}"
 data_dir = "{workdir / 'data'}"
 [websocket]
 listen = "127.0.0.1:{port}"
@@ -76,7 +76,8 @@ level = "WARNING"
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"gateway did not start: {(workdir / 'gateway.log').read_text()[-2000:]}")
         time.sleep(0.05)
-    idle(proc.pid)
+    if wait_idle:
+        idle(proc.pid)
     return proc, port
 
 
@@ -101,15 +102,16 @@ def stop(proc: subprocess.Popen[Any]) -> None:
             proc.wait(5)
 
 
-async def load(port: int, chargers: int, warmup: float, seconds: float, pid: int,
-               rate: float = 0.0, profile: Path | None = None) -> dict[str, float]:
-    done = 0
+async def load(targets: list[tuple[str, int, int]], chargers: int, warmup: float, seconds: float,
+               rate: float = 0.0, profiles: dict[str, Path] | None = None) -> dict[str, dict[str, float]]:
+    """Drive every target (variant name, gateway port, gateway pid) at once, each with its own
+    `chargers` chargers at `rate` calls/s, and read every gateway's CPU at the same instants."""
+    done = {name: 0 for name, _, _ in targets}
     interval = chargers / rate if rate > 0 else 0.0  # s between one charger's calls; 0 = closed loop
     measuring = False
     stop_at = 0.0
 
-    async def one(i: int) -> None:
-        nonlocal done
+    async def one(name: str, port: int, i: int) -> None:
         async with connect(f"ws://127.0.0.1:{port}/ocpp/B{i:04d}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
                            compression=None, open_timeout=10) as ws:
             await ws.send(json.dumps([2, "boot", "BootNotification", {"chargePointVendor": "B", "chargePointModel": "M"}]))
@@ -128,37 +130,49 @@ async def load(port: int, chargers: int, warmup: float, seconds: float, pid: int
                 await ws.send(json.dumps([2, f"{i}.{seq}", "MeterValues", payload]))
                 await asyncio.wait_for(ws.recv(), 10)
                 if measuring:
-                    done += 1
+                    done[name] += 1
 
-    proc = psutil.Process(pid)
+    procs = {name: psutil.Process(pid) for name, _, pid in targets}
     stop_at = time.monotonic() + warmup + seconds + 60
-    tasks = [asyncio.create_task(one(i)) for i in range(chargers)]
+    tasks = [asyncio.create_task(one(name, port, i)) for name, port, _ in targets for i in range(chargers)]
     await asyncio.sleep(warmup)
-    spy = None
-    if profile is not None:  # sampled during the window, so its figures are perturbed a little
-        spy = await asyncio.create_subprocess_exec(
-            "py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "1000", "--gil", "--duration",
-            str(int(seconds)), "--output", str(profile), "--nonblocking",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    t_0, done, measuring = proc.cpu_times(), 0, True
-    cpu0 = t_0.user + t_0.system
+    spies = []
+    for name, _, pid in targets:
+        if profiles and name in profiles:  # sampled during the window, so its figures are perturbed a little
+            spies.append(await asyncio.create_subprocess_exec(
+                "py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "1000", "--gil", "--duration",
+                str(int(seconds)), "--output", str(profiles[name]), "--nonblocking",
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL))
+    before = {name: proc.cpu_times() for name, proc in procs.items()}
+    threads0 = {name: {t.id: t.user_time + t.system_time for t in proc.threads()} for name, proc in procs.items()}
+    for name in done:
+        done[name] = 0
+    measuring = True
     t0 = time.monotonic()
     await asyncio.sleep(seconds)
-    t_1, calls, measuring = proc.cpu_times(), done, False
-    cpu1 = t_1.user + t_1.system
-    if spy is not None:
-        await asyncio.wait_for(spy.wait(), 30)
+    after = {name: proc.cpu_times() for name, proc in procs.items()}
+    threads1 = {name: {t.id: t.user_time + t.system_time for t in proc.threads()} for name, proc in procs.items()}
+    calls, measuring = dict(done), False
     elapsed = time.monotonic() - t0
+    for spy in spies:
+        await asyncio.wait_for(spy.wait(), 30)
     stop_at = 0.0
     await asyncio.gather(*tasks, return_exceptions=True)
-    return {"calls": calls, "calls_per_s": calls / elapsed, "cpu_s": cpu1 - cpu0,
-            "cpu_us_per_call": (cpu1 - cpu0) / max(calls, 1) * 1e6,
-            "user_us_per_call": (t_1.user - t_0.user) / max(calls, 1) * 1e6,
-            "sys_us_per_call": (t_1.system - t_0.system) / max(calls, 1) * 1e6, "cpu_util": (cpu1 - cpu0) / elapsed}
+    out = {}
+    for name, t_0 in before.items():
+        t_1, n = after[name], max(calls[name], 1)
+        cpu = t_1.user + t_1.system - t_0.user - t_0.system
+        out[name] = {"calls": calls[name], "calls_per_s": calls[name] / elapsed, "cpu_s": cpu,
+                     "cpu_us_per_call": cpu / n * 1e6, "user_us_per_call": (t_1.user - t_0.user) / n * 1e6,
+                     "sys_us_per_call": (t_1.system - t_0.system) / n * 1e6, "cpu_util": cpu / elapsed,
+                     # CPU per call of the threads other than the event loop's (the store's, executors)
+                     "other_threads_us_per_call": sum(v - threads0[name].get(tid, 0.0) for tid, v in threads1[name].items()
+                                                      if tid != procs[name].pid) / n * 1e6}
+    return out
 
 
-def points(influx: Any) -> int:
-    rows = influx.rows("bench", "SELECT count(value) FROM meter_value")
+def points(influx: Any, database: str) -> int:
+    rows = influx.rows(database, "SELECT count(value) FROM meter_value")
     return int(rows[0]["count"]) if rows else 0
 
 
@@ -178,6 +192,10 @@ def main() -> None:
     ap.add_argument("--no-pin", dest="pin", action="store_false",
                     help="do not pin the gateway to its own CPU (default: gateway on the last CPU, the load, "
                          "echo CSMS, Mosquitto and InfluxDB on the others): less noise between rounds")
+    ap.add_argument("--concurrent", action="store_true",
+                    help="run the variants' gateways at the same time (all pinned to the same CPU, each with its "
+                         "own chargers at --rate), so every variant sees the same machine in the same seconds; "
+                         "without it the variants run one after another")
     ap.add_argument("--pyspy", action="store_true",
                     help="record the gateway with py-spy during each measured window into "
                          "bench/results/profiles/telemetry-{variant}-{round}.txt (summarise with bench.pyspy_top)")
@@ -201,7 +219,6 @@ def main() -> None:
                                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         broker = Mosquitto(root / "mosquitto").start()
         influx = Influx(root / "influxdb").start()
-        influx.create_db("bench")
         runs: dict[str, list[dict[str, float]]] = {}
         try:
             deadline = time.monotonic() + 10
@@ -213,28 +230,42 @@ def main() -> None:
                         "on-qos0": mqtt.replace("qos = 1", "qos = 0") + inf,
                         "on-mqtt311": mqtt + "protocol_version = 4\n" + inf,
                         "on-thin": mqtt + "retained_min_interval = 10.0\n" + inf}
+            names = args.variants.split(",")
+            for name in names:
+                influx.create_db(f"bench_{name.replace('-', '_')}")
+            groups = [names] if args.concurrent else [[name] for name in names]
             for rnd in range(args.repeat):
-                for name in args.variants.split(","):
-                    extra = variants[name]
-                    workdir = root / f"{name}-{rnd}"
-                    workdir.mkdir()
-                    gw, port = start_gateway(workdir, csms_port, extra, gateway_cpus)
+                for group in groups:
+                    gateways: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
                     try:
-                        before = points(influx)
-                        prof = profiles / f"telemetry-{name}-{rnd + 1}.txt" if args.pyspy else None
-                        r = asyncio.run(load(port, args.chargers, args.warmup, args.seconds, gw.pid, args.rate, prof))
-                        if name in ("on", "influx"):  # the sink kept up: every sample of the window landed
-                            want = before + r["calls"] * len(SAMPLES)
-                            deadline = time.monotonic() + 30
-                            while points(influx) < want and time.monotonic() < deadline:
-                                time.sleep(0.5)
-                            r["influx_kept_up"] = float(points(influx) >= want)
-                        runs.setdefault(name, []).append(r)
-                        print(f"round {rnd + 1} {name:7} {r['calls_per_s']:7.0f} calls/s  "
-                              f"{r['cpu_us_per_call']:6.0f} us CPU per call (user {r['user_us_per_call']:.0f}, "
-                              f"system {r['sys_us_per_call']:.0f})", flush=True)
+                        for name in group:
+                            workdir = root / f"{name}-{rnd}"
+                            workdir.mkdir()
+                            db = f"bench_{name.replace('-', '_')}"
+                            gateways[name] = start_gateway(workdir, csms_port, variants[name].replace('"bench"', f'"{db}"'),
+                                                           gateway_cpus, site=f"bench-{name}", wait_idle=False)
+                        for gw, _ in gateways.values():
+                            idle(gw.pid)
+                        before = {name: points(influx, f"bench_{name.replace('-', '_')}") for name in group}
+                        profs = {name: profiles / f"telemetry-{name}-{rnd + 1}.txt" for name in group} if args.pyspy else None
+                        results = asyncio.run(load([(name, port, gw.pid) for name, (gw, port) in gateways.items()],
+                                                   args.chargers, args.warmup, args.seconds, args.rate, profs))
+                        for name, r in results.items():
+                            db = f"bench_{name.replace('-', '_')}"
+                            if "[influx]" in variants[name]:  # the sink kept up: every sample of the window landed
+                                want = before[name] + r["calls"] * len(SAMPLES)
+                                deadline = time.monotonic() + 30
+                                while points(influx, db) < want and time.monotonic() < deadline:
+                                    time.sleep(0.5)
+                                r["influx_kept_up"] = float(points(influx, db) >= want)
+                            runs.setdefault(name, []).append(r)
+                            print(f"round {rnd + 1} {name:7} {r['calls_per_s']:7.0f} calls/s  "
+                                  f"{r['cpu_us_per_call']:6.0f} us CPU per call (user {r['user_us_per_call']:.0f}, "
+                                  f"system {r['sys_us_per_call']:.0f}; threads other than the loop's {r['other_threads_us_per_call']:.0f})",
+                                  flush=True)
                     finally:
-                        stop(gw)
+                        for gw, _ in gateways.values():
+                            stop(gw)
         finally:
             influx.stop()
             broker.stop()
@@ -248,14 +279,21 @@ def main() -> None:
     print(f"{'variant':8} {'calls/s':>9} {'gateway CPU':>12} {'CPU per call':>13}")
     for name, r in results.items():
         print(f"{name:8} {r['calls_per_s']:9.0f} {r['cpu_util'] * 100:11.0f}% {r['cpu_us_per_call']:10.0f} us")
+    ratios = {}
     for name, r in results.items():
         if name != "off":
-            print(f"{name}: {r['cpu_us_per_call'] / off['cpu_us_per_call'] - 1:+.0%} CPU per relayed MeterValues "
-                  f"against off (target for on: <= +25 %)")
+            # each round's variant against the same round's off (measured in the same minute, or in
+            # the same seconds with --concurrent), then the median of those
+            per_round = [v["cpu_us_per_call"] / o["cpu_us_per_call"] - 1 for v, o in zip(runs[name], runs["off"])]
+            ratios[name] = {"of_medians": r["cpu_us_per_call"] / off["cpu_us_per_call"] - 1,
+                            "rounds": per_round, "median_of_rounds": statistics.median(per_round)}
+            print(f"{name}: {ratios[name]['of_medians']:+.0%} CPU per relayed MeterValues against off (medians); "
+                  f"per round {', '.join(f'{x:+.0%}' for x in per_round)}, median {ratios[name]['median_of_rounds']:+.0%} "
+                  f"(target for on: <= +25 %)")
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "telemetry.json").write_text(json.dumps({"args": vars(args), "runs": runs, "medians": results,
-                                                    "overhead": overhead}, indent=2))
+                                                    "overhead": overhead, "ratios": ratios}, indent=2))
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ class Normaliser:
         self._monitors: _Bounded = _Bounded(max_state)  # (charger, monitor id) -> (component, variable)
         self._streams: _Bounded = _Bounded(max_state)  # (charger, stream id) -> monitor id
         self._plans: dict[tuple[Any, ...], tuple[Any, ...] | None] = {}  # 1.6 sample shape -> _plan_16
+        self._handlers: dict[tuple[str, bool], Any] = {}  # (action, 1.6?) -> bound method or None
 
     def forget(self, charger_id: str) -> None:
         for table in (self._tx, self._units, self._monitors, self._streams):
@@ -89,11 +90,18 @@ class Normaliser:
             if action == "GetVariables" and response:
                 return self._get_variables(charger_id, request, response, received_at)
             return []
-        v16 = version == "ocpp1.6"
-        handler = getattr(self, f"_{action}_{'16' if v16 else '2x'}", None) or getattr(self, f"_{action}", None)
+        key = (action, version == "ocpp1.6")
+        try:
+            handler = self._handlers[key]
+        except KeyError:
+            handler = (getattr(self, f"_{action}_{'16' if key[1] else '2x'}", None) or getattr(self, f"_{action}", None)
+                       if action.isidentifier() else None)
+            if len(self._handlers) < 1024:  # action names come from the charger: keep the table bounded
+                self._handlers[key] = handler
         if handler is None:
             return []
-        return list(handler(charger_id, request, response or {}, received_at))
+        out = handler(charger_id, request, response or {}, received_at)
+        return out if type(out) is list else list(out)
 
     # -- shared ---------------------------------------------------------------------------------
 
@@ -161,22 +169,31 @@ class Normaliser:
         up once per sample, its conversion comes from the plan, and the records are named tuples."""
         out: list[Record] = []
         plans = self._plans
+        new = tuple.__new__
         for mv in meter_values or ():
             ts = parse_time(mv.get("timestamp"), now)
             samples: list[MeterSample] = []
             for sv in mv.get("sampledValue") or ():
                 get = sv.get
-                # the shape of a sample repeats from one MeterValues to the next: work it out once
-                key = (get("measurand"), get("unit"), get("phase"), get("location"), get("context"), get("format"), evse)
+                raw = get("value")
+                if raw is None:
+                    continue
+                # the shape of a sample repeats from one MeterValues to the next: work it out once.
+                # Most samples carry just value, measurand and unit: then the shape is those two.
+                measurand, unit = get("measurand"), get("unit")
+                if len(sv) == 1 + (measurand is not None) + (unit is not None):
+                    key: tuple[Any, ...] = (measurand, unit, evse)
+                else:
+                    key = (measurand, unit, get("phase"), get("location"), get("context"), get("format"), evse)
                 plan = plans.get(key, False)  # TypeError for a (schema-invalid) list or object field
                 if plan is False:
-                    plan = self._plan_16(key)
+                    plan = self._plan_16((measurand, unit, get("phase"), get("location"), get("context"),
+                                          get("format"), evse))
                     if len(plans) >= 4096:
                         plans.clear()
                     plans[key] = plan
                 if plan is None:
                     continue
-                raw = get("value")
                 if type(raw) is str:  # 1.6: a decimal string (float() allows the spaces around it)
                     try:
                         raw = float(raw)
@@ -199,13 +216,11 @@ class Normaliser:
                         value, unit = units.canonical(raw, unit, measurand=measurand)
                     except ValueError:
                         continue
-                samples.append(MeterSample(measurand, value, unit, phase, location, context))
-                if env is not None:
-                    out.append(EnvironmentReading(charger_id=cid, name=env, value=value, unit=unit, ts=ts,
-                                                  source=source, evse=evse or None))
-            if samples:
-                out.append(MeterReading(charger_id=cid, evse=evse, connector=evse, ts=ts, transaction_id=tx,
-                                        samples=tuple(samples), source=source))
+                samples.append(new(MeterSample, (measurand, value, unit, phase, location, context)))
+                if env is not None:  # EnvironmentReading(charger_id=, name=, value=, unit=, ts=, source=, evse=)
+                    out.append(new(EnvironmentReading, (cid, env, value, unit, ts, source, None, None, evse or None)))
+            if samples:  # MeterReading(charger_id=, evse=, connector=, ts=, transaction_id=, samples=, source=)
+                out.append(new(MeterReading, (cid, evse, evse, ts, tx, tuple(samples), source)))
         return out
 
     def _MeterValues_16(self, cid: str, req: dict, resp: dict, now: datetime) -> Iterable[Record]:
