@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import orjson
@@ -89,7 +89,6 @@ def _text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-_new = tuple.__new__  # Message(...) without the named tuple's Python-level __new__ (the hot path builds many)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -147,10 +146,10 @@ def write_publish(out: bytearray, topic: str, payload: bytes, qos: int, retain: 
     out += payload
 
 
-class Message(NamedTuple):
-    topic: str
-    payload: bytes
-    retain: bool
+# One message to publish: (topic, payload, retain). A plain tuple, not a named tuple: thousands wait
+# in the queue and the window at a time, and the garbage collector stops tracking a plain tuple of
+# strings and bytes the first time it sees one (it keeps scanning a named tuple for as long as it lives).
+Message = tuple[str, bytes, bool]
 
 
 @dataclass
@@ -567,7 +566,7 @@ class MqttSink(SpooledSink[Message]):
         self._acked += 1
         if reason >= 0x80:  # MQTT 5 reason code: refused (not authorised, quota exceeded, ...)
             self.refused += 1
-            log.warning("MQTT: the broker refused a message to %s (reason code 0x%02X)", message.topic, reason)
+            log.warning("MQTT: the broker refused a message to %s (reason code 0x%02X)", message[0], reason)
         return True
 
     def _pubacks(self, mids: tuple[int, ...]) -> list[int]:
@@ -629,7 +628,7 @@ class MqttSink(SpooledSink[Message]):
             while backlog:
                 m = backlog.popleft()
                 try:
-                    write_publish(out, m.topic, m.payload, 0, m.retain, 0, v5)
+                    write_publish(out, m[0], m[1], 0, m[2], 0, v5)
                 except ValueError as exc:
                     log.warning("MQTT: not published: %s", exc)
                     continue
@@ -660,20 +659,20 @@ class MqttSink(SpooledSink[Message]):
         if not self.connected:
             return False
         for m in items:
-            info = self.client.publish(m.topic, m.payload, qos=self.qos, retain=m.retain)
+            info = self.client.publish(m[0], m[1], qos=self.qos, retain=m[2])
             self._published += 1
             if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
-                log.warning("MQTT: publish to %s refused: %s", m.topic, paho.error_string(info.rc))
+                log.warning("MQTT: publish to %s refused: %s", m[0], paho.error_string(info.rc))
         # QoS 1/2 messages published as the connection dropped (rc NO_CONN) stay in paho's queue and are
         # sent after the reconnect, ahead of the spool.
         return True
 
     def pack(self, item: Message) -> bytes:
-        return orjson.dumps([item.topic, item.retain, item.payload.decode("utf-8")])
+        return orjson.dumps([item[0], item[2], item[1].decode("utf-8")])
 
     def unpack(self, body: bytes) -> Message:
         topic, retain, payload = orjson.loads(body)
-        return Message(topic, payload.encode("utf-8"), bool(retain))
+        return (topic, payload.encode("utf-8"), bool(retain))
 
     # -- records into messages --------------------------------------------------------------------
 
@@ -685,7 +684,7 @@ class MqttSink(SpooledSink[Message]):
 
     def _retained(self, charger: _ChargerTopics, topic: str, payload: bytes) -> Message:
         charger.retained.add(topic)
-        return Message(topic, payload, True)
+        return (topic, payload, True)
 
     def encode(self, record: Record) -> list[Message]:
         kind = type(record)
@@ -709,7 +708,7 @@ class MqttSink(SpooledSink[Message]):
                                       {"name": name, "state_topic": topic, "value_template": "{{ value_json.status }}",
                                        "icon": "mdi:ev-station"})
         elif isinstance(record, TransactionEvent):
-            out.append(Message(f"{root}/transactions", _json({
+            out.append((f"{root}/transactions", _json({
                 "event": record.event, "transaction_id": record.transaction_id, "evse": record.evse,
                 "meter_start": record.meter_start, "meter_stop": record.meter_stop, "energy_wh": record.energy_wh,
                 "reason": record.reason, "offline": record.offline, "ts": iso(record.ts)}), False))
@@ -724,13 +723,13 @@ class MqttSink(SpooledSink[Message]):
                     "value_template": "{{ 'ON' if value_json.connected else 'OFF' }}"})
         elif isinstance(record, ControlChange):  # local control: every change, and the latest per EVSE
             body = _json(control_api.change_json(record))
-            out.append(Message(f"{root}/control", body, False))
+            out.append((f"{root}/control", body, False))
             out.append(self._retained(ch, f"{root}/evse/{record.evse}/control", body))
         elif isinstance(record, ChargerInfo):
             ch.device = {k: v for k, v in {"manufacturer": record.vendor, "model": record.model,
                                            "sw_version": record.firmware, "serial_number": record.serial}.items() if v}
             if self.cfg.ha_discovery:  # the device details changed: publish every config again
-                out += [Message(t, self._ha_payload(record.charger_id, c), True) for t, c in ch.discovery.items()]
+                out += [(t, self._ha_payload(record.charger_id, c), True) for t, c in ch.discovery.items()]
         return out
 
     def _meter(self, record: MeterReading, ch: _ChargerTopics) -> list[Message]:
@@ -758,12 +757,12 @@ class MqttSink(SpooledSink[Message]):
             bodies.append(body)
             if thin and not self._due(shape[0], value, now):
                 continue
-            rest.append(_new(Message, (shape[0], f"{body}{tail}".encode(), True)))
+            rest.append((shape[0], f"{body}{tail}".encode(), True))
         topic = ch.meter_root.get(evse)
         if topic is None:
             topic = ch.meter_root[evse] = f"{ch.root}/evse/{evse}/meter"
         joined = "},".join(bodies)
-        return [_new(Message, (topic, f'{{{head},"samples":[{joined}}}]}}'.encode(), False)), *rest]
+        return [(topic, f'{{{head},"samples":[{joined}}}]}}'.encode(), False), *rest]
 
     def _environment(self, record: EnvironmentReading, ch: _ChargerTopics) -> list[Message]:
         """`.../environment/{name}` (retained), its JSON put together like `_meter`'s; the Home
@@ -776,7 +775,7 @@ class MqttSink(SpooledSink[Message]):
         if (self.cfg.retained_min_interval > 0 or self.cfg.retained_deadband > 0) and not self._due(
                 shape[0], value, time.monotonic()):
             return out
-        out.append(_new(Message, (shape[0], f'{shape[1]}{value!r}{shape[2]}{iso(record.ts)}{shape[3]}'.encode(), True)))
+        out.append((shape[0], f'{shape[1]}{value!r}{shape[2]}{iso(record.ts)}{shape[3]}'.encode(), True))
         return out
 
     def _environment_shape(self, record: EnvironmentReading, ch: _ChargerTopics,
@@ -843,7 +842,7 @@ class MqttSink(SpooledSink[Message]):
             return []
         body = {**config, "unique_id": f"{node}_{object_id}", "object_id": f"{node}_{object_id}"}
         ch.discovery[topic] = _json(body)
-        return [Message(topic, self._ha_payload(charger_id, ch.discovery[topic]), True)]
+        return [(topic, self._ha_payload(charger_id, ch.discovery[topic]), True)]
 
     def _ha_payload(self, charger_id: str, config: bytes) -> bytes:
         _, ch = self._charger(charger_id)
@@ -862,7 +861,7 @@ class MqttSink(SpooledSink[Message]):
         for topic in list(self._last):
             if topic in ch.retained:
                 del self._last[topic]
-        return [Message(t, b"", True) for t in sorted(ch.retained) + sorted(ch.discovery)]
+        return [(t, b"", True) for t in sorted(ch.retained) + sorted(ch.discovery)]
 
     # -- commands ---------------------------------------------------------------------------------
 

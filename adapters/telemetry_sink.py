@@ -1,5 +1,13 @@
 """What the MQTT and InfluxDB sinks share: a bounded in-memory queue fed with put_nowait, one worker
-task that encodes and delivers, and a disk spool used while the far end is away.
+task that delivers, and a disk spool used while the far end is away.
+
+`offer` encodes the record at once (MQTT messages, InfluxDB lines: microseconds of CPU, no I/O) and
+queues what it became as one tuple; the worker gathers those into batches and delivers them. The
+record itself is freed right away. When the worker encoded records after a flush interval (one
+second for InfluxDB), thousands of them (each a handful of objects the garbage collector tracks)
+waited in the queue long enough to be promoted to the collector's older generations and scanned
+again and again; what waits now is tuples of strings and bytes, which the collector stops tracking
+the first time it sees them.
 
 The worker is the only thing that delivers or touches the spool, so order is simple to keep: while
 anything is spooled, new items are appended behind it, and the spool is drained oldest first when
@@ -13,6 +21,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import sys
 import time
 from typing import Any, Generic, TypeVar
 
@@ -105,21 +114,29 @@ class SpooledSink(Generic[Item]):
     def wake(self) -> None:
         """Make the worker look at `take_unsent` now, even if no record arrives."""
         try:
-            self.queue.put_nowait(None)  # type: ignore[arg-type]
+            self.queue.put_nowait(())
         except asyncio.QueueFull:
             pass  # it is busy anyway
 
     # -- the hand-off -----------------------------------------------------------------------------
 
     def offer(self, record: Record) -> None:
-        try:
-            self.queue.put_nowait(record)
-        except asyncio.QueueFull:
-            self.dropped += 1
-            now = time.monotonic()
-            if now - self._last_drop_log > 10:
-                self._last_drop_log = now
-                self.log.warning("%s queue full: %d records dropped so far", self.name, self.dropped)
+        """Encode the record and queue what it became (one queue entry per record). Never raises,
+        never waits: at the queue's bound the record is dropped and counted."""
+        queue = self.queue
+        if len(queue._items) >= queue._max:
+            self._drop()
+            return
+        items = self._encode(record)
+        if items:
+            queue.put_nowait(tuple(items))
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        now = time.monotonic()
+        if now - self._last_drop_log > 10:
+            self._last_drop_log = now
+            self.log.warning("%s queue full: %d records dropped so far", self.name, self.dropped)
 
     @property
     def backlog(self) -> int:
@@ -140,7 +157,7 @@ class SpooledSink(Generic[Item]):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         await self._spool_unsent()
-        rest = self._take_nowait(self.queue.qsize())
+        rest = self._take_nowait(sys.maxsize)  # everything still queued
         if rest:
             await self.spool.append([self.pack(i) for i in rest])
         await self.spool.close()
@@ -154,21 +171,20 @@ class SpooledSink(Generic[Item]):
         return bool(unsent)
 
     def _take_nowait(self, limit: int) -> list[Item]:
+        """Encoded items from the queue, a whole record's at a time, until at least `limit` (or none left)."""
         items: list[Item] = []
+        get = self.queue._items.popleft
         while len(items) < limit:
             try:
-                record = self.queue.get_nowait()
-            except asyncio.QueueEmpty:
+                items += get()
+            except IndexError:
                 break
-            items.extend(self._encode(record))
         return items
 
-    def _encode(self, record: Record | None) -> list[Item]:
-        if record is None:  # wake()
-            return []
+    def _encode(self, record: Record) -> list[Item]:
         try:
             return self.encode(record)
-        except Exception:  # noqa: BLE001 - one odd record must not stop the sink
+        except Exception:  # noqa: BLE001 - one odd record must not stop the sink (nor reach the relay)
             self.log.exception("%s could not encode %r", self.name, record)
             return []
 
@@ -176,10 +192,9 @@ class SpooledSink(Generic[Item]):
         """Wait for a first record, then gather a batch: what is queued already, and if that is not
         a full batch, what arrives within flush_interval (one sleep per batch, not a timed wait per
         record: asyncio.wait_for costs a task and a timer each time)."""
-        record = await self.queue.get()
+        items = list(await self.queue.get())
         self._busy = True
-        items = self._encode(record)
-        items.extend(self._take_nowait(self.batch_size - len(items)))
+        items += self._take_nowait(self.batch_size - len(items))
         if len(items) < self.batch_size and self.flush_interval > 0:
             await asyncio.sleep(self.flush_interval)
             items.extend(self._take_nowait(self.batch_size - len(items)))
@@ -225,10 +240,11 @@ class SpooledSink(Generic[Item]):
                         # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that
                         # arrives as the record does, and this loop would then never stop
                         async with asyncio.timeout(0.2):
-                            record = await self.queue.get()
+                            entry = await self.queue.get()
                     except TimeoutError:
                         continue
-                    await self.spool.append([self.pack(i) for i in self._encode(record)])
+                    if entry:
+                        await self.spool.append([self.pack(i) for i in entry])
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - keep the worker alive whatever happens

@@ -1,18 +1,26 @@
 """What the telemetry sinks cost the relay: gateway CPU per relayed MeterValues with MQTT and
 InfluxDB off, then on, in one run.
 
-    python -m bench.telemetry                 # 20 chargers, 6 s measured per variant (~40 s)
-    python -m bench.telemetry --chargers 50 --seconds 10
+    python -m bench.telemetry                             # off and on, 5 interleaved rounds (~2 min)
+    python -m bench.telemetry --variants off,on,mqtt,influx --repeat 7
+    python -m bench.telemetry --mode concurrent           # the variants loaded side by side
 
 Processes (all on 127.0.0.1, all stopped by PID): the echo CSMS (`bench/echo_csms.py`), a
-Mosquitto and an InfluxDB 1.x started like the tests do (`tests/telemetry/services.py`), and the
-gateway twice: `off` (no sinks) and `on` (`[mqtt]` QoS 1 + `[influx]` v1). The load runs in this
+Mosquitto and an InfluxDB 1.x started like the tests do (`tests/telemetry/services.py`), and one
+gateway per variant: `off` (no sinks) and `on` (`[mqtt]` QoS 1 + `[influx]` v1), ... The load runs in this
 process: N websockets chargers sharing one offered rate (`--rate`, 2000 MeterValues/s by default,
 the same for every variant; each charger waits for its answer before its next call; the
 per-charger message rate limit is off), 1.6, four sampled values per call (energy, power, current,
 temperature in Fahrenheit: the normaliser's full path). After a warm-up, the gateway's CPU time
 (user + system, read from /proc by PID through psutil) is divided by the calls completed in the
-window. The gateway runs pinned to the last CPU, everything else on the others (`--no-pin`).
+window. The gateways run pinned to the last CPU, everything else on the others (`--no-pin`).
+
+How the variants take turns (`--mode`): this is a shared 2-core VM whose speed drifts by tens of
+per cent over minutes, more than the effect measured. By default (`interleaved`) every variant's
+gateway starts once and they are loaded one after another in short windows, round after round;
+each round gives a ratio of variants measured seconds apart, and the median of the rounds is
+reported next to the ratio of the medians. `concurrent` loads them all at once (the same seconds,
+sharing the CPU); `fresh` starts a new gateway for every variant and round (the first version).
 
 Why a fixed rate: the relay's own CPU per call falls as the load rises (more frames per wake-up),
 so with closed-loop chargers (`--rate 0`, as fast as the gateway answers) a variant that runs
@@ -103,7 +111,7 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 
 
 async def load(targets: list[tuple[str, int, int]], chargers: int, warmup: float, seconds: float,
-               rate: float = 0.0, profiles: dict[str, Path] | None = None) -> dict[str, dict[str, float]]:
+               rate: float = 0.0, profiles: dict[str, Path] | None = None, day: int = 1) -> dict[str, dict[str, float]]:
     """Drive every target (variant name, gateway port, gateway pid) at once, each with its own
     `chargers` chargers at `rate` calls/s, and read every gateway's CPU at the same instants."""
     done = {name: 0 for name, _, _ in targets}
@@ -125,7 +133,7 @@ async def load(targets: list[tuple[str, int, int]], chargers: int, warmup: float
                     if delay > 0:
                         await asyncio.sleep(delay)
                 seq += 1
-                stamp = f"2026-01-01T{seq // 3600 % 24:02d}:{seq // 60 % 60:02d}:{seq % 60:02d}.{i % 1000:03d}Z"
+                stamp = f"2026-01-{day:02d}T{seq // 3600 % 24:02d}:{seq // 60 % 60:02d}:{seq % 60:02d}.{i % 1000:03d}Z"
                 payload = {"connectorId": 1, "meterValue": [{"timestamp": stamp, "sampledValue": SAMPLES}]}
                 await ws.send(json.dumps([2, f"{i}.{seq}", "MeterValues", payload]))
                 await asyncio.wait_for(ws.recv(), 10)
@@ -171,6 +179,10 @@ async def load(targets: list[tuple[str, int, int]], chargers: int, warmup: float
     return out
 
 
+def _db(variant: str) -> str:
+    return f"bench_{variant.replace('-', '_')}"
+
+
 def points(influx: Any, database: str) -> int:
     rows = influx.rows(database, "SELECT count(value) FROM meter_value")
     return int(rows[0]["count"]) if rows else 0
@@ -184,7 +196,7 @@ def main() -> None:
     ap.add_argument("--variants", default="off,on",
                     help="comma-separated: off, on, mqtt, influx, mqtt-qos0, on-qos0, on-mqtt311, on-thin "
                          "(on = MQTT QoS 1 + InfluxDB v1; on-thin: retained_min_interval = 10)")
-    ap.add_argument("--repeat", type=int, default=2, help="rounds of all variants, interleaved; medians are reported")
+    ap.add_argument("--repeat", type=int, default=5, help="rounds of all variants; medians are reported")
     ap.add_argument("--rate", type=float, default=2000.0,
                     help="MeterValues per second offered by all chargers together, the same for every variant "
                          "(0: each charger in a closed loop, as fast as the gateway answers; then the variants "
@@ -192,10 +204,12 @@ def main() -> None:
     ap.add_argument("--no-pin", dest="pin", action="store_false",
                     help="do not pin the gateway to its own CPU (default: gateway on the last CPU, the load, "
                          "echo CSMS, Mosquitto and InfluxDB on the others): less noise between rounds")
-    ap.add_argument("--concurrent", action="store_true",
-                    help="run the variants' gateways at the same time (all pinned to the same CPU, each with its "
-                         "own chargers at --rate), so every variant sees the same machine in the same seconds; "
-                         "without it the variants run one after another")
+    ap.add_argument("--mode", choices=("interleaved", "concurrent", "fresh"), default="interleaved",
+                    help="interleaved (default): one gateway per variant for the whole run, loaded one after "
+                         "another in short windows, round after round, so each round's variants see the machine "
+                         "within seconds of each other; concurrent: all variants loaded at the same time (each "
+                         "with its own chargers at --rate, all gateways sharing one CPU); fresh: a new gateway "
+                         "for every variant and round")
     ap.add_argument("--pyspy", action="store_true",
                     help="record the gateway with py-spy during each measured window into "
                          "bench/results/profiles/telemetry-{variant}-{round}.txt (summarise with bench.pyspy_top)")
@@ -232,40 +246,61 @@ def main() -> None:
                         "on-thin": mqtt + "retained_min_interval = 10.0\n" + inf}
             names = args.variants.split(",")
             for name in names:
-                influx.create_db(f"bench_{name.replace('-', '_')}")
-            groups = [names] if args.concurrent else [[name] for name in names]
-            for rnd in range(args.repeat):
-                for group in groups:
-                    gateways: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
-                    try:
-                        for name in group:
-                            workdir = root / f"{name}-{rnd}"
-                            workdir.mkdir()
-                            db = f"bench_{name.replace('-', '_')}"
-                            gateways[name] = start_gateway(workdir, csms_port, variants[name].replace('"bench"', f'"{db}"'),
-                                                           gateway_cpus, site=f"bench-{name}", wait_idle=False)
-                        for gw, _ in gateways.values():
-                            idle(gw.pid)
-                        before = {name: points(influx, f"bench_{name.replace('-', '_')}") for name in group}
-                        profs = {name: profiles / f"telemetry-{name}-{rnd + 1}.txt" for name in group} if args.pyspy else None
-                        results = asyncio.run(load([(name, port, gw.pid) for name, (gw, port) in gateways.items()],
-                                                   args.chargers, args.warmup, args.seconds, args.rate, profs))
-                        for name, r in results.items():
-                            db = f"bench_{name.replace('-', '_')}"
-                            if "[influx]" in variants[name]:  # the sink kept up: every sample of the window landed
-                                want = before[name] + r["calls"] * len(SAMPLES)
-                                deadline = time.monotonic() + 30
-                                while points(influx, db) < want and time.monotonic() < deadline:
-                                    time.sleep(0.5)
-                                r["influx_kept_up"] = float(points(influx, db) >= want)
-                            runs.setdefault(name, []).append(r)
-                            print(f"round {rnd + 1} {name:7} {r['calls_per_s']:7.0f} calls/s  "
-                                  f"{r['cpu_us_per_call']:6.0f} us CPU per call (user {r['user_us_per_call']:.0f}, "
-                                  f"system {r['sys_us_per_call']:.0f}; threads other than the loop's {r['other_threads_us_per_call']:.0f})",
-                                  flush=True)
-                    finally:
-                        for gw, _ in gateways.values():
-                            stop(gw)
+                influx.create_db(_db(name))
+
+            def start(names_: list[str], tag: str) -> dict[str, tuple[subprocess.Popen[bytes], int]]:
+                started: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+                for name in names_:
+                    workdir = root / f"{name}-{tag}"
+                    workdir.mkdir()
+                    started[name] = start_gateway(workdir, csms_port, variants[name].replace('"bench"', f'"{_db(name)}"'),
+                                                  gateway_cpus, site=f"bench-{name}", wait_idle=False)
+                for gw, _ in started.values():
+                    idle(gw.pid)
+                return started
+
+            def window(gateways: dict[str, tuple[subprocess.Popen[bytes], int]], group: list[str], rnd: int) -> None:
+                before = {name: points(influx, _db(name)) for name in group}
+                profs = {name: profiles / f"telemetry-{name}-{rnd + 1}.txt" for name in group} if args.pyspy else None
+                results = asyncio.run(load([(name, gateways[name][1], gateways[name][0].pid) for name in group],
+                                           args.chargers, args.warmup, args.seconds, args.rate, profs,
+                                           day=1 + rnd % 28))  # a new day each round: new points in InfluxDB
+                for name, r in results.items():
+                    if "[influx]" in variants[name]:  # the sink kept up: every sample of the window landed
+                        want = before[name] + r["calls"] * len(SAMPLES)
+                        deadline = time.monotonic() + 30
+                        while points(influx, _db(name)) < want and time.monotonic() < deadline:
+                            time.sleep(0.2)
+                        r["influx_kept_up"] = float(points(influx, _db(name)) >= want)
+                    runs.setdefault(name, []).append(r)
+                    print(f"round {rnd + 1} {name:7} {r['calls_per_s']:7.0f} calls/s  "
+                          f"{r['cpu_us_per_call']:6.0f} us CPU per call (user {r['user_us_per_call']:.0f}, "
+                          f"system {r['sys_us_per_call']:.0f}; threads other than the loop's {r['other_threads_us_per_call']:.0f})",
+                          flush=True)
+
+            gateways: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+            try:
+                if args.mode == "fresh":  # a new gateway for every variant and round
+                    for rnd in range(args.repeat):
+                        for name in names:
+                            gateways = start([name], str(rnd))
+                            try:
+                                window(gateways, [name], rnd)
+                            finally:
+                                for gw, _ in gateways.values():
+                                    stop(gw)
+                                gateways = {}
+                else:  # one gateway per variant for the whole run, all pinned to the same CPU
+                    gateways = start(names, "run")
+                    for rnd in range(args.repeat):
+                        if args.mode == "concurrent":
+                            window(gateways, names, rnd)
+                        else:  # interleaved: one variant at a time, the others idle, round after round
+                            for name in names:
+                                window(gateways, [name], rnd)
+            finally:
+                for gw, _ in gateways.values():
+                    stop(gw)
         finally:
             influx.stop()
             broker.stop()

@@ -180,12 +180,12 @@ async def test_deadband_and_minimum_interval_thin_only_the_retained_topics(tmp_p
     published = []
     for value in (1000.0, 1005.0, 1009.0, 1011.0, 1012.0, 990.0):
         msgs = sink.encode(meter("CP", value, "Power.Active.Import", "W"))
-        assert any(m.topic == "ocpp/s/chargers/CP/evse/1/meter" for m in msgs)  # never thinned
-        published += [json.loads(m.payload)["value"] for m in msgs if m.topic == topic]
+        assert any(t == "ocpp/s/chargers/CP/evse/1/meter" for t, _, _ in msgs)  # never thinned
+        published += [json.loads(body)["value"] for t, body, _ in msgs if t == topic]
     assert published == [1000.0, 1011.0, 990.0]
     cfg2 = MqttSettings(url="mqtt://127.0.0.1:1", retained_min_interval=3600.0)
     sink2 = MqttSink(cfg2, str(tmp_path), "s")
-    counts = [len([m for m in sink2.encode(meter("CP", v, "Voltage", "V")) if m.retain]) for v in (230.0, 240.0)]
+    counts = [len([t for t, _, retain in sink2.encode(meter("CP", v, "Voltage", "V")) if retain]) for v in (230.0, 240.0)]
     assert counts == [1, 0]
 
 
@@ -199,7 +199,7 @@ async def test_home_assistant_discovery_and_removal(tmp_path: Path) -> None:
     out += sink.encode(meter("CP 1", 80.0, "SoC", "Percent"))
     out += sink.encode(EnvironmentReading(charger_id="CP 1", name="humidity", value=40.0, unit="RH", ts=NOW,
                                           source="NotifyEvent"))
-    configs = {m.topic: json.loads(m.payload) for m in out if m.topic.startswith("homeassistant/")}
+    configs = {t: json.loads(body) for t, body, _ in out if t.startswith("homeassistant/")}
     node = "ocppgw_s_CP_201"
     assert set(configs) == {f"homeassistant/binary_sensor/{node}/connected/config",
                             f"homeassistant/sensor/{node}/evse1_status/config",
@@ -211,10 +211,10 @@ async def test_home_assistant_discovery_and_removal(tmp_path: Path) -> None:
     hum = configs[f"homeassistant/sensor/{node}/env_humidity/config"]
     assert (hum["device_class"], hum["unit_of_measurement"]) == ("humidity", "%")
     assert all(c["device"]["identifiers"] == [node] and c["unique_id"].startswith(node) for c in configs.values())
-    retained = {m.topic for m in out if m.retain}
+    retained = {t for t, _, retain in out if retain}
     gone = sink.encode(ChargerForgotten(charger_id="CP 1", ts=NOW))
-    assert {m.topic for m in gone} == retained  # every retained topic and every config, cleared
-    assert all(m.payload == b"" and m.retain for m in gone)
+    assert {t for t, _, _ in gone} == retained  # every retained topic and every config, cleared
+    assert all(body == b"" and retain for _, body, retain in gone)
 
 
 # -- InfluxDB --------------------------------------------------------------------------------------
