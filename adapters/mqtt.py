@@ -57,7 +57,7 @@ _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345678
 _ACTION = re.compile(r"[A-Za-z0-9]{1,64}")
 _HA_ID = re.compile(r"[^A-Za-z0-9_-]")
 MAX_OUTSTANDING = 40  # QoS 2 only: messages handed to paho and not yet acknowledged, before draining waits
-WINDOW = 100  # QoS 1 PUBLISH packets sent and not yet acknowledged (lowered to the broker's Receive Maximum)
+WINDOW = 500  # QoS 1 PUBLISH packets sent and not yet acknowledged (lowered to the broker's Receive Maximum)
 BACKLOG = 2000  # messages taken from the sink's queue, waiting for room in the window, before the worker waits
 MAX_COMMANDS = 64  # commands running at once; more get an error result
 # Records are gathered for up to this long and published together: one write (and one read of
@@ -209,6 +209,15 @@ class _BatchedSocket:
             del self._out[:sent]
         return True
 
+    def fill(self) -> bool:
+        """One `recv` from the socket, split into packets (the sink's PUBACKs taken at once, the
+        rest kept for paho's `recv`). False: the peer closed the connection."""
+        data = self._sock.recv(65536)
+        if not data:
+            return False
+        self._split(data)
+        return True
+
     def recv(self, size: int) -> bytes:
         if not self._in:
             data = self._sock.recv(65536)  # BlockingIOError / SSLWantReadError reach paho as before
@@ -311,6 +320,7 @@ class MqttSink(SpooledSink[Message]):
         self._backlog: collections.deque[Message] = collections.deque()  # waiting for room in the window
         self._unsent: list[Message] = []  # not acknowledged when the connection went: spooled, sent again
         self._limit = WINDOW
+        self._refill = WINDOW // 4
         self._room = asyncio.Event()
         self.refused = 0  # PUBLISHes the broker acknowledged with an error reason code (MQTT 5)
         self._commands = 0
@@ -476,18 +486,34 @@ class MqttSink(SpooledSink[Message]):
             self._loop.remove_writer(self._fd)  # (with bytes gathered, _writable removes it after the flush)
 
     def _readable(self) -> None:
+        """The socket has bytes. Behind a stream of QoS 1 telemetry they are nearly all PUBACKs of
+        the sink's own messages, read and taken here; paho is run only when something is left for
+        it (a command, a SUBACK, a PINGRESP, paho's own acknowledgements) or the link failed."""
         sock = self._sock
-        self.client.loop_read(1000)
+        if sock is None:
+            self.client.loop_read(1000)
+            return
+        try:
+            alive = sock.fill()
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            alive = True
+        except OSError:
+            alive = False
+        if not alive or sock._in:
+            self.client.loop_read(1000)  # paho reads its packets, or notices the closed link and reports it
         if sock is not None and sock is self._sock and sock.pending():
             self._loop.call_soon(self._readable)  # bytes already read (or decrypted) that select() cannot see
-        if self._backlog and len(self._window) <= self._limit // 2:
-            # acknowledgements made room: refill in bursts, not one packet (and one write) per PUBACK
+        if self._backlog and len(self._window) <= self._limit - self._refill:
+            # acknowledgements made room: refill at once (one write for all of it). With a broker
+            # that takes few messages in flight (Mosquitto: 20) the window's round trips bound the
+            # throughput, so waiting for half of it to drain would halve that bound.
             self._pump()
         if self._sock is not None and self._sock._out:
             self._writable()  # acknowledgements paho queued while reading
 
     def _writable(self) -> None:
-        self.client.loop_write()
+        if self.client._out_packet:  # paho's own packets (CONNECT, PINGREQ, its publishes, acknowledgements)
+            self.client.loop_write()
         sock = self._sock
         if sock is None or sock is not self.client._sock:
             return
@@ -532,6 +558,7 @@ class MqttSink(SpooledSink[Message]):
         # MQTT 5: the broker says how many QoS 1/2 messages it takes unacknowledged; paho's own
         # (the gateway state, command results) share that room
         self._limit = max(1, min(WINDOW, (receive_maximum or WINDOW) - 4))
+        self._refill = 1 if self._limit < 50 else self._limit // 4  # room that makes a refill worth a write
         self.connected = True
         self._was_up = True
         self.wake()  # anything spooled goes out now

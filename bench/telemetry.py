@@ -60,7 +60,7 @@ SAMPLES = [
 
 def start_gateway(workdir: Path, csms_port: int, extra: str, cpus: list[int] | None = None,
                   site: str = "bench", wait_idle: bool = True) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
+    port, api = free_port(), free_port()
     conf = workdir / "gateway.toml"
     conf.write_text(f"""site_id = "{site}"
 data_dir = "{workdir / 'data'}"
@@ -70,7 +70,7 @@ max_messages_per_second = 0
 [upstream]
 url = "ws://127.0.0.1:{csms_port}/ocpp"
 [api]
-listen = "127.0.0.1:{free_port()}"
+listen = "127.0.0.1:{api}"
 [logging]
 level = "WARNING"
 {extra}
@@ -86,7 +86,21 @@ level = "WARNING"
         time.sleep(0.05)
     if wait_idle:
         idle(proc.pid)
+    proc.api_port = api  # type: ignore[attr-defined]
     return proc, port
+
+
+def sink_counts(api_port: int) -> dict[str, dict[str, float]]:
+    """The gateway's own sink counters from its /metrics: {sink: {dropped, delivered, backlog}}."""
+    import re
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    text = opener.open(f"http://127.0.0.1:{api_port}/metrics", timeout=5).read().decode()
+    out: dict[str, dict[str, float]] = {}
+    for m in re.finditer(r'^ocppgw_sink_(dropped_total|delivered_total|backlog)\{sink="(\w+)"\} (\S+)$', text, re.M):
+        out.setdefault(m.group(2), {})[m.group(1).replace("_total", "")] = float(m.group(3))
+    return out
 
 
 def idle(pid: int, limit: float = 0.05, timeout: float = 20.0) -> None:
@@ -210,6 +224,10 @@ def main() -> None:
                          "within seconds of each other; concurrent: all variants loaded at the same time (each "
                          "with its own chargers at --rate, all gateways sharing one CPU); fresh: a new gateway "
                          "for every variant and round")
+    ap.add_argument("--broker-inflight", type=int, default=0,
+                    help="Mosquitto's max_inflight_messages, which it also announces to MQTT 5 clients as its "
+                         "Receive Maximum: the QoS 1 messages the gateway may have unacknowledged (0: Mosquitto's "
+                         "default, 20)")
     ap.add_argument("--pyspy", action="store_true",
                     help="record the gateway with py-spy during each measured window into "
                          "bench/results/profiles/telemetry-{variant}-{round}.txt (summarise with bench.pyspy_top)")
@@ -231,7 +249,8 @@ def main() -> None:
         csms_port = free_port()
         csms = subprocess.Popen([sys.executable, "-m", "bench.echo_csms", "--listen", f"127.0.0.1:{csms_port}"],
                                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        broker = Mosquitto(root / "mosquitto").start()
+        broker = Mosquitto(root / "mosquitto", extra=(f"max_inflight_messages {args.broker_inflight}",)
+                           if args.broker_inflight else ()).start()
         influx = Influx(root / "influxdb").start()
         runs: dict[str, list[dict[str, float]]] = {}
         try:
@@ -261,6 +280,7 @@ def main() -> None:
 
             def window(gateways: dict[str, tuple[subprocess.Popen[bytes], int]], group: list[str], rnd: int) -> None:
                 before = {name: points(influx, _db(name)) for name in group}
+                counts0 = {name: sink_counts(gateways[name][0].api_port) for name in group}  # type: ignore[attr-defined]
                 profs = {name: profiles / f"telemetry-{name}-{rnd + 1}.txt" for name in group} if args.pyspy else None
                 results = asyncio.run(load([(name, gateways[name][1], gateways[name][0].pid) for name in group],
                                            args.chargers, args.warmup, args.seconds, args.rate, profs,
@@ -272,11 +292,17 @@ def main() -> None:
                         while points(influx, _db(name)) < want and time.monotonic() < deadline:
                             time.sleep(0.2)
                         r["influx_kept_up"] = float(points(influx, _db(name)) >= want)
+                    # every sink kept up: nothing dropped in the window (a sink that drops does less work)
+                    counts1 = sink_counts(gateways[name][0].api_port)  # type: ignore[attr-defined]
+                    for sink, c in counts1.items():
+                        r[f"{sink}_dropped"] = c.get("dropped", 0.0) - counts0[name].get(sink, {}).get("dropped", 0.0)
+                        r[f"{sink}_delivered"] = c.get("delivered", 0.0) - counts0[name].get(sink, {}).get("delivered", 0.0)
+                    drops = {k[:-8]: int(v) for k, v in r.items() if k.endswith("_dropped") and v}
                     runs.setdefault(name, []).append(r)
                     print(f"round {rnd + 1} {name:7} {r['calls_per_s']:7.0f} calls/s  "
                           f"{r['cpu_us_per_call']:6.0f} us CPU per call (user {r['user_us_per_call']:.0f}, "
-                          f"system {r['sys_us_per_call']:.0f}; threads other than the loop's {r['other_threads_us_per_call']:.0f})",
-                          flush=True)
+                          f"system {r['sys_us_per_call']:.0f}; threads other than the loop's {r['other_threads_us_per_call']:.0f})"
+                          + (f"  DROPPED {drops}: this sink did not keep up" if drops else ""), flush=True)
 
             gateways: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
             try:

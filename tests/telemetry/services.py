@@ -83,7 +83,7 @@ class Mosquitto(_Process):
     """`mosquitto -c conf` on 127.0.0.1:port, anonymous, with persistence (so a subscriber's
     persistent session and its queued QoS 1 messages survive a broker restart)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, extra: tuple[str, ...] = ()) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -99,6 +99,7 @@ class Mosquitto(_Process):
             "log_type warning",
             "log_type notice",
             "max_queued_messages 100000",
+            *extra,
             *_RUN_AS,
             "",
         ]))
