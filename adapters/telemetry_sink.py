@@ -131,6 +131,20 @@ class SpooledSink(Generic[Item]):
         if items:
             queue.put_nowait(tuple(items))
 
+    def offer_all(self, records: list[Record]) -> None:
+        """`offer` for the records of one exchange (a MeterValues with a temperature is two): one
+        queue entry for all of them."""
+        queue = self.queue
+        if len(queue._items) >= queue._max:
+            for _ in records:
+                self._drop()
+            return
+        items: list[Item] = []
+        for record in records:
+            items += self._encode(record)
+        if items:
+            queue.put_nowait(tuple(items))
+
     def _drop(self) -> None:
         self.dropped += 1
         now = time.monotonic()

@@ -20,7 +20,8 @@ log = logging.getLogger("gateway.telemetry")
 
 
 class TelemetrySink(Protocol):
-    """A destination for records (MQTT, InfluxDB). `offer` must return at once and never raise."""
+    """A destination for records (MQTT, InfluxDB). `offer` must return at once and never raise; a
+    sink may also have `offer_all(records)`, which takes the records of one exchange at once."""
 
     def offer(self, record: Record) -> None: ...
 
@@ -32,13 +33,17 @@ class TelemetryObserver:
         self.failures = 0
 
     def _offer(self, records: list[Record]) -> None:
-        for record in records:
-            for sink in self.sinks:
-                try:
-                    sink.offer(record)
-                except Exception:  # noqa: BLE001 - a sink bug must never reach the relay
-                    self.failures += 1
-                    log.exception("telemetry sink %r refused a record", sink)
+        for sink in self.sinks:
+            try:
+                offer_all = getattr(sink, "offer_all", None)
+                if offer_all is not None:  # the records of one exchange in one hand-off
+                    offer_all(records)
+                else:
+                    for record in records:
+                        sink.offer(record)
+            except Exception:  # noqa: BLE001 - a sink bug must never reach the relay
+                self.failures += 1
+                log.exception("telemetry sink %r refused a record", sink)
 
     def exchange(self, session: Any, exchange: Exchange) -> None:
         if exchange.error is not None:
