@@ -7,6 +7,7 @@ to paho, MQTT 5 reason codes."""
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import pytest
 
@@ -74,3 +75,84 @@ def test_the_sinks_acknowledgements_are_taken_off_the_stream_and_the_rest_reache
     finally:
         a.close()
         b.close()
+
+
+def test_a_read_of_nothing_but_pubacks_is_taken_in_one_go() -> None:
+    """Behind a stream of QoS 1 telemetry a read holds only PUBACKs: the sink takes its own at once
+    (one call for all of them) and paho still gets the one that was its own, whole."""
+    window = {1, 2, 3, 65535}
+    calls: list[tuple[int, ...]] = []
+
+    def take_many(mids: tuple[int, ...]) -> list[int]:
+        calls.append(mids)
+        others = [m for m in mids if m not in window]
+        window.difference_update(mids)
+        return others
+
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+        sock = _BatchedSocket(a, lambda mid, reason: False, take_many)
+        b.sendall(b"\x40\x02\x00\x01" b"\x40\x02\x00\x02" b"\x40\x02\x00\x63" b"\x40\x02\xff\xff" b"\x40\x02\x00\x03")
+        assert sock.fill()
+        assert calls == [(1, 2, 99, 65535, 3)] and not window
+        assert sock.recv(4) == b"\x40\x02\x00\x63" and not sock.pending()  # 99 was paho's: it gets it whole
+        # anything else in the read (here a PINGRESP between two PUBACKs): packet by packet, as before
+        b.sendall(b"\x40\x02\x00\x07" b"\xd0\x00" b"\x40\x02\x00\x08")
+        assert sock.fill()
+        assert len(calls) == 1  # not the bulk path
+        assert sock.recv(16) == b"\x40\x02\x00\x07\xd0\x00\x40\x02\x00\x08"  # the single-PUBACK callback said no
+        b.close()
+        assert not sock.fill()  # the peer closed it
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_packet_ids_are_taken_from_pahos_sequence_and_wrap_past_65535(tmp_path: Any) -> None:
+    from gateway.config import MqttSettings
+    from adapters.mqtt import MqttSink
+
+    sink = MqttSink(MqttSettings(url="mqtt://127.0.0.1:1"), str(tmp_path), "s")
+    sink.client._last_mid = 65533
+    assert sink._next_mids(4) == [65534, 65535, 1, 2]  # never 0
+    assert sink.client._mid_generate() == 3  # paho's own next id follows on: no clash
+
+
+async def test_meter_payloads_are_the_documents_orjson_would_write(tmp_path: Any) -> None:
+    """The MQTT meter and environment payloads are put together from per-shape text; they must be
+    the JSON documents of PRODUCT.md, key for key and in the same order, whatever the strings hold."""
+    import json
+    from datetime import datetime, timezone
+
+    from gateway.config import MqttSettings
+    from adapters.mqtt import MqttSink
+    from gateway.telemetry.records import EnvironmentReading, MeterReading, MeterSample
+
+    ts = datetime(2026, 5, 1, 12, 30, 15, 123456, tzinfo=timezone.utc)
+    sink = MqttSink(MqttSettings(url="mqtt://127.0.0.1:1"), str(tmp_path), "s")
+    samples = (MeterSample("Energy.Active.Import.Register", 1234500.0, "Wh", None, None, "Sample.Periodic"),
+               MeterSample('Odd "measurand" \\ ü', -0.5, "A", "L1-N", "Outlet", "Trigger"),
+               MeterSample("Power.Active.Import", 1e16, "W", None, "EV", None),
+               MeterSample("SoC", 3.2e-7, "Percent", None, None, "Sample.Clock"))
+    for tx in (None, '7"x', "12345"):
+        reading = MeterReading(charger_id="CP/1", evse=2, connector=2, ts=ts, transaction_id=tx, samples=samples,
+                               source="MeterValues")
+        out = sink.encode(reading)
+        expected_samples = [{"measurand": s.measurand, "value": s.value, "unit": s.unit, "phase": s.phase,
+                             "location": s.location, "context": s.context} for s in samples]
+        topic, payload, retain = out[0]
+        assert (topic, retain) == ("ocpp/s/chargers/CP%2F1/evse/2/meter", False)
+        doc = json.loads(payload)
+        assert list(doc) == ["ts", "transaction_id", "samples"]
+        assert doc == {"ts": "2026-05-01T12:30:15.123Z", "transaction_id": tx, "samples": expected_samples}
+        assert [list(s) for s in doc["samples"]] == [list(s) for s in expected_samples]
+        for (t, body, keep), s in zip(out[1:], expected_samples):
+            assert keep and t.startswith("ocpp/s/chargers/CP%2F1/evse/2/meter/")
+            assert json.loads(body) == {**s, "ts": "2026-05-01T12:30:15.123Z", "transaction_id": tx}
+            assert list(json.loads(body)) == [*s, "ts", "transaction_id"]
+    env = sink.encode(EnvironmentReading(charger_id="CP/1", name="temperature", value=25.5, unit="Celsius", ts=ts,
+                                         source='Data"Transfer'))
+    assert env == [("ocpp/s/chargers/CP%2F1/environment/temperature",
+                    json.dumps({"value": 25.5, "unit": "Celsius", "ts": "2026-05-01T12:30:15.123Z",
+                                "source": 'Data"Transfer'}, separators=(",", ":")).encode(), True)]

@@ -221,3 +221,59 @@ def test_line_protocol_escapes_and_types() -> None:
     assert influx_lines(tx, "s") == [
         'transaction,charger=CP1,event=ended,evse=1,site=s transaction_id="7",energy_wh=10.0,meter_start=0.0,'
         'meter_stop=10.0,offline=false 1740830400000000000']
+
+
+def test_16_meter_values_build_the_same_records_as_their_keywords_say() -> None:
+    """The 1.6 hot path builds its named tuples positionally (tuple.__new__) and plans each sample
+    shape once (a short key for value/measurand/unit samples): the records must be what keyword
+    construction gives, field by field, for every kind of shape and every temperature unit."""
+    n = Normaliser()
+    samples = [
+        {"value": "1.5", "measurand": "Energy.Active.Import.Register", "unit": "kWh"},  # short shape
+        {"value": "230.1", "measurand": "Voltage", "unit": "V", "phase": "L1-N"},  # long shape
+        {"value": "2", "unit": "kW", "measurand": "Power.Active.Import", "context": "Sample.Clock"},
+        {"value": "104", "measurand": "Temperature", "unit": "Fahrenheit"},
+        {"value": "300.15", "measurand": "Temperature", "unit": "K", "location": "Outlet"},
+        {"value": "21.1234567", "measurand": "Temperature", "unit": "Celcius", "location": "Body"},
+        {"value": "30", "measurand": "Temperature"},  # no unit: Celsius
+        {"value": "12", "measurand": "Temperature", "unit": "Wh"},  # not a temperature unit: left out
+        {"value": "abc", "measurand": "Voltage", "unit": "V"},  # not a number: left out
+        {"measurand": "Voltage", "unit": "V"},  # no value: left out
+        {"value": "7", "measurand": "Voltage", "unit": "V", "format": "SignedData"},  # signed: left out
+    ]
+    for _ in range(2):  # the second time through, every shape comes from the plans
+        got = n.records("CP1", "ocpp1.6", "MeterValues",
+                        {"connectorId": 2, "transactionId": 5,
+                         "meterValue": [{"timestamp": "2025-03-01T10:00:00Z", "sampledValue": samples}]},
+                        {}, NOW)
+        ts = datetime(2025, 3, 1, 10, 0, tzinfo=timezone.utc)
+        env = [EnvironmentReading(charger_id="CP1", name=name, value=value, unit="Celsius", ts=ts,
+                                  source="MeterValues", evse=2)
+               for name, value in (("temperature_evse2", 40.0), ("temperature_outlet_evse2", 27.0),
+                                   ("temperature_evse2", 21.123457), ("temperature_evse2", 30.0))]
+        meter = MeterReading(charger_id="CP1", evse=2, connector=2, ts=ts, transaction_id="5", source="MeterValues",
+                             samples=(MeterSample("Energy.Active.Import.Register", 1500.0, "Wh", None, None,
+                                                  "Sample.Periodic"),
+                                      MeterSample("Voltage", 230.1, "V", "L1-N", None, "Sample.Periodic"),
+                                      MeterSample("Power.Active.Import", 2000.0, "W", None, None, "Sample.Clock"),
+                                      MeterSample("Temperature", 40.0, "Celsius", None, None, "Sample.Periodic"),
+                                      MeterSample("Temperature", 27.0, "Celsius", None, "Outlet", "Sample.Periodic"),
+                                      MeterSample("Temperature", 21.123457, "Celsius", None, "Body", "Sample.Periodic"),
+                                      MeterSample("Temperature", 30.0, "Celsius", None, None, "Sample.Periodic")))
+        assert [r._asdict() for r in got] == [r._asdict() for r in (*env, meter)]
+        assert [type(r) for r in got] == [EnvironmentReading] * 4 + [MeterReading]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2025-03-01T10:00:00Z", datetime(2025, 3, 1, 10, 0, tzinfo=timezone.utc)),
+    ("2025-03-01T10:00:00.123z", datetime(2025, 3, 1, 10, 0, 0, 123000, tzinfo=timezone.utc)),
+    ("2025-03-01T11:00:00+01:00", datetime(2025, 3, 1, 10, 0, tzinfo=timezone.utc)),
+    ("2025-03-01T10:00:00.123456789Z", datetime(2025, 3, 1, 10, 0, 0, 123456, tzinfo=timezone.utc)),
+    ("2025-03-01T10:00:00", datetime(2025, 3, 1, 10, 0, tzinfo=timezone.utc)),  # no zone: UTC
+    ("yesterday", NOW), ("", NOW), (None, NOW), (17, NOW), ("2025-13-01T10:00:00Z", NOW),
+])
+def test_charger_timestamps_are_read_as_utc_or_fall_back_to_receipt(text: Any, expected: datetime) -> None:
+    from gateway.telemetry.vendors import parse_time
+
+    got = parse_time(text, NOW)
+    assert got == expected and got.tzinfo is timezone.utc
