@@ -558,7 +558,10 @@ class MqttSink(SpooledSink[Message]):
         # MQTT 5: the broker says how many QoS 1/2 messages it takes unacknowledged; paho's own
         # (the gateway state, command results) share that room
         self._limit = max(1, min(WINDOW, (receive_maximum or WINDOW) - 4))
-        self._refill = 1 if self._limit < 50 else self._limit // 4  # room that makes a refill worth a write
+        # room that makes a refill worth a write: with a small window (Mosquitto by default) every
+        # acknowledgement counts; waiting for four at a time dropped ~97 % of the records under
+        # bench.telemetry (acknowledgements come one or two per read)
+        self._refill = 1 if self._limit < 50 else self._limit // 4
         self.connected = True
         self._was_up = True
         self.wake()  # anything spooled goes out now
