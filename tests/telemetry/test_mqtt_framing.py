@@ -6,6 +6,7 @@ to paho, MQTT 5 reason codes."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from typing import Any
 
@@ -156,3 +157,39 @@ async def test_meter_payloads_are_the_documents_orjson_would_write(tmp_path: Any
     assert env == [("ocpp/s/chargers/CP%2F1/environment/temperature",
                     json.dumps({"value": 25.5, "unit": "Celsius", "ts": "2026-05-01T12:30:15.123Z",
                                 "source": 'Data"Transfer'}, separators=(",", ":")).encode(), True)]
+
+
+async def test_each_acknowledgement_refills_a_small_window_at_once(tmp_path: Any) -> None:
+    """With Mosquitto's default Receive Maximum (20: a window of 16) every PUBACK read must send
+    what waits, at once: waiting for half the window to drain dropped most records at high rates."""
+    from gateway.config import MqttSettings
+    from adapters.mqtt import MqttSink
+
+    sink = MqttSink(MqttSettings(url="mqtt://127.0.0.1:1"), str(tmp_path), "s")
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+        b.settimeout(5)
+        sink._sock, sink._fd = _BatchedSocket(a, sink._puback, sink._pubacks), a.fileno()
+        sink.client._sock = sink._sock
+        sink.connected = True
+        sink._up(20)
+        assert (sink._limit, sink._refill) == (16, 1)
+        sink._backlog.extend((f"t/{i}", b"x", False) for i in range(20))
+        sink._pump()
+        assert len(sink._window) == 16 and len(sink._backlog) == 4
+        first = min(sink._window)
+        sent = b.recv(65536)
+        assert sent.count(b"t/") == 16 and sent[0] == 0x32  # 16 PUBLISHes (QoS 1), nothing more
+        b.sendall(b"\x40\x02" + first.to_bytes(2, "big"))  # one acknowledgement
+        for _ in range(100):
+            sink._readable()
+            if len(sink._backlog) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert len(sink._window) == 16 and len(sink._backlog) == 3 and first not in sink._window
+        assert b.recv(65536).count(b"t/") == 1  # the next one went out at once
+    finally:
+        sink._detach_socket()
+        a.close()
+        b.close()
