@@ -1,9 +1,9 @@
 """What the telemetry sinks cost the relay: gateway CPU per relayed MeterValues with MQTT and
 InfluxDB off, then on, in one run.
 
-    python -m bench.telemetry                             # off and on, 5 interleaved rounds (~2 min)
-    python -m bench.telemetry --variants off,on,mqtt,influx --repeat 7
-    python -m bench.telemetry --mode concurrent           # the variants loaded side by side
+    python -m bench.telemetry                             # off and on side by side, 5 rounds (~3 min)
+    python -m bench.telemetry --variants off,influx       # one sink
+    python -m bench.telemetry --mode interleaved --variants off,on,mqtt,influx
 
 Processes (all on 127.0.0.1, all stopped by PID): the echo CSMS (`bench/echo_csms.py`), a
 Mosquitto and an InfluxDB 1.x started like the tests do (`tests/telemetry/services.py`), and one
@@ -16,11 +16,11 @@ temperature in Fahrenheit: the normaliser's full path). After a warm-up, the gat
 window. The gateways run pinned to the last CPU, everything else on the others (`--no-pin`).
 
 How the variants take turns (`--mode`): this is a shared 2-core VM whose speed drifts by tens of
-per cent over minutes, more than the effect measured. By default (`interleaved`) every variant's
-gateway starts once and they are loaded one after another in short windows, round after round;
-each round gives a ratio of variants measured seconds apart, and the median of the rounds is
-reported next to the ratio of the medians. `concurrent` loads them all at once (the same seconds,
-sharing the CPU); `fresh` starts a new gateway for every variant and round (the first version).
+per cent over minutes, more than the effect measured. By default (`concurrent`) every variant's
+gateway starts once and all are loaded at the same time (the same seconds, sharing the CPU; keep
+it to two variants); `interleaved` loads them one after another in short windows, round after
+round; `fresh` starts a new gateway for every variant and round (the first version). Each round
+gives a ratio, and the median of the rounds is reported next to the ratio of the medians.
 
 Why a fixed rate: the relay's own CPU per call falls as the load rises (more frames per wake-up),
 so with closed-loop chargers (`--rate 0`, as fast as the gateway answers) a variant that runs
@@ -220,12 +220,11 @@ def main() -> None:
     ap.add_argument("--no-pin", dest="pin", action="store_false",
                     help="do not pin the gateway to its own CPU (default: gateway on the last CPU, the load, "
                          "echo CSMS, Mosquitto and InfluxDB on the others): less noise between rounds")
-    ap.add_argument("--mode", choices=("interleaved", "concurrent", "fresh"), default="interleaved",
-                    help="interleaved (default): one gateway per variant for the whole run, loaded one after "
+    ap.add_argument("--mode", choices=("interleaved", "concurrent", "fresh"), default="concurrent",
+                    help="concurrent (default): all variants loaded at the same time (keep it to two variants: "
+                         "more overload the load generator's CPU); interleaved: one gateway per variant for the whole run, loaded one after "
                          "another in short windows, round after round, so each round's variants see the machine "
-                         "within seconds of each other; concurrent: all variants loaded at the same time (each "
-                         "with its own chargers at --rate, all gateways sharing one CPU); fresh: a new gateway "
-                         "for every variant and round")
+                         "within seconds of each other; fresh: a new gateway for every variant and round")
     ap.add_argument("--broker-inflight", type=int, default=0,
                     help="Mosquitto's max_inflight_messages, which it also announces to MQTT 5 clients as its "
                          "Receive Maximum: the QoS 1 messages the gateway may have unacknowledged (0: Mosquitto's "
