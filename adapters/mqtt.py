@@ -89,8 +89,6 @@ def _text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-
-
 @functools.lru_cache(maxsize=65536)
 def _topic_field(topic: str) -> bytes:
     """A topic name as it goes in a PUBLISH packet: two length bytes, then UTF-8 (MQTT 3.1.1 §1.5.3)."""
@@ -326,6 +324,7 @@ class MqttSink(SpooledSink[Message]):
         self._commands = 0
         self._chargers: dict[str, _ChargerTopics] = {}
         self._last: dict[str, tuple[float, float]] = {}  # retained meter topic -> (value, monotonic time)
+        self._thin = cfg.retained_min_interval > 0 or cfg.retained_deadband > 0  # see _due
         self._states: dict[str, ChargerState] = {}  # the last state published per charger
         url = urlsplit(cfg.url.get_secret_value())
         if url.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
@@ -501,7 +500,7 @@ class MqttSink(SpooledSink[Message]):
             alive = False
         if not alive or sock._in:
             self.client.loop_read(1000)  # paho reads its packets, or notices the closed link and reports it
-        if sock is not None and sock is self._sock and sock.pending():
+        if sock is self._sock and sock.pending():
             self._loop.call_soon(self._readable)  # bytes already read (or decrypted) that select() cannot see
         if self._backlog and len(self._window) <= self._limit - self._refill:
             # acknowledgements made room: refill at once (one write for all of it). With a broker
@@ -771,10 +770,10 @@ class MqttSink(SpooledSink[Message]):
         by `repr` (shortest round-trip form, as orjson; an exponent may read `1e+16` for `1e16`)."""
         evse = record.evse
         tx = record.transaction_id
-        head = f'"ts":"{iso(record.ts)}","transaction_id":{"null" if tx is None else orjson.dumps(tx).decode()}'
+        head = f'"ts":"{iso(record.ts)}","transaction_id":{"null" if tx is None else _text(tx)}'
         tail = f",{head}}}"
         topics = ch.meter_topics
-        thin = self.cfg.retained_min_interval > 0 or self.cfg.retained_deadband > 0
+        thin = self._thin
         now = time.monotonic() if thin else 0.0
         bodies: list[str] = []
         rest: list[Message] = []
@@ -802,8 +801,7 @@ class MqttSink(SpooledSink[Message]):
         if shape is None:
             shape = self._environment_shape(record, ch, out)
         value = record.value
-        if (self.cfg.retained_min_interval > 0 or self.cfg.retained_deadband > 0) and not self._due(
-                shape[0], value, time.monotonic()):
+        if self._thin and not self._due(shape[0], value, time.monotonic()):
             return out
         out.append((shape[0], f'{shape[1]}{value!r}{shape[2]}{iso(record.ts)}{shape[3]}'.encode(), True))
         return out

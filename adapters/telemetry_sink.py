@@ -23,7 +23,7 @@ import contextlib
 import logging
 import sys
 import time
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Sequence, TypeVar
 
 from adapters.spool import Spool
 from gateway.telemetry.records import Record
@@ -121,17 +121,11 @@ class SpooledSink(Generic[Item]):
     # -- the hand-off -----------------------------------------------------------------------------
 
     def offer(self, record: Record) -> None:
-        """Encode the record and queue what it became (one queue entry per record). Never raises,
-        never waits: at the queue's bound the record is dropped and counted."""
-        queue = self.queue
-        if len(queue._items) >= queue._max:
-            self._drop()
-            return
-        items = self._encode(record)
-        if items:
-            queue.put_nowait(tuple(items))
+        """Encode the record and queue what it became (one queue entry). Never raises, never waits:
+        at the queue's bound the record is dropped and counted."""
+        self.offer_all((record,))
 
-    def offer_all(self, records: list[Record]) -> None:
+    def offer_all(self, records: Sequence[Record]) -> None:
         """`offer` for the records of one exchange (a MeterValues with a temperature is two): one
         queue entry for all of them."""
         queue = self.queue

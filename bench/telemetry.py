@@ -345,7 +345,7 @@ def main() -> None:
     for name, r in results.items():
         if name != "off":
             # each round's variant against the same round's off (measured in the same minute, or in
-            # the same seconds with --concurrent), then the median of those
+            # the same seconds with --mode concurrent), then the median of those
             per_round = [v["cpu_us_per_call"] / o["cpu_us_per_call"] - 1 for v, o in zip(runs[name], runs["off"])]
             ratios[name] = {"of_medians": r["cpu_us_per_call"] / off["cpu_us_per_call"] - 1,
                             "rounds": per_round, "median_of_rounds": statistics.median(per_round)}

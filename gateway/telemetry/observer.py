@@ -29,13 +29,13 @@ class TelemetrySink(Protocol):
 class TelemetryObserver:
     def __init__(self, sinks: Sequence[TelemetrySink], normaliser: Normaliser | None = None) -> None:
         self.sinks = list(sinks)
+        self._handoffs = [(sink, getattr(sink, "offer_all", None)) for sink in self.sinks]
         self.normaliser = normaliser or Normaliser()
         self.failures = 0
 
     def _offer(self, records: list[Record]) -> None:
-        for sink in self.sinks:
+        for sink, offer_all in self._handoffs:
             try:
-                offer_all = getattr(sink, "offer_all", None)
                 if offer_all is not None:  # the records of one exchange in one hand-off
                     offer_all(records)
                 else:
