@@ -33,19 +33,26 @@ Item = TypeVar("Item")
 
 class Inbox:
     """A bounded FIFO for one consumer: what `asyncio.Queue` does here, for a third of the cost per
-    record (no task accounting, one waiter). `put_nowait` raises asyncio.QueueFull at the bound."""
+    record (no task accounting, one waiter). An entry is what one hand-off encoded (the records of
+    one or many exchanges); the bound counts records, and an entry is taken while any room is
+    left. `put_nowait` raises asyncio.QueueFull at the bound."""
 
-    __slots__ = ("_items", "_max", "_waiter")
+    __slots__ = ("_items", "_max", "_waiter", "_size")
 
     def __init__(self, maxsize: int) -> None:
-        self._items: collections.deque[Any] = collections.deque()
+        self._items: collections.deque[tuple[int, Any]] = collections.deque()  # (records, entry)
         self._max = maxsize
+        self._size = 0  # records queued
         self._waiter: asyncio.Future[None] | None = None
 
-    def put_nowait(self, item: Any) -> None:
-        if len(self._items) >= self._max:
+    def full(self) -> bool:
+        return self._size >= self._max
+
+    def put_nowait(self, item: Any, records: int = 1) -> None:
+        if self._size >= self._max:
             raise asyncio.QueueFull
-        self._items.append(item)
+        self._items.append((records, item))
+        self._size += records
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -53,10 +60,10 @@ class Inbox:
                 waiter.set_result(None)
 
     def get_nowait(self) -> Any:
-        try:
-            return self._items.popleft()
-        except IndexError:
-            raise asyncio.QueueEmpty from None
+        """The oldest entry; IndexError when there is none."""
+        records, item = self._items.popleft()
+        self._size -= records
+        return item
 
     async def get(self) -> Any:
         while not self._items:
@@ -66,10 +73,11 @@ class Inbox:
             finally:
                 if self._waiter is waiter:
                     self._waiter = None
-        return self._items.popleft()
+        return self.get_nowait()
 
     def qsize(self) -> int:
-        return len(self._items)
+        """Records queued."""
+        return self._size
 
 
 class SpooledSink(Generic[Item]):
@@ -114,7 +122,7 @@ class SpooledSink(Generic[Item]):
     def wake(self) -> None:
         """Make the worker look at `take_unsent` now, even if no record arrives."""
         try:
-            self.queue.put_nowait(())
+            self.queue.put_nowait((), 0)
         except asyncio.QueueFull:
             pass  # it is busy anyway
 
@@ -126,10 +134,10 @@ class SpooledSink(Generic[Item]):
         self.offer_all((record,))
 
     def offer_all(self, records: Sequence[Record]) -> None:
-        """`offer` for the records of one exchange (a MeterValues with a temperature is two): one
-        queue entry for all of them."""
+        """`offer` for many records at once (those of one exchange, or what the telemetry observer
+        gathered from many): one queue entry for all of them."""
         queue = self.queue
-        if len(queue._items) >= queue._max:
+        if queue._size >= queue._max:
             for _ in records:
                 self._drop()
             return
@@ -137,7 +145,7 @@ class SpooledSink(Generic[Item]):
         for record in records:
             items += self._encode(record)
         if items:
-            queue.put_nowait(tuple(items))
+            queue.put_nowait(tuple(items), len(records))
 
     def _drop(self) -> None:
         self.dropped += 1
@@ -181,7 +189,7 @@ class SpooledSink(Generic[Item]):
     def _take_nowait(self, limit: int) -> list[Item]:
         """Encoded items from the queue, a whole record's at a time, until at least `limit` (or none left)."""
         items: list[Item] = []
-        get = self.queue._items.popleft
+        get = self.queue.get_nowait
         while len(items) < limit:
             try:
                 items += get()

@@ -102,7 +102,7 @@ def _freeze_heap(_: Any = None) -> None:
 
 async def _start_telemetry(settings: Settings, hub: Hub, stack: contextlib.AsyncExitStack) -> None:
     """MQTT and InfluxDB sinks when their url is set, fed by one observer of every session."""
-    from gateway.telemetry.observer import TelemetryObserver
+    from gateway.telemetry.observer import GATHER, TelemetryObserver
 
     sinks = []
     if settings.mqtt.url.get_secret_value():
@@ -116,7 +116,9 @@ async def _start_telemetry(settings: Settings, hub: Hub, stack: contextlib.Async
 
         sinks.append(await stack.enter_async_context(InfluxSink(settings.influx, settings.data_dir, settings.site_id)))
     if sinks:
-        hub.observers.append(TelemetryObserver(sinks))
+        observer = TelemetryObserver(sinks, gather=GATHER)
+        hub.observers.append(observer)
+        stack.callback(observer.flush)  # on the way down: what it kept reaches the sinks before they stop
 
 
 def _start_control(settings: Settings, hub: Hub, stack: contextlib.AsyncExitStack) -> Any:

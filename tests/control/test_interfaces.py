@@ -93,8 +93,10 @@ async def test_pause_and_resume_through_mqtt_and_changes_published(tmp_path: Pat
                 assert [(c["state"], c["reason"], c["limit_a"]) for c in changes[:2]] == [
                     ("paused", "operator", 0.0), ("released", None, None)]
                 assert all(c["evse"] == 1 and c["transaction_id"] == "m-1" for c in changes[:2])
-                retained = [m for m in sub.on(f"{root}/evse/1/control")]
-                assert retained and json.loads(retained[-1].payload)["state"] == "released"
+                # the retained latest per EVSE follows each change's message on the same connection
+                await until(lambda: len(sub.on(f"{root}/evse/1/control")) >= 2, STEP, "retained control published")
+                retained = sub.on(f"{root}/evse/1/control")
+                assert json.loads(retained[-1].payload)["state"] == "released"
     finally:
         commander.close()
         sub.close()

@@ -198,6 +198,54 @@ def test_observer_hands_records_to_every_sink_and_never_raises() -> None:
     assert obs.failures >= 2
 
 
+class _BatchSink(_Sink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.handoffs: list[int] = []
+
+    def offer_all(self, records: Any) -> None:
+        self.handoffs.append(len(records))
+        self.records += records
+
+
+def _status(n: int, status: str = "Available") -> Exchange:
+    return Exchange(charger_id="CP1", version=OcppVersion.V16, origin="charger", action="StatusNotification",
+                    message_id=str(n), request={"connectorId": n, "status": status, "errorCode": "NoError"},
+                    response={}, received_at=NOW)
+
+
+async def test_gathering_observer_hands_off_once_per_interval_in_arrival_order() -> None:
+    """With `gather`, exchanges are only kept on the relay's path; after the interval they are
+    normalised and handed to each sink in one go, session events in their place among them, and a
+    forgotten charger's normaliser state is dropped at its place in the order (not before)."""
+    import asyncio
+
+    sink, plain = _BatchSink(), _Sink()
+    obs = TelemetryObserver([sink, plain], gather=0.05)
+    session = SimpleNamespace(charger_id="CP1", connected=True, version=OcppVersion.V16,
+                              upstream_state=SimpleNamespace(value="online"))
+    obs.exchange(session, _status(1))
+    obs.session_event(session, "connected")
+    obs.exchange(session, _status(2, "Charging"))
+    obs.session_event(session, "forgotten")
+    assert sink.records == [] and plain.records == []  # nothing on the relay's path yet
+    await asyncio.sleep(0.2)
+    assert sink.handoffs == [4]  # one hand-off for the interval
+    kinds = [type(r).__name__ for r in sink.records]
+    assert kinds == ["ConnectorStatus", "ChargerState", "ConnectorStatus", "ChargerForgotten"]
+    assert [r.connector for r in sink.records if isinstance(r, ConnectorStatus)] == [1, 2]
+    assert [type(r) for r in plain.records] == [type(r) for r in sink.records]  # a sink without offer_all too
+    # past GATHER_MAX kept exchanges it hands off at once, without waiting for the timer
+    from gateway.telemetry import observer as observer_module
+
+    for n in range(observer_module.GATHER_MAX):
+        obs.exchange(session, _status(n % 9 + 1))
+    assert sink.handoffs == [4, observer_module.GATHER_MAX]
+    obs.exchange(session, _status(1))
+    obs.flush()  # the gateway's way down: what is kept goes now
+    assert sink.handoffs[-1] == 1 and obs._timer is None
+
+
 @pytest.mark.parametrize("charger_id,level", [
     ("CP001", "CP001"), ("a/b", "a%2Fb"), ("a+b", "a%2Bb"), ("#", "%23"), ("x/+/#", "x%2F%2B%2F%23"),
     ("$SYS", "%24SYS"), ("sp ace~", "sp%20ace%7E"), ("ü", "%C3%BC"), ("a.b_c-d", "a.b_c-d"),

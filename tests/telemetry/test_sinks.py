@@ -145,6 +145,20 @@ async def test_offer_never_blocks_and_counts_what_it_drops(tmp_path: Path) -> No
     assert sink.queue.qsize() == 10 and sink.dropped == 990
 
 
+async def test_queue_bound_counts_records_not_hand_offs(tmp_path: Path) -> None:
+    """The observer hands over many records at once; queue_size still bounds records."""
+    cfg = MqttSettings(url=f"mqtt://127.0.0.1:{free_port()}", queue_size=10)
+    sink = MqttSink(cfg, str(tmp_path), "s")  # not started
+    sink.offer_all([meter("CP", float(i)) for i in range(4)])
+    sink.offer_all([meter("CP", float(i)) for i in range(4)])
+    assert sink.queue.qsize() == 8 and sink.dropped == 0
+    sink.offer_all([meter("CP", float(i)) for i in range(4)])  # room left: taken whole (12 queued)
+    sink.offer_all([meter("CP", float(i)) for i in range(3)])  # at the bound: dropped, counted per record
+    assert sink.queue.qsize() == 12 and sink.dropped == 3
+    taken = sink._take_nowait(1)  # one entry: the first hand-off's messages, whole
+    assert len(taken) == len(sink.encode(meter("CP", 0.0))) * 4 and sink.queue.qsize() == 8
+
+
 async def test_mqtt_spool_survives_a_gateway_restart(tmp_path: Path) -> None:
     """Broker away: the sink spools to disk; the gateway stops; it starts again with the broker
     back, and the spooled messages arrive first, in order."""
