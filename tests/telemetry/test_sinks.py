@@ -117,6 +117,32 @@ async def test_mqtts_with_username_and_password(tls_broker: Any, tmp_path: Path)
         client.loop_stop()
 
 
+async def test_shipped_broker_config_gives_the_sink_a_large_window(tmp_path: Path) -> None:
+    """docker/mosquitto.conf (its listener and storage swapped for a test port and directory) runs
+    in a real Mosquitto, which then announces a Receive Maximum that lets the sink keep a whole
+    batch of QoS 1 messages in flight (a stock Mosquitto: 20, of which the sink uses 16)."""
+    from tests.harness import REPO
+
+    need(MOSQUITTO, "mosquitto")
+    shipped = [line.strip() for line in (REPO / "docker" / "mosquitto.conf").read_text().splitlines()]
+    settings = [line for line in shipped if line and not line.startswith("#")
+                and line.split()[0] not in ("listener", "persistence", "persistence_location", "allow_anonymous")]
+    assert "max_inflight_messages 1000" in settings
+    for extra, window in ((tuple(settings), 500), ((), 16)):
+        broker = Mosquitto(tmp_path / f"m{window}", extra=extra).start()
+        try:
+            cfg = MqttSettings(url=broker.url, topic_prefix="ocpp")
+            async with MqttSink(cfg, str(tmp_path / f"data{window}"), "w") as sink:
+                await until(lambda: sink.connected, 10, "connected")
+                assert sink._limit == window
+                for i in range(2000):  # a burst: all of it arrives, at QoS 1
+                    sink.offer(meter("CP1", float(i)))
+                await until(lambda: sink.delivered >= 2 * 2000 and not sink._window, 20, "burst acknowledged")
+                assert sink.dropped == 0 and sink.refused == 0
+        finally:
+            broker.stop()
+
+
 # -- spool ----------------------------------------------------------------------------------------
 
 
