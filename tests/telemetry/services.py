@@ -79,6 +79,16 @@ class _Process:
         self.proc = None
 
 
+def shipped_broker_settings() -> tuple[str, ...]:
+    """The settings of the compose stack's broker (docker/mosquitto.conf) without its listener,
+    storage and access lines, which a test or bench broker sets itself."""
+    from tests.harness import REPO
+
+    lines = [line.strip() for line in (REPO / "docker" / "mosquitto.conf").read_text().splitlines()]
+    return tuple(line for line in lines if line and not line.startswith("#") and line.split()[0] not in
+                 ("listener", "persistence", "persistence_location", "allow_anonymous"))
+
+
 class Mosquitto(_Process):
     """`mosquitto -c conf` on 127.0.0.1:port, anonymous, with persistence (so a subscriber's
     persistent session and its queued QoS 1 messages survive a broker restart)."""

@@ -21,7 +21,9 @@ from gateway.telemetry.records import (
     ChargerForgotten, ChargerState, ConnectorStatus, EnvironmentReading, MeterReading, MeterSample,
 )
 from tests.harness import free_port
-from tests.telemetry.services import _RUN_AS, INFLUXD, MOSQUITTO, Influx, Mosquitto, Subscriber, need, wait_for
+from tests.telemetry.services import (
+    _RUN_AS, INFLUXD, MOSQUITTO, Influx, Mosquitto, Subscriber, need, shipped_broker_settings, wait_for,
+)
 
 pytestmark = pytest.mark.timeout(60)
 NOW = datetime(2025, 3, 1, 10, 0, tzinfo=timezone.utc)
@@ -121,14 +123,10 @@ async def test_shipped_broker_config_gives_the_sink_a_large_window(tmp_path: Pat
     """docker/mosquitto.conf (its listener and storage swapped for a test port and directory) runs
     in a real Mosquitto, which then announces a Receive Maximum that lets the sink keep a whole
     batch of QoS 1 messages in flight (a stock Mosquitto: 20, of which the sink uses 16)."""
-    from tests.harness import REPO
-
     need(MOSQUITTO, "mosquitto")
-    shipped = [line.strip() for line in (REPO / "docker" / "mosquitto.conf").read_text().splitlines()]
-    settings = [line for line in shipped if line and not line.startswith("#")
-                and line.split()[0] not in ("listener", "persistence", "persistence_location", "allow_anonymous")]
+    settings = shipped_broker_settings()
     assert "max_inflight_messages 1000" in settings
-    for extra, window in ((tuple(settings), 500), ((), 16)):
+    for extra, window in ((settings, 500), ((), 16)):
         broker = Mosquitto(tmp_path / f"m{window}", extra=extra).start()
         try:
             cfg = MqttSettings(url=broker.url, topic_prefix="ocpp")
