@@ -100,22 +100,22 @@ class HttpBinding:
 
     # -- checks ------------------------------------------------------------------------------------
 
-    def _check(self, request: web.Request) -> tuple[str | None, web.Response | None]:
+    async def _check(self, request: web.Request) -> tuple[str | None, web.Response | None]:
         """The charger id when the request may go on, else the refusal: the WebSocket server's rules
         (id 400, authentication 401/429 with one body for every failure, unknown id 404)."""
         charger_id = request.match_info["charger_id"]
         problem = validate_charger_id(charger_id)
         if problem:
             return None, _error(400, problem)
-        refused = self._authenticate(request, charger_id)
+        refused = await self._authenticate(request, charger_id)
         if refused is not None:
             return None, refused
         if not self.hub.admits(charger_id):
             return None, _error(404, "unknown charger")
         return charger_id, None
 
-    def _authenticate(self, request: web.Request, charger_id: str) -> web.Response | None:
-        refusal = self.auth.check(charger_id, request.remote or "?", request.headers.get("Authorization"))
+    async def _authenticate(self, request: web.Request, charger_id: str) -> web.Response | None:
+        refusal = await self.auth.check(charger_id, request.remote or "?", request.headers.get("Authorization"))
         if refusal is None:
             return None
         body = "too many failed attempts" if refusal.status == 429 else "authentication failed"
@@ -145,7 +145,7 @@ class HttpBinding:
 
     async def _checked_body(self, request: web.Request) -> tuple[str, str] | web.Response:
         """(charger id, body text) of an authenticated POST, or the refusal to send instead."""
-        charger_id, refusal = self._check(request)
+        charger_id, refusal = await self._check(request)
         if refusal is not None:
             return refusal
         assert charger_id is not None
@@ -183,7 +183,7 @@ class HttpBinding:
         return web.Response(body=orjson.dumps(answer), content_type=JSON)
 
     async def _poll(self, request: web.Request) -> web.Response:
-        charger_id, refusal = self._check(request)
+        charger_id, refusal = await self._check(request)
         if refusal is not None:
             return refusal
         assert charger_id is not None

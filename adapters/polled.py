@@ -28,7 +28,7 @@ import orjson
 from gateway.config import Settings
 from gateway.errors import LinkClosed
 from gateway.protocol.frames import OcppVersion
-from gateway.security import FailureLimiter, parse_basic, password_matches
+from gateway.security import FailureLimiter, is_hashed, parse_basic, password_matches
 from gateway.session import ChargerSession, Hub
 
 log = logging.getLogger("gateway.polled")
@@ -48,7 +48,9 @@ class AuthRefusal:
 class ChargerAuth:
     """The WebSocket server's authentication rules (gateway.security) for transports that have no
     TLS of their own: with security profile 1 or 2 (the charger's own, else the site's) HTTP Basic
-    credentials, user = charger id, password = `[chargers.ID].password`; profile 3 is refused (no
+    credentials, user = charger id, password = `[chargers.ID].password`, or the one the CSMS or the
+    operator set since (the WebSocket server's credential book, `data_dir/credentials.json`: the new
+    password, and the previous one until the new one has been used once); profile 3 is refused (no
     client certificate can be checked); failures are counted per source address (429 beyond
     `[websocket].max_auth_failures`)."""
 
@@ -58,7 +60,24 @@ class ChargerAuth:
         ws = settings.websocket
         self.limiter = FailureLimiter(ws.max_auth_failures, ws.auth_failure_window)
 
-    def check(self, charger_id: str, address: str, authorization: str | None) -> AuthRefusal | None:
+    def _book(self) -> Any:
+        """The WebSocket server's CredentialBook (a hub observer), if there is one."""
+        from adapters.credentials import CredentialBook
+
+        for observer in self.hub.observers:
+            if isinstance(observer, CredentialBook):
+                return observer
+        return None
+
+    def _valid(self, charger_id: str) -> list[str]:
+        book = self._book()
+        if book is not None:
+            return book.passwords(charger_id)
+        charger = self.settings.charger(charger_id)
+        stored = charger.password.get_secret_value() if charger else ""
+        return [stored] if stored else []
+
+    async def check(self, charger_id: str, address: str, authorization: str | None) -> AuthRefusal | None:
         profile = self.settings.security_profile(charger_id)
         if profile == 0:
             return None
@@ -73,16 +92,23 @@ class ChargerAuth:
             reason = "profile 3 needs a client certificate, and this port has no TLS of its own"
         else:
             creds = parse_basic(authorization)
-            charger = self.settings.charger(charger_id)
-            stored = charger.password.get_secret_value() if charger else ""
+            valid = self._valid(charger_id)
             if creds is None:
                 reason = "no Basic credentials"
             elif creds[0] != charger_id.encode("utf-8"):
                 reason = "Basic user is not the charger id"
-            elif not stored:
+            elif not valid:
                 reason = "no password configured for this charger"
-            elif not password_matches(stored, creds[1], OcppVersion.V16):  # upstream it is a 1.6 charger
+            else:
                 reason = "wrong password"
+                for stored in valid:  # upstream it is a 1.6 charger; a PBKDF2 form is checked off the event loop
+                    if (await asyncio.to_thread(password_matches, stored, creds[1], OcppVersion.V16)
+                            if is_hashed(stored) else password_matches(stored, creds[1], OcppVersion.V16)):
+                        reason = None
+                        book = self._book()
+                        if book is not None:
+                            book.logged_in(charger_id, stored)
+                        break
         if reason is None:
             return None
         self.limiter.failed(address, now)

@@ -247,7 +247,7 @@ class SoapServer:
             problem = validate_charger_id(charger_id)
             if problem:
                 raise SoapError("Sender", "ProtocolError", f"chargeBoxIdentity: {problem}")
-            refusal = self.auth.check(charger_id, request.remote or "?", request.headers.get("Authorization"))
+            refusal = await self.auth.check(charger_id, request.remote or "?", request.headers.get("Authorization"))
             if refusal is not None:
                 # OCPP-S has no authentication of its own: HTTP Basic, as for OCPP-J (README, "SOAP chargers")
                 err = SoapError("Sender", "SecurityError", "authentication failed")

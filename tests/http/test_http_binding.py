@@ -154,6 +154,49 @@ async def test_http_authentication_follows_the_websocket_rules(tmp_path: Path) -
         assert await post("SEC1", basic("SEC1", "s3cret-s3cret-s3cret")) == 429
 
 
+async def test_http_device_follows_a_password_the_csms_changed(tmp_path: Path) -> None:
+    """The CSMS sets a new AuthorizationKey on an HTTP device (ChangeConfiguration, fetched by long
+    poll, answered Accepted): the binding accepts the new one, the old one until the new one has been
+    used once, then only the new one, and still after a restart (data_dir/credentials.json)."""
+    cid, old, new = "ROT1", "old-password-0123456", "new-password-6543210"
+    config: dict[str, Any] = {"websocket": {"security_profile": 1, "max_auth_failures": 0},
+                              "chargers": {cid: {"password": old}}}
+
+    async def post(gw: Any, password: str) -> int:
+        async with gw.client.post(f"{gw.base}/{cid}", json=[2, str(uuid.uuid4()), "Heartbeat", {}],
+                                  headers={"Authorization": basic(cid, password)}) as r:
+            return r.status
+
+    async with CsmsServer(subprotocols=("ocpp1.6",)) as csms:
+        async with gateway(tmp_path, upstream={"url": csms.url}, **config) as gw:
+            assert await post(gw, old) == 200
+            session = await csms.wait_session(cid)
+            await until(lambda: gw.hub.sessions[cid].upstream_state.value == "online")
+            assert await post(gw, new) == 401  # not yet
+
+            async def device() -> None:
+                headers = {"Authorization": basic(cid, old)}
+                async with gw.client.get(f"{gw.base}/{cid}/calls", params={"wait": "5"}, headers=headers) as r:
+                    frame = await r.json(content_type=None)
+                assert frame[2] == "ChangeConfiguration" and frame[3]["value"] == new
+                async with gw.client.post(f"{gw.base}/{cid}/calls", json=[3, frame[1], {"status": "Accepted"}],
+                                          headers=headers) as r:
+                    assert r.status == 204
+
+            task = asyncio.create_task(device())
+            assert await session.cp.raw_call("ChangeConfiguration", {"key": "AuthorizationKey", "value": new}) == {
+                "status": "Accepted"}
+            await task
+            await until(lambda: (tmp_path / "data" / "credentials.json").exists(), timeout=5)  # hashed and stored
+            assert await post(gw, old) == 200  # the device may apply the new key at its next reboot
+            assert await post(gw, new) == 200
+            await asyncio.sleep(0.3)  # the book forgets the old one (saved in a task)
+            assert await post(gw, old) == 401
+        async with gateway(tmp_path, upstream={"url": csms.url}, **config) as gw:  # across a restart
+            assert await post(gw, old) == 401
+            assert await post(gw, new) == 200
+
+
 async def test_strict_mode_refuses_an_http_device_while_the_csms_is_unreachable(tmp_path: Path) -> None:
     dead = f"ws://127.0.0.1:{free_port()}/ocpp"
     async with gateway(tmp_path, upstream={"url": dead, "offline_mode": "strict", "connect_timeout": 2.0}) as gw:
