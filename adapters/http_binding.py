@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from adapters.polled import ChargerAuth, LinkRegistry, PolledLink, TooLarge, TooSlow, read_limited
+from adapters.polled import CappedRunner, ChargerAuth, LinkRegistry, PolledLink, TooLarge, TooSlow, read_limited
 from gateway.config import Settings, split_listen
 from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import validate_charger_id
@@ -229,7 +229,9 @@ class HttpBinding:
         app.router.add_post(base + "/{charger_id}", self._post)
         app.router.add_get(base + "/{charger_id}/calls", self._poll)
         app.router.add_post(base + "/{charger_id}/calls", self._answer)
-        self._runner = web.AppRunner(app, access_log=None)
+        cfg = self.settings.http
+        self._runner = CappedRunner(app, max_connections=cfg.max_connections, idle_timeout=cfg.idle_connection_timeout,
+                                    name="HTTP-binding")
         await self._runner.setup()
         host, port = split_listen(self.settings.http.listen)
         self._site = web.TCPSite(self._runner, host, port)

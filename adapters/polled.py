@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import orjson
+from aiohttp import web
 
 from gateway.config import Settings
 from gateway.errors import LinkClosed
@@ -116,6 +117,60 @@ class ChargerAuth:
                     extra={"charger_id": charger_id})
         headers = {} if profile == 3 else {"WWW-Authenticate": 'Basic realm="ocpp", charset="UTF-8"'}
         return AuthRefusal(401, reason, headers)
+
+
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 5\r\n"
+         b"Connection: close\r\nContent-Length: 21\r\n\r\ntoo many connections\n")
+
+
+class _Busy(asyncio.Protocol):
+    """A connection beyond the port's cap: answered 503 at once and closed (its request unread)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(_BUSY)
+        transport.close()
+
+
+class _Capped:
+    """aiohttp's protocol factory (web.Server) with a cap on open connections; everything else is
+    the server's own."""
+
+    def __init__(self, server: Any, limit: int, name: str) -> None:
+        self._server = server
+        self._limit = limit
+        self._name = name
+        self.refused = 0
+        self._logged = 0.0
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        if len(self._server.connections) >= self._limit:
+            self.refused += 1
+            now = asyncio.get_running_loop().time()
+            if now - self._logged > 10:
+                self._logged = now
+                log.warning("%s port: %d connections open, the limit: refusing new ones with 503 (%d so far)",
+                            self._name, self._limit, self.refused)
+            return _Busy()
+        return self._server()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+
+class CappedRunner(web.AppRunner):
+    """The SOAP and HTTP-binding ports' runner: at most `max_connections` open connections (more
+    get 503 and are closed), and a connection that has no whole request for `idle_timeout` seconds
+    (a new one, one between keep-alive requests, or one stuck halfway through its headers) is
+    closed. A request being handled (a long poll included) is not idle; its body has its own limit
+    (BODY_TIMEOUT)."""
+
+    def __init__(self, app: web.Application, *, max_connections: int, idle_timeout: float, name: str) -> None:
+        super().__init__(app, access_log=None, keepalive_timeout=idle_timeout)
+        self._cap = (max_connections, name)
+
+    async def _make_server(self) -> Any:
+        return _Capped(await super()._make_server(), *self._cap)
 
 
 class TooLarge(Exception):

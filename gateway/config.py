@@ -108,6 +108,8 @@ class SoapSettings(_Section):
     path: str = "/ocpp-s"
     idle_timeout: float = Field(900.0, gt=0)  # s without a request before a SOAP charger's session ends
     max_body_size: int = Field(1_048_576, ge=4096)  # bytes, after gzip/deflate decoding
+    max_connections: int = Field(1000, ge=1)  # open HTTP connections on this port; more get 503
+    idle_connection_timeout: float = Field(60.0, gt=0)  # s a connection may go without a whole request
     _v_listen = field_validator("listen")(classmethod(lambda cls, v: _listen(v)))
     _v_path = field_validator("path")(classmethod(lambda cls, v: _http_path(v)))
 
@@ -119,6 +121,8 @@ class HttpSettings(_Section):
     idle_timeout: float = Field(900.0, gt=0)  # s without a request or poll before a device's session ends
     max_wait: float = Field(60.0, ge=0)  # longest long poll (s) for GET .../calls?wait=S
     max_body_size: int = Field(1_048_576, ge=4096)  # bytes per POSTed frame
+    max_connections: int = Field(1000, ge=1)  # open HTTP connections on this port; more get 503
+    idle_connection_timeout: float = Field(60.0, gt=0)  # s a connection may go without a whole request
     _v_listen = field_validator("listen")(classmethod(lambda cls, v: _listen(v)))
     _v_path = field_validator("path")(classmethod(lambda cls, v: _http_path(v)))
 

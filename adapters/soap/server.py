@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from adapters.polled import ChargerAuth, LinkRegistry, PolledLink, TooLarge, TooSlow, new_call_id, read_limited
+from adapters.polled import CappedRunner, ChargerAuth, LinkRegistry, PolledLink, TooLarge, TooSlow, new_call_id, read_limited
 from adapters.soap import codec, convert
 from adapters.soap.codec import SoapError
 from adapters.soap.contract import CP, CS, V15, contract
@@ -322,7 +322,9 @@ class SoapServer:
         app.router.add_post(self.path, self._handle)
         app.router.add_get(self.path, self._get)
         self.http = aiohttp.ClientSession(auto_decompress=True)
-        self._runner = web.AppRunner(app, access_log=None)
+        cfg = self.settings.soap
+        self._runner = CappedRunner(app, max_connections=cfg.max_connections, idle_timeout=cfg.idle_connection_timeout,
+                                    name="SOAP")
         await self._runner.setup()
         host, port = split_listen(self.settings.soap.listen)
         self._site = web.TCPSite(self._runner, host, port)

@@ -1,7 +1,7 @@
 """Slow clients on the SOAP and HTTP-binding ports (aiohttp) do not stall anyone else: with dozens of
 connections sending half a request or trickling a body, a WebSocket charger, an HTTP device and a
-SOAP charger are all still answered. (How long such connections are kept open is up to aiohttp's
-timeouts; see docs/security.md.)"""
+SOAP charger are all still answered; such connections are closed after `idle_connection_timeout`,
+and beyond `max_connections` a port answers 503."""
 
 from __future__ import annotations
 
@@ -78,3 +78,48 @@ async def test_a_trickled_body_is_cut_off(tmp_path: Path, monkeypatch) -> None: 
             finally:
                 writer.close()
             assert expect in answer, answer[:200]
+
+
+async def test_stalled_connections_are_closed_and_the_ports_are_capped(tmp_path: Path) -> None:
+    """On each port: a connection that sends half its headers, and one that sends nothing, are
+    closed after idle_connection_timeout (a long poll in progress is not idle); beyond
+    max_connections a new connection gets 503 at once, and once the stalled ones are gone the port
+    serves again."""
+    ports = {"http": {"enabled": True, "listen": f"127.0.0.1:{free_port()}", "max_connections": 4,
+                      "idle_connection_timeout": 1.0},
+             "soap": {"enabled": True, "listen": f"127.0.0.1:{free_port()}", "max_connections": 4,
+                      "idle_connection_timeout": 1.0}}
+    async with gateway(tmp_path, **ports) as gw:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            # a long poll outlasting the idle timeout is answered (204: nothing for the device), not cut
+            poll = asyncio.create_task(http.get(f"http://127.0.0.1:{gw.http.port}/ocpp-http/DEV9/calls",
+                                                params={"wait": "2"}))
+            await asyncio.sleep(0.2)
+            for port, half in ((gw.http.port, b"POST /ocpp-http/SLOW HTTP/1.1\r\nHo"),
+                               (gw.soap.port, b"POST /ocpp-s HTTP/1.1\r\nContent-Type: app")):
+                stalled = []
+                for i in range(4 if port == gw.soap.port else 3):  # the poll holds the HTTP port's fourth
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    if i % 2 == 0:
+                        writer.write(half)
+                    stalled.append((reader, writer))
+                await asyncio.sleep(0.2)
+                # the port is full: the next connection is answered 503 at once
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                busy = await asyncio.wait_for(reader.read(4096), 3)
+                writer.close()
+                assert busy.startswith(b"HTTP/1.1 503 ") and b"too many connections" in busy, busy
+                # the stalled ones are closed by the gateway (after about a second; it used to be never)
+                for reader, writer in stalled:
+                    assert await asyncio.wait_for(reader.read(), 5) == b""  # EOF from the gateway
+                    writer.close()
+            response = await poll
+            assert response.status == 204
+            response.release()
+            # and the ports serve again
+            async with http.post(f"http://127.0.0.1:{gw.http.port}/ocpp-http/DEV1",
+                                 json=[2, "h9", "Heartbeat", {}]) as r:
+                assert r.status == 200 and (await r.json())[:2] == [3, "h9"]
+            async with http.post(f"http://127.0.0.1:{gw.soap.port}/ocpp-s", data=SOAP_HEARTBEAT.encode(),
+                                 headers={"Content-Type": "application/soap+xml; charset=utf-8"}) as r:
+                assert r.status == 200 and b"heartbeatResponse" in await r.read()
