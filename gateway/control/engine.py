@@ -84,7 +84,7 @@ class _Charger:
     txs: dict[str, _Tx] = field(default_factory=dict)  # transaction id (as text) -> tx
     paused_evses: set[int] = field(default_factory=set)  # operator pause of an EVSE
     paused_txs: set[str] = field(default_factory=set)  # operator pause of one transaction
-    temps: dict[str, float] = field(default_factory=dict)  # reading name -> latest °C
+    temps: dict[str, tuple[float, float]] = field(default_factory=dict)  # reading name -> (latest °C, monotonic time)
     level: int = D.NORMAL
     temperature: float | None = None
     csms_caps: dict[tuple[int, Any], tuple[str, float]] = field(default_factory=dict)  # (evse, pid) -> (purpose, A)
@@ -245,13 +245,20 @@ class ControlEngine:
         records = self.normaliser.records(cid, ex.version.value, ex.action, ex.request, ex.response,
                                           ex.received_at, ex.origin)
         seen = False
+        now = asyncio.get_running_loop().time()
         for r in records:
             if isinstance(r, EnvironmentReading) and r.unit == "Celsius" and (not rule.sensors or r.name in rule.sensors):
-                ch.temps[r.name] = r.value
+                ch.temps[r.name] = (r.value, now)
                 seen = True
         if not seen:
             return
-        hottest = max(ch.temps.values())
+        if rule.max_age > 0:  # a sensor that stopped reporting no longer holds the charger back (or up)
+            for name, (_, at) in list(ch.temps.items()):
+                if now - at > rule.max_age:
+                    del ch.temps[name]
+                    log.warning("control: %s sensor %r sent nothing for %.0f s: its last reading no longer counts",
+                                cid, name, now - at, extra={"charger_id": cid})
+        hottest = max(value for value, _ in ch.temps.values())
         level = D.derate_level(ch.level, hottest, rule.reduce_above, rule.pause_above, rule.hysteresis)
         ch.temperature = hottest
         if level != ch.level:

@@ -58,6 +58,7 @@ class DeratingRule(_Section):
     hysteresis: float = Field(5.0, ge=0)
     reduced_current_a: float = Field(10.0, ge=0)  # A per phase
     sensors: list[str] = Field(default_factory=list)  # environment reading names; empty = every temperature
+    max_age: float = Field(900.0, ge=0)  # s a sensor's last reading counts once newer ones come from others; 0 = for ever
 
     @model_validator(mode="after")
     def _order(self) -> "DeratingRule":

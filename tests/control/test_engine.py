@@ -271,6 +271,28 @@ async def test_derating_from_a_vendor_decoder_and_only_the_named_sensors(tmp_pat
         assert gw.control.view("VEN")["temperature"] == pytest.approx(55.0)
 
 
+async def test_a_silent_sensor_stops_counting_after_max_age(tmp_path: Path) -> None:
+    """A sensor that reported 70 °C and then went silent keeps the charger paused only while its
+    reading is younger than max_age; once another sensor reports after that, the silent one is
+    dropped and the cooler reading releases the charger."""
+    rule = {**RULE, "max_age": 1.0}
+    async with gateway(tmp_path, derating=rule) as gw, Connected(gw.url("SIL"), "ocpp1.6", "SIL") as cp:
+        await cp.start_tx(1)
+        await cp.environment([{"name": "cabinet_temperature", "value": 158, "unit": "Fahrenheit"}])  # 70 °C
+        await settle(gw)
+        assert ("TxProfile", 1, 0.0) in cp.limits()
+        await cp.environment([{"name": "ambient_temperature", "value": 68, "unit": "Fahrenheit"}])  # 20 °C
+        await settle(gw)
+        assert cp.of("ClearChargingProfile") == [] and gw.control.view("SIL")["temperature"] == pytest.approx(70.0)
+        await asyncio.sleep(1.3)  # the cabinet sensor has been silent longer than max_age
+        await cp.environment([{"name": "ambient_temperature", "value": 68, "unit": "Fahrenheit"}])
+        await settle(gw)
+        assert gw.control.view("SIL")["temperature"] == pytest.approx(20.0)
+        assert cp.of("ClearChargingProfile")  # released
+        states = [c.state for c in gw.control.changes if c.charger_id == "SIL" and c.evse == 1]
+        assert states == ["paused", "released"]
+
+
 DERATING = {"derating": RULE, "chargers": {"HOT201": {"derating": {
     "reduce_above": 45.0, "pause_above": 55.0, "hysteresis": 5.0, "reduced_current_a": 8.0}}}}
 
