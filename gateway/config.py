@@ -285,6 +285,7 @@ class ChargerSettings(_Section):
     offline_mode: Literal["buffer", "strict"] | None = None  # None: [upstream].offline_mode
     derating: DeratingRule | None = None  # None: the site-wide [derating] rule (when enabled)
     security_profile: int | None = Field(None, ge=0, le=3)  # None: [websocket].security_profile
+    rate_unit: Literal["A", "W"] = "A"  # the unit of the gateway's charging profiles for this charger
 
 
 class Settings(BaseSettings):

@@ -136,15 +136,18 @@ def is_gateway_profile_id(base: int, value: Any) -> bool:
 
 
 def set_profile_request(version: str, evse: int, want: Want, pid: int, stack_level: int,
-                        phases: int) -> dict[str, Any]:
-    """SetChargingProfile for `want` (limit in A per phase, Relative: in force from now on)."""
+                        phases: int, unit: str = "A", voltage: float = 230.0) -> dict[str, Any]:
+    """SetChargingProfile for `want` (limit in A per phase, Relative: in force from now on). With
+    `unit` "W" (a charger that takes only power limits) the limit goes as A x voltage x phases,
+    rounded down to a watt."""
     assert want.limit is not None and want.purpose is not None
-    period = {"startPeriod": 0, "limit": want.limit, "numberPhases": phases}
+    limit = want.limit if unit == "A" else float(math.floor(want.limit * voltage * phases))
+    period = {"startPeriod": 0, "limit": limit, "numberPhases": phases}
     if version == "ocpp1.6":
         profile: dict[str, Any] = {
             "chargingProfileId": pid, "stackLevel": stack_level, "chargingProfilePurpose": want.purpose,
             "chargingProfileKind": "Relative",
-            "chargingSchedule": {"chargingRateUnit": "A", "chargingSchedulePeriod": [period]},
+            "chargingSchedule": {"chargingRateUnit": unit, "chargingSchedulePeriod": [period]},
         }
         if want.purpose == TX_PROFILE:
             profile["transactionId"] = int(want.transaction_id)
@@ -152,7 +155,7 @@ def set_profile_request(version: str, evse: int, want: Want, pid: int, stack_lev
     profile = {
         "id": pid, "stackLevel": stack_level, "chargingProfilePurpose": want.purpose,
         "chargingProfileKind": "Relative",
-        "chargingSchedule": [{"id": pid, "chargingRateUnit": "A", "chargingSchedulePeriod": [period]}],
+        "chargingSchedule": [{"id": pid, "chargingRateUnit": unit, "chargingSchedulePeriod": [period]}],
     }
     if want.purpose == TX_PROFILE:
         profile["transactionId"] = str(want.transaction_id)

@@ -402,7 +402,9 @@ class ControlEngine:
             return
         if want.limit is not None:
             pid = D.profile_id(ctl.profile_id_base, evse, want.purpose or D.TX_PROFILE)
-            request = D.set_profile_request(version, evse, want, pid, ctl.stack_level, self.settings.site.phases)
+            charger = self.settings.charger(cid)
+            request = D.set_profile_request(version, evse, want, pid, ctl.stack_level, self.settings.site.phases,
+                                            charger.rate_unit if charger else "A", self.settings.site.voltage)
             status, _ = await self._call(session, "SetChargingProfile", request)
             if status == ACCEPTED:
                 new_pid = pid

@@ -95,6 +95,13 @@ def test_payloads_match_the_schemas(version: str) -> None:
     for want in (tx, default):
         body = D.set_profile_request(version, 1, want, D.profile_id(900_000_000, 1, want.purpose), 8, 3)
         _validate(version, "SetChargingProfile", body)
+        watts = D.set_profile_request(version, 1, want, D.profile_id(900_000_000, 1, want.purpose), 8, 3, "W", 230.0)
+        _validate(version, "SetChargingProfile", watts)
+        profile = watts.get("csChargingProfiles") or watts["chargingProfile"]
+        schedule = profile["chargingSchedule"]
+        schedule = schedule[0] if isinstance(schedule, list) else schedule
+        assert schedule["chargingRateUnit"] == "W"
+        assert schedule["chargingSchedulePeriod"][0]["limit"] == want.limit * 690  # A x 230 V x 3 phases
     _validate(version, "ClearChargingProfile", D.clear_profile_request(version, 900_000_010))
     _validate(version, "ChangeAvailability", D.availability_request(version, 1, False))
     action, payload = D.stop_request(version, "42")

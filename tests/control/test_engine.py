@@ -271,6 +271,30 @@ async def test_derating_from_a_vendor_decoder_and_only_the_named_sensors(tmp_pat
         assert gw.control.view("VEN")["temperature"] == pytest.approx(55.0)
 
 
+async def test_a_charger_that_takes_power_limits_gets_them_in_watts(tmp_path: Path) -> None:
+    """`[chargers.ID].rate_unit = "W"`: the same shares, sent as power (A x 230 V x 3 phases, to the
+    watt) with chargingRateUnit W, to a 1.6 and a 2.0.1 charger; an amp charger beside them keeps A."""
+    chargers = {"PW16": {"rate_unit": "W"}, "PW201": {"rate_unit": "W"}}
+    async with gateway(tmp_path, site={"enabled": True, "max_current_a": 32.0}, chargers=chargers) as gw, \
+            Connected(gw.url("PW16"), "ocpp1.6", "PW16") as a, Connected(gw.url("PW201"), "ocpp2.0.1", "PW201") as b, \
+            Connected(gw.url("AMP"), "ocpp1.6", "AMP") as c:
+        await a.start_tx(1)
+        await settle(gw)
+        assert a.limits() == [("TxProfile", 1, 32.0 * 230 * 3)]
+        await b.start_tx(1, "w-1")
+        await c.start_tx(1)
+        await settle(gw)
+        # 32 A / 3 = 10.6 A each (rounded down to 0.1 A): 7314 W at 230 V on 3 phases
+        assert c.last_limit() == 10.6 and a.last_limit() == b.last_limit() == 7314.0
+        for cp in (a, b):
+            prof = cp.of("SetChargingProfile")[-1]
+            sched = (prof.get("cs_charging_profiles") or prof.get("charging_profile"))["charging_schedule"]
+            sched = sched[0] if isinstance(sched, list) else sched
+            assert sched["charging_rate_unit"] == "W"
+        prof = c.of("SetChargingProfile")[-1]["cs_charging_profiles"]["charging_schedule"]
+        assert prof["charging_rate_unit"] == "A"
+
+
 async def test_a_silent_sensor_stops_counting_after_max_age(tmp_path: Path) -> None:
     """A sensor that reported 70 °C and then went silent keeps the charger paused only while its
     reading is younger than max_age; once another sensor reports after that, the silent one is
