@@ -104,7 +104,9 @@ async def test_bad_frames_close_or_answer_only_their_connection(tmp_path: Path) 
 
 
 async def test_a_flooding_charger_is_slowed_down_not_the_others(tmp_path: Path) -> None:
-    rate, burst, sent = 40.0, 10, 50
+    # a slow rate, so that the delays measured below dwarf scheduling jitter on a loaded machine
+    # (at 40/s a 25 ms late reply already failed the reconnect check once)
+    rate, burst, sent = 10.0, 5, 20
     async with gateway(tmp_path, websocket={"max_messages_per_second": rate, "message_burst": burst}) as gw, \
             good_charger(gw) as rtts:
         async with connect(gw.url("FLOOD"), subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
@@ -129,8 +131,10 @@ async def test_a_flooding_charger_is_slowed_down_not_the_others(tmp_path: Path) 
                 await asyncio.wait_for(ws.recv(), 10)
             refilled = (t - flood_end) * rate  # tokens the bucket regained while reconnecting
             expected = (burst - refilled) / rate  # a fresh bucket would have let them all through at once
-            if expected > 0.05:
-                assert time.monotonic() - t >= expected * 0.8
+            if expected > 0.2:
+                # the server emptied the bucket a little before flood_end (its last reply was on its
+                # way): it regained a little more than `refilled`, hence the margin
+                assert time.monotonic() - t >= expected * 0.7
         assert rtts and max(rtts) < 10  # the well-behaved charger was answered throughout
 
 
