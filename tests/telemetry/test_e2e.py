@@ -341,6 +341,27 @@ async def test_broker_restart_loses_nothing(
         sub.close()
 
 
+async def test_a_stop_right_after_meter_values_loses_nothing(
+        gateway_factory: Callable[..., GatewayProcess], own_mosquitto: Mosquitto) -> None:
+    """The observer gathers exchanges for 50 ms before the sinks see them: a gateway stopped
+    (SIGTERM) right after its last MeterValues still publishes every one of them on its way down."""
+    cid = "QUICKSTOP"
+    topic = f"ocpp/testsite/chargers/{cid}/evse/1/meter"
+    sub = Subscriber(own_mosquitto.port, [topic], client_id="quickstop-sub", persistent=True)
+    try:
+        gw = gateway_factory(telemetry_config(own_mosquitto))
+        async with charger(gw.url(cid), "1.6", cid) as cp:
+            for n in range(1, 11):
+                await cp.raw_call("MeterValues", {"connectorId": 1, "meterValue": [{
+                    "timestamp": T0, "sampledValue": [{"value": str(n), "measurand": "Energy.Active.Import.Register"}]}]})
+            assert await asyncio.to_thread(gw.stop) == 0  # at once: the last calls are still being gathered
+        await asyncio.to_thread(wait_for, lambda: len({m.payload for m in sub.on(topic)}) >= 10, 10, "all 10")
+        values = list(dict.fromkeys(json.loads(m.payload)["samples"][0]["value"] for m in sub.on(topic)))
+        assert values == [float(i) for i in range(1, 11)]
+    finally:
+        sub.close()
+
+
 async def test_influx_outage_loses_nothing(
         gateway_factory: Callable[..., GatewayProcess], own_influx: Influx) -> None:
     db = db_name()
