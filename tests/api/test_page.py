@@ -56,6 +56,10 @@ async def test_page_shows_chargers_power_and_refreshes(tmp_path: Path, browser: 
             await page.click("#login button")
             row = page.locator('tr[data-charger="PAGE-16"]')
             await row.wait_for(timeout=10_000)
+            # and the login stays hidden, even when a refresh that left without the token answers late
+            done = await page.evaluate("() => Number(document.body.dataset.refreshed || 0)")
+            await page.wait_for_function(f"() => Number(document.body.dataset.refreshed || 0) >= {done + 2}",
+                                         timeout=10_000)
             assert await page.is_hidden("#login")
             text = await row.inner_text()
             assert "websocket" in text and "ocpp1.6" in text and "standalone" in text
