@@ -70,8 +70,7 @@ class ChargerAuth:
                 return observer
         return None
 
-    def _valid(self, charger_id: str) -> list[str]:
-        book = self._book()
+    def _valid(self, charger_id: str, book: Any) -> list[str]:
         if book is not None:
             return book.passwords(charger_id)
         charger = self.settings.charger(charger_id)
@@ -93,7 +92,8 @@ class ChargerAuth:
             reason = "profile 3 needs a client certificate, and this port has no TLS of its own"
         else:
             creds = parse_basic(authorization)
-            valid = self._valid(charger_id)
+            book = self._book()
+            valid = self._valid(charger_id, book)
             if creds is None:
                 reason = "no Basic credentials"
             elif creds[0] != charger_id.encode("utf-8"):
@@ -106,7 +106,6 @@ class ChargerAuth:
                     if (await asyncio.to_thread(password_matches, stored, creds[1], OcppVersion.V16)
                             if is_hashed(stored) else password_matches(stored, creds[1], OcppVersion.V16)):
                         reason = None
-                        book = self._book()
                         if book is not None:
                             book.logged_in(charger_id, stored)
                         break

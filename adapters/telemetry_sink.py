@@ -137,7 +137,7 @@ class SpooledSink(Generic[Item]):
         """`offer` for many records at once (those of one exchange, or what the telemetry observer
         gathered from many): one queue entry for all of them."""
         queue = self.queue
-        if queue._size >= queue._max:
+        if queue.full():
             for _ in records:
                 self._drop()
             return

@@ -69,11 +69,12 @@ class TelemetryObserver:
             self._offer(records)
 
     def _keep(self, item: Any) -> None:
+        """Queue an exchange or a session event's records; without `gather` they go out at once."""
         self._pending.append(item)
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.gather, self.flush)
-        elif len(self._pending) >= GATHER_MAX:
+        if not self.gather or len(self._pending) >= GATHER_MAX:
             self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.gather, self.flush)
 
     def _normalise(self, exchange: Exchange) -> list[Record]:
         try:
@@ -100,12 +101,7 @@ class TelemetryObserver:
     def exchange(self, session: Any, exchange: Exchange) -> None:
         if exchange.error is not None:
             return  # refused or unanswered: the charger will send it again
-        if self.gather:
-            self._keep(exchange)
-            return
-        records = self._normalise(exchange)
-        if records:
-            self._offer(records)
+        self._keep(exchange)
 
     def session_event(self, session: Any, event: str) -> None:
         now = datetime.now(timezone.utc)
@@ -118,12 +114,7 @@ class TelemetryObserver:
                 forget, records = None, [ChargerState(charger_id=session.charger_id, connected=connected,
                                                       upstream=session.upstream_state.value,
                                                       protocol=session.version.value, ts=now)]
-            if self.gather:
-                self._keep((forget, records))
-                return
-            if forget is not None:
-                self.normaliser.forget(forget)
-            self._offer(records)
+            self._keep((forget, records))
         except Exception:  # noqa: BLE001
             self.failures += 1
             log.exception("telemetry: session event %s of %s", event, getattr(session, "charger_id", "?"))

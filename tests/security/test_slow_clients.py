@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -21,6 +22,16 @@ SOAP_HEARTBEAT = ('<?xml version="1.0" encoding="UTF-8"?><s:Envelope xmlns:s="ht
                   '<o:chargeBoxIdentity>SOAP1</o:chargeBoxIdentity><a:Action>/Heartbeat</a:Action>'
                   '<a:MessageID>urn:uuid:1</a:MessageID><a:To>http://x/ocpp-s</a:To></s:Header><s:Body>'
                   '<o:heartbeatRequest/></s:Body></s:Envelope>')
+
+
+async def http_and_soap_answer(http: aiohttp.ClientSession, gw: Any, message_id: str) -> None:
+    """An HTTP device's Heartbeat and a SOAP charger's heartbeat are both answered."""
+    async with http.post(f"http://127.0.0.1:{gw.http.port}/ocpp-http/DEV1",
+                         json=[2, message_id, "Heartbeat", {}]) as r:
+        assert r.status == 200 and (await r.json())[:2] == [3, message_id]
+    async with http.post(f"http://127.0.0.1:{gw.soap.port}/ocpp-s", data=SOAP_HEARTBEAT.encode(),
+                         headers={"Content-Type": "application/soap+xml; charset=utf-8"}) as r:
+        assert r.status == 200 and b"heartbeatResponse" in await r.read()
 
 
 async def test_slow_http_and_soap_clients_stall_no_one(tmp_path: Path) -> None:
@@ -40,12 +51,7 @@ async def test_slow_http_and_soap_clients_stall_no_one(tmp_path: Path) -> None:
                 await ws.send('[2,"h1","Heartbeat",{}]')
                 assert orjson.loads(await asyncio.wait_for(ws.recv(), 3))[:2] == [3, "h1"]
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
-                async with http.post(f"http://127.0.0.1:{gw.http.port}/ocpp-http/DEV1",
-                                     json=[2, "h2", "Heartbeat", {}]) as r:
-                    assert r.status == 200 and (await r.json())[:2] == [3, "h2"]
-                async with http.post(f"http://127.0.0.1:{gw.soap.port}/ocpp-s", data=SOAP_HEARTBEAT.encode(),
-                                     headers={"Content-Type": "application/soap+xml; charset=utf-8"}) as r:
-                    assert r.status == 200 and b"heartbeatResponse" in await r.read()
+                await http_and_soap_answer(http, gw, "h2")
             assert time.monotonic() - t < 8
             # trickle one byte on each slow connection: still nobody else waits
             for w in slow:
@@ -112,10 +118,4 @@ async def test_stalled_connections_are_closed_and_the_ports_are_capped(tmp_path:
             # a long poll outlasting the idle timeout is answered (204: nothing for the device), not cut
             async with http.get(f"http://127.0.0.1:{gw.http.port}/ocpp-http/DEV9/calls", params={"wait": "2"}) as r:
                 assert r.status == 204
-            # and the ports serve again
-            async with http.post(f"http://127.0.0.1:{gw.http.port}/ocpp-http/DEV1",
-                                 json=[2, "h9", "Heartbeat", {}]) as r:
-                assert r.status == 200 and (await r.json())[:2] == [3, "h9"]
-            async with http.post(f"http://127.0.0.1:{gw.soap.port}/ocpp-s", data=SOAP_HEARTBEAT.encode(),
-                                 headers={"Content-Type": "application/soap+xml; charset=utf-8"}) as r:
-                assert r.status == 200 and b"heartbeatResponse" in await r.read()
+            await http_and_soap_answer(http, gw, "h9")  # and the ports serve again
