@@ -193,7 +193,7 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
-_AUTH = [{"bearer": []}]
+_AUTH: list[dict[str, list[str]]] = [{"bearer": []}]
 _401 = _json(_ref("Error"), "missing or wrong bearer token (only when [api].token is set)")
 _404 = _json(_ref("Error"), "no such charger")
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 48},

@@ -216,10 +216,10 @@ def run_load(args: argparse.Namespace, name: str, url: str, n: int, pid: int, ec
                                 preexec_fn=child_setup(cpus, NICE[0]))
         try:
             out, _ = proc.communicate(timeout=budget + 45)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as exc:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(5)
-            raise RuntimeError(f"load {name} N={n} exceeded {budget + 45:.0f}s; see {err_path.name}")
+            raise RuntimeError(f"load {name} N={n} exceeded {budget + 45:.0f}s; see {err_path.name}") from exc
     if proc.returncode != 0:
         raise RuntimeError(f"load {name} N={n} failed ({proc.returncode}):\n{err_path.read_text()[-3000:]}")
     result = json.loads(out.decode().strip().splitlines()[-1])

@@ -208,14 +208,20 @@ def _enums_15(f: Field) -> Field:
     return replace(f, enum=enum, max_length=None, children=tuple(_enums_15(c) for c in f.children))
 
 
+def _child(f: Field, name: str) -> Field:
+    child = f.child(name)
+    if child is None:
+        raise LookupError(f"{f.name} has no element {name}")
+    return child
+
+
 def _meter_value_15(name: str, meter_value_16: Field) -> Field:
     """1.5 MeterValue: a timestamp and `value` elements whose text is the reading and whose
     attributes qualify it (1.6 turned the attributes into the elements of `sampledValue`, and
     added `phase`)."""
     sampled = meter_value_16.child("sampledValue")
     assert sampled is not None
-    attrs = tuple(replace(sampled.child(n), required=False)  # type: ignore[arg-type]
-                  for n in ("context", "format", "measurand", "location", "unit"))
+    attrs = tuple(replace(_child(sampled, n), required=False) for n in ("context", "format", "measurand", "location", "unit"))
     value = Field("value", "text", True, True, children=attrs)
     return Field(name, "complex", False, True, children=(Field("timestamp", "dateTime", True), value))
 

@@ -193,7 +193,8 @@ def parse(text: str | bytes, version: OcppVersion) -> Frame:
             # 2.0.1 Part 4 §4.4: answer MessageTypeNotSupported.
             raise _error(version, ErrorCode.MESSAGE_TYPE_NOT_SUPPORTED, f"MessageTypeId {type_id!r} is not supported", message_id)
         # 1.6 §4.1.3 and 2.1 §4.4: ignore the message.
-        raise _error(version, ErrorCode.MESSAGE_TYPE_NOT_SUPPORTED, f"MessageTypeId {type_id!r} ignored", message_id, answer=False)
+        raise _error(version, ErrorCode.MESSAGE_TYPE_NOT_SUPPORTED, f"MessageTypeId {type_id!r} ignored", message_id,
+                     answer=False)
     if type_id in (MessageType.CALL, MessageType.SEND):
         if len(data) != 4 or not isinstance(data[2], str) or not isinstance(data[3], dict):
             raise _error(version, ErrorCode.RPC_FRAMEWORK_ERROR if version.is_2x else ErrorCode.FORMAT_VIOLATION,

@@ -20,7 +20,7 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, ClassVar
 from urllib.parse import unquote
 
 from ocpp import v16, v21, v201
@@ -392,7 +392,7 @@ class CsmsServer:
 
 
 class Charger16(_Peer, v16.ChargePoint):
-    config = {"HeartbeatInterval": "60"}
+    config: ClassVar[dict[str, str]] = {"HeartbeatInterval": "60"}
 
     @on("RemoteStartTransaction")
     def cp_remote_start(self, **_: Any) -> Any:

@@ -293,7 +293,7 @@ async def test_commands_round_trip_over_mqtt(
                 with sub._lock:
                     sub.messages.clear()
                 pub.publish(f"{base}/{cid}/cmd/{action}", payload, qos=1)
-                got = await asyncio.to_thread(wait_for, lambda: sub.json(f"{base}/{cid}/cmd/{action}/result"), 10,
+                got = await asyncio.to_thread(wait_for, lambda topic=f"{base}/{cid}/cmd/{action}/result": sub.json(topic), 10,
                                               f"{cid} {action} result")
                 last = got[-1]
                 assert last["status"] == "error" and last["error"]["code"] == code, (payload, last)
