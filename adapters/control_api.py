@@ -1,4 +1,4 @@
-"""REST endpoints of local control (README "Local control"), mounted by adapters/api.py:
+"""REST endpoints of local control (docs/local-control.md), mounted by adapters/api.py:
 `POST /api/v1/chargers/{id}/pause` and `/resume` with `{"evse": n}` or `{"transaction_id": ...}`.
 
 Kept apart from adapters/api.py so that file only mounts them; their OpenAPI path items and schema

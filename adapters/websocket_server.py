@@ -8,7 +8,7 @@
   (websockets' default of HTTP 400 is not what the specs say);
 - `GET /healthz` on the same port answers 200 (for load balancers and the tests).
 
-Security (README "Security"; gateway/security.py): with `security_profile` >= 2 the server is wss://
+Security (docs/security.md; gateway/security.py): with `security_profile` >= 2 the server is wss://
 (TLS >= 1.2, `tls_cert`/`tls_key`, client certificates verified against `tls_ca`). Per charger
 (`[chargers.ID].security_profile` overrides the site's): 0 nothing asked; 1 and 2 HTTP Basic, user =
 charger id, password = `[chargers.ID].password`; 3 a client certificate whose subject CN or a DNS/URI

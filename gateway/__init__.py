@@ -1,3 +1,3 @@
 """OCPP site gateway: the core. Knows OCPP and the gateway's rules; imports no transport library."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,6 +1,6 @@
 """The project's own description of the OCPP-S contract, generated at run time.
 
-The official OCPP-S WSDLs may not be shipped with the project (see README, "SOAP chargers"). This
+The official OCPP-S WSDLs may not be shipped with the project (see docs/chargers.md, "SOAP chargers"). This
 module derives an equivalent contract instead:
 
 - the message structure (field names, required/optional, lists, nesting, enumerations, string

@@ -2,7 +2,7 @@
 
 Pure functions on JSON dictionaries. Charger -> CSMS messages (requests of the Central System
 service, responses of the Charge Point service) go `up` from 1.5 to 1.6; CSMS -> charger messages go
-`down`. The table in the README ("SOAP chargers") lists every rule; keep them in step.
+`down`. The table in docs/chargers.md ("SOAP chargers") lists every rule; keep them in step.
 """
 
 from __future__ import annotations

@@ -249,7 +249,7 @@ class SoapServer:
                 raise SoapError("Sender", "ProtocolError", f"chargeBoxIdentity: {problem}")
             refusal = await self.auth.check(charger_id, request.remote or "?", request.headers.get("Authorization"))
             if refusal is not None:
-                # OCPP-S has no authentication of its own: HTTP Basic, as for OCPP-J (README, "SOAP chargers")
+                # OCPP-S has no authentication of its own: HTTP Basic, as for OCPP-J (docs/chargers.md, "SOAP chargers")
                 err = SoapError("Sender", "SecurityError", "authentication failed")
                 return web.Response(status=refusal.status, headers=refusal.headers,
                                     body=codec.fault(err, namespace, relates_to),

@@ -1,5 +1,5 @@
 """Local control: pause and resume, a site power limit shared among transactions, and charging
-derated by temperature (README "Local control").
+derated by temperature (docs/local-control.md).
 
 - `settings`: the `[site]`, `[control]` and `[derating]` configuration models;
 - `decide`: the pure decisions (fair share, the derating hysteresis, the profiles' payloads);

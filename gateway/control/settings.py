@@ -38,7 +38,7 @@ class SiteSettings(_Section):
 
 
 class ControlSettings(_Section):
-    """How the gateway's charging profiles coexist with the CSMS's (README "Local control")."""
+    """How the gateway's charging profiles coexist with the CSMS's (docs/local-control.md)."""
 
     pause_enabled: bool = True  # operator pause/resume (REST, MQTT)
     profile_id_base: int = Field(900_000_000, ge=1, le=2_000_000_000)  # gateway profile ids: base .. base+99999

@@ -1,4 +1,4 @@
-"""OCPP 1.5 <-> 1.6 payload conversion (pure): every rule of the README's table."""
+"""OCPP 1.5 <-> 1.6 payload conversion (pure): every rule of the table in docs/chargers.md."""
 
 from __future__ import annotations
 
