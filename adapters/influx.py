@@ -63,9 +63,15 @@ def _field_value(value: Any) -> str:
     raise TypeError(f"field values are float, bool or str, not {type(value).__name__}")
 
 
+# InfluxDB stores signed 64-bit nanoseconds (1677-09-21 to 2262-04-11) and refuses a whole batch
+# with a point outside: a charger's time beyond them (its clock, or a clamped one) is written at the bound
+NS_MIN, NS_MAX = -9_223_372_036_854_775_806, 9_223_372_036_854_775_806
+
+
 def ns(ts: datetime) -> int:
     delta = ts - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    out = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    return out if NS_MIN <= out <= NS_MAX else (NS_MIN if out < 0 else NS_MAX)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -111,9 +117,10 @@ def _meter_lines(record: MeterReading, site: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _environment_series(site: str, charger: str, name: str, unit: str, source: str) -> str:
+def _environment_series(site: str, charger: str, name: str, unit: str, source: str, component: str | None) -> str:
+    # component (2.x device model): two components' "temperature" stay two series
     return _series("environment", (("site", site), ("charger", charger), ("name", name), ("unit", unit),
-                                   ("source", source)))
+                                   ("source", source), ("component", component)))
 
 
 def encode(record: Record, site: str) -> list[str]:
@@ -130,12 +137,14 @@ def encode(record: Record, site: str) -> list[str]:
                                         "event": record.event},
                         {"transaction_id": record.transaction_id, "energy_wh": _f(record.energy_wh),
                          "meter_start": _f(record.meter_start), "meter_stop": _f(record.meter_stop),
-                         "offline": bool(record.offline)}, record.ts))
+                         "offline": bool(record.offline), "ts_clamped": True if record.ts_clamped else None},
+                        record.ts))
     elif isinstance(record, EnvironmentReading):  # one with most 1.6 MeterValues (a temperature sample)
         value = float(record.value)
         if value - value == 0.0:  # finite
-            out.append(f"{_environment_series(site, record.charger_id, record.name, record.unit, record.source)}"
-                       f" value={value!r} {ns(record.ts)}")
+            series = _environment_series(site, record.charger_id, record.name, record.unit, record.source,
+                                         record.component)
+            out.append(f"{series} value={value!r} {ns(record.ts)}")
     elif isinstance(record, ChargerState):
         out.append(line("charger_state", {"site": site, "charger": record.charger_id},
                         {"connected": record.connected, "upstream": record.upstream, "protocol": record.protocol},

@@ -18,10 +18,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from gateway.ports import Exchange
+from gateway.telemetry import units
 
 ENERGY = "Energy.Active.Import.Register"
 POWER = "Power.Active.Import"
-_SCALE = {"W": 1.0, "kW": 1000.0, "Wh": 1.0, "kWh": 1000.0}
 _PHASES = {"L1", "L2", "L3", "L1-N", "L2-N", "L3-N"}
 
 
@@ -57,16 +57,17 @@ def read_samples(meter_values: Any) -> dict[str, float]:
             if value is None:
                 continue
             uom = sv.get("unitOfMeasure")
-            if isinstance(uom, dict):  # 2.x
-                unit = uom.get("unit", "Wh" if measurand == ENERGY else "W")
-                multiplier = uom.get("multiplier", 0)
-                value *= 10.0 ** (multiplier if isinstance(multiplier, int) else 0)
-            else:  # 1.6
-                unit = sv.get("unit", "Wh" if measurand == ENERGY else "W")
-            scale = _SCALE.get(unit)
-            if scale is None:
+            try:  # the telemetry's unit rules: no unit is the measurand's own (W, Wh), 2.x multiplier first
+                if isinstance(uom, dict):  # 2.x
+                    multiplier = uom.get("multiplier", 0)
+                    value, unit = units.canonical(value, uom.get("unit"), measurand=measurand,
+                                                  multiplier=multiplier if isinstance(multiplier, int) else 0)
+                else:  # 1.6
+                    value, unit = units.canonical(value, sv.get("unit"), measurand=measurand)
+            except (ValueError, OverflowError):
                 continue
-            value *= scale
+            if unit != ("Wh" if measurand == ENERGY else "W"):
+                continue
             phase = sv.get("phase")
             if phase is None:
                 found[measurand] = value

@@ -155,7 +155,11 @@ class SchemaRegistry:
         with self._lock:
             if key not in self._validators:
                 schema = self.load(version, action, response)
-                self._validators[key] = None if schema is None else fastjsonschema.compile(schema)
+                # use_default=False: validating must not write the schemas' defaults into the payload
+                # (observers see what the charger sent; a 2.x unitOfMeasure without unit would turn
+                # into "Wh", which is the default of energy measurands only)
+                self._validators[key] = (None if schema is None
+                                         else fastjsonschema.compile(schema, use_default=False))
             return self._validators[key]
 
     def validate(self, version: OcppVersion, action: str, payload: Any, *, response: bool = False) -> SchemaViolation | None:

@@ -11,7 +11,14 @@ Where environment data lives (ocpp-reference.md §4): 1.6 MeterValues `Temperatu
 NotifyReport, NotifyMonitoringReport (thresholds), GetVariables answers and 2.1
 NotifyPeriodicEventStream; DataTransfer through `vendors.DECODERS`.
 
-Environment names: 1.6 `temperature` (location Body or none), `temperature_{location}` otherwise,
+Identities: every MeterSample carries the spec's defaults filled in (measurand
+Energy.Active.Import.Register, location Outlet, context Sample.Periodic; phase None is the overall
+value), so a reading's identity (EVSE, measurand, phase, location) is its fields: a Body and an
+Outlet temperature are two readings, a sample without location and one with Outlet are the same.
+Units are those of `units` (a missing unit is the measurand's own, not always Wh).
+
+Environment names: 1.6 `temperature` (location Body), `temperature_{location}` otherwise (no
+location is Outlet: `temperature_outlet`),
 `_evse{n}` appended for a connector's sensor; 2.x `temperature` / `humidity` for TemperatureSensor /
 HumiditySensor / ChargingStation, `ambient_temperature` for ExternalTemperatureSensor,
 `{component}_{variable}` for other components (snake_case), then `_{instance}` and `_evse{n}`.
@@ -30,11 +37,12 @@ from gateway.telemetry import units
 from gateway.telemetry.records import (
     ChargerInfo, ConnectorStatus, EnvironmentReading, MeterReading, MeterSample, Record, TransactionEvent,
 )
-from gateway.telemetry.vendors import DECODERS, DecoderRegistry, parse_time
+from gateway.telemetry.vendors import DECODERS, DecoderRegistry, is_clamped, parse_time
 
 log = logging.getLogger("gateway.telemetry")
 
 ENERGY_REGISTER = "Energy.Active.Import.Register"
+DEFAULT_LOCATION = "Outlet"  # SampledValue.location when absent (1.6 §7.45, 2.x LocationEnumType)
 # 2.x device-model variables that are environment data, with their default unit
 ENV_VARIABLES = {"Temperature": ("temperature", units.CELSIUS), "Humidity": ("humidity", units.HUMIDITY),
                  "FanSpeed": ("fan_speed", "RPM")}
@@ -145,6 +153,7 @@ class Normaliser:
         if fmt == "SignedData":
             return None  # a signed blob, not a number
         measurand = measurand or ENERGY_REGISTER
+        location = location or DEFAULT_LOCATION
         factor = kind = None
         if measurand == "Temperature" or units.is_temperature_unit(unit):
             kind = units.temperature_kind(unit)  # None: "Temperature" in a unit that is not one
@@ -155,7 +164,7 @@ class Normaliser:
             factor, unit = units.canonical(1.0, unit, measurand=measurand)
         env = _ENV_MEASURANDS_16.get(measurand)
         if env is not None:
-            if location and location != "Body":
+            if location != "Body":
                 env += "_" + snake(location)
             if phase:
                 env += "_" + snake(phase)
@@ -235,8 +244,9 @@ class Normaliser:
         start = units.parse_number(req.get("meterStart"))
         if tx_id is not None:
             self._tx.put((cid, tx_id), (start, connector, connector))
+        ts = parse_time(req.get("timestamp"), now)
         yield TransactionEvent(charger_id=cid, event="started", transaction_id=tx_id, evse=connector,
-                               connector=connector, ts=parse_time(req.get("timestamp"), now), meter_start=start)
+                               connector=connector, ts=ts, meter_start=start, ts_clamped=is_clamped(ts))
 
     def _StopTransaction_16(self, cid: str, req: dict, resp: dict, now: datetime) -> Iterable[Record]:
         tx = req.get("transactionId")
@@ -244,9 +254,10 @@ class Normaliser:
         start, evse, connector = self._tx.pop((cid, tx_id), (None, None, None))
         stop = units.parse_number(req.get("meterStop"))
         yield from self._samples_16(cid, evse or 0, tx_id, req.get("transactionData"), now, "StopTransaction")
+        ts = parse_time(req.get("timestamp"), now)
         yield TransactionEvent(charger_id=cid, event="ended", transaction_id=tx_id, evse=evse, connector=connector,
-                               ts=parse_time(req.get("timestamp"), now), meter_start=start, meter_stop=stop,
-                               energy_wh=_energy(start, stop), reason=req.get("reason") or "Local")
+                               ts=ts, meter_start=start, meter_stop=stop, energy_wh=_energy(start, stop),
+                               reason=req.get("reason") or "Local", ts_clamped=is_clamped(ts))
 
     # -- 2.0.1 / 2.1 ----------------------------------------------------------------------------
 
@@ -268,11 +279,13 @@ class Normaliser:
                 uom = sv.get("unitOfMeasure") or {}
                 measurand = sv.get("measurand") or ENERGY_REGISTER
                 try:
-                    value, unit = units.canonical(raw, uom.get("unit", "Wh"), measurand=measurand,
+                    # no unit: the measurand's own (Wh only for energy), after the multiplier
+                    value, unit = units.canonical(raw, uom.get("unit"), measurand=measurand,
                                                   multiplier=_int(uom.get("multiplier")) or 0)
                 except ValueError:
                     continue
-                samples.append(MeterSample(measurand, value, unit, sv.get("phase"), sv.get("location"),
+                samples.append(MeterSample(measurand, value, unit, sv.get("phase"),
+                                           sv.get("location") or DEFAULT_LOCATION,
                                            sv.get("context") or "Sample.Periodic"))
             if samples:
                 out.append(MeterReading(charger_id=cid, evse=evse, connector=connector, ts=ts, transaction_id=tx,
@@ -309,10 +322,11 @@ class Normaliser:
         else:
             self._tx.put((cid, tx_id), (start, evse, connector))
         reason = info.get("stoppedReason") if event == "ended" else None
+        ts = parse_time(req.get("timestamp"), now)
         yield TransactionEvent(charger_id=cid, event=event, transaction_id=tx_id, evse=evse, connector=connector,
-                               ts=parse_time(req.get("timestamp"), now), meter_start=start, meter_stop=stop,
-                               energy_wh=_energy(start, stop), reason=reason or req.get("triggerReason"),
-                               offline=bool(req.get("offline", False)), seq_no=_int(req.get("seqNo")))
+                               ts=ts, meter_start=start, meter_stop=stop, energy_wh=_energy(start, stop),
+                               reason=reason or req.get("triggerReason"), offline=bool(req.get("offline", False)),
+                               seq_no=_int(req.get("seqNo")), ts_clamped=is_clamped(ts))
 
     # device model -----------------------------------------------------------------------------
 

@@ -14,14 +14,23 @@ from typing import NamedTuple
 
 class MeterSample(NamedTuple):
     """One sampled value. A named tuple rather than a frozen dataclass: a MeterValues carries
-    several, and a frozen dataclass costs about four times as much to build."""
+    several, and a frozen dataclass costs about four times as much to build.
 
-    measurand: str  # e.g. "Energy.Active.Import.Register"
+    Identity: a reading is the same reading as another when the EVSE (MeterReading.evse), the
+    measurand, the phase and the location are equal (`reading_key`); sinks keep readings with
+    different identities apart (MQTT topics, InfluxDB tags, Home Assistant entities, the API)."""
+
+    measurand: str  # e.g. "Energy.Active.Import.Register" (the OCPP default filled in)
     value: float
-    unit: str  # canonical unit (units.canonical)
-    phase: str | None = None
-    location: str | None = None
-    context: str | None = None
+    unit: str  # canonical unit (units.canonical; a missing unit is the measurand's own: units.default_unit)
+    phase: str | None = None  # None: the overall value
+    location: str | None = None  # the normaliser fills in the OCPP default, "Outlet"
+    context: str | None = None  # the normaliser fills in the OCPP default, "Sample.Periodic"
+
+
+def reading_key(evse: int, sample: MeterSample) -> tuple[int, str, str | None, str | None]:
+    """The identity of a sampled value: (EVSE, measurand, phase, location)."""
+    return evse, sample.measurand, sample.phase, sample.location
 
 
 class MeterReading(NamedTuple):
@@ -66,11 +75,15 @@ class TransactionEvent:
     reason: str | None = None
     offline: bool = False
     seq_no: int | None = None
+    ts_clamped: bool = False  # the charger's time was outside years 1-9999 in UTC: `ts` is the nearest bound
 
 
 class EnvironmentReading(NamedTuple):
     """A device or environment variable: temperature, humidity, fan speed, ... (a named tuple: a 1.6
-    MeterValues with a temperature sample carries one, see MeterReading)."""
+    MeterValues with a temperature sample carries one, see MeterReading).
+
+    Identity: `name` with `component` (2.x: the device-model component with its instance and EVSE;
+    the name encodes the location, instance and EVSE too, normalise.py says how)."""
 
     charger_id: str
     name: str  # e.g. "temperature", "humidity", "ambient_temperature", "temperature_inlet_evse1"

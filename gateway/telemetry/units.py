@@ -1,18 +1,43 @@
 """Unit rules: every value leaves the gateway in one canonical unit per quantity.
 
+A sample without a unit is in its measurand's own unit (`default_unit`). OCPP 1.6 (§7.45
+SampledValue.unit) and 2.0.1/2.1 (UnitOfMeasureType.unit) both say "Default = Wh if the (default)
+measurand is an Energy type": Wh is the default of energy measurands only, not of every sample.
+
+| measurand (1.6, 2.0.1, 2.1)                                    | unit when none is sent |
+|----------------------------------------------------------------|------------------------|
+| Energy.Active.* (Register, Interval, Net, CableLoss, ...)      | Wh                     |
+| Energy.Reactive.*                                              | varh                   |
+| Energy.Apparent.* (2.x)                                        | VAh                    |
+| EnergyRequest.*, Display.BatteryEnergyCapacity (2.1)           | Wh                     |
+| Current.* (Import, Export, Offered, ...Minimum, ...Offered)    | A                      |
+| Voltage, Voltage.Minimum, Voltage.Maximum                      | V                      |
+| Power.Active.*, Power.Offered, Power.Import.*, Power.Export.*  | W                      |
+| Power.Reactive.*                                               | var                    |
+| Power.Factor                                                   | "" (a ratio)           |
+| Frequency                                                      | Hz                     |
+| SoC, Display.*SOC (2.1)                                        | Percent                |
+| Display.RemainingTimeTo*SOC (2.1)                              | s                      |
+| Display.ChargingComplete, Display.InletHot (2.1)               | "" (0 or 1)            |
+| Temperature (1.6)                                              | Celsius                |
+| RPM (1.6)                                                      | RPM                    |
+| any other                                                      | "" (none stated)       |
+
+Then every value is converted to the canonical unit of its quantity:
+
 | charger sent                                  | canonical  | conversion                 |
 |-----------------------------------------------|------------|----------------------------|
 | Wh, kWh                                       | Wh         | kWh x 1000                 |
 | W, kW                                         | W          | kW x 1000                  |
-| varh, kvarh / W, kW / VA, kVA / var, kvar     | varh/var/VA| k... x 1000                |
+| varh, kvarh / var, kvar / VA, kVA / VAh, kVAh | varh/var/VA/VAh | k... x 1000           |
 | Celsius, Celcius (1.6 schema typo), Fahrenheit, K | Celsius | (F - 32) x 5/9, K - 273.15 |
 | RH, %RH, Percent on a humidity variable       | RH         | (percent relative humidity)|
-| Hertz, Hz, none on Frequency                  | Hz         |                            |
-| anything else                                 | as sent    |                            |
+| Hertz (1.6 schema), Hz                        | Hz         |                            |
+| anything else (A, V, Percent, s, ...)         | as sent    |                            |
 
-OCPP 2.x `unitOfMeasure.multiplier` (a power of ten) is applied before the conversion. A 1.6 sample
-without a unit is in Wh (O16 §7.45 default) except Frequency (Hz, O16 §7.31 note) and Temperature
-(Celsius). Values round to 6 significant decimals after conversion, so that 77 °F is exactly 25.0.
+OCPP 2.x `unitOfMeasure.multiplier` (a power of ten; "it only multiplies the value") is applied
+first: {"value": 7.4, "unitOfMeasure": {"unit": "W", "multiplier": 3}} is 7400 W, and with "kW" it
+is 7 400 000 W. Values round to 6 decimals after conversion, so that 77 °F is exactly 25.0.
 """
 
 from __future__ import annotations
@@ -21,6 +46,19 @@ import math
 
 CELSIUS = "Celsius"
 HUMIDITY = "RH"
+ENERGY_DEFAULT = "Wh"
+
+# measurand -> its unit when the charger sends none (the table above); prefixes after exact names
+_DEFAULT_EXACT = {
+    "Power.Factor": "", "Frequency": "Hz", "SoC": "Percent", "Temperature": CELSIUS, "RPM": "RPM",
+    "Display.BatteryEnergyCapacity": "Wh", "Display.ChargingComplete": "", "Display.InletHot": "",
+}
+_DEFAULT_PREFIX = (
+    ("Energy.Reactive.", "varh"), ("Energy.Apparent.", "VAh"), ("Energy", "Wh"),  # Energy.*, EnergyRequest.*
+    ("Current.", "A"), ("Voltage", "V"), ("Power.Reactive.", "var"), ("Power.", "W"),
+    ("Display.RemainingTimeTo", "s"), ("Display.", "Percent"),  # Display.PresentSOC, ...MinimumSOC, ...
+)
+_defaults: dict[str, str] = {}
 
 _SCALE = {
     "kWh": ("Wh", 1000.0), "Wh": ("Wh", 1.0),
@@ -35,6 +73,18 @@ _SCALE = {
 _TEMPERATURE_UNITS = {"celsius": "C", "celcius": "C", "degc": "C", "°c": "C", "c": "C",
                       "fahrenheit": "F", "degf": "F", "°f": "F", "f": "F",
                       "k": "K", "kelvin": "K"}
+
+
+def default_unit(measurand: str) -> str:
+    """The unit of a sample of `measurand` that states none (OCPP: Wh only for energy measurands)."""
+    unit = _defaults.get(measurand)
+    if unit is None:
+        unit = _DEFAULT_EXACT.get(measurand)
+        if unit is None:
+            unit = next((u for prefix, u in _DEFAULT_PREFIX if measurand.startswith(prefix)), "")
+        if len(_defaults) < 1024:  # measurands come from chargers: keep the table bounded
+            _defaults[measurand] = unit
+    return unit
 
 
 def is_temperature_unit(unit: str | None) -> bool:
@@ -64,11 +114,18 @@ def tidy(value: float) -> float:
 
 
 def canonical(value: float, unit: str | None, *, measurand: str = "", multiplier: int = 0) -> tuple[float, str]:
-    """(value, unit) in canonical units. Raises ValueError for non-finite values."""
+    """(value, unit) in canonical units; a missing unit is the measurand's own (`default_unit`; no
+    measurand: the OCPP default, Energy.Active.Import.Register). Raises ValueError for non-finite
+    values."""
     if not math.isfinite(value):
         raise ValueError("not a finite number")
     if multiplier:
-        value = value * (10.0 ** multiplier)
+        try:  # any integer is schema-valid: a value that overflows is not a number we can keep
+            value = value * (10.0 ** multiplier)
+        except OverflowError as exc:
+            raise ValueError(f"multiplier {multiplier} out of range") from exc
+        if not math.isfinite(value):
+            raise ValueError(f"multiplier {multiplier} out of range")
     if unit and measurand != "Temperature" and measurand != "Humidity":  # the common case, first
         scaled = _SCALE.get(unit)
         if scaled is not None:
@@ -76,11 +133,7 @@ def canonical(value: float, unit: str | None, *, measurand: str = "", multiplier
     if measurand == "Temperature" or is_temperature_unit(unit):
         return to_celsius(value, unit), CELSIUS
     if unit is None or unit == "":
-        if measurand == "Frequency":
-            return float(value), "Hz"
-        if measurand in ("SoC", "Power.Factor"):
-            return float(value), "Percent" if measurand == "SoC" else ""
-        unit = "Wh"
+        unit = default_unit(measurand or "Energy.Active.Import.Register")
     if measurand == "Humidity" and unit in ("Percent", "%"):
         return float(value), HUMIDITY
     scaled = _SCALE.get(unit)

@@ -22,6 +22,7 @@ retrofit sensors that have temperature or humidity but no OCPP way to say so (1.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -31,6 +32,16 @@ from gateway.telemetry.records import EnvironmentReading, Record
 
 Decoder = Callable[[str, Any, datetime], list[Record]]
 _UTC = timezone.utc
+log = logging.getLogger("gateway.telemetry")
+# the earliest and latest instants a record can carry: a schema-valid time such as
+# 0001-01-01T00:30:00+01:00 or 9999-12-31T23:30:00-01:00 is outside them in UTC and is clamped
+MIN_TIME = datetime.min.replace(tzinfo=_UTC)
+MAX_TIME = datetime.max.replace(tzinfo=_UTC)
+
+
+def is_clamped(ts: datetime) -> bool:
+    """True when `ts` is a clamp bound: the charger's time was outside what can be represented."""
+    return ts == MIN_TIME or ts == MAX_TIME
 
 
 class DecoderRegistry:
@@ -56,7 +67,8 @@ _NAME = re.compile(r"[a-z0-9_]{1,64}")
 
 
 def parse_time(text: Any, default: datetime) -> datetime:
-    """The charger's timestamp (aware, UTC), or `default` when absent or unreadable.
+    """The charger's timestamp (aware, UTC), or `default` when absent or unreadable; clamped to
+    MIN_TIME/MAX_TIME when it is readable but outside them in UTC (never an exception).
 
     Python 3.11's `fromisoformat` reads the forms OCPP chargers send ("...Z", "+01:00", fractions of
     any length, no zone: UTC) in about a tenth of a microsecond; only a lower-case "z" needs help."""
@@ -76,7 +88,12 @@ def parse_time(text: Any, default: datetime) -> datetime:
         return ts
     if tz is None:
         return ts.replace(tzinfo=_UTC)  # OCPP times are UTC; a charger that omits the zone means UTC
-    return ts.astimezone(_UTC)
+    try:
+        return ts.astimezone(_UTC)
+    except OverflowError:  # before year 1 or after year 9999 in UTC: clamped (is_clamped) and said so
+        log.warning("charger timestamp %r is outside years 1-9999 in UTC; recorded as %s", text[:40],
+                    "the earliest time" if ts.year == 1 else "the latest time")
+        return MIN_TIME if ts.year == 1 else MAX_TIME
 
 
 @DECODERS.register("gateway.environment", "Environment")

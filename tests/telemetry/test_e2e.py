@@ -86,7 +86,7 @@ async def test_ocpp16_session_reaches_mqtt_and_influx_v1(
             assert by_measurand["Energy.Active.Import.Register"]["value"] == 1500.0
             assert by_measurand["Energy.Active.Import.Register"]["unit"] == "Wh"
             assert by_measurand["Power.Active.Import"] == {"measurand": "Power.Active.Import", "value": 7200.0,
-                                                           "unit": "W", "phase": None, "location": None,
+                                                           "unit": "W", "phase": None, "location": "Outlet",
                                                            "context": "Sample.Periodic"}
             assert by_measurand["Temperature"]["value"] == 25.0 and by_measurand["Temperature"]["unit"] == "Celsius"
             power = sub.last(f"{base}/evse/1/meter/Power.Active.Import")

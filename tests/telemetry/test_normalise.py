@@ -58,11 +58,11 @@ def test_ocpp16_session() -> None:
     first = meters[0]
     assert (first.evse, first.connector, first.transaction_id, first.ts) == (2, 2, "42", t("2025-03-01T10:01:00Z"))
     assert first.samples == (
-        MeterSample("Energy.Active.Import.Register", 12500.0, "Wh", None, None, "Sample.Periodic"),
-        MeterSample("Energy.Active.Import.Register", 11000.0, "Wh", None, None, "Sample.Periodic"),  # bare value
-        MeterSample("Power.Active.Import", 3600.0, "W", None, None, "Sample.Periodic"),
+        MeterSample("Energy.Active.Import.Register", 12500.0, "Wh", None, "Outlet", "Sample.Periodic"),
+        MeterSample("Energy.Active.Import.Register", 11000.0, "Wh", None, "Outlet", "Sample.Periodic"),  # bare value
+        MeterSample("Power.Active.Import", 3600.0, "W", None, "Outlet", "Sample.Periodic"),
         MeterSample("Voltage", 230.1, "V", "L1-N", "Outlet", "Sample.Periodic"),
-        MeterSample("Frequency", 50.0, "Hz", None, None, "Sample.Periodic"),  # 1.6 has no Hz unit
+        MeterSample("Frequency", 50.0, "Hz", None, "Outlet", "Sample.Periodic"),  # 1.6 has no Hz unit
         MeterSample("Temperature", 40.0, "Celsius", None, "Body", "Sample.Periodic"),  # 104 °F
         MeterSample("Temperature", 21.5, "Celsius", None, "Cable", "Sample.Periodic"),  # the 'Celcius' typo
     )  # SignedData and a non-number are left out
@@ -73,7 +73,7 @@ def test_ocpp16_session() -> None:
     assert env == {
         ("temperature_evse2", 40.0, "Celsius", "MeterValues", t("2025-03-01T10:01:00Z")),
         ("temperature_cable_evse2", 21.5, "Celsius", "MeterValues", t("2025-03-01T10:01:00Z")),
-        ("temperature", 27.0, "Celsius", "MeterValues", t("2025-03-01T10:01:00Z")),
+        ("temperature_outlet", 27.0, "Celsius", "MeterValues", t("2025-03-01T10:01:00Z")),  # no location: Outlet
         ("temperature", 20.0, "Celsius", "DataTransfer/gateway.environment", t("2025-03-01T10:30:00Z")),
         ("humidity", 41.5, "RH", "DataTransfer/gateway.environment", t("2025-03-01T10:30:00Z")),
     }
@@ -108,7 +108,7 @@ def test_ocpp201_session() -> None:
                                      energy_wh=20000.0, reason="EVDisconnected", offline=True, seq_no=2)
     meters = of(records, MeterReading)
     power = meters[1].samples
-    assert power[0] == MeterSample("Power.Active.Import", 50000.0, "W", None, None, "Sample.Periodic")  # multiplier 3
+    assert power[0] == MeterSample("Power.Active.Import", 50000.0, "W", None, "Outlet", "Sample.Periodic")  # multiplier 3
     assert power[1] == MeterSample("SoC", 80.0, "Percent", None, "EV", "Sample.Periodic")
     assert meters[1].transaction_id == "TX-9" and meters[1].evse == 1
     main = meters[-1]
@@ -297,17 +297,17 @@ def test_16_meter_values_build_the_same_records_as_their_keywords_say() -> None:
         ts = datetime(2025, 3, 1, 10, 0, tzinfo=timezone.utc)
         env = [EnvironmentReading(charger_id="CP1", name=name, value=value, unit="Celsius", ts=ts,
                                   source="MeterValues", evse=2)
-               for name, value in (("temperature_evse2", 40.0), ("temperature_outlet_evse2", 27.0),
-                                   ("temperature_evse2", 21.123457), ("temperature_evse2", 30.0))]
+               for name, value in (("temperature_outlet_evse2", 40.0), ("temperature_outlet_evse2", 27.0),
+                                   ("temperature_evse2", 21.123457), ("temperature_outlet_evse2", 30.0))]
         meter = MeterReading(charger_id="CP1", evse=2, connector=2, ts=ts, transaction_id="5", source="MeterValues",
-                             samples=(MeterSample("Energy.Active.Import.Register", 1500.0, "Wh", None, None,
+                             samples=(MeterSample("Energy.Active.Import.Register", 1500.0, "Wh", None, "Outlet",
                                                   "Sample.Periodic"),
-                                      MeterSample("Voltage", 230.1, "V", "L1-N", None, "Sample.Periodic"),
-                                      MeterSample("Power.Active.Import", 2000.0, "W", None, None, "Sample.Clock"),
-                                      MeterSample("Temperature", 40.0, "Celsius", None, None, "Sample.Periodic"),
+                                      MeterSample("Voltage", 230.1, "V", "L1-N", "Outlet", "Sample.Periodic"),
+                                      MeterSample("Power.Active.Import", 2000.0, "W", None, "Outlet", "Sample.Clock"),
+                                      MeterSample("Temperature", 40.0, "Celsius", None, "Outlet", "Sample.Periodic"),
                                       MeterSample("Temperature", 27.0, "Celsius", None, "Outlet", "Sample.Periodic"),
                                       MeterSample("Temperature", 21.123457, "Celsius", None, "Body", "Sample.Periodic"),
-                                      MeterSample("Temperature", 30.0, "Celsius", None, None, "Sample.Periodic")))
+                                      MeterSample("Temperature", 30.0, "Celsius", None, "Outlet", "Sample.Periodic")))
         assert [r._asdict() for r in got] == [r._asdict() for r in (*env, meter)]
         assert [type(r) for r in got] == [EnvironmentReading] * 4 + [MeterReading]
 
@@ -319,9 +319,33 @@ def test_16_meter_values_build_the_same_records_as_their_keywords_say() -> None:
     ("2025-03-01T10:00:00.123456789Z", datetime(2025, 3, 1, 10, 0, 0, 123456, tzinfo=timezone.utc)),
     ("2025-03-01T10:00:00", datetime(2025, 3, 1, 10, 0, tzinfo=timezone.utc)),  # no zone: UTC
     ("yesterday", NOW), ("", NOW), (None, NOW), (17, NOW), ("2025-13-01T10:00:00Z", NOW),
+    # schema-valid, but before year 1 or after 9999 in UTC: clamped to the bounds, never an exception
+    ("0001-01-01T00:30:00+01:00", datetime.min.replace(tzinfo=timezone.utc)),
+    ("9999-12-31T23:30:00-01:00", datetime.max.replace(tzinfo=timezone.utc)),
 ])
 def test_charger_timestamps_are_read_as_utc_or_fall_back_to_receipt(text: Any, expected: datetime) -> None:
     from gateway.telemetry.vendors import parse_time
 
     got = parse_time(text, NOW)
     assert got == expected and got.tzinfo is timezone.utc
+
+
+@pytest.mark.parametrize("stamp,year", [("0001-01-01T00:30:00+01:00", 1), ("9999-12-31T23:30:00-01:00", 9999)])
+def test_a_stop_at_an_unrepresentable_time_is_recorded_clamped_and_flagged(stamp: str, year: int) -> None:
+    n = Normaliser()
+    request = {"transactionId": 7, "meterStop": 1500, "timestamp": stamp, "reason": "Local",
+               "transactionData": [{"timestamp": stamp, "sampledValue": [{"value": "1500"}]}]}
+    assert SCHEMAS.validate(OcppVersion.V16, "StopTransaction", request) is None
+    meter, ended = n.records("CP1", "ocpp1.6", "StopTransaction", request, {}, NOW)
+    assert ended.event == "ended" and ended.ts.year == year and ended.ts_clamped and meter.ts == ended.ts
+    lines = influx_lines(ended, "s") + influx_lines(meter, "s")
+    # InfluxDB's own range is narrower (1677-2262): the point goes at its bound instead of failing the batch
+    assert "ts_clamped=true" in lines[0]
+    assert {int(x.rsplit(" ", 1)[1]) for x in lines} == {-9_223_372_036_854_775_806 if year == 1
+                                                         else 9_223_372_036_854_775_806}
+    request2 = {"timestamp": stamp, "triggerReason": "EVDeparted", "seqNo": 3, "eventType": "Ended",
+                "transactionInfo": {"transactionId": "T"}}
+    (ev,) = n.records("CP1", "ocpp2.0.1", "TransactionEvent", request2, {}, NOW)
+    assert ev.ts.year == year and ev.ts_clamped
+    assert not n.records("CP1", "ocpp2.0.1", "TransactionEvent", {**request2, "timestamp": "2025-01-01T00:00:00Z"},
+                         {}, NOW)[0].ts_clamped
