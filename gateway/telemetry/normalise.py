@@ -62,7 +62,7 @@ def _int(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
-class _Bounded(OrderedDict):  # type: ignore[type-arg]
+class _Bounded(OrderedDict[Any, Any]):
     def __init__(self, limit: int) -> None:
         super().__init__()
         self.limit = limit
@@ -214,7 +214,7 @@ class Normaliser:
                     raw = units.parse_number(raw)
                     if raw is None:
                         continue
-                measurand, unit, phase, location, context, factor, kind, env = plan
+                measurand, unit, phase, location, context, factor, kind, env = plan  # type: ignore[misc]
                 if factor is not None:
                     value = raw if factor == 1.0 else round(raw * factor, 6)
                 elif kind is not None:
@@ -332,8 +332,7 @@ class Normaliser:
 
     def _env(self, cid: str, component: dict, variable: dict, raw: Any, ts: datetime, source: str,
              unit: str | None = None, suffix: str = "") -> EnvironmentReading | None:
-        var_name = variable.get("name")
-        known = ENV_VARIABLES.get(var_name)
+        known = ENV_VARIABLES.get(str(variable.get("name")))
         if known is None:
             return None
         value = units.parse_number(raw)

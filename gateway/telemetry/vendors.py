@@ -74,6 +74,7 @@ def parse_time(text: Any, default: datetime) -> datetime:
     any length, no zone: UTC) in about a tenth of a microsecond; only a lower-case "z" needs help."""
     if type(text) is not str or not text:
         return default
+    ts: datetime | None
     try:
         ts = datetime.fromisoformat(text)
     except ValueError:
@@ -81,8 +82,8 @@ def parse_time(text: Any, default: datetime) -> datetime:
             ts = datetime.fromisoformat(text.replace("z", "+00:00")) if text[-1:] == "z" else None
         except ValueError:
             ts = None
-        if ts is None:
-            return default
+    if ts is None:
+        return default
     tz = ts.tzinfo
     if tz is _UTC:
         return ts
