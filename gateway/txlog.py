@@ -4,7 +4,11 @@ standalone).
 
 An observer: it turns exchanges into transaction events with the telemetry normaliser and hands
 them to one writer task through a bounded queue, so the relay never waits for the disk. When the
-queue is full an event is dropped with a warning (counted in `dropped`).
+queue is full an event is dropped with a warning (counted in `dropped`). `events` counts the
+events taken in; `flush()` returns once every one of them is written.
+
+A session shows an exchange to its observers after the charger has its answer, so a charger that
+got its answer does not mean the log has the event yet: wait for `events`, then `flush()`.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class TransactionLog:
         self.normaliser = Normaliser()
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(max_queue)
         self.dropped = 0
+        self.events = 0  # transaction events taken in (written, queued, or dropped)
         self._task: asyncio.Task[None] | None = None
 
     def exchange(self, session: Any, exchange: Exchange) -> None:
@@ -42,6 +47,10 @@ class TransactionLog:
         return
 
     def _put(self, rec: TransactionEvent) -> None:
+        self.events += 1
+        if rec.ts_clamped:
+            log.warning("transaction %s of %s: the charger's time is out of range; logged as %s",
+                        rec.transaction_id, rec.charger_id, rec.ts.isoformat())
         ts = rec.ts.isoformat()
         row = {"charger_id": rec.charger_id, "transaction_id": str(rec.transaction_id), "evse": rec.evse,
                "connector": rec.connector, "started_at": ts if rec.event == "started" else None,
@@ -61,18 +70,32 @@ class TransactionLog:
                 await self.store.transaction_event(row)
             except Exception:  # noqa: BLE001 - the log is informative; keep going
                 log.exception("could not record a transaction event")
+            finally:
+                self.queue.task_done()
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="txlog")
+    async def flush(self) -> None:
+        """Return once every event taken in so far is in the store (or failed to be)."""
+        if self._task is None or self._task.done():
+            await self._drain()
+        else:
+            await self.queue.join()
 
-    async def stop(self) -> None:
-        """Write what is queued, then stop."""
+    async def _drain(self) -> None:
         while not self.queue.empty():
             row = self.queue.get_nowait()
             try:
                 await self.store.transaction_event(row)
             except Exception:  # noqa: BLE001
                 log.exception("could not record a transaction event")
+            finally:
+                self.queue.task_done()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="txlog")
+
+    async def stop(self) -> None:
+        """Write what is queued (the row being written finishes first), then stop."""
+        await self.flush()
         if self._task is not None:
             self._task.cancel()
             try:
