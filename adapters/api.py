@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+import socket
 from datetime import datetime, timezone
 from importlib import resources
 from typing import Any, Awaitable, Callable
@@ -32,7 +33,7 @@ from gateway.status import StatusBook
 from adapters.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from adapters.metrics import Metrics
 from adapters.openapi import document
-from adapters import control_api
+from adapters import control_api, listen
 
 log = logging.getLogger("gateway.api")
 
@@ -82,29 +83,39 @@ class ApiServer:
         self.app.router.add_get("/api/v1/outbox", self.outbox_view)
         control_api.add_routes(self.app, hub)  # .../pause, .../resume (local control)
         self._runner: web.AppRunner | None = None
+        self._sockets: list[socket.socket] = []
         self.port: int | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def start(self) -> "ApiServer":
-        host, port = split_listen(self.settings.api.listen)
+    async def bind(self) -> "ApiServer":
+        """Bind `[api].listen` (connections wait until `serve`); ListenerUnavailable names the key."""
+        self._sockets = listen.bind("api.listen", self.settings.api.listen)
+        self.port = int(self._sockets[0].getsockname()[1])
+        return self
+
+    async def serve(self) -> None:
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise OSError(exc.errno, f"api.listen {self.settings.api.listen}: {exc.strerror}") from None
         self._runner = runner
-        self.port = int(runner.addresses[0][1])
+        sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
+        host, _ = split_listen(self.settings.api.listen)
         log.info("REST API, metrics and status page on http://%s:%d/", host, self.port)
+
+    async def start(self) -> "ApiServer":
+        await self.bind()
+        await self.serve()
         return self
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+        for sock in self._sockets:  # bound, never served
+            sock.close()
+        self._sockets = []
         for observer in (self.status, self.metrics):
             if observer in self.hub.observers:
                 self.hub.observers.remove(observer)

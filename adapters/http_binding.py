@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from adapters import listen
 from adapters.polled import CappedRunner, ChargerAuth, LinkRegistry, PolledLink, TooLarge, TooSlow, read_limited
-from gateway.config import Settings, split_listen
+from gateway.config import Settings
 from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import validate_charger_id
 from gateway.protocol import frames as F
@@ -96,7 +98,8 @@ class HttpBinding:
         self.registry = LinkRegistry(hub, settings.http.idle_timeout)
         self.auth = ChargerAuth(settings, hub)
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._sockets: list[socket.socket] = []
+        self._port: int | None = None
 
     # -- checks ------------------------------------------------------------------------------------
 
@@ -223,7 +226,18 @@ class HttpBinding:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
+    async def bind(self) -> "HttpBinding":
+        """Bind `[http].listen` (requests wait until `serve`); ListenerUnavailable names the key."""
+        self._sockets = listen.bind("http.listen", self.settings.http.listen)
+        self._port = int(self._sockets[0].getsockname()[1])
+        return self
+
     async def start(self) -> "HttpBinding":
+        await self.bind()
+        await self.serve()
+        return self
+
+    async def serve(self) -> None:
         app = web.Application(client_max_size=self.settings.http.max_body_size + 1024)
         base = self.path.rstrip("/")
         app.router.add_post(base + "/{charger_id}", self._post)
@@ -233,18 +247,21 @@ class HttpBinding:
         self._runner = CappedRunner(app, max_connections=cfg.max_connections, idle_timeout=cfg.idle_connection_timeout,
                                     name="HTTP-binding")
         await self._runner.setup()
-        host, port = split_listen(self.settings.http.listen)
-        self._site = web.TCPSite(self._runner, host, port)
-        await self._site.start()
+        sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            await web.SockSite(self._runner, sock).start()
         self.registry.start()
-        return self
 
     @property
     def port(self) -> int:
-        assert self._site is not None
-        return int(self._site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        assert self._port is not None, "not bound"
+        return self._port
 
     async def stop(self) -> None:
         await self.registry.stop()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        for sock in self._sockets:  # bound, never served
+            sock.close()
+        self._sockets = []

@@ -182,7 +182,7 @@ class InfluxSink(SpooledSink[str]):
             try:
                 ssl.create_default_context(cafile=self.cfg.ca_file)
             except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"influx.ca_file: cannot load it ({getattr(exc, 'strerror', None) or exc})") from None
+                raise ConfigError(f"influx.ca_file: cannot load it ({getattr(exc, 'strerror', None) or exc})") from exc
         if self.cfg.api == "v2":
             from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 

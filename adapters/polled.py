@@ -27,7 +27,7 @@ import orjson
 from aiohttp import web
 
 from gateway.config import Settings
-from gateway.errors import LinkClosed
+from gateway.errors import LinkClosed, RequestError
 from gateway.protocol.frames import OcppVersion
 from gateway.security import FailureLimiter, is_hashed, parse_basic, password_matches
 from gateway.session import ChargerSession, Hub
@@ -172,11 +172,11 @@ class CappedRunner(web.AppRunner):
         return _Capped(await super()._make_server(), *self._cap)
 
 
-class TooLarge(Exception):
-    pass
+class TooLarge(RequestError):
+    """The body is over the limit."""
 
 
-class TooSlow(Exception):
+class TooSlow(RequestError):
     """The client did not send its whole body in time (a slow or stalled client)."""
 
 
@@ -200,8 +200,8 @@ async def read_limited(stream: Any, limit: int, timeout: float | None = None) ->
                 if size > limit:
                     raise TooLarge(f"more than {limit} bytes")
                 chunks.append(chunk)
-    except TimeoutError:
-        raise TooSlow(f"body not received within {timeout:g} s") from None
+    except TimeoutError as exc:
+        raise TooSlow(f"body not received within {timeout:g} s") from exc
 
 
 def new_call_id(prefix: str) -> str:

@@ -229,6 +229,10 @@ class SqliteStore:
             self._pending.pop(charger_id, None)
         self._pending_total += delta
 
+    def is_open(self) -> bool:
+        """The database is open (a readiness check)."""
+        return self._db is not None
+
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:

@@ -129,7 +129,7 @@ class WsUpstreamLink:
         try:
             await self.ws.send(text)
         except ConnectionClosed as exc:
-            raise LinkClosed(str(exc)) from None
+            raise LinkClosed(str(exc)) from exc
 
     async def recv(self) -> str:
         """The CSMS's next text frame (binary frames are not OCPP-J and are skipped)."""
@@ -137,7 +137,7 @@ class WsUpstreamLink:
             try:
                 message = await self.ws.recv()
             except ConnectionClosed as exc:
-                raise LinkClosed(str(exc)) from None
+                raise LinkClosed(str(exc)) from exc
             if isinstance(message, str):
                 return message
 
@@ -160,7 +160,7 @@ class WsUpstreamConnector:
                     self.ssl.load_cert_chain(up.client_cert, up.client_key)
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"upstream.ca_file / client_cert / client_key: cannot load them "
-                                  f"({exc.strerror or exc})") from None
+                                  f"({exc.strerror or exc})") from exc
 
     def url(self, charger_id: str) -> str:
         return f"{self.base}/{url_segment(charger_id)}"
@@ -191,7 +191,7 @@ class WsUpstreamConnector:
                 create_connection=_Connection,
             )
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-            raise LinkFailed(f"{type(exc).__name__}: {exc}") from None
+            raise LinkFailed(f"{type(exc).__name__}: {exc}") from exc
         if ws.subprotocol != version.value:
             await ws.close(1002, "subprotocol not accepted")
             raise LinkFailed(f"CSMS did not accept subprotocol {version.value}")

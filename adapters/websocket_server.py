@@ -37,6 +37,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from adapters import listen
 from adapters.credentials import CredentialBook
 from gateway.config import ConfigError, Settings, split_listen
 from gateway.errors import LinkClosed, LinkFailed
@@ -77,7 +78,7 @@ class WsChargerLink:
         try:
             await self.ws.send(text)
         except ConnectionClosed as exc:
-            raise LinkClosed(str(exc)) from None
+            raise LinkClosed(str(exc)) from exc
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await self.ws.close(code, reason)
@@ -100,12 +101,12 @@ def server_tls_context(settings: Settings) -> ssl.SSLContext:
     try:
         ctx.load_cert_chain(ws.tls_cert, ws.tls_key)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"websocket.tls_cert / tls_key: cannot load them ({exc.strerror or exc})") from None
+        raise ConfigError(f"websocket.tls_cert / tls_key: cannot load them ({exc.strerror or exc})") from exc
     if ws.tls_ca:
         try:
             ctx.load_verify_locations(cafile=ws.tls_ca)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"websocket.tls_ca: cannot load it ({exc.strerror or exc})") from None
+            raise ConfigError(f"websocket.tls_ca: cannot load it ({exc.strerror or exc})") from exc
         all_three = ws.security_profile == 3 and all(
             c.security_profile in (None, 3) for c in settings.chargers.values())
         ctx.verify_mode = ssl.CERT_REQUIRED if all_three else ssl.CERT_OPTIONAL
@@ -308,6 +309,13 @@ class WebSocketServer:
             await self.hub.detach(session, link)
 
     async def start(self) -> "WebSocketServer":
+        await self.bind()
+        await self.serve()
+        return self
+
+    async def bind(self) -> "WebSocketServer":
+        """Bind `[websocket].listen` (chargers wait in the accept queue until `serve`).
+        Raises ListenerUnavailable naming the key."""
         ws = self.settings.websocket
         self.hub.observers.append(self.credentials)
         try:
@@ -317,22 +325,35 @@ class WebSocketServer:
         if connector is not None and hasattr(connector, "credentials"):
             connector.credentials = self.credentials  # SOAP and HTTP chargers' links use it too
         host, port = split_listen(ws.listen)
-        self._server = await serve(
-            self._handler,
-            host,
-            port,
-            process_request=self._process_request,
-            select_subprotocol=self._select_subprotocol,
-            compression="deflate" if ws.compression else None,
-            max_size=ws.max_frame_size,
-            ping_interval=ws.ping_interval or None,
-            ping_timeout=ws.ping_timeout,
-            open_timeout=ws.handshake_timeout,
-            server_header="ocpp-site-gateway",
-            ssl=self._tls_context(),
-            create_connection=_SpreadPingsConnection,
-        )
+        tls = self._tls_context()
+        try:
+            self._server = await serve(
+                self._handler,
+                host,
+                port,
+                start_serving=False,
+                process_request=self._process_request,
+                select_subprotocol=self._select_subprotocol,
+                compression="deflate" if ws.compression else None,
+                max_size=ws.max_frame_size,
+                ping_interval=ws.ping_interval or None,
+                ping_timeout=ws.ping_timeout,
+                open_timeout=ws.handshake_timeout,
+                server_header="ocpp-site-gateway",
+                ssl=tls,
+                create_connection=_SpreadPingsConnection,
+            )
+        except OSError as exc:
+            raise listen.unavailable("websocket.listen", ws.listen, exc) from exc
         return self
+
+    async def serve(self) -> None:
+        assert self._server is not None, "bind() first"
+        await self._server.start_serving()
+
+    def serving(self) -> bool:
+        """Accepting chargers (for /readyz and the watchdog)."""
+        return self._server is not None and self._server.is_serving()
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if self.settings.websocket.security_profile < 2 or self.tls_problem is not None:

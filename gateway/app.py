@@ -1,22 +1,54 @@
-"""The composition root: reads the settings, builds the enabled adapters, enters them in
-dependency order, runs until SIGTERM/SIGINT, and stops them in reverse order."""
+"""The composition root: reads the settings, builds the enabled adapters and starts them through one
+`AsyncExitStack`, runs until SIGTERM/SIGINT, and stops them in the reverse order of start.
+
+The order of start, each step's undo pushed on the stack as it succeeds (so a failed start undoes
+exactly what had started, and nothing else):
+
+1. the store is opened (SQLite, local disk);
+2. the hub and the transaction log;
+3. every listener is bound: the charger ports (WebSocket, SOAP, HTTP binding) and the API. A
+   charger port that cannot be bound ends the start here (ListenerUnavailable, exit 4), before any
+   outside connection; the API is optional: the gateway runs on without it and says how to fix it;
+4. the outside connections: the MQTT and InfluxDB sinks, then local control;
+5. the operations side (journal, frame log, the API's observers);
+6. the hub loads the authorization lists and resumes the outboxes left by an earlier run (the
+   first upstream dials);
+7. the listeners serve: charger connections that waited in the accept queue are taken.
+
+On the way down the stack runs backwards: the listeners stop serving and the chargers are closed
+(1001), then control, the telemetry observer's flush and the sinks, the transaction log, the store.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import contextlib
+import gc
 import logging
 import signal
 import threading
 import time
-from typing import Any, AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol
 
 from gateway.config import Settings
+from gateway.errors import ListenerUnavailable
 from gateway.protocol.schemas import SchemaRegistry
 from gateway.session import Hub
 
+if TYPE_CHECKING:
+    from adapters.api import ApiServer
+    from adapters.http_binding import HttpBinding
+    from adapters.soap.server import SoapServer
+    from adapters.sqlite_store import SqliteStore
+    from adapters.websocket_server import WebSocketServer
+    from gateway.control.engine import ControlEngine
+    from gateway.txlog import TransactionLog
+
 log = logging.getLogger("gateway")
+
+STOP_GRACE = 2.0  # s per round of closing chargers on the way down
+STOP_ROUNDS = 5  # rounds before the connections still open are dropped (~10 s)
 
 
 class Gateway:
@@ -26,72 +58,111 @@ class Gateway:
         self.settings = settings
         self.hub: Hub | None = None
         self.ws_port: int | None = None
-        self.api: Any = None  # adapters.api.ApiServer (its .port), when the API is listening
-        self.soap: Any = None  # adapters.soap.server.SoapServer (its .port), when [soap].enabled
-        self.http: Any = None  # adapters.http_binding.HttpBinding (its .port), when [http].enabled
-        self.control: Any = None  # gateway.control.engine.ControlEngine (local control)
-        self.txlog: Any = None  # gateway.txlog.TransactionLog
+        self.api: ApiServer | None = None  # when the API is listening
+        self.soap: SoapServer | None = None  # when [soap].enabled
+        self.http: HttpBinding | None = None  # when [http].enabled
+        self.control: ControlEngine | None = None  # local control
+        self.txlog: TransactionLog | None = None
+
+
+class _Listener(Protocol):
+    async def serve(self) -> None: ...
+    async def stop(self) -> None: ...
 
 
 @contextlib.asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Gateway]:
+    async with contextlib.AsyncExitStack() as stack:
+        yield await _start(settings, stack)
+
+
+async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gateway:
     from adapters.sqlite_store import SqliteStore
     from adapters.upstream_ws import WsUpstreamConnector
     from adapters.websocket_server import WebSocketServer
+    from gateway.txlog import TransactionLog
 
     started = time.monotonic()
     gw = Gateway(settings)
     schemas = SchemaRegistry(list(settings.websocket.versions))
-    async with SqliteStore(settings.data_dir) as store, contextlib.AsyncExitStack() as sinks:
-        connector = WsUpstreamConnector(settings) if settings.upstream.url else None
-        hub = gw.hub = Hub(settings, store, schemas, connector)
-        await hub.start()
-        from gateway.txlog import TransactionLog
+    # 1. the store
+    store = await stack.enter_async_context(SqliteStore(settings.data_dir))
+    # 2. the hub and the transaction log (behind /api/v1/transactions)
+    connector = WsUpstreamConnector(settings) if settings.upstream.url else None
+    hub = gw.hub = Hub(settings, store, schemas, connector)
+    txlog = gw.txlog = TransactionLog(store)
+    txlog.start()
+    stack.push_async_callback(txlog.stop)
+    hub.observers.append(txlog)
+    # 3. every listener bound; none serves yet
+    server = WebSocketServer(settings, hub)
+    stack.push_async_callback(server.stop)  # closes the bound socket if the start fails before serving
+    await server.bind()
+    gw.ws_port = server.port
+    legacy = await _bind_legacy(settings, hub, gw, stack)
+    api = _operations(settings, hub, store, stack)
+    gw.api = await _bind_api(api, stack)
+    api.checks["websocket"] = server.serving
+    # 4. outside connections: telemetry sinks (MQTT, InfluxDB), then local control
+    await _start_telemetry(settings, hub, stack)
+    gw.control = _start_control(settings, hub, stack)
+    # 6. outboxes left by an earlier run resume (their upstream links dial now)
+    stack.push_async_callback(hub.close)
+    await hub.start()
+    # 7. serve; on the way down this is undone first
+    stack.push_async_callback(_stop_serving, server, hub, legacy, gw.api)
+    await server.serve()
+    for transport in legacy:
+        await transport.serve()
+    if gw.api is not None:
+        await gw.api.serve()
+    mode = f"relaying to {settings.upstream.url}" if settings.upstream.url else "standalone"
+    log.info("listening for OCPP-J on %s%s/{charger_id} (%s) after %.0f ms", settings.websocket.listen,
+             settings.websocket.path, mode, (time.monotonic() - started) * 1000)
+    _warm_up(schemas, stack)
+    return gw
 
-        txlog = gw.txlog = TransactionLog(store)  # behind /api/v1/transactions
-        txlog.start()
-        hub.observers.append(txlog)
-        await _start_telemetry(settings, hub, sinks)  # stopped after the hub (the exit stack closes last)
-        gw.control = _start_control(settings, hub, sinks)
-        api = _operations(settings, hub, store, sinks)  # observers first: they see every charger
-        server = await WebSocketServer(settings, hub).start()
-        gw.ws_port = server.port
-        api.checks["websocket"] = lambda: server._server is not None and server._server.is_serving()
-        gw.api = await _start_api(api)
-        legacy = await _start_legacy(settings, hub, gw)
-        mode = f"relaying to {settings.upstream.url}" if settings.upstream.url else "standalone"
-        log.info("listening for OCPP-J on %s%s/{charger_id} (%s) after %.0f ms", settings.websocket.listen,
-                 settings.websocket.path, mode, (time.monotonic() - started) * 1000)
-        # Compile every schema in a worker thread now that the port is open; until a schema is
-        # compiled, its first use compiles it on demand.
-        stopping = threading.Event()
-        warm = asyncio.get_running_loop().run_in_executor(None, schemas.warm_up, None, stopping.is_set)
-        warm.add_done_callback(_freeze_heap)
-        try:
-            yield gw
-        finally:
-            stopping.set()
-            await api.stop()
-            for transport in reversed(legacy):
-                await transport.stop()
-            # The server's stop waits for every connection handler to return, and a handler
-            # returns only when its charger's socket closes: stop listening, close the sessions
-            # (1001 to each charger), then wait. A charger that slipped in meanwhile is closed too.
-            stopped = asyncio.ensure_future(server.stop())
+
+def _warm_up(schemas: SchemaRegistry, stack: contextlib.AsyncExitStack) -> None:
+    """Compile every schema in a worker thread now that the ports are open; until a schema is
+    compiled, its first use compiles it on demand. Stopped (between two schemas) on the way down."""
+    stopping = threading.Event()
+    warm = asyncio.get_running_loop().run_in_executor(None, schemas.warm_up, None, stopping.is_set)
+    warm.add_done_callback(_freeze_heap)
+
+    async def stop() -> None:
+        stopping.set()
+        with contextlib.suppress(Exception):
+            await warm
+
+    stack.push_async_callback(stop)
+
+
+async def _stop_serving(server: WebSocketServer, hub: Hub, legacy: list[_Listener], api: ApiServer | None) -> None:
+    """The API and the SOAP/HTTP transports stop; then the charger listener: the server's stop
+    waits for every connection handler to return, and a handler returns only when its charger's
+    socket closes, so: stop listening, close the sessions (1001 to each charger), then wait. A
+    charger that slipped in meanwhile is closed too; one that will not finish is dropped."""
+    if api is not None:
+        await api.stop()
+    for transport in reversed(legacy):
+        await transport.stop()
+    stopped = asyncio.create_task(server.stop(), name="websocket:stop")
+    try:
+        await hub.close()
+        for _ in range(STOP_ROUNDS):
+            if (await asyncio.wait({stopped}, timeout=STOP_GRACE))[0]:
+                break
             await hub.close()
-            for _ in range(5):  # bounded: a connection that will not finish is dropped after ~10 s
-                if (await asyncio.wait({stopped}, timeout=2.0))[0]:
-                    break
-                await hub.close()
-            else:
-                log.warning("%d connections still open after 10 s; dropping them", server.abort_connections())
-            await stopped
-            await txlog.stop()
-            with contextlib.suppress(Exception):
-                await warm
+        else:
+            log.warning("%d connections still open after %.0f s; dropping them", server.abort_connections(),
+                        STOP_ROUNDS * STOP_GRACE)
+    finally:
+        await stopped
+    await server.credentials.drain()  # password changes the CSMS made are on disk
 
 
-def _freeze_heap(_: Any = None) -> None:
+def _freeze_heap(_: object = None) -> None:
     """Once started (modules, settings, every compiled schema: tens of thousands of objects that
     live as long as the process), move what exists into the collector's permanent generation, so
     its full collections stop scanning it again and again while frames flow (gc.freeze). No
@@ -104,7 +175,7 @@ async def _start_telemetry(settings: Settings, hub: Hub, stack: contextlib.Async
     """MQTT and InfluxDB sinks when their url is set, fed by one observer of every session."""
     from gateway.telemetry.observer import GATHER, TelemetryObserver
 
-    sinks = []
+    sinks: list[Any] = []
     if settings.mqtt.url.get_secret_value():
         from adapters.mqtt import MqttSink
 
@@ -121,11 +192,9 @@ async def _start_telemetry(settings: Settings, hub: Hub, stack: contextlib.Async
         stack.callback(observer.flush)  # on the way down: what it kept reaches the sinks before they stop
 
 
-def _start_control(settings: Settings, hub: Hub, stack: contextlib.AsyncExitStack) -> Any:
+def _start_control(settings: Settings, hub: Hub, stack: contextlib.AsyncExitStack) -> ControlEngine:
     """Local control (pause/resume, site limit, derating): an observer of every session that
     publishes its changes through the telemetry sinks; REST and MQTT reach it as `hub.control`."""
-    from pathlib import Path
-
     from gateway.control.engine import ControlEngine
     from gateway.telemetry.observer import TelemetryObserver
 
@@ -137,7 +206,7 @@ def _start_control(settings: Settings, hub: Hub, stack: contextlib.AsyncExitStac
     return engine
 
 
-def _operations(settings: Settings, hub: Hub, store: Any, stack: contextlib.AsyncExitStack) -> Any:
+def _operations(settings: Settings, hub: Hub, store: SqliteStore, stack: contextlib.AsyncExitStack) -> ApiServer:
     """The REST API (with its metrics and status observers), the traffic journal and the debug
     frame log. The journal closes with the exit stack, after the hub."""
     from adapters.api import ApiServer
@@ -152,33 +221,39 @@ def _operations(settings: Settings, hub: Hub, store: Any, stack: contextlib.Asyn
     frames = FrameLog()
     if frames.enabled():
         hub.observers.append(frames)
-    return ApiServer(settings, hub, checks={"store": lambda: store._db is not None})
+    return ApiServer(settings, hub, checks={"store": store.is_open})
 
 
-async def _start_legacy(settings: Settings, hub: Hub, gw: Gateway) -> list[Any]:
-    """The SOAP (OCPP-S 1.5/1.6) and HTTP-binding charger transports, when enabled."""
-    started: list[Any] = []
+async def _bind_legacy(settings: Settings, hub: Hub, gw: Gateway, stack: contextlib.AsyncExitStack) -> list[_Listener]:
+    """The SOAP (OCPP-S 1.5/1.6) and HTTP-binding charger transports, when enabled: bound."""
+    bound: list[_Listener] = []
     if settings.soap.enabled:
         from adapters.soap.server import SoapServer
 
-        gw.soap = await SoapServer(settings, hub).start()
-        started.append(gw.soap)
+        soap = gw.soap = SoapServer(settings, hub)
+        stack.push_async_callback(soap.stop)
+        await soap.bind()
+        bound.append(soap)
         log.info("listening for OCPP-S on %s%s", settings.soap.listen, settings.soap.path)
     if settings.http.enabled:
         from adapters.http_binding import HttpBinding
 
-        gw.http = await HttpBinding(settings, hub).start()
-        started.append(gw.http)
+        http = gw.http = HttpBinding(settings, hub)
+        stack.push_async_callback(http.stop)
+        await http.bind()
+        bound.append(http)
         log.info("listening for OCPP-J over HTTP on %s%s/{charger_id}", settings.http.listen, settings.http.path)
-    return started
+    return bound
 
 
-async def _start_api(api: Any) -> Any:
+async def _bind_api(api: ApiServer, stack: contextlib.AsyncExitStack) -> ApiServer | None:
     """The relay does not depend on the operations API: if its port cannot be bound, say so loudly
-    and keep serving chargers (/healthz then fails, which is what a supervisor watches)."""
+    (and how to move it) and keep serving chargers (/healthz then fails, which is what a
+    supervisor watches)."""
+    stack.push_async_callback(api.stop)
     try:
-        return await api.start()
-    except OSError as exc:
+        return await api.bind()
+    except ListenerUnavailable as exc:
         log.error("REST API not available: %s", exc)
         return None
 

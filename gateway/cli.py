@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from gateway import logs
     from gateway.app import serve_forever
+    from gateway.errors import StartupError
 
     logs.setup(settings.logging.level, settings.logging.format)
     try:
@@ -97,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         pass
     except ConfigError as exc:  # found only while starting (e.g. a TLS file that cannot be read)
         print(f"configuration error:\n{exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
+    except StartupError as exc:  # one line that says what to do; the exit code is documented
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return exc.exit_code
     return 0
 
 

@@ -20,15 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.control.settings import ControlSettings, DeratingRule, DeratingSettings, SiteSettings
+from gateway.errors import ConfigError as ConfigError  # raised here; importable from here as before
 from gateway.protocol.frames import OcppVersion
 
 ENV_PREFIX = "OCPPGW_"
 CONFIG_ENV = "OCPPGW_CONFIG"
 DEFAULT_FILE = "gateway.toml"
-
-
-class ConfigError(Exception):
-    """A configuration problem; the message names the offending key."""
 
 
 def _listen(value: str) -> str:
@@ -429,16 +426,16 @@ def load_settings(path: str | None = None) -> tuple[Settings, Path | None]:
     if file is not None:
         try:
             data = tomllib.loads(file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{file}: no such file") from None
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{file}: no such file") from exc
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
     try:
         settings = Settings(**data)  # the environment source is merged over `data` key by key
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from None
+        raise ConfigError(_format_errors(exc)) from exc
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(str(exc)) from exc
     return settings, file
 
 

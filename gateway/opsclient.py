@@ -15,9 +15,10 @@ import urllib.request
 from typing import Any, Sequence, TextIO
 
 from gateway.config import Settings, split_listen
+from gateway.errors import OperatorClientError
 
 
-class ApiError(Exception):
+class ApiError(OperatorClientError):
     def __init__(self, status: int, body: Any) -> None:
         message = body.get("message") if isinstance(body, dict) else None
         super().__init__(f"HTTP {status}: {message or body}")
@@ -25,8 +26,8 @@ class ApiError(Exception):
         self.body = body
 
 
-class Unreachable(Exception):
-    pass
+class Unreachable(OperatorClientError):
+    """The API cannot be reached (refused, timeout, name not found)."""
 
 
 def api_base(settings: Settings) -> str:
@@ -64,10 +65,10 @@ class Client:
                 parsed: Any = json.loads(raw)
             except ValueError:
                 parsed = raw.decode(errors="replace")[:200]
-            raise ApiError(exc.code, parsed) from None
+            raise ApiError(exc.code, parsed) from exc
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise Unreachable(f"cannot reach the gateway API at {self.base}: {reason}") from None
+            raise Unreachable(f"cannot reach the gateway API at {self.base}: {reason}") from exc
 
 
 # -- tables ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from lxml import etree
 from zeep.settings import Settings as ZeepSettings
 
 from adapters.soap.contract import Contract, Field, Operation, contract
+from gateway.errors import RequestError
 
 SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
 SOAP11 = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -32,7 +33,7 @@ WSA_DRAFTS = ("http://schemas.xmlsoap.org/ws/2004/08/addressing", "http://schema
 CONTENT_TYPE = "application/soap+xml; charset=utf-8"
 
 
-class SoapError(Exception):
+class SoapError(RequestError):
     """A request that gets a SOAP Fault: `code` is Sender|Receiver (or VersionMismatch), `subcode`
     an OCPP-S fault sub-code (S16 §4)."""
 
@@ -61,7 +62,7 @@ def parse_envelope(data: bytes) -> etree._Element:
     try:
         root = etree.fromstring(data, _PARSER)
     except etree.XMLSyntaxError as exc:
-        raise SoapError("Sender", "ProtocolError", f"not well-formed XML: {exc}") from None
+        raise SoapError("Sender", "ProtocolError", f"not well-formed XML: {exc}") from exc
     if root.getroottree().docinfo.doctype:
         raise SoapError("Sender", "ProtocolError", "DTDs are not allowed")
     if root.tag == f"{{{SOAP11}}}Envelope":
@@ -308,7 +309,7 @@ def decode(role: str, version: str, op: Operation, response: bool, envelope: etr
         # the body only: zeep's deserialize() unwraps one-field responses, and headers are ours to read
         parts = part._deserialize_body(envelope.find(f"{{{SOAP12}}}Body"))
     except Exception as exc:  # noqa: BLE001 - zeep raises many kinds on malformed bodies
-        raise SoapError("Sender", "ProtocolError", f"cannot read {op.name}: {exc}") from None
+        raise SoapError("Sender", "ProtocolError", f"cannot read {op.name}: {exc}") from exc
     body = next(iter(parts.values()), None) if isinstance(parts, dict) else parts
     plain = zeep.helpers.serialize_object(body, dict) if body is not None else {}
     tree = op.response if response else op.request

@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,11 +27,12 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
+from adapters import listen
 from adapters.polled import CappedRunner, ChargerAuth, LinkRegistry, PolledLink, TooLarge, TooSlow, new_call_id, read_limited
 from adapters.soap import codec, convert
 from adapters.soap.codec import SoapError
 from adapters.soap.contract import CP, CS, V15, contract
-from gateway.config import Settings, split_listen
+from gateway.config import Settings
 from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import validate_charger_id
 from gateway.protocol import frames as F
@@ -174,7 +176,8 @@ class SoapServer:
         self._store = Path(settings.data_dir) / "soap-endpoints.json"
         self.endpoints: dict[str, str] = self._load_endpoints()
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._sockets: list[socket.socket] = []
+        self._port: int | None = None
         self.http: aiohttp.ClientSession = None  # type: ignore[assignment]
         self._warm: asyncio.Future[None] | None = None
 
@@ -219,12 +222,12 @@ class SoapServer:
         try:
             # aiohttp undoes gzip and deflate (S16 §6.1) while streaming: no more than the limit is kept
             return await read_limited(request.content, limit)
-        except TooLarge:
-            raise SoapError("Sender", "ProtocolError", "request body too large") from None
+        except TooLarge as exc:
+            raise SoapError("Sender", "ProtocolError", "request body too large") from exc
         except TooSlow as exc:
-            raise SoapError("Sender", "ProtocolError", str(exc)) from None
+            raise SoapError("Sender", "ProtocolError", str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - aiohttp raises its own errors for a corrupt body
-            raise SoapError("Sender", "ProtocolError", f"cannot decode the {encoding} body: {exc}") from None
+            raise SoapError("Sender", "ProtocolError", f"cannot decode the {encoding} body: {exc}") from exc
 
     async def _handle(self, request: web.Request) -> web.Response:
         namespace = contract(CS, "1.6").namespace
@@ -262,13 +265,13 @@ class SoapServer:
             try:
                 link = await self._link(charger_id, request, headers, c.version)
             except LinkFailed as exc:
-                raise SoapError("Receiver", "InternalError", f"the CSMS is unreachable (strict mode): {exc}") from None
+                raise SoapError("Receiver", "InternalError", f"the CSMS is unreachable (strict mode): {exc}") from exc
             message_id = new_call_id("s")
             timeout = self.settings.upstream.call_timeout * 2 + 5
             try:
                 reply = await link.request(message_id, F.call(message_id, op.name, payload), timeout)
             except (asyncio.TimeoutError, LinkClosed) as exc:
-                raise SoapError("Receiver", "InternalError", f"no answer: {type(exc).__name__}") from None
+                raise SoapError("Receiver", "InternalError", f"no answer: {type(exc).__name__}") from exc
             if reply[0] != 3:
                 code = parse_error_code(str(reply[2])) or ErrorCode.INTERNAL_ERROR
                 fcode, sub = _FAULTS.get(code, ("Receiver", "InternalError"))
@@ -317,7 +320,18 @@ class SoapServer:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
+    async def bind(self) -> "SoapServer":
+        """Bind `[soap].listen` (requests wait until `serve`); ListenerUnavailable names the key."""
+        self._sockets = listen.bind("soap.listen", self.settings.soap.listen)
+        self._port = int(self._sockets[0].getsockname()[1])
+        return self
+
     async def start(self) -> "SoapServer":
+        await self.bind()
+        await self.serve()
+        return self
+
+    async def serve(self) -> None:
         app = web.Application(client_max_size=self.settings.soap.max_body_size + 1024)
         app.router.add_post(self.path, self._handle)
         app.router.add_get(self.path, self._get)
@@ -326,18 +340,17 @@ class SoapServer:
         self._runner = CappedRunner(app, max_connections=cfg.max_connections, idle_timeout=cfg.idle_connection_timeout,
                                     name="SOAP")
         await self._runner.setup()
-        host, port = split_listen(self.settings.soap.listen)
-        self._site = web.TCPSite(self._runner, host, port)
-        await self._site.start()
+        sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            await web.SockSite(self._runner, sock).start()
         self.registry.start()
         # load the generated contracts into zeep now, off the event loop
         self._warm = asyncio.get_running_loop().run_in_executor(None, codec.warm_up)
-        return self
 
     @property
     def port(self) -> int:
-        assert self._site is not None
-        return int(self._site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        assert self._port is not None, "not bound"
+        return self._port
 
     async def stop(self) -> None:
         if self._warm is not None:
@@ -346,7 +359,11 @@ class SoapServer:
             except Exception:  # noqa: BLE001 - a contract that failed to load fails its requests instead
                 log.exception("loading the OCPP-S contracts failed")
         await self.registry.stop()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        for sock in self._sockets:  # bound, never served
+            sock.close()
+        self._sockets = []
         if self.http is not None:
             await self.http.close()

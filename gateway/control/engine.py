@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from gateway.control import decide as D
 from gateway.control.settings import DeratingRule
-from gateway.errors import Busy, CallFailed, CallTimeout, NotConnected
+from gateway.errors import Busy, CallFailed, CallTimeout, GatewayError, NotConnected
 from gateway.ports import Exchange
 from gateway.telemetry.normalise import Normaliser
 from gateway.telemetry.records import EnvironmentReading
@@ -35,7 +35,7 @@ ACCEPTED = "Accepted"
 TRANSIENT = frozenset({"timeout", "NotConnected", "Busy"})  # no answer: the charger's state is unchanged
 
 
-class ControlError(Exception):
+class ControlError(GatewayError):
     """A pause or resume that cannot be done; `code` names why (not_connected, unknown_transaction,
     disabled, bad_request)."""
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import ProtocolError
+
 MAX_MESSAGE_ID_LENGTH = 36  # "to allow for GUIDs" (J16 §4.1.4, J201 §4.1.4)
 UNREADABLE_ID = "-1"  # J201 §4.2.3: the id to use when the MessageId could not be read
 ERROR_DESCRIPTION_MAX = 255  # J201 Table 7: ErrorDescription is string[255]
@@ -146,7 +148,7 @@ Frame = Call | CallResult | CallError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class FrameError(Exception):
+class FrameError(ProtocolError):
     """A frame that cannot be accepted.
 
     `reply` is the CALLERROR text to send back, or None when the spec says to ignore the frame
@@ -174,9 +176,9 @@ def parse(text: str | bytes, version: OcppVersion) -> Frame:
         raise _error(version, ErrorCode.RPC_FRAMEWORK_ERROR, f"frame nests deeper than {MAX_DEPTH} levels", UNREADABLE_ID)
     try:
         data = orjson.loads(text)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
         # J201 §4.2.3: do not echo the invalid JSON; the id cannot be read -> "-1".
-        raise _error(version, ErrorCode.RPC_FRAMEWORK_ERROR, "frame is not valid JSON", UNREADABLE_ID) from None
+        raise _error(version, ErrorCode.RPC_FRAMEWORK_ERROR, "frame is not valid JSON", UNREADABLE_ID) from exc
     if isinstance(text, bytes):
         text = text.decode()
     if not isinstance(data, list) or len(data) < 3:

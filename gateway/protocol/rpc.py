@@ -17,8 +17,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.errors import ProtocolError
 
-class QueueFull(Exception):
+
+class QueueFull(ProtocolError):
     """The queue is at its bound; the caller must refuse the call with a clear error."""
 
 
