@@ -37,7 +37,7 @@ from gateway.config import Settings
 from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import validate_charger_id
 from gateway.protocol import frames as F
-from gateway.session import Hub
+from gateway.hub import Hub
 
 log = logging.getLogger("gateway.http")
 

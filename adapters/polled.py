@@ -30,7 +30,8 @@ from gateway.config import Settings
 from gateway.errors import LinkClosed, RequestError
 from gateway.protocol.frames import OcppVersion
 from gateway.security import FailureLimiter, is_hashed, parse_basic, password_matches
-from gateway.session import ChargerSession, Hub
+from gateway.hub import Hub
+from gateway.session import ChargerSession
 
 log = logging.getLogger("gateway.polled")
 

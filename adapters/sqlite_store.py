@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from gateway.errors import GatewayError
+from gateway.ports import OutboxRow
 
 T = TypeVar("T")
 _log = logging.getLogger("gateway.store")
@@ -326,28 +327,27 @@ class SqliteStore:
         issue a local 1.6 transaction id and record it in the id map, in the same transaction."""
         return await self._run(self._append, row, max_per_charger, max_total, id_range)
 
-    def _head(self, charger_id: str, limit: int, after: int) -> list[sqlite3.Row]:
+    def _head(self, charger_id: str, limit: int, after: int) -> list[OutboxRow]:
         db = self.db
         cursor = self._cursor.get(charger_id)
         if cursor is None:
             db.execute("INSERT OR IGNORE INTO replay_cursor (charger_id) VALUES (?)", (charger_id,))
             cursor = self._cursor[charger_id] = [0, 0]
         acked, sent = cursor
-        # rows as sqlite3.Row (read by key, built in C): the one in flight when the link or the
-        # gateway went down (seq <= sent) counts one attempt more; the message id is the one it was
-        # sent with live, or the one derived from its seq
+        # the row in flight when the link or the gateway went down (seq <= sent) counts one attempt
+        # more; the message id is the one it was sent with live, or the one derived from its seq
+        # (the rows are built here, on the store's thread, not on the event loop)
         cur = db.execute(
             "SELECT seq, action, payload, local_tx, attempts + (seq <= ?) AS attempts, "
             "COALESCE(sent_id, ? || seq) AS message_id "
             "FROM outbox WHERE charger_id = ? AND state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
             (sent, self._replay_prefix, charger_id, max(acked, after), limit))
-        cur.row_factory = sqlite3.Row
-        rows = cur.fetchall()
+        rows = [OutboxRow(*r) for r in cur.fetchall()]
         if rows:
-            self._read_upto[charger_id] = max(self._read_upto.get(charger_id, 0), rows[-1]["seq"])
+            self._read_upto[charger_id] = max(self._read_upto.get(charger_id, 0), rows[-1].seq)
         return rows
 
-    async def outbox_head(self, charger_id: str, limit: int = 100, after: int = 0) -> list[Any]:
+    async def outbox_head(self, charger_id: str, limit: int = 100, after: int = 0) -> list[OutboxRow]:
         """The next `limit` pending rows of a charger, oldest first: `seq`, `action`, `payload`,
         `local_tx` (a 1.6 start's local id), `message_id` (the id
         it is replayed with: the one it was already sent with, or the one derived from its seq) and

@@ -46,7 +46,7 @@ from gateway.protocol import frames as F
 from gateway.protocol.frames import ErrorCode, OcppVersion
 from gateway.security import DEFAULT_ITERATIONS, FailureLimiter, TokenBucket, certificate_matches, hash_password, \
     is_hashed, parse_basic, password_matches, password_problems
-from gateway.session import Hub
+from gateway.hub import Hub
 
 log = logging.getLogger("gateway.websocket")
 

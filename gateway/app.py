@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol
 from gateway.config import Settings
 from gateway.errors import ListenerUnavailable
 from gateway.protocol.schemas import SchemaRegistry
-from gateway.session import Hub
+from gateway.hub import Hub
 
 if TYPE_CHECKING:
     from adapters.api import ApiServer

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from gateway.protocol.frames import OcppVersion
 
@@ -22,12 +23,8 @@ class ChargerLink(Protocol):
 
 
 class UpstreamLink(Protocol):
-    """One live connection to the CSMS on a charger's behalf.
-
-    A link may also offer a synchronous lane, used by the replay when present:
-    `send_now(text) -> bool` (write at once from a plain callback; False = use `send`) and
-    `set_fast_reader(on_text)` (offer each text message to `on_text(text) -> bool` as it arrives
-    while the reader waits idle; what it does not take goes to `recv` in order)."""
+    """One live connection to the CSMS on a charger's behalf. A link may also be a
+    `FastUpstreamLane`, which the replay then uses."""
 
     async def send(self, text: str) -> None:
         """Raises LinkClosed."""
@@ -38,9 +35,40 @@ class UpstreamLink(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
+class FastUpstreamLane(Protocol):
+    """The synchronous lane of an upstream link, for the outbox replay's steady state
+    (gateway/replay.py): no task switch per replayed message."""
+
+    def send_now(self, text: str) -> bool:
+        """Write `text` at once, from a plain callback, in the order of the calls. False: nothing
+        was written (closing, flow control); use `send`."""
+
+    def set_fast_reader(self, on_text: Callable[[str], bool] | None) -> None:
+        """Offer each text message to `on_text(text) -> bool` as it arrives while the link's reader
+        waits idle; what it does not take goes to `recv`, in order. None: stop offering."""
+
+
 class UpstreamConnector(Protocol):
     async def connect(self, charger_id: str, version: OcppVersion, password: str | None) -> UpstreamLink:
         """Open `{url}/{charger_id}` with that subprotocol. Raises LinkFailed."""
+
+
+@dataclass(slots=True)
+class OutboxRow:
+    """One stored charger message waiting for the CSMS, as `Store.outbox_head` returns it."""
+
+    seq: int  # its place in the outbox (site-wide, increasing)
+    action: str
+    payload: str  # the payload's JSON text, as the charger sent it
+    local_tx: int | None  # a 1.6 StartTransaction's local transaction id
+    attempts: int  # > 0: it may have reached the CSMS already (sent before a link or gateway loss)
+    message_id: str  # the id it is replayed with (the one it was already sent with, or one from its seq)
+
+
+# outbox_step's acknowledgement: (seq, bind, stopped); bind = (charger, local id, CSMS id, auth
+# status) for a replayed 1.6 start, stopped = (charger, local id) to unmap
+Ack = tuple[int, tuple[str, int, int, Any] | None, tuple[str, int] | None]
 
 
 class Store(Protocol):
@@ -54,12 +82,16 @@ class Store(Protocol):
                             id_range: tuple[int, int] | None = None) -> tuple[int | None, int | None]:
         """Durable before it returns; (seq or None when refused at a bound, issued local 1.6 id)."""
 
-    async def outbox_head(self, charger_id: str, limit: int = 100, after: int = 0) -> list[Any]:
-        """The next pending rows, oldest first, each read by key (row["payload"]) and with its
-        replay `message_id` and `attempts`."""
+    async def outbox_head(self, charger_id: str, limit: int = 100, after: int = 0) -> list[OutboxRow]:
+        """The next pending rows, oldest first (after seq `after`)."""
 
-    async def outbox_step(self, charger_id: str, ack: tuple[int, Any, Any] | None, send: int | None) -> None:
+    async def outbox_step(self, charger_id: str, ack: Ack | None, send: int | None) -> None:
         """Acknowledge the previous replayed row and mark the next (by seq) as sent, in one commit."""
+
+    def outbox_step_then(self, charger_id: str, ack: Ack | None, send: int | None,
+                         then: Callable[[Exception | None], None]) -> None:
+        """`outbox_step` without awaiting: `then(None)` (or `then(error)`) runs right after the
+        commit, on the event loop. Call it on the event loop thread."""
 
     async def outbox_mark_sent(self, seq: int, sent_id: str) -> None: ...
 

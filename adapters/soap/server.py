@@ -37,7 +37,7 @@ from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import validate_charger_id
 from gateway.protocol import frames as F
 from gateway.protocol.frames import ErrorCode, OcppVersion, parse_error_code
-from gateway.session import Hub
+from gateway.hub import Hub
 
 log = logging.getLogger("gateway.soap")
 

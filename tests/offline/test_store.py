@@ -37,17 +37,17 @@ async def test_replay_cursor_ids_counts_and_reopen(tmp_path: Path) -> None:
             await store.outbox_append(row("A", n=n), **big)
             await store.outbox_append(row("B", n=n), **big)
         head = await store.outbox_head("A")
-        assert [r["payload"] for r in head] == [f'{{"n":{n}}}' for n in range(5)]
-        assert all(r["attempts"] == 0 for r in head)
-        ids = [r["message_id"] for r in head]
+        assert [r.payload for r in head] == [f'{{"n":{n}}}' for n in range(5)]
+        assert all(r.attempts == 0 for r in head)
+        ids = [r.message_id for r in head]
         assert len(set(ids)) == 5 and all(i.startswith("gw-") and len(i) <= 36 for i in ids)
         # A: rows 0 and 1 acknowledged, row 2 in flight
-        await store.outbox_step("A", None, head[0]["seq"])
-        await store.outbox_step("A", (head[0]["seq"], None, None), head[1]["seq"])
-        await store.outbox_step("A", (head[1]["seq"], None, None), head[2]["seq"])
+        await store.outbox_step("A", None, head[0].seq)
+        await store.outbox_step("A", (head[0].seq, None, None), head[1].seq)
+        await store.outbox_step("A", (head[1].seq, None, None), head[2].seq)
         assert store._pending == sql_pending(store.path) == {"A": 3, "B": 5}
         # B: one row set aside as a dead letter
-        await store.outbox_dead((await store.outbox_head("B"))[0]["seq"], "GenericError: no")
+        await store.outbox_dead((await store.outbox_head("B"))[0].seq, "GenericError: no")
         assert store._pending == sql_pending(store.path) == {"A": 3, "B": 4}
         assert await store.has_backlog("A") and await store.has_backlog("B")
         assert {r["charger_id"]: r["depth"] for r in await store.outbox_summary()} == {"A": 3, "B": 4}
@@ -56,13 +56,13 @@ async def test_replay_cursor_ids_counts_and_reopen(tmp_path: Path) -> None:
         assert db.execute("SELECT COUNT(*) FROM outbox WHERE charger_id = 'A'").fetchone()[0] == 3
         db.close()
         head = await store.outbox_head("A")
-        assert [r["payload"] for r in head] == ['{"n":2}', '{"n":3}', '{"n":4}']
-        assert [r["attempts"] for r in head] == [1, 0, 0]  # the one in flight: a possible duplicate
-        assert head[0]["message_id"] == ids[2]  # sent again with the same id
+        assert [r.payload for r in head] == ['{"n":2}', '{"n":3}', '{"n":4}']
+        assert [r.attempts for r in head] == [1, 0, 0]  # the one in flight: a possible duplicate
+        assert head[0].message_id == ids[2]  # sent again with the same id
         assert store._pending == sql_pending(store.path) == {"A": 3, "B": 4}
         for prev, cur in zip(head, head[1:]):
-            await store.outbox_step("A", (prev["seq"], None, None), cur["seq"])
-        await store.outbox_step("A", (head[-1]["seq"], None, None), None)
+            await store.outbox_step("A", (prev.seq, None, None), cur.seq)
+        await store.outbox_step("A", (head[-1].seq, None, None), None)
         assert await store.outbox_head("A") == []
         assert not await store.has_backlog("A")
         assert store._pending == sql_pending(store.path) == {"B": 4}
@@ -79,8 +79,8 @@ async def test_bounds_from_counts_never_refuse_starts_and_stops(tmp_path: Path) 
         # a status row replaces the waiting status of its connector (coalesced), so it fits
         assert (await store.outbox_append(row("C", kind="status", connector=1), **bounds))[0] is None
         head = await store.outbox_head("A")
-        await store.outbox_step("A", None, head[0]["seq"])
-        await store.outbox_step("A", (head[0]["seq"], None, None), None)  # one acknowledged: room again
+        await store.outbox_step("A", None, head[0].seq)
+        await store.outbox_step("A", (head[0].seq, None, None), None)  # one acknowledged: room again
         assert (await store.outbox_append(row("B", n=9), **bounds))[0] is not None
         assert store._pending == sql_pending(store.path) == {"A": 3, "B": 2}
         assert store._pending_total == 5
@@ -94,14 +94,14 @@ async def test_status_rows_coalesce_but_never_one_that_was_sent(tmp_path: Path) 
         await store.outbox_append(row("S", kind="status", connector=2, n=3), **big)
         assert store._pending == sql_pending(store.path) == {"S": 2}
         (first, second) = await store.outbox_head("S")
-        assert (first["payload"], second["payload"]) == ('{"n":2}', '{"n":3}')
-        await store.outbox_step("S", None, first["seq"])  # in flight: it may reach the CSMS
+        assert (first.payload, second.payload) == ('{"n":2}', '{"n":3}')
+        await store.outbox_step("S", None, first.seq)  # in flight: it may reach the CSMS
         await store.outbox_append(row("S", kind="status", connector=1, n=4), **big)
         await store.outbox_append(row("S", kind="status", connector=2, n=5), **big)  # read by the replay: kept
         assert store._pending == sql_pending(store.path) == {"S": 4}
     async with SqliteStore(tmp_path) as store:
         await store.outbox_append(row("S", kind="status", connector=1, n=6), **big)  # replaces n=4 only
-        assert [r["payload"] for r in await store.outbox_head("S")] == ['{"n":2}', '{"n":3}', '{"n":5}', '{"n":6}']
+        assert [r.payload for r in await store.outbox_head("S")] == ['{"n":2}', '{"n":3}', '{"n":5}', '{"n":6}']
         assert store._pending == sql_pending(store.path) == {"S": 4}
 
 
@@ -125,25 +125,25 @@ async def test_acknowledged_rows_are_deleted_behind_the_replay_in_chunks(tmp_pat
             await store.outbox_append(row("A", n=n), **big)
         await store.outbox_append(row("B"), **big)
         head = await store.outbox_head("A", 4)
-        await store.outbox_step("A", None, head[0]["seq"])
+        await store.outbox_step("A", None, head[0].seq)
         for prev, cur in zip(head, head[1:]):
-            await store.outbox_step("A", (prev["seq"], None, None), cur["seq"])
-        await store.outbox_step("A", (head[-1]["seq"], None, None), None)
+            await store.outbox_step("A", (prev.seq, None, None), cur.seq)
+        await store.outbox_step("A", (head[-1].seq, None, None), None)
         # acknowledged, out of every count, still on disk: reading the next page does not delete them
         assert rows_of(store.path, "A") == 12 and store._pending == sql_pending(store.path) == {"A": 8, "B": 1}
         head = await store.outbox_head("A", 4)
-        assert [r["payload"] for r in head] == [f'{{"n":{n}}}' for n in range(4, 8)]
+        assert [r.payload for r in head] == [f'{{"n":{n}}}' for n in range(4, 8)]
         assert rows_of(store.path, "A") == 12
-        await store.outbox_step("A", None, head[0]["seq"])
+        await store.outbox_step("A", None, head[0].seq)
         for prev, cur in zip(head, head[1:]):
-            await store.outbox_step("A", (prev["seq"], None, None), cur["seq"])
-        await store.outbox_step("A", (head[-1]["seq"], None, None), None)
+            await store.outbox_step("A", (prev.seq, None, None), cur.seq)
+        await store.outbox_step("A", (head[-1].seq, None, None), None)
         # 8 acknowledged >= PURGE_DUE: the next page deletes them first (three chunks of at most 3)
         head = await store.outbox_head("A", 4)
-        assert [r["payload"] for r in head] == [f'{{"n":{n}}}' for n in range(8, 12)]
+        assert [r.payload for r in head] == [f'{{"n":{n}}}' for n in range(8, 12)]
         assert rows_of(store.path, "A") == 4 and rows_of(store.path, "B") == 1
-        await store.outbox_step("A", None, head[0]["seq"])
-        await store.outbox_step("A", (head[0]["seq"], None, None), None)
+        await store.outbox_step("A", None, head[0].seq)
+        await store.outbox_step("A", (head[0].seq, None, None), None)
         store.outbox_purge_later("A")  # what the session does when a replay ends: not while replays commit
         assert rows_of(store.path, "A") == 4
         async with asyncio.timeout(5):
@@ -162,13 +162,13 @@ async def test_the_next_page_is_read_after_the_current_one_while_that_one_replay
             await store.outbox_append(row("P", n=n), **big)
             await store.outbox_append(row("Q", n=n), **big)
         page = await store.outbox_head("P", 3)
-        await store.outbox_step("P", None, page[0]["seq"])  # the first row is in flight
-        ahead = await store.outbox_head("P", 3, after=page[-1]["seq"])
-        assert [r["payload"] for r in ahead] == ['{"n":3}', '{"n":4}', '{"n":5}']
-        assert [r["attempts"] for r in ahead] == [0, 0, 0]
-        await store.outbox_step("P", (page[0]["seq"], None, None), page[1]["seq"])
-        await store.outbox_step("P", (page[1]["seq"], None, None), page[2]["seq"])
-        await store.outbox_step("P", (page[2]["seq"], None, None), ahead[0]["seq"])
+        await store.outbox_step("P", None, page[0].seq)  # the first row is in flight
+        ahead = await store.outbox_head("P", 3, after=page[-1].seq)
+        assert [r.payload for r in ahead] == ['{"n":3}', '{"n":4}', '{"n":5}']
+        assert [r.attempts for r in ahead] == [0, 0, 0]
+        await store.outbox_step("P", (page[0].seq, None, None), page[1].seq)
+        await store.outbox_step("P", (page[1].seq, None, None), page[2].seq)
+        await store.outbox_step("P", (page[2].seq, None, None), ahead[0].seq)
         # `after` below the acknowledged rows never returns one of them
-        assert [r["payload"] for r in await store.outbox_head("P", 2, after=0)] == ['{"n":3}', '{"n":4}']
-        assert [r["attempts"] for r in await store.outbox_head("P", 1, after=0)] == [1]  # in flight
+        assert [r.payload for r in await store.outbox_head("P", 2, after=0)] == ['{"n":3}', '{"n":4}']
+        assert [r.attempts for r in await store.outbox_head("P", 1, after=0)] == [1]  # in flight

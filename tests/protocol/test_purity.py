@@ -28,6 +28,19 @@ def test_protocol_package_does_no_io() -> None:
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}: gateway/protocol must stay sans-I/O"
 
 
+CLOCKS = {"time", "datetime", "random", "secrets"}
+
+
+def test_protocol_package_reads_no_clock() -> None:
+    """The relay's decisions (relay.py, txmap.py) and the rest of the package take `now` from the
+    driver: no clock, no randomness, so the same events always give the same effects."""
+    files = sorted((ROOT / "gateway" / "protocol").rglob("*.py"))
+    assert {"relay.py", "txmap.py", "rpc.py"} <= {p.name for p in files}
+    for path in files:
+        bad = _imports(path) & CLOCKS
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}: gateway/protocol takes time from its caller"
+
+
 def test_core_imports_no_transport_library() -> None:
     for path in sorted((ROOT / "gateway").rglob("*.py")):
         if path.name in {"app.py", "cli.py"}:  # the composition root builds the adapters

@@ -1,0 +1,194 @@
+"""The hub: every charger session of the site, and what they share.
+
+The hub creates and ends sessions (`attach`/`detach`/`forget`), fans their exchanges and events
+out to the observers (telemetry, metrics, status page, journal, control), and hands each session
+a narrow context (`gateway.context.SessionContext`: settings, store, schemas, the local CSMS and
+authorizer, message ids, the dial gate, the observers) instead of itself. Adapters reach it
+through the charger-ingress port (`gateway.ports.ChargerIngress`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from gateway.auth import LocalAuthorizer
+from gateway.config import Settings
+from gateway.errors import LinkFailed
+from gateway.local import LocalCsms
+from gateway.ports import ChargerLink, Exchange, SessionObserver, Store, UpstreamConnector, UpstreamLink
+from gateway.protocol.frames import OcppVersion
+from gateway.protocol.rpc import MessageIds
+from gateway.protocol.schemas import SchemaRegistry
+from gateway.session import ChargerSession
+from gateway.uplink import DialGate
+
+log = logging.getLogger("gateway.session")
+
+
+@dataclass(slots=True)
+class _Retired:
+    """What observers get for a forgotten charger that had no session."""
+
+    charger_id: str
+    connected: bool = False
+
+
+class Hub:
+    """All sessions of the site, and what they share: settings, schemas, the store, the upstream
+    connector, the local CSMS and authorizer, the gateway's message ids and the site-wide cap on
+    upstream dials. Implements `SessionContext` for its sessions."""
+
+    def __init__(self, settings: Settings, store: Store, schemas: SchemaRegistry,
+                 connector: UpstreamConnector | None, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.schemas = schemas
+        self._connector = connector
+        self.auth = LocalAuthorizer(settings, store)
+        self.local = LocalCsms(settings, store, schemas, self.auth)
+        self.ids = MessageIds(secrets.token_hex(6))
+        self.gate = DialGate(settings.upstream.max_concurrent_dials)
+        self.rng = rng or random.Random()
+        self.sessions: dict[str, ChargerSession] = {}
+        self.observers: list[SessionObserver] = []
+        self.control: Any = None  # gateway.control.engine.ControlEngine, when local control is wired
+
+    # -- SessionContext ---------------------------------------------------------------------------
+
+    @property
+    def observed(self) -> bool:
+        return bool(self.observers)
+
+    async def backoff(self, delay: float) -> None:
+        await self.gate.backoff(delay)
+
+    def csms_reached(self) -> None:
+        self.gate.reached()
+
+    def publish(self, session: ChargerSession, exchange: Exchange) -> None:
+        for observer in self.observers:
+            try:
+                observer.exchange(session, exchange)
+            except Exception:  # noqa: BLE001 - an observer must never break the relay
+                log.exception("observer %r failed on %s", observer, exchange.action)
+
+    def notify(self, session: Any, event: str) -> None:
+        for observer in self.observers:
+            try:
+                observer.session_event(session, event)
+            except Exception:  # noqa: BLE001
+                log.exception("observer %r failed on %s", observer, event)
+
+    async def dial(self, charger_id: str, version: OcppVersion) -> UpstreamLink:
+        """Open the charger's upstream link (within the site-wide cap on simultaneous dials)."""
+        charger = self.settings.charger(charger_id)
+        password = charger.upstream_password.get_secret_value() if charger else ""
+        connector = self.connector
+        return await self.gate.dial(lambda: connector.connect(charger_id, version, password or None))
+
+    async def forget(self, session: ChargerSession) -> None:
+        """A session ends on its own (outbox replayed without a charger; strict mode closed it)."""
+        if self.sessions.get(session.charger_id) is session:
+            del self.sessions[session.charger_id]
+        await session.close()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load what the store keeps; resume replaying outboxes left by an earlier run."""
+        await self.auth.load()
+        if not self.settings.upstream.url:
+            return
+        for charger_id, protocol in await self.store.chargers_with_backlog():
+            if charger_id in self.sessions:
+                continue
+            try:
+                version = OcppVersion(protocol)
+            except ValueError:
+                log.error("outbox of %s has unknown protocol %r; left alone", charger_id, protocol)
+                continue
+            session = ChargerSession(self, charger_id, version)
+            await session.load()
+            if session.strict:
+                continue
+            self.sessions[charger_id] = session
+            log.info("resuming the outbox of %s", charger_id, extra={"charger_id": charger_id})
+            session.start_upstream()
+
+    @property
+    def connector(self) -> UpstreamConnector:
+        if self._connector is None:
+            raise LinkFailed("no upstream configured")
+        return self._connector
+
+    # -- charger ingress (gateway.ports.ChargerIngress) -------------------------------------------
+
+    def needs_upstream_first(self, charger_id: str) -> bool:
+        """Strict mode: a charger is accepted only once its upstream link is up."""
+        if not self.settings.upstream.url or self.settings.offline_mode(charger_id) != "strict":
+            return False
+        session = self.sessions.get(charger_id)
+        return session is None or not session.upstream_online
+
+    def is_known(self, charger_id: str) -> bool:
+        return charger_id in self.settings.chargers
+
+    def admits(self, charger_id: str) -> bool:
+        return self.settings.websocket.allow_unknown or self.is_known(charger_id)
+
+    @property
+    def charger_count(self) -> int:
+        return len(self.sessions)
+
+    async def attach(self, charger_id: str, version: OcppVersion, link: ChargerLink,
+                     upstream: UpstreamLink | None = None) -> ChargerSession:
+        session = self.sessions.get(charger_id)
+        if session is not None and session.version is not version:
+            # a new protocol version needs a new upstream link: end the old session entirely
+            del self.sessions[charger_id]
+            await session.close()
+            self.notify(session, "disconnected")
+            session = None
+        if session is None:
+            session = ChargerSession(self, charger_id, version)
+            self.sessions[charger_id] = session
+            await session.load()
+        await session.attach(link, upstream)
+        self.notify(session, "connected")
+        try:
+            await self.store.charger_seen(charger_id, version.value, link.transport,
+                                          datetime.now(timezone.utc).isoformat())
+        except Exception:  # noqa: BLE001 - the registry is informative; never refuse a charger for it
+            log.exception("could not record charger %s", charger_id)
+        return session
+
+    async def detach(self, session: ChargerSession, link: ChargerLink) -> None:
+        if await session.detach(link):
+            if self.sessions.get(session.charger_id) is session:
+                del self.sessions[session.charger_id]
+        self.notify(session, "disconnected")
+
+    # -- operations -------------------------------------------------------------------------------
+
+    async def forget_charger(self, charger_id: str) -> None:
+        """An operator retires a charger: its connection and upstream link are closed and the
+        observers drop what they keep about it (retained MQTT state, Home Assistant discovery, the
+        status page). Its outbox and transaction log stay: nothing accepted is dropped, and a
+        backlog is replayed after the next start. It comes back if it connects again."""
+        session = self.sessions.pop(charger_id, None)
+        if session is not None:
+            await session.close()
+            self.notify(session, "disconnected")
+        self.notify(session or _Retired(charger_id), "forgotten")
+
+    async def close(self) -> None:
+        sessions, self.sessions = list(self.sessions.values()), {}
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        for session in sessions:  # observers (retained MQTT state, metrics) see every charger leave
+            self.notify(session, "disconnected")
