@@ -32,7 +32,8 @@ import orjson
 from aiohttp import web
 
 from adapters import listen
-from adapters.polled import CappedRunner, ChargerAuth, LinkRegistry, PolledLink, TooLarge, TooSlow, read_limited
+from adapters.charger_auth import ChargerAuth
+from adapters.polled import CappedRunner, LinkRegistry, PolledLink, TooLarge, TooSlow, read_limited
 from gateway.config import Settings
 from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import validate_charger_id
@@ -91,12 +92,12 @@ def _error(status: int, reason: str, **headers: str) -> web.Response:
 
 
 class HttpBinding:
-    def __init__(self, settings: Settings, hub: Hub) -> None:
+    def __init__(self, settings: Settings, hub: Hub, auth: ChargerAuth | None = None) -> None:
         self.settings = settings
         self.hub = hub
         self.path = settings.http.path
         self.registry = LinkRegistry(hub, settings.http.idle_timeout)
-        self.auth = ChargerAuth(settings, hub)
+        self.auth = auth if auth is not None else ChargerAuth(settings, hub)  # app.py shares the WebSocket port's
         self._runner: web.AppRunner | None = None
         self._sockets: list[socket.socket] = []
         self._port: int | None = None
@@ -118,11 +119,11 @@ class HttpBinding:
         return charger_id, None
 
     async def _authenticate(self, request: web.Request, charger_id: str) -> web.Response | None:
-        refusal = await self.auth.check(charger_id, request.remote or "?", request.headers.get("Authorization"))
+        refusal = await self.auth.check(charger_id, request.remote or "?", request.headers.get("Authorization"),
+                                       port="HTTP-binding")
         if refusal is None:
             return None
-        body = "too many failed attempts" if refusal.status == 429 else "authentication failed"
-        return _error(refusal.status, body, **refusal.headers)
+        return _error(refusal.status, refusal.body, **refusal.headers)
 
     async def _body(self, request: web.Request) -> str | web.Response:
         try:

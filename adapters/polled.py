@@ -20,16 +20,13 @@ import contextvars
 import itertools
 import logging
 import secrets
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import orjson
 from aiohttp import web
 
-from gateway.config import Settings
 from gateway.errors import LinkClosed, RequestError
 from gateway.protocol.frames import OcppVersion
-from gateway.security import FailureLimiter, is_hashed, parse_basic, password_matches
 from gateway.hub import Hub
 from gateway.session import ChargerSession
 
@@ -38,85 +35,6 @@ log = logging.getLogger("gateway.polled")
 _feeding: contextvars.ContextVar[asyncio.Future[list[Any]] | None] = contextvars.ContextVar("_feeding", default=None)
 _ids = itertools.count(1)
 _token = secrets.token_hex(4)
-
-
-@dataclass(frozen=True, slots=True)
-class AuthRefusal:
-    status: int  # 401, or 429 after too many failures from one address
-    reason: str  # for the log only: the answer never says why
-    headers: dict[str, str]
-
-
-class ChargerAuth:
-    """The WebSocket server's authentication rules (gateway.security) for transports that have no
-    TLS of their own: with security profile 1 or 2 (the charger's own, else the site's) HTTP Basic
-    credentials, user = charger id, password = `[chargers.ID].password`, or the one the CSMS or the
-    operator set since (the WebSocket server's credential book, `data_dir/credentials.json`: the new
-    password, and the previous one until the new one has been used once); profile 3 is refused (no
-    client certificate can be checked); failures are counted per source address (429 beyond
-    `[websocket].max_auth_failures`)."""
-
-    def __init__(self, settings: Settings, hub: Hub) -> None:
-        self.settings = settings
-        self.hub = hub
-        ws = settings.websocket
-        self.limiter = FailureLimiter(ws.max_auth_failures, ws.auth_failure_window)
-
-    def _book(self) -> Any:
-        """The WebSocket server's CredentialBook (a hub observer), if there is one."""
-        from adapters.credentials import CredentialBook
-
-        for observer in self.hub.observers:
-            if isinstance(observer, CredentialBook):
-                return observer
-        return None
-
-    def _valid(self, charger_id: str, book: Any) -> list[str]:
-        if book is not None:
-            return book.passwords(charger_id)
-        charger = self.settings.charger(charger_id)
-        stored = charger.password.get_secret_value() if charger else ""
-        return [stored] if stored else []
-
-    async def check(self, charger_id: str, address: str, authorization: str | None) -> AuthRefusal | None:
-        profile = self.settings.security_profile(charger_id)
-        if profile == 0:
-            return None
-        now = asyncio.get_running_loop().time()
-        wait = self.limiter.blocked(address, now)
-        if wait > 0:
-            return AuthRefusal(429, "too many failed attempts", {"Retry-After": str(max(1, round(wait + 0.5)))})
-        reason = None
-        if not self.hub.is_known(charger_id):
-            reason = "unknown charger"  # the same answer as a wrong password (no probing for ids)
-        elif profile == 3:
-            reason = "profile 3 needs a client certificate, and this port has no TLS of its own"
-        else:
-            creds = parse_basic(authorization)
-            book = self._book()
-            valid = self._valid(charger_id, book)
-            if creds is None:
-                reason = "no Basic credentials"
-            elif creds[0] != charger_id.encode("utf-8"):
-                reason = "Basic user is not the charger id"
-            elif not valid:
-                reason = "no password configured for this charger"
-            else:
-                reason = "wrong password"
-                for stored in valid:  # upstream it is a 1.6 charger; a PBKDF2 form is checked off the event loop
-                    if (await asyncio.to_thread(password_matches, stored, creds[1], OcppVersion.V16)
-                            if is_hashed(stored) else password_matches(stored, creds[1], OcppVersion.V16)):
-                        reason = None
-                        if book is not None:
-                            book.logged_in(charger_id, stored)
-                        break
-        if reason is None:
-            return None
-        self.limiter.failed(address, now)
-        log.warning("authentication of %r from %s failed (profile %d): %s", charger_id, address, profile, reason,
-                    extra={"charger_id": charger_id})
-        headers = {} if profile == 3 else {"WWW-Authenticate": 'Basic realm="ocpp", charset="UTF-8"'}
-        return AuthRefusal(401, reason, headers)
 
 
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 5\r\n"

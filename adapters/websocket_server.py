@@ -26,7 +26,6 @@ import asyncio
 import http
 import logging
 import random
-import secrets
 import ssl
 from typing import Any, Sequence
 
@@ -38,14 +37,14 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from adapters import listen
+from adapters.charger_auth import ChargerAuth
 from adapters.credentials import CredentialBook
 from gateway.config import ConfigError, Settings, split_listen
 from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import charger_id_from_path
 from gateway.protocol import frames as F
 from gateway.protocol.frames import ErrorCode, OcppVersion
-from gateway.security import DEFAULT_ITERATIONS, FailureLimiter, TokenBucket, certificate_matches, hash_password, \
-    is_hashed, parse_basic, password_matches, password_problems
+from gateway.security import TokenBucket, password_problems
 from gateway.hub import Hub
 
 log = logging.getLogger("gateway.websocket")
@@ -125,12 +124,10 @@ class WebSocketServer:
         self._server: Server | None = None
         self._dialled: dict[int, Any] = {}  # strict mode: upstream links opened during the handshake
         ws = settings.websocket
-        self.limiter = FailureLimiter(ws.max_auth_failures, ws.auth_failure_window)
-        self._blocked_logged: dict[str, float] = {}
         self._buckets: dict[str, TokenBucket] = {}  # message rate per charger id
-        self._hashing = any(is_hashed(c.password.get_secret_value()) for c in settings.chargers.values())
-        self._decoy_hash: str | None = None
         self.credentials = CredentialBook(settings)  # passwords changed by the CSMS since (adapters/credentials.py)
+        # one authentication and one failed-login limiter for every charger port (app.py hands it on)
+        self.auth = ChargerAuth(settings, hub, self.credentials)
         self.tls: ssl.SSLContext | None = None
         self.tls_problem: str | None = None
         if ws.security_profile >= 2:
@@ -184,71 +181,18 @@ class WebSocketServer:
     async def _authenticate(self, connection: ServerConnection, request: Request, charger_id: str,
                             chosen: str | None) -> Response | None:
         """None when the charger may go on, else the refusal (401 / 429). Never says why."""
-        site = self.settings.websocket.security_profile
-        known = self.hub.is_known(charger_id)
-        profile = self.settings.security_profile(charger_id)
-        if profile == 0:
-            return None
         address = connection.remote_address[0] if connection.remote_address else "?"
-        now = asyncio.get_running_loop().time()
-        wait = self.limiter.blocked(address, now)
-        if wait > 0:
-            # once per address and window at WARNING: a flood of attempts must not flood the log
-            quiet = self._blocked_logged.get(address, -1e9) > now - self.settings.websocket.auth_failure_window
-            log.log(logging.DEBUG if quiet else logging.WARNING, "refused %r from %s: too many failed logins%s",
-                    charger_id, address, "" if quiet else " (further refusals of this address are logged at DEBUG)")
-            if not quiet:
-                if len(self._blocked_logged) > 10_000:
-                    self._blocked_logged.clear()
-                self._blocked_logged[address] = now
-            return _text_response(http.HTTPStatus.TOO_MANY_REQUESTS, {"error": "too many failed attempts"},
-                                  Retry_After=str(max(1, round(wait + 0.5))))
-        reason = None
-        if not known and not (profile == 3 and self.hub.admits(charger_id)):
-            reason = "unknown charger"  # same answer as a wrong password (no probing for ids)
-        elif profile == 3:
-            peercert = connection.transport.get_extra_info("peercert") if connection.transport else None
-            if not peercert:
-                reason = "no client certificate"
-            elif not certificate_matches(peercert, charger_id):
-                reason = "client certificate does not name this charger"
-        else:
-            creds = parse_basic(request.headers.get("Authorization"))
-            valid = self.credentials.passwords(charger_id)
-            version = OcppVersion(chosen) if chosen else OcppVersion.V201
-            if creds is None:
-                reason = "no Basic credentials"
-            elif creds[0] != charger_id.encode("utf-8"):
-                reason = "Basic user is not the charger id"
-            elif not valid:
-                reason = "no password configured for this charger"
-            else:
-                reason = "wrong password"
-                for stored in valid:
-                    if await asyncio.to_thread(password_matches, stored, creds[1], version) if is_hashed(stored) \
-                            else password_matches(stored, creds[1], version):  # PBKDF2 off the event loop
-                        reason = None
-                        self.credentials.logged_in(charger_id, stored)
-                        break
-        if reason is None:
+        peercert = None
+        if self.settings.security_profile(charger_id) == 3 and connection.transport is not None:
+            peercert = connection.transport.get_extra_info("peercert")
+        refusal = await self.auth.check(charger_id, address, request.headers.get("Authorization"),
+                                        version=OcppVersion(chosen) if chosen else OcppVersion.V201,
+                                        peercert=peercert, tls_client_auth=True, port="websocket")
+        if refusal is None:
             return None
-        creds = parse_basic(request.headers.get("Authorization")) if profile in (1, 2) else None
-        if reason in ("unknown charger", "no password configured for this charger") and self._hashing \
-                and creds is not None and creds[0] == charger_id.encode("utf-8"):
-            # as long as a real check would take: the time to refuse says nothing about which ids exist
-            await asyncio.to_thread(password_matches, self._decoy(), b"decoy", OcppVersion.V201)
-        self.limiter.failed(address, now)
-        log.warning("authentication of %r from %s failed (profile %d%s): %s", charger_id, address, profile,
-                    "" if profile == site else " for this charger", reason, extra={"charger_id": charger_id})
-        extra = {} if profile == 3 else {"WWW_Authenticate": 'Basic realm="ocpp", charset="UTF-8"'}
-        return _text_response(http.HTTPStatus.UNAUTHORIZED, _AUTH_FAILED, **extra)
-
-    def _decoy(self) -> str:
-        if self._decoy_hash is None:  # as costly as the dearest configured hash
-            costs = [int(p.split("$")[1]) for c in self.settings.chargers.values()
-                     if is_hashed(p := c.password.get_secret_value()) and p.split("$")[1].isdigit()]
-            self._decoy_hash = hash_password(secrets.token_bytes(16), max(costs, default=DEFAULT_ITERATIONS))
-        return self._decoy_hash
+        status = http.HTTPStatus(refusal.status)
+        body = _AUTH_FAILED if refusal.status == 401 else {"error": refusal.body}
+        return _text_response(status, body, **{k.replace("-", "_"): v for k, v in refusal.headers.items()})
 
     def _select_subprotocol(self, connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
         for name in offered:  # the client lists its versions in order of preference

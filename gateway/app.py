@@ -38,6 +38,7 @@ from gateway.hub import Hub
 
 if TYPE_CHECKING:
     from adapters.api import ApiServer
+    from adapters.charger_auth import ChargerAuth
     from adapters.http_binding import HttpBinding
     from adapters.soap.server import SoapServer
     from adapters.sqlite_store import SqliteStore
@@ -99,7 +100,7 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gatewa
     stack.push_async_callback(server.stop)  # closes the bound socket if the start fails before serving
     await server.bind()
     gw.ws_port = server.port
-    legacy = await _bind_legacy(settings, hub, gw, stack)
+    legacy = await _bind_legacy(settings, hub, gw, stack, server.auth)  # one charger authentication for all ports
     api = _operations(settings, hub, store, stack)
     gw.api = await _bind_api(api, stack)
     api.checks["websocket"] = server.serving
@@ -210,6 +211,7 @@ def _operations(settings: Settings, hub: Hub, store: SqliteStore, stack: context
     """The REST API (with its metrics and status observers), the traffic journal and the debug
     frame log. The journal closes with the exit stack, after the hub."""
     from adapters.api import ApiServer
+    from adapters.charger_auth import ChargerAuth
     from gateway.logs import FrameLog
 
     if settings.logging.journal:
@@ -224,13 +226,14 @@ def _operations(settings: Settings, hub: Hub, store: SqliteStore, stack: context
     return ApiServer(settings, hub, checks={"store": store.is_open})
 
 
-async def _bind_legacy(settings: Settings, hub: Hub, gw: Gateway, stack: contextlib.AsyncExitStack) -> list[_Listener]:
+async def _bind_legacy(settings: Settings, hub: Hub, gw: Gateway, stack: contextlib.AsyncExitStack,
+                       auth: ChargerAuth) -> list[_Listener]:
     """The SOAP (OCPP-S 1.5/1.6) and HTTP-binding charger transports, when enabled: bound."""
     bound: list[_Listener] = []
     if settings.soap.enabled:
         from adapters.soap.server import SoapServer
 
-        soap = gw.soap = SoapServer(settings, hub)
+        soap = gw.soap = SoapServer(settings, hub, auth)
         stack.push_async_callback(soap.stop)
         await soap.bind()
         bound.append(soap)
@@ -238,7 +241,7 @@ async def _bind_legacy(settings: Settings, hub: Hub, gw: Gateway, stack: context
     if settings.http.enabled:
         from adapters.http_binding import HttpBinding
 
-        http = gw.http = HttpBinding(settings, hub)
+        http = gw.http = HttpBinding(settings, hub, auth)
         stack.push_async_callback(http.stop)
         await http.bind()
         bound.append(http)

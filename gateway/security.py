@@ -23,6 +23,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
 from dataclasses import dataclass
@@ -175,6 +176,22 @@ class TokenBucket:
         """Seconds until a token is there (0 if one is)."""
         self._refill(now)
         return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.rate if self.rate > 0 else float("inf")
+
+
+def address_group(address: str) -> str:
+    """The key under which a source address is rate-limited and counted: an IPv4 address itself
+    (an IPv4-mapped IPv6 address as its IPv4 form), an IPv6 address by its /64 network (one host
+    usually owns a whole /64, so counting single IPv6 addresses would give it 2**64 budgets);
+    anything that is not an IP address as it is."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 class FailureLimiter:

@@ -28,7 +28,8 @@ import aiohttp
 from aiohttp import web
 
 from adapters import listen
-from adapters.polled import CappedRunner, ChargerAuth, LinkRegistry, PolledLink, TooLarge, TooSlow, new_call_id, read_limited
+from adapters.charger_auth import ChargerAuth
+from adapters.polled import CappedRunner, LinkRegistry, PolledLink, TooLarge, TooSlow, new_call_id, read_limited
 from adapters.soap import codec, convert
 from adapters.soap.codec import SoapError
 from adapters.soap.contract import CP, CS, V15, contract
@@ -167,12 +168,12 @@ class SoapChargerLink(PolledLink):
 
 
 class SoapServer:
-    def __init__(self, settings: Settings, hub: Hub) -> None:
+    def __init__(self, settings: Settings, hub: Hub, auth: ChargerAuth | None = None) -> None:
         self.settings = settings
         self.hub = hub
         self.path = settings.soap.path
         self.registry = LinkRegistry(hub, settings.soap.idle_timeout)
-        self.auth = ChargerAuth(settings, hub)
+        self.auth = auth if auth is not None else ChargerAuth(settings, hub)  # app.py shares the WebSocket port's
         self._store = Path(settings.data_dir) / "soap-endpoints.json"
         self.endpoints: dict[str, str] = self._load_endpoints()
         self._runner: web.AppRunner | None = None
@@ -250,7 +251,8 @@ class SoapServer:
             problem = validate_charger_id(charger_id)
             if problem:
                 raise SoapError("Sender", "ProtocolError", f"chargeBoxIdentity: {problem}")
-            refusal = await self.auth.check(charger_id, request.remote or "?", request.headers.get("Authorization"))
+            refusal = await self.auth.check(charger_id, request.remote or "?", request.headers.get("Authorization"),
+                                       port="SOAP")
             if refusal is not None:
                 # OCPP-S has no authentication of its own: HTTP Basic, as for OCPP-J (docs/chargers.md, "SOAP chargers")
                 err = SoapError("Sender", "SecurityError", "authentication failed")

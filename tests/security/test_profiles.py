@@ -101,16 +101,21 @@ async def test_hashed_passwords(tmp_path: Path) -> None:
         assert await boots(gw.url("H16"), "ocpp1.6", **auth("H16", KEY16))
 
 
-async def test_failed_logins_are_rate_limited_per_address(tmp_path: Path) -> None:
+async def test_failed_logins_are_rate_limited_per_address_and_per_id(tmp_path: Path) -> None:
     async with gateway(tmp_path, websocket={"security_profile": 1, "max_auth_failures": 3, "auth_failure_window": 60.0},
-                       chargers={"CP1": {"password": PW}}) as gw:
+                       chargers={"CP1": {"password": PW}, "CP2": {"password": PW}}) as gw:
+        assert await boots(gw.url("CP1"), local_addr=("127.0.0.3", 0), **auth("CP1", PW))  # CP1's own address
         for _ in range(3):
             assert (await refused(gw.url("CP1"), **auth("CP1", "guess-guess-guess")))[0] == 401
         status, body, headers = await refused(gw.url("CP1"), **auth("CP1", PW))  # even the right one, for now
         assert status == 429 and int(headers["Retry-After"]) >= 1
         assert b"authentication" not in body
-        # another source address is not affected
-        assert await boots(gw.url("CP1"), local_addr=("127.0.0.2", 0), **auth("CP1", PW))
+        # another source address is not affected for another charger...
+        assert await boots(gw.url("CP2"), local_addr=("127.0.0.2", 0), **auth("CP2", PW))
+        # ...but CP1's id has no guesses left from anywhere (guessing from many addresses does not help)
+        assert (await refused(gw.url("CP1"), local_addr=("127.0.0.4", 0), **auth("CP1", PW)))[0] == 429
+        # except from the address CP1 last logged in from: the attacker cannot lock the charger out
+        assert await boots(gw.url("CP1"), local_addr=("127.0.0.3", 0), **auth("CP1", PW))
 
 
 async def test_profile_0_only_where_configured(tmp_path: Path) -> None:
