@@ -2,9 +2,9 @@
 calls to chargers, the OpenAPI document and the status page. The contract is in PRODUCT.md
 ("REST API"); the OpenAPI document (adapters/openapi.py) describes every answer.
 
-- With `[api].token` set, every path except /healthz, /readyz, the page and the OpenAPI document
-  needs `Authorization: Bearer <token>` (401 otherwise). Settings refuse a non-loopback listen
-  address without a token.
+- Before any handler, `adapters/api_guard.py`: the Host allow-list (421), no cross-site writes
+  (415/403), and the bearer token (401) - configured, or generated into data_dir when unset;
+  every path except /healthz, /readyz, the page and the OpenAPI document needs it.
 - Calls go through the charger's one-outstanding queue (`ChargerSession.call_charger`), after the
   same checks a CSMS call gets: the action must be one the CSMS side may send in the charger's
   version and the payload must pass its schema (400 with the reason otherwise).
@@ -14,7 +14,6 @@ calls to chargers, the OpenAPI document and the status page. The contract is in 
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 import socket
@@ -34,10 +33,10 @@ from adapters.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from adapters.metrics import Metrics
 from adapters.openapi import document
 from adapters import control_api, listen
+from adapters.api_guard import Guard, api_token
 
 log = logging.getLogger("gateway.api")
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/api/v1/openapi.json"})
 MAX_CALL_TIMEOUT = 300.0
 MAX_BODY = 1_048_576
 
@@ -65,11 +64,11 @@ class ApiServer:
         self.status = StatusBook()
         self.metrics = Metrics(hub)
         hub.observers.extend([self.status, self.metrics])
-        token = settings.api.token.get_secret_value()
-        self._token = token.encode() if token else None
+        self.token = api_token(settings)  # generated and kept in data_dir when [api].token is unset
+        self.guard = Guard(settings, self.token)
         self._page = resources.files("adapters").joinpath("static", "status.html").read_bytes()
         self._openapi = orjson.dumps(document(control_api.PATHS, control_api.SCHEMAS))
-        self.app = web.Application(middlewares=[self._auth], client_max_size=MAX_BODY)
+        self.app = web.Application(middlewares=[self.guard.middleware, self._errors], client_max_size=MAX_BODY)
         self.app.router.add_get("/", self.page)
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
@@ -123,13 +122,8 @@ class ApiServer:
     # -- middleware -----------------------------------------------------------------------------
 
     @web.middleware
-    async def _auth(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        if self._token is not None and request.path not in OPEN_PATHS:
-            given = request.headers.get("Authorization", "")
-            scheme, _, value = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self._token):
-                return _error(401, "unauthorized", "a valid bearer token is required",
-                              headers={"WWW-Authenticate": 'Bearer realm="ocpp-gateway"'})
+    async def _errors(self, request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         try:
             return await handler(request)
         except web.HTTPException as exc:

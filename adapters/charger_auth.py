@@ -130,18 +130,17 @@ class ChargerAuth:
         if creds[0] != charger_id.encode("utf-8"):
             return "Basic user is not the charger id", creds
         valid = self._valid(charger_id) if known else []
-        reason = "unknown charger" if not known else "no password configured for this charger" if not valid \
+        reason: str = "unknown charger" if not known else "no password configured for this charger" if not valid \
             else "wrong password"
         dear = False  # did this check run PBKDF2 in full?
         for stored in valid:
             if is_hashed(stored):
                 self._hashing = True
                 dear = True
-                if await asyncio.to_thread(password_matches, stored, creds[1], version):  # off the event loop
-                    reason = None
-            elif password_matches(stored, creds[1], version):
-                reason = None
-            if reason is None:
+                ok = await asyncio.to_thread(password_matches, stored, creds[1], version)  # off the event loop
+            else:
+                ok = password_matches(stored, creds[1], version)
+            if ok:
                 book = self._book()
                 if book is not None:
                     book.logged_in(charger_id, stored)

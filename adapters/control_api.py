@@ -78,7 +78,7 @@ def _operation(verb: str) -> dict[str, Any]:
         "responses": {
             "200": _json({"$ref": "#/components/schemas/ControlResult"}, "what the gateway applied"),
             "400": _json(_ERROR, "the body is not {\"evse\": n} or {\"transaction_id\": ...}"),
-            "401": _json(_ERROR, "missing or wrong bearer token (only when [api].token is set)"),
+            "401": _json(_ERROR, "missing or wrong bearer token"),
             "404": _json(_ERROR, "the charger is not connected, or no such transaction on it"),
             "409": _json(_ERROR, "pause and resume are switched off ([control].pause_enabled = false)"),
         },
@@ -95,7 +95,7 @@ PATHS: dict[str, Any] = {
                         "description": "the charger id (percent-encoded in the URL)"}],
         "responses": {
             "200": _json({"$ref": "#/components/schemas/ControlView"}, "transactions, limits, temperature"),
-            "401": _json(_ERROR, "missing or wrong bearer token (only when [api].token is set)"),
+            "401": _json(_ERROR, "missing or wrong bearer token"),
             "409": _json(_ERROR, "local control is not running"),
         },
     }},

@@ -194,7 +194,7 @@ SCHEMAS: dict[str, Any] = {
 }
 
 _AUTH: list[dict[str, list[str]]] = [{"bearer": []}]
-_401 = _json(_ref("Error"), "missing or wrong bearer token (only when [api].token is set)")
+_401 = _json(_ref("Error"), "missing or wrong bearer token")
 _404 = _json(_ref("Error"), "no such charger")
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 48},
        "description": "the charger id (percent-encoded in the URL)"}
@@ -289,6 +289,27 @@ PATHS: dict[str, Any] = {
 }
 
 
+_GUARD = {  # adapters/api_guard.py answers these before any handler
+    "421": _json(_ref("Error"), "the Host header is not an address, localhost or one of [api].allowed_hosts"),
+}
+_GUARD_WRITES = {
+    "403": _json(_ref("Error"), "a cross-site request: the Origin header names another host"),
+    "415": _json(_ref("Error"), "POST, PUT and PATCH need Content-Type: application/json"),
+}
+
+
+def _guarded(paths: dict[str, Any]) -> dict[str, Any]:
+    for item in paths.values():
+        for method, operation in item.items():
+            responses = operation.setdefault("responses", {})
+            extra = {**_GUARD, **(_GUARD_WRITES if method in ("post", "put", "patch", "delete") else {})}
+            if method == "delete":
+                extra.pop("415")
+            for status, response in extra.items():
+                responses.setdefault(status, response)
+    return paths
+
+
 def document(extra_paths: dict[str, Any] | None = None, extra_schemas: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -296,13 +317,14 @@ def document(extra_paths: dict[str, Any] | None = None, extra_schemas: dict[str,
             "title": "OCPP site gateway API",
             "version": __version__,
             "description": "Operations API of the site gateway: health, metrics, chargers, and calls to "
-                           "chargers. JSON everywhere; errors are {error, message}. With [api].token set, "
-                           "every path except /healthz, /readyz, / and this document needs "
-                           "`Authorization: Bearer <token>`.",
+                           "chargers. JSON everywhere; errors are {error, message}. Every path except /healthz, "
+                           "/readyz, / and this document needs `Authorization: Bearer <token>` (the configured "
+                           "[api].token, else the one generated into data_dir/api-token; none only when "
+                           "[api].token = \"\"). POST, PUT and PATCH need Content-Type: application/json.",
         },
         "servers": [{"url": "/"}],
         "security": _AUTH,
-        "paths": {**copy.deepcopy(PATHS), **(extra_paths or {})},
+        "paths": _guarded({**copy.deepcopy(PATHS), **copy.deepcopy(extra_paths or {})}),
         "components": {
             "schemas": {**copy.deepcopy(SCHEMAS), **(extra_schemas or {})},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

@@ -44,7 +44,7 @@ from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import charger_id_from_path
 from gateway.protocol import frames as F
 from gateway.protocol.frames import ErrorCode, OcppVersion
-from gateway.security import TokenBucket, password_problems
+from gateway.security import TokenBucket
 from gateway.hub import Hub
 
 log = logging.getLogger("gateway.websocket")
@@ -135,9 +135,6 @@ class WebSocketServer:
                 self.tls_problem = "security_profile >= 2 needs [websocket].tls_cert and tls_key"
             elif any(settings.security_profile(c) == 3 for c in [*settings.chargers, ""]) and not ws.tls_ca:
                 self.tls_problem = "security_profile 3 needs [websocket].tls_ca (the CA of the chargers' certificates)"
-        for cid, charger in settings.chargers.items():
-            for problem in password_problems(charger.password.get_secret_value()):
-                log.warning("chargers.%s.password: %s", cid, problem)
 
     # -- handshake ------------------------------------------------------------------------------
 

@@ -84,6 +84,7 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gatewa
     from gateway.txlog import TransactionLog
 
     started = time.monotonic()
+    _warn(settings)
     gw = Gateway(settings)
     schemas = SchemaRegistry(list(settings.websocket.versions))
     # 1. the store
@@ -161,6 +162,14 @@ async def _stop_serving(server: WebSocketServer, hub: Hub, legacy: list[_Listene
     finally:
         await stopped
     await server.credentials.drain()  # password changes the CSMS made are on disk
+
+
+def _warn(settings: Settings) -> None:
+    """What `check-config` warns about, logged once where the operator looks."""
+    from gateway.security import configuration_warnings
+
+    for warning in configuration_warnings(settings):
+        log.warning("configuration: %s", warning)
 
 
 def _freeze_heap(_: object = None) -> None:

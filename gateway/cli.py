@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _operator(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, load_settings
-    from gateway.opsclient import Client, api_base, run
+    from gateway.opsclient import Client, api_base, client_token, run
 
     base, token = args.api, args.token
     if base is None or token is None:
@@ -52,7 +52,7 @@ def _operator(args: argparse.Namespace) -> int:
             print(f"configuration error:\n{exc}", file=sys.stderr)
             return 2
         base = base or api_base(settings)
-        token = token if token is not None else settings.api.token.get_secret_value()
+        token = token if token is not None else client_token(settings)
     return run(args.command, Client(base, token), args)
 
 

@@ -260,7 +260,9 @@ class InfluxSettings(_Section):
 
 class ApiSettings(_Section):
     listen: str = "127.0.0.1:8080"
-    token: SecretStr = SecretStr("")
+    # None (unset): generated on first start, kept in data_dir/api-token; "": no token (loopback only)
+    token: SecretStr | None = None
+    allowed_hosts: list[str] = Field(default_factory=list)  # Host names served besides addresses and localhost
     _v_listen = field_validator("listen")(classmethod(lambda cls, v: _listen(v)))
 
 
@@ -332,8 +334,9 @@ class Settings(BaseSettings):
                                  "server: [websocket].security_profile 0/1 serve profiles 0/1, 2/3 serve 2/3")
         if bool(self.upstream.client_cert) != bool(self.upstream.client_key):
             raise ValueError("upstream.client_cert: client_cert and client_key go together")
-        if not is_loopback(self.api.listen) and not self.api.token.get_secret_value():
-            raise ValueError(f"api.token: required when api.listen ({self.api.listen}) is not a loopback address")
+        if not is_loopback(self.api.listen) and self.api.token is not None and not self.api.token.get_secret_value():
+            raise ValueError(f"api.token: must not be empty when api.listen ({self.api.listen}) is not a loopback "
+                             "address (leave it unset for a generated one)")
         return self
 
     @classmethod

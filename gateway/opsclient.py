@@ -12,6 +12,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from gateway.config import Settings, split_listen
@@ -42,6 +43,24 @@ def api_base(settings: Settings) -> str:
     return f"http://{host}:{port}"
 
 
+TOKEN_FILE = "api-token"
+
+
+def token_file(settings: Settings) -> Path:
+    """Where the gateway keeps the API token it generated (when `[api].token` is unset)."""
+    return Path(settings.data_dir) / TOKEN_FILE
+
+
+def client_token(settings: Settings) -> str:
+    """The token to present: `[api].token`, else the generated one from `data_dir` ("" = none found)."""
+    if settings.api.token is not None:
+        return settings.api.token.get_secret_value()
+    try:
+        return token_file(settings).read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+
+
 class Client:
     def __init__(self, base: str, token: str = "", timeout: float = 10.0) -> None:
         self.base = base.rstrip("/")
@@ -52,8 +71,8 @@ class Client:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method)
         req.add_header("Accept", "application/json")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
+        if data is not None or method in ("POST", "PUT", "PATCH", "DELETE"):
+            req.add_header("Content-Type", "application/json")  # the API refuses other writes (api_guard.py)
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:

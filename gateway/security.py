@@ -281,6 +281,12 @@ def configuration_warnings(settings: Any) -> list[str]:
     if ws.security_profile == 0 and not ws.listen.startswith(("127.", "localhost", "[::1]")):
         out.append("websocket.security_profile = 0 on a non-loopback address: any device on the network can "
                    "connect as any charger")
+    loopback = ws.listen.startswith(("127.", "localhost", "[::1]"))
+    if ws.allow_unknown and not loopback:
+        out.append("websocket.allow_unknown = true on a non-loopback address: any device on the network can connect "
+                   "under any id that has no [chargers.ID] entry (and reach the CSMS with it)")
+    if settings.api.token is not None and not settings.api.token.get_secret_value():
+        out.append('api.token = "": the REST API asks no token; every process on this host can control the chargers')
     if settings.upstream.url.startswith("ws://") and any(c.upstream_password.get_secret_value()
                                                          for c in settings.chargers.values()):
         out.append("upstream.url is ws:// but upstream passwords are set: they cross the network in clear")

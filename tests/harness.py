@@ -113,6 +113,29 @@ class GatewayProcess:
         self.stop()
         raise RuntimeError(f"gateway not healthy within {timeout}s:\n{self.logs()}")
 
+    def api_token(self) -> str:
+        """The API token the gateway generated into its data_dir (or the configured one)."""
+        configured = self.config.get("api", {}).get("token")
+        if configured is not None:
+            return str(configured)
+        return (Path(self.config["data_dir"]) / "api-token").read_text().strip()
+
+    def api(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
+        """One request to the gateway's REST API with its token; (status, parsed JSON or text)."""
+        import json
+
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"http://{self.config['api']['listen']}{path}", data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.api_token()}")
+        if method in ("POST", "PUT", "PATCH", "DELETE"):
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                status, raw, ctype = r.status, r.read(), r.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as exc:
+            status, raw, ctype = exc.code, exc.read(), exc.headers.get("Content-Type", "")
+        return status, json.loads(raw or b"null") if ctype.startswith("application/json") else raw.decode()
+
     def logs(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")

@@ -50,7 +50,15 @@ async def inproc(tmp_path: Path, **config: Any) -> AsyncIterator[Any]:
         assert gw.api is not None, "the API did not start"
         gw.url = lambda cid: f"ws://127.0.0.1:{gw.ws_port}/ocpp/{cid}"
         gw.api_url = f"http://127.0.0.1:{gw.api.port}"
-        yield gw
+        gw.api_token = gw.api.token  # configured, or generated into data_dir (adapters/api_guard.py)
+        TOKENS[gw.api_url] = gw.api_token
+        try:
+            yield gw
+        finally:
+            TOKENS.pop(gw.api_url, None)
+
+
+TOKENS: dict[str, str] = {}  # API base URL -> its token, for api_client(base) without token=
 
 
 # -- the OpenAPI check ----------------------------------------------------------------------------
@@ -102,6 +110,8 @@ class Api:
                       token: str | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
         hdrs = dict(headers or {})
         tok = token if token is not None else self.token
+        if method.upper() in ("POST", "PUT", "PATCH", "DELETE"):
+            hdrs.setdefault("Content-Type", "application/json")  # the API refuses other writes
         if tok:
             hdrs["Authorization"] = f"Bearer {tok}"
         data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
@@ -124,6 +134,9 @@ class Api:
 
 @contextlib.asynccontextmanager
 async def api_client(base: str, token: str | None = None) -> AsyncIterator[Api]:
+    """A client of the API at `base`, presenting `token` (default: the token of the gateway
+    `inproc` started there; "" = none)."""
+    token = TOKENS.get(base) if token is None else token
     async with aiohttp.ClientSession() as http:
         async with http.get(base + "/api/v1/openapi.json") as r:
             assert r.status == 200

@@ -155,7 +155,7 @@ async def test_calls_to_a_201_charger_use_its_schemas(gw, api) -> None:  # type:
 
 async def test_bearer_token(tmp_path: Path) -> None:
     async with inproc(tmp_path, api={"token": "s3cret-token"}) as gw:
-        async with api_client(gw.api_url) as anon, api_client(gw.api_url, token="s3cret-token") as auth:
+        async with api_client(gw.api_url, token="") as anon, api_client(gw.api_url, token="s3cret-token") as auth:
             for path in ("/api/v1/chargers", "/api/v1/chargers/X", "/metrics", "/api/v1/transactions",
                          "/api/v1/outbox"):
                 status, body, headers = await anon.get(path)
@@ -183,13 +183,14 @@ async def test_bearer_token(tmp_path: Path) -> None:
                 assert r.status == 401
 
 
-def test_a_token_is_required_beyond_loopback(tmp_path: Path) -> None:
+def test_an_empty_token_only_on_loopback(tmp_path: Path) -> None:
     for listen in ("0.0.0.0:8080", "192.0.2.10:8080", "[::]:8080"):
         with pytest.raises(ConfigError) as info:
             f = tmp_path / "g.toml"
-            f.write_text(f'[api]\nlisten = "{listen}"\n')
+            f.write_text(f'[api]\nlisten = "{listen}"\ntoken = ""\n')
             load_settings(str(f))
         assert "api.token" in str(info.value), listen
+        Settings(api={"listen": listen})  # unset: a token is generated at start
     # check-config (and run) refuse it with exit 2, naming the key
     import subprocess
     import sys
@@ -197,19 +198,90 @@ def test_a_token_is_required_beyond_loopback(tmp_path: Path) -> None:
     from tests.harness import REPO
 
     f = tmp_path / "open.toml"
-    f.write_text('[api]\nlisten = "0.0.0.0:8080"\n')
+    f.write_text('[api]\nlisten = "0.0.0.0:8080"\ntoken = ""\n')
     for command in ("check-config", "run"):
         result = subprocess.run([sys.executable, "-m", "gateway", command, "-c", str(f)], cwd=str(REPO),
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode == 2, (command, result.stderr)
-        assert "api.token: required when api.listen (0.0.0.0:8080) is not a loopback address" in result.stderr
+        assert "api.token: must not be empty when api.listen (0.0.0.0:8080) is not a loopback address" in result.stderr
     for listen in ("127.0.0.1:8080", "localhost:8080", "[::1]:8080", "127.0.0.5:1"):
-        Settings(api={"listen": listen})
+        Settings(api={"listen": listen, "token": ""})
     Settings(api={"listen": "0.0.0.0:8080", "token": "t"})
 
 
+async def test_a_token_is_generated_kept_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import os
+    import stat
+
+    caplog.set_level("INFO", "gateway.api")
+    async with inproc(tmp_path) as gw:
+        path = tmp_path / "data" / "api-token"
+        token = path.read_text().strip()
+        assert len(token) >= 40 and gw.api_token == token
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert str(path.resolve()) in caplog.text and token not in caplog.text
+        async with api_client(gw.api_url, token="") as anon, api_client(gw.api_url) as auth:
+            assert (await anon.get("/api/v1/chargers"))[0] == 401
+            assert (await auth.get("/api/v1/chargers"))[0] == 200
+    async with inproc(tmp_path) as gw:  # the next start keeps it
+        assert gw.api_token == token
+    caplog.clear()
+    async with inproc(tmp_path / "open", api={"token": ""}) as gw:  # off on purpose: warned about
+        assert "api.token is empty" in caplog.text
+        async with api_client(gw.api_url, token="") as anon:
+            assert (await anon.get("/api/v1/chargers"))[0] == 200
+
+
+async def test_a_browser_page_cannot_use_the_api(tmp_path: Path) -> None:
+    """Cross-site writes (a form or a no-cors fetch: text/plain, no preflight) and DNS rebinding (a
+    foreign Host) are refused even with authentication off (token = "" on loopback)."""
+    async with inproc(tmp_path, api={"token": "", "allowed_hosts": ["gw.site.lan"]}) as gw, \
+            charger(gw.url("CP1"), "CP1") as cp, api_client(gw.api_url) as api:
+        await cp.boot()
+        url = "/api/v1/chargers/CP1/calls/Reset"
+        # text/plain and form bodies: 415, and the charger is not reset
+        for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+            status, body, _ = await api.post(url, raw=b'{"type":"Soft"}', headers={"Content-Type": ctype})
+            assert status == 415 and body["error"] == "unsupported_media_type", ctype
+        status, _, _ = await api.post("/api/v1/chargers/CP1/pause", raw=b'{"evse":1}',
+                                      headers={"Content-Type": "text/plain"})
+        assert status == 415
+        # JSON from another origin: 403
+        status, body, _ = await api.post(url, {"type": "Soft"}, headers={"Origin": "http://evil.example"})
+        assert status == 403 and body["error"] == "cross_origin"
+        assert (await api.request("DELETE", "/api/v1/chargers/CP1", headers={"Origin": "null"}))[0] == 403
+        assert cp.resets == []
+        # DNS rebinding: a name the attacker controls resolving to the gateway
+        for host in ("evil.example", "evil.example:8080", "127.0.0.1.nip.io"):
+            status, body, _ = await api.get("/api/v1/chargers", headers={"Host": host})
+            assert status == 421 and body["error"] == "misdirected_request", host
+            assert (await api.request("DELETE", "/api/v1/chargers/CP1", headers={"Host": host}))[0] == 421
+        # what is allowed: addresses, localhost, configured names; same-origin JSON
+        for host in ("127.0.0.1:1", "localhost", "[::1]:8080", "gw.site.lan:8080", "GW.SITE.LAN"):
+            assert (await api.get("/api/v1/chargers", headers={"Host": host}))[0] == 200, host
+        # every documented operation is guarded
+        from adapters import control_api
+        from adapters.openapi import document
+
+        for template, item in document(control_api.PATHS, control_api.SCHEMAS)["paths"].items():
+            path = template.replace("{id}", "CP1").replace("{action}", "Reset")
+            for method in item:
+                assert (await api.request(method.upper(), path, headers={"Host": "evil.example"}))[0] == 421, path
+                if method in ("post", "delete"):
+                    hostile = {"Origin": "http://evil.example"}
+                    assert (await api.request(method.upper(), path, headers=hostile))[0] == 403, path
+                if method == "post":
+                    status, _, _ = await api.request("POST", path, raw=b"{}", headers={"Content-Type": "text/plain"})
+                    assert status == 415, path
+        assert cp.resets == [] and "CP1" in gw.hub.sessions
+        origin = gw.api_url  # the page itself
+        status, body, _ = await api.post(url, {"type": "Soft"}, headers={"Origin": origin})
+        assert (status, body) == (200, {"status": "Accepted"}) and cp.resets == ["Soft"]
+        EXERCISED.update(api.openapi.checked)
+
+
 async def test_unrouted_paths_answer_json_404(gw) -> None:  # type: ignore[no-untyped-def]
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {gw.api_token}"}) as http:
         async with http.get(gw.api_url + "/api/v2/nothing") as r:
             assert r.status == 404 and (await r.json())["error"] == "not_found"
         async with http.put(gw.api_url + "/api/v1/chargers") as r:

@@ -96,3 +96,13 @@ def test_tables_render_generic_outbox_shapes() -> None:
     text = out.getvalue()
     assert "total: 3" in text and "CHARGER_ID  DEPTH  OLDEST_AGE_SECONDS" in text
     assert "dead_letters: none" in text
+
+
+async def test_the_cli_finds_the_generated_token(gateway_factory: Callable[..., GatewayProcess]) -> None:
+    gw = gateway_factory()  # no [api].token: the gateway made one in its data_dir
+    cfg = str(gw.config_path)
+    assert (await cli("status", "-c", cfg))[0] == 0
+    api = f"http://{gw.config['api']['listen']}"
+    code, _, err = await cli("status", "--api", api, "--token", "")
+    assert code == 1 and "HTTP 401" in err
+    assert "REST API token generated and kept in" in gw.logs()

@@ -66,7 +66,8 @@ async def test_sigterm_with_a_call_in_flight(gateway_factory: Callable[..., Gate
         await cp.boot()
         cp.slow = 30.0  # never answers in time
         async with aiohttp.ClientSession() as http:
-            pending = asyncio.create_task(http.post(f"{api}/api/v1/chargers/TERM-3/calls/GetConfiguration", json={}))
+            pending = asyncio.create_task(http.post(f"{api}/api/v1/chargers/TERM-3/calls/GetConfiguration", json={},
+                                                    headers={"Authorization": f"Bearer {gw.api_token()}"}))
             await asyncio.sleep(0.5)
             assert gw.proc is not None
             gw.proc.send_signal(signal.SIGTERM)

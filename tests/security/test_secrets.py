@@ -147,7 +147,7 @@ async def test_no_secret_leaks(gateway_factory: Callable[..., GatewayProcess], t
 
 def test_api_beyond_loopback_needs_a_token(tmp_path: Path) -> None:
     cfg = tmp_path / "gw.toml"
-    cfg.write_text('[api]\nlisten = "0.0.0.0:8080"\n')
+    cfg.write_text('[api]\nlisten = "0.0.0.0:8080"\ntoken = ""\n')
     out = subprocess.run([sys.executable, "-m", "gateway", "check-config", "-c", str(cfg)], cwd=REPO,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "api.token" in out.stderr

@@ -5,12 +5,11 @@ charger's endpoint learned from wsa:From survives a gateway restart."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-import aiohttp
 import pytest
 from ocpp import v16
 
@@ -85,10 +84,10 @@ async def test_soap_15_outage_is_answered_locally_and_replayed_in_order(
 
 def gw_online(gw: GatewayProcess, cid: str) -> bool:
     try:
-        with urllib.request.urlopen(f"http://{gw.config['api']['listen']}/api/v1/chargers/{cid}", timeout=2) as r:
-            return json.loads(r.read())["upstream"]["state"] == "online"
+        status, body = gw.api("GET", f"/api/v1/chargers/{cid}", timeout=2)
     except OSError:
         return False
+    return status == 200 and body["upstream"]["state"] == "online"
 
 
 async def test_the_chargers_endpoint_survives_a_restart(gateway_factory: Callable[..., GatewayProcess]) -> None:
@@ -104,9 +103,7 @@ async def test_the_chargers_endpoint_survives_a_restart(gateway_factory: Callabl
         quiet = OfficialCharger("1.6", soap_url(gw), "REMEMBER1")
         await quiet.call("Heartbeat")
 
-        api = f"http://{gw.config['api']['listen']}/api/v1/chargers/REMEMBER1/calls/Reset"
-        async with aiohttp.ClientSession() as http:
-            async with http.post(api, json={"type": "Soft"}, timeout=aiohttp.ClientTimeout(total=10)) as r:
-                assert r.status == 200, await r.text()
-                assert await r.json() == {"status": "Accepted"}
+        status, body = await asyncio.to_thread(gw.api, "POST", "/api/v1/chargers/REMEMBER1/calls/Reset",
+                                               {"type": "Soft"})
+        assert (status, body) == (200, {"status": "Accepted"})
         assert [r.op for r in cp.received] == ["Reset"]

@@ -474,7 +474,6 @@ async def test_sinks_away_never_slow_the_relay(gateway_factory: Callable[..., Ga
 
 async def test_forgetting_a_charger_removes_its_discovery_and_retained_state(
         gateway_factory: Callable[..., GatewayProcess], mosquitto: Mosquitto) -> None:
-    import urllib.request
 
     cid = "FORGET1"
     base = f"ocpp/testsite/chargers/{cid}"
@@ -488,10 +487,7 @@ async def test_forgetting_a_charger_removes_its_discovery_and_retained_state(
             await cp.raw_call("StatusNotification", {"connectorId": 1, "status": "Available", "errorCode": "NoError"})
             wait_for(lambda: [m for m in sub.on(discovery) if m.payload], 10, "discovery published")
             wait_for(lambda: sub.on(f"{base}/evse/1/status"), 10, "status published")
-            api = gw.config["api"]["listen"]
-            req = urllib.request.Request(f"http://{api}/api/v1/chargers/{cid}", method="DELETE")
-            with await asyncio.to_thread(urllib.request.urlopen, req, timeout=5) as r:
-                assert r.status == 200
+            assert (await asyncio.to_thread(gw.api, "DELETE", f"/api/v1/chargers/{cid}"))[0] == 200
             # every retained topic of the charger is cleared (an empty retained payload), discovery included
             wait_for(lambda: sub.on(discovery)[-1].payload == b"", 10, "discovery removed")
             wait_for(lambda: sub.on(f"{base}/evse/1/status")[-1].payload == b"", 10, "status removed")
