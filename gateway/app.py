@@ -220,7 +220,6 @@ def _operations(settings: Settings, hub: Hub, store: SqliteStore, stack: context
     """The REST API (with its metrics and status observers), the traffic journal and the debug
     frame log. The journal closes with the exit stack, after the hub."""
     from adapters.api import ApiServer
-    from adapters.charger_auth import ChargerAuth
     from gateway.logs import FrameLog
 
     if settings.logging.journal:
