@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("hash-password", help="print the stored form of a charger password for [chargers.ID].password")
     s.add_argument("--hex", action="store_true", help="the input is a 1.6 AuthorizationKey in hex (hashes its bytes)")
     s.add_argument("--iterations", type=int, default=None, help="PBKDF2-SHA256 iterations (default 200000)")
-    from gateway.simulate import add_arguments as simulate_arguments
+    from simulator import add_arguments as simulate_arguments
 
     simulate_arguments(sub.add_parser("simulate", help="simulated chargers (1.6, 2.0.1, 2.1) for a demo or a soak"))
     return p
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return hash_password_command(args.hex, args.iterations)
     if args.command == "simulate":
-        from gateway.simulate import run as simulate
+        from simulator import run as simulate
 
         return simulate(args)
     if args.command in ("status", "call", "outbox", "health"):

@@ -1,4 +1,4 @@
-"""The simulated chargers and the driver behind `ocpp-gateway simulate` (see gateway/simulate/__init__.py)."""
+"""The simulated chargers and the driver behind `ocpp-gateway simulate` (see simulator/__init__.py)."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from ocpp.routing import after, on
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from gateway.simulate import SUBPROTOCOL
+from simulator import SUBPROTOCOL
 
-log = logging.getLogger("gateway.simulate")
+log = logging.getLogger("simulator")
 
 VOLTAGE = 230.0
 STEP_TIMEOUT = 30.0  # s a peer has to answer one CALL

@@ -16,7 +16,7 @@ sent and answered, and how many got an error (a CALLERROR, no answer in time, or
 same with `--json` as one JSON document on stdout. Exit status: 0 when every charger booted, 1 when
 some never did, 2 for bad arguments.
 
-The module is self-contained (it uses nothing of the gateway), so it can drive any OCPP-J server.
+A package of its own beside the gateway (it uses nothing of it), so it can drive any OCPP-J server.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _options(args: argparse.Namespace) -> Any:
         return "--duration: 0 or more"
     if not args.url.startswith(("ws://", "wss://")):
         return "--url: a ws:// or wss:// URL"
-    from gateway.simulate.chargers import Options
+    from simulator.chargers import Options
 
     return Options(url=args.url, chargers=args.chargers, versions=versions, duration=args.duration,
                    rate=args.rate, prefix=args.prefix, password=args.password, seed=args.seed,
@@ -80,7 +80,7 @@ def _options(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.simulate.chargers import format_summary, simulate
+    from simulator.chargers import format_summary, simulate
 
     opts = _options(args)
     if isinstance(opts, str):
