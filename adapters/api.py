@@ -27,6 +27,7 @@ from aiohttp import web
 from gateway import __version__
 from gateway.config import Settings, split_listen
 from gateway.errors import Busy, CallFailed, CallTimeout, NotConnected
+from gateway.registry import KnownChargers
 from gateway.status import StatusBook
 
 from adapters.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -62,6 +63,7 @@ class ApiServer:
         self.hub = hub
         self.checks = dict(checks or {})
         self.status = StatusBook()
+        self.known = KnownChargers(hub.store, hub, self.status)  # the store remembers every charger seen
         self.metrics = Metrics(hub)
         hub.observers.extend([self.status, self.metrics])
         self.token = api_token(settings)  # generated and kept in data_dir when [api].token is unset
@@ -185,6 +187,7 @@ class ApiServer:
             "queues": {"to_charger": len(session.to_charger) if session else 0,
                        "to_csms": len(session.to_upstream) if session else 0},
             "boot": None, "last_seen": None, "connectors": [], "open_transactions": [], "outbox": None,
+            "readings": [], "environment": [],
         }
         if known is not None:
             view.update(known.view())
@@ -263,6 +266,7 @@ class ApiServer:
         if self.charger_view(charger_id, None) is None:
             return _error(404, "not_found", f"no charger {charger_id!r}")
         await self.hub.forget_charger(charger_id)
+        await self.known.flush()  # forgotten for good once answered, also across a crash
         return _json({"forgotten": charger_id})
 
     async def call(self, request: web.Request) -> web.Response:

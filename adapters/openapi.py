@@ -95,15 +95,45 @@ SCHEMAS: dict[str, Any] = {
             "power_w": _NULLABLE_NUM,
         },
     },
+    "Reading": {
+        "type": "object",
+        "description": "the latest value of one reading; its identity is evse + measurand + phase + location "
+                       "(the spec's defaults filled in: location Outlet); units by docs/mqtt-and-influxdb.md "
+                       "(a sample without unit is in its measurand's unit). Power and current readings are "
+                       "dropped when the EVSE's transaction ends or the charger disconnects",
+        "required": ["evse", "measurand", "phase", "location", "value", "unit", "ts", "context"],
+        "properties": {
+            "evse": {"type": "integer"},
+            "measurand": {"type": "string"},
+            "phase": _NULLABLE_STR,
+            "location": _NULLABLE_STR,
+            "value": {"type": "number"},
+            "unit": {"type": "string", "description": "canonical unit, e.g. Wh, W, A, V, Celsius; empty for ratios"},
+            "ts": {"type": "string", "description": "the charger's timestamp (UTC)"},
+            "context": _NULLABLE_STR,
+        },
+    },
+    "EnvironmentReading": {
+        "type": "object",
+        "required": ["name", "component", "value", "unit", "ts", "source"],
+        "properties": {
+            "name": {"type": "string", "description": "e.g. temperature, temperature_outlet_evse1, humidity"},
+            "component": {**_NULLABLE_STR, "description": "2.x device-model component (with instance and EVSE)"},
+            "value": {"type": "number"},
+            "unit": {"type": "string"},
+            "ts": {"type": "string"},
+            "source": {"type": "string", "description": "the OCPP action it came from"},
+        },
+    },
     "Charger": {
         "type": "object",
         "required": ["id", "connected", "transport", "protocol", "upstream", "queues", "boot", "last_seen",
-                     "connectors", "open_transactions", "outbox"],
+                     "connectors", "open_transactions", "outbox", "readings", "environment"],
         "properties": {
             "id": {"type": "string"},
             "connected": {"type": "boolean"},
-            "transport": {"type": ["string", "null"], "description": "websocket (later soap, http); null when "
-                                                                     "disconnected"},
+            "transport": {"type": ["string", "null"], "description": "websocket, soap or http: of the current "
+                                                                     "or last connection"},
             "protocol": {"type": ["string", "null"], "enum": ["ocpp1.6", "ocpp2.0.1", "ocpp2.1", None]},
             "upstream": {
                 "type": "object",
@@ -127,6 +157,9 @@ SCHEMAS: dict[str, Any] = {
             "last_seen": _NULLABLE_STR,
             "connectors": {"type": "array", "items": _ref("Connector")},
             "open_transactions": {"type": "array", "items": _ref("OpenTransaction")},
+            "readings": {"type": "array", "items": _ref("Reading"),
+                         "description": "empty for a charger known from an earlier run until it reports again"},
+            "environment": {"type": "array", "items": _ref("EnvironmentReading")},
             "outbox": {
                 "type": ["object", "null"],
                 "description": "messages waiting for the CSMS (null when the gateway has no outbox)",
@@ -232,9 +265,10 @@ PATHS: dict[str, Any] = {
         "summary": "One charger", "operationId": "getCharger", "parameters": [_ID],
         "responses": {"200": _json(_ref("Charger"), "the charger"), "401": _401, "404": _404},
     }, "delete": {
-        "summary": "Forget a charger: close its connection and remove its retained MQTT state, Home Assistant "
-                   "discovery and status entry (its outbox and transactions are kept; it returns if it connects "
-                   "again)", "operationId": "forgetCharger", "parameters": [_ID],
+        "summary": "Forget a charger (connected, or known from this or an earlier run): close its connection "
+                   "and remove its retained MQTT state, Home Assistant discovery, status entry and the store's "
+                   "memory of it (its outbox and transactions are kept; it returns if it connects again)",
+        "operationId": "forgetCharger", "parameters": [_ID],
         "responses": {"200": _json({"type": "object", "required": ["forgotten"],
                                     "properties": {"forgotten": {"type": "string"}}}, "forgotten"),
                       "401": _401, "404": _404},

@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from gateway.errors import GatewayError
 from gateway.ports import OutboxRow
@@ -137,9 +138,19 @@ _MIGRATIONS: list[str] = [
     );
     INSERT INTO counters (name, value) VALUES ('replay_id_token', abs(random()) % 281474976710656);
     """,
+    # 5: known chargers keep what they last said (gateway/registry.py): boot info, connectors, state
+    """
+    ALTER TABLE chargers ADD COLUMN boot TEXT;
+    ALTER TABLE chargers ADD COLUMN connectors TEXT;
+    ALTER TABLE chargers ADD COLUMN state TEXT;
+    """,
 ]
 
 PROTECTED_KINDS = ("start", "stop")  # never refused at the outbox bounds
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
 class StoreError(GatewayError):
@@ -268,6 +279,53 @@ class SqliteStore:
 
     async def charger_seen(self, charger_id: str, version: str, transport: str, when: str) -> None:
         await self._run(self._seen, charger_id, version, transport, when)
+
+    # -- known chargers (gateway/registry.py) ----------------------------------------------------
+
+    def _chargers_save(self, rows: list[dict[str, Any]], forget: list[str], keep: int) -> None:
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            for row in rows:
+                db.execute(
+                    "INSERT INTO chargers (charger_id, protocol, transport, last_seen, boot, connectors, state) "
+                    "VALUES (:charger_id, :protocol, :transport, :last_seen, :boot, :connectors, :state) "
+                    "ON CONFLICT (charger_id) DO UPDATE SET protocol = excluded.protocol, "
+                    "transport = excluded.transport, last_seen = excluded.last_seen, boot = excluded.boot, "
+                    "connectors = excluded.connectors, state = excluded.state",
+                    {**row, "boot": _json_or_none(row.get("boot")),
+                     "connectors": _json_or_none(row.get("connectors")), "state": _json_or_none(row.get("state"))})
+            for charger_id in forget:
+                db.execute("DELETE FROM chargers WHERE charger_id = ?", (charger_id,))
+            # bounded: beyond `keep`, the chargers seen longest ago are forgotten
+            db.execute("DELETE FROM chargers WHERE charger_id IN (SELECT charger_id FROM chargers "
+                       "ORDER BY last_seen DESC LIMIT -1 OFFSET ?)", (keep,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def chargers_save(self, rows: list[dict[str, Any]], forget: Sequence[str] = (), keep: int = 5000) -> None:
+        """Upsert known chargers (`charger_id`, `protocol`, `transport`, `last_seen`, and JSON-able
+        `boot`, `connectors`, `state`) and delete the `forget` ones, in one transaction."""
+        await self._run(self._chargers_save, rows, list(forget), keep)
+
+    def _known(self) -> list[dict[str, Any]]:
+        out = []
+        for r in self.db.execute("SELECT charger_id, protocol, transport, last_seen, boot, connectors, state "
+                                 "FROM chargers ORDER BY charger_id"):
+            row = dict(zip(("charger_id", "protocol", "transport", "last_seen", "boot", "connectors", "state"), r))
+            for key in ("boot", "connectors", "state"):
+                try:
+                    row[key] = json.loads(row[key]) if row[key] else None
+                except ValueError:
+                    row[key] = None
+            out.append(row)
+        return out
+
+    async def known_chargers(self) -> list[dict[str, Any]]:
+        """Every charger the store remembers, with what it last said (see chargers_save)."""
+        return await self._run(self._known)
 
     # -- outbox ---------------------------------------------------------------------------------
 

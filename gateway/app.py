@@ -108,7 +108,10 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gatewa
     # 4. outside connections: telemetry sinks (MQTT, InfluxDB), then local control
     await _start_telemetry(settings, hub, stack)
     gw.control = _start_control(settings, hub, stack)
-    # 6. outboxes left by an earlier run resume (their upstream links dial now)
+    # 6. chargers known from earlier runs are listed (disconnected); outboxes left by an earlier run
+    # resume (their upstream links dial now). On the way down the last states are saved after hub.close.
+    stack.push_async_callback(api.known.stop)
+    await api.known.start()
     stack.push_async_callback(hub.close)
     await hub.start()
     # 7. serve; on the way down this is undone first

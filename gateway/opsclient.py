@@ -130,7 +130,8 @@ def print_status(data: dict[str, Any], out: TextIO) -> None:
         queues = c.get("queues") or {}
         rows.append([
             c["id"], "yes" if c.get("connected") else "no", c.get("protocol") or "-", c.get("transport") or "-",
-            (c.get("upstream") or {}).get("state", "-"), _connectors(c),
+            (c.get("upstream") or {}).get("state", "-"),
+            _connectors(c) if c.get("connected") else f"gone since {c.get('last_seen') or '?'}",
             _kw(sum(powers)) if powers else "-", _kwh(sum(energies)) if energies else "-",
             queues.get("to_charger", 0) + queues.get("to_csms", 0),
             (c.get("outbox") or {}).get("depth", "-") if c.get("outbox") else "-",

@@ -15,18 +15,30 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from gateway.ports import Exchange
 from gateway.telemetry import units
+from gateway.telemetry.normalise import Normaliser
+from gateway.telemetry.records import EnvironmentReading, MeterReading, MeterSample
 
 ENERGY = "Energy.Active.Import.Register"
 POWER = "Power.Active.Import"
 _PHASES = {"L1", "L2", "L3", "L1-N", "L2-N", "L3-N"}
+MAX_READINGS = 512  # identities kept per charger (readings and environment each)
+# what stops being true when a charger is gone or its transaction ends: flows, not registers
+_INSTANT = ("Power.", "Current.")
+_READING_ACTIONS = frozenset({"MeterValues", "StartTransaction", "StopTransaction", "TransactionEvent",
+                              "NotifyEvent", "NotifyReport", "NotifyMonitoringReport", "OpenPeriodicEventStream",
+                              "NotifyPeriodicEventStream", "DataTransfer"})
 
 
 def _iso(dt: datetime) -> str:
     return dt.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _iso_ms(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _number(value: Any) -> float | None:
@@ -35,6 +47,23 @@ def _number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return out if out == out and abs(out) != float("inf") else None
+
+
+def summarise(samples: tuple[MeterSample, ...]) -> dict[str, float]:
+    """Power.Active.Import (W) and Energy.Active.Import.Register (Wh) of one normalised reading:
+    the unphased value wins, else the phases are summed (power)."""
+    found: dict[str, float] = {}
+    phased: dict[str, float] = {}
+    for s in samples:
+        m = s.measurand
+        if (m == ENERGY and s.unit == "Wh") or (m == POWER and s.unit == "W"):
+            if s.phase is None:
+                found[m] = s.value
+            elif m == POWER and s.phase in _PHASES:
+                phased[m] = phased.get(m, 0.0) + s.value
+    for m, value in phased.items():
+        found.setdefault(m, value)
+    return found
 
 
 def read_samples(meter_values: Any) -> dict[str, float]:
@@ -90,6 +119,10 @@ class ChargerStatus:
         self.last_seen_at: datetime | None = None  # formatted only when shown (the relay path stays cheap)
         self.connected = False
         self.protocol: str | None = None  # of the last connection
+        self.transport: str | None = None  # of the last connection
+        # the latest value of every reading, by identity (EVSE, measurand, phase, location)
+        self.readings: dict[tuple[int, str, str | None, str | None], dict[str, Any]] = {}
+        self.environment: dict[tuple[str, str | None], dict[str, Any]] = {}  # by (name, component)
 
     def connector(self, evse: int, connector: int | None) -> dict[str, Any]:
         key = (evse, connector)
@@ -105,12 +138,79 @@ class ChargerStatus:
         entries = [c for (e, _), c in self.connectors.items() if e == evse]
         return entries or [self.connector(evse, None)]
 
+    def row(self) -> dict[str, Any]:
+        """What the store keeps of it (gateway/registry.py): no readings, no transactions."""
+        return {"charger_id": self.charger_id, "protocol": self.protocol, "transport": self.transport or "",
+                "last_seen": _iso(self.last_seen_at) if self.last_seen_at else "", "boot": self.boot,
+                "connectors": [{k: c[k] for k in ("evse", "connector", "status", "error_code", "since")}
+                               for _, c in sorted(self.connectors.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0))],
+                "state": {"connected": self.connected}}
+
+    def restore(self, row: dict[str, Any]) -> None:
+        """A charger from an earlier run (its store row): what it last said, not connected."""
+        self.connected = False
+        self.protocol = row.get("protocol") or self.protocol
+        self.transport = row.get("transport") or self.transport
+        boot = row.get("boot")
+        if isinstance(boot, dict):
+            self.boot = boot
+        seen = row.get("last_seen")
+        if isinstance(seen, str) and seen:
+            try:
+                when = datetime.fromisoformat(seen.replace("Z", "+00:00"))
+                self.last_seen_at = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+            except ValueError:
+                pass
+        for c in row.get("connectors") or ():
+            if isinstance(c, dict) and isinstance(c.get("evse"), int):
+                connector = c.get("connector")
+                entry = self.connector(c["evse"], connector if isinstance(connector, int) else None)
+                for key in ("status", "error_code", "since"):
+                    value = c.get(key)
+                    entry[key] = value if isinstance(value, str) else None
+
+    def gone(self) -> None:
+        """Disconnected: nothing it reported as happening now holds (power and current readings
+        are dropped; open transactions stay in the transaction log); the connectors keep their
+        last status, shown as last known."""
+        self.connected = False
+        for c in self.connectors.values():
+            c["power_w"] = None
+        for tx in self.transactions.values():
+            tx["power_w"] = None
+        self.end_flows(None)
+
+    def end_flows(self, evse: int | None) -> None:
+        """Power and current readings of one EVSE (None: all) no longer hold."""
+        for key in [k for k in self.readings if (evse is None or k[0] == evse) and k[1].startswith(_INSTANT)]:
+            del self.readings[key]
+
+    def keep(self, record: MeterReading | EnvironmentReading) -> None:
+        ts = _iso_ms(record.ts)
+        if type(record) is MeterReading:
+            readings = self.readings
+            for s in record.samples:
+                key = (record.evse, s.measurand, s.phase, s.location)
+                if key in readings or len(readings) < MAX_READINGS:
+                    readings[key] = {"value": s.value, "unit": s.unit, "ts": ts, "context": s.context}
+        elif type(record) is EnvironmentReading:
+            key2 = (record.name, record.component)
+            if key2 in self.environment or len(self.environment) < MAX_READINGS:
+                self.environment[key2] = {"value": record.value, "unit": record.unit, "ts": ts,
+                                          "source": record.source}
+
     def view(self) -> dict[str, Any]:
         return {
+            "transport": self.transport,
             "boot": self.boot,
             "last_seen": _iso(self.last_seen_at) if self.last_seen_at else None,
             "connectors": [dict(c) for _, c in sorted(self.connectors.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0))],
             "open_transactions": [dict(t) for t in self.transactions.values()],
+            "readings": [{"evse": k[0], "measurand": k[1], "phase": k[2], "location": k[3], **v}
+                         for k, v in sorted(self.readings.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "",
+                                                                                   kv[0][3] or ""))],
+            "environment": [{"name": k[0], "component": k[1], **v}
+                            for k, v in sorted(self.environment.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))],
         }
 
 
@@ -121,6 +221,19 @@ class StatusBook:
     def __init__(self, max_chargers: int = 5000) -> None:
         self.max_chargers = max_chargers
         self.chargers: OrderedDict[str, ChargerStatus] = OrderedDict()
+        # told which charger changed what the store keeps of it (gateway/registry.py)
+        self.on_change: Callable[[str], None] | None = None
+        self.normaliser = Normaliser()  # the readings by the telemetry's unit and identity rules
+        self._records: list[Any] = []  # those of the exchange being read
+        self.failures = 0
+
+    def row(self, charger_id: str) -> dict[str, Any] | None:
+        entry = self.chargers.get(charger_id)
+        return None if entry is None else entry.row()
+
+    def _changed(self, charger_id: str) -> None:
+        if self.on_change is not None:
+            self.on_change(charger_id)
 
     def get(self, charger_id: str) -> ChargerStatus | None:
         return self.chargers.get(charger_id)
@@ -133,6 +246,7 @@ class StatusBook:
                 for cid, old in list(self.chargers.items()):
                     if not old.connected and cid != charger_id:
                         del self.chargers[cid]
+                        self._changed(cid)
                         break
         return entry
 
@@ -140,24 +254,48 @@ class StatusBook:
 
     def session_event(self, session: Any, event: str) -> None:
         if event == "forgotten":
-            self.chargers.pop(session.charger_id, None)
+            self.normaliser.forget(session.charger_id)
+            if self.chargers.pop(session.charger_id, None) is not None:
+                self._changed(session.charger_id)
+            return
+        if event == "known":  # from an earlier run (gateway/registry.py): listed, not connected
+            self._entry(session.charger_id).restore(session.row)
             return
         entry = self._entry(session.charger_id)
         if event == "connected":
             entry.connected = True
             entry.protocol = session.version.value
+            link = getattr(session, "link", None)
+            entry.transport = getattr(link, "transport", None) or entry.transport
             entry.last_seen_at = datetime.now(timezone.utc)
+            self._changed(session.charger_id)
         elif event == "disconnected":
-            entry.connected = False
+            entry.gone()
+            self._changed(session.charger_id)
 
     def exchange(self, session: Any, ex: Exchange) -> None:
         entry = self._entry(ex.charger_id)
         entry.last_seen_at = ex.received_at
         if ex.origin != "charger":
             return
+        if ex.action in _READING_ACTIONS:
+            try:
+                records = self.normaliser.records(ex.charger_id, ex.version.value, ex.action, ex.request,
+                                                  ex.response, ex.received_at)
+            except Exception:  # noqa: BLE001 - a payload the normaliser did not foresee: no readings
+                self.failures += 1
+                records = []
+            for record in records:
+                if type(record) is MeterReading or type(record) is EnvironmentReading:
+                    entry.keep(record)
+            self._records = records
+        else:
+            self._records = []
         handler = getattr(self, "_on_" + ex.action, None)
         if handler is not None:
             handler(entry, ex, ex.request, ex.response or {}, ex.version.value == "ocpp1.6")
+            if ex.action in ("BootNotification", "StatusNotification"):
+                self._changed(ex.charger_id)
 
     # -- per action -----------------------------------------------------------------------------
 
@@ -185,9 +323,13 @@ class StatusBook:
         c["since"] = req.get("timestamp") or _iso(ex.received_at)
 
     def _meter(self, entry: ChargerStatus, evse: Any, meter_values: Any, transaction_id: str | None) -> None:
-        if not isinstance(evse, int):
+        """Power and energy of the exchange's readings (normalised once, in `exchange`)."""
+        if not isinstance(evse, int) or not meter_values:
             return
-        samples = read_samples(meter_values)
+        samples: dict[str, float] = {}
+        for record in self._records:
+            if type(record) is MeterReading:
+                samples.update(summarise(record.samples))
         if not samples:
             return
         for c in entry.evse_entries(evse):
@@ -230,6 +372,7 @@ class StatusBook:
                 if c["transaction_id"] == tid:
                     c["transaction_id"] = None
                     c["power_w"] = None
+            entry.end_flows(tx["evse"])
 
     def _on_StartTransaction(self, entry: ChargerStatus, ex: Exchange, req: dict, res: dict, v16: bool) -> None:
         tid = res.get("transactionId")

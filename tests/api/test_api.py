@@ -90,7 +90,7 @@ async def test_chargers_show_connection_status_power_and_transactions(gw, api) -
     await until(lambda: not gw.hub.sessions, what="sessions ended")
     status, one, _ = await api.get("/api/v1/chargers/CP16")
     assert status == 200 and one["connected"] is False and one["upstream"]["state"] == "disconnected"
-    assert one["protocol"] == "ocpp1.6" and one["transport"] is None
+    assert one["protocol"] == "ocpp1.6" and one["transport"] == "websocket"  # the last one
     status, body, _ = await api.get("/api/v1/chargers/NOPE")
     assert status == 404 and body["error"] == "not_found"
     status, body, _ = await api.get("/api/v1/chargers/a%2Fb")

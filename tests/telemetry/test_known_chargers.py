@@ -1,0 +1,137 @@
+"""Issue 18's operator check, end to end against the real gateway process, a real Mosquitto and a real
+InfluxDB 1.x: a 1.6 charger that reports current, voltage and power without units and temperatures
+at two locations is recorded with the right unit for each and keeps both temperatures (InfluxDB and
+the REST API); after a restart (SIGTERM, and SIGKILL) it is still listed, as disconnected, by the API
+and `ocpp-gateway status`, its MQTT state says it is not connected, and it can be forgotten for good."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from typing import Any, Callable
+
+import pytest
+
+from tests.api.test_cli import cli
+from tests.e2e.peers import charger
+from tests.harness import GatewayProcess
+from tests.telemetry.services import Influx, Mosquitto, Subscriber
+from tests.telemetry.test_e2e import db_name, telemetry_config
+
+pytestmark = pytest.mark.timeout(120)
+
+T1 = "2025-03-01T10:01:00.000Z"
+CID = "KNOWN-16"
+
+
+def api(gw: GatewayProcess, method: str, path: str) -> tuple[int, Any]:
+    request = urllib.request.Request(f"http://{gw.config['api']['listen']}{path}", method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+async def until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert asyncio.get_running_loop().time() < deadline, f"{what} not met within {timeout} s"
+        await asyncio.sleep(0.05)
+
+
+async def test_units_two_temperatures_and_a_charger_remembered_across_restarts(
+        gateway_factory: Callable[..., GatewayProcess], mosquitto: Mosquitto, influx: Influx) -> None:
+    db = db_name()
+    influx.create_db(db)
+    sub = Subscriber(mosquitto.port, ["ocpp/known/#"])
+    try:
+        gw = gateway_factory({"site_id": "known",
+                              **telemetry_config(mosquitto, {"url": influx.url, "api": "v1", "database": db})})
+        async with charger(gw.url(CID), "1.6", CID) as cp:
+            await cp.raw_call("BootNotification", {"chargePointVendor": "ACME", "chargePointModel": "Wall-1"})
+            await cp.raw_call("StatusNotification", {"connectorId": 1, "status": "Charging", "errorCode": "NoError"})
+            start = await cp.raw_call("StartTransaction", {"connectorId": 1, "idTag": "ANY", "meterStart": 0,
+                                                           "timestamp": T1})
+            await cp.raw_call("MeterValues", {"connectorId": 1, "transactionId": start["transactionId"],
+                                              "meterValue": [{"timestamp": T1, "sampledValue": [
+                                                  {"value": "16.0", "measurand": "Current.Import"},
+                                                  {"value": "230.5", "measurand": "Voltage"},
+                                                  {"value": "3688", "measurand": "Power.Active.Import"},
+                                                  {"value": "1200", "measurand": "Energy.Active.Import.Register"},
+                                                  {"value": "41.5", "measurand": "Temperature", "location": "Body"},
+                                                  {"value": "23.0", "measurand": "Temperature", "location": "Outlet"},
+                                              ]}]})
+            # the REST API: the unit of each, and both temperatures
+            status, view = api(gw, "GET", f"/api/v1/chargers/{CID}")
+            assert status == 200 and view["connected"] is True
+            readings = {(r["measurand"], r["location"]): (r["value"], r["unit"]) for r in view["readings"]}
+            assert readings == {("Current.Import", "Outlet"): (16.0, "A"), ("Voltage", "Outlet"): (230.5, "V"),
+                                ("Power.Active.Import", "Outlet"): (3688.0, "W"),
+                                ("Energy.Active.Import.Register", "Outlet"): (1200.0, "Wh"),
+                                ("Temperature", "Body"): (41.5, "Celsius"), ("Temperature", "Outlet"): (23.0, "Celsius")}
+            assert {(e["name"], e["value"]) for e in view["environment"]} == {
+                ("temperature_evse1", 41.5), ("temperature_outlet_evse1", 23.0)}
+            assert view["connectors"][0]["power_w"] == 3688.0
+
+        # InfluxDB: one series per unit and per location
+        def meter_rows() -> list[dict[str, Any]]:
+            return influx.rows(db, "SELECT * FROM meter_value")
+
+        rows = await until(lambda: len(meter_rows()) >= 6 and meter_rows(), what="six meter_value points")
+        assert {(r["measurand"], r["location"], r["unit"], r["value"]) for r in rows} == {
+            ("Current.Import", "Outlet", "A", 16.0), ("Voltage", "Outlet", "V", 230.5),
+            ("Power.Active.Import", "Outlet", "W", 3688.0), ("Energy.Active.Import.Register", "Outlet", "Wh", 1200.0),
+            ("Temperature", "Body", "Celsius", 41.5), ("Temperature", "Outlet", "Celsius", 23.0)}
+        env = await until(lambda: len(influx.rows(db, "SELECT * FROM environment")) >= 2
+                          and influx.rows(db, "SELECT * FROM environment"), what="two environment points")
+        assert {(r["name"], r["value"]) for r in env} == {("temperature_evse1", 41.5), ("temperature_outlet_evse1", 23.0)}
+
+        # gone: the API no longer claims it draws power
+        await until(lambda: api(gw, "GET", f"/api/v1/chargers/{CID}")[1]["connected"] is False, what="disconnected")
+        status, view = api(gw, "GET", f"/api/v1/chargers/{CID}")
+        assert view["connectors"][0]["power_w"] is None
+        assert not [r for r in view["readings"] if r["measurand"].startswith(("Power.", "Current."))]
+
+        # restarted (SIGTERM): still listed, as disconnected, with what it last said
+        assert gw.stop() == 0
+        gw.start()
+        status, body = api(gw, "GET", "/api/v1/chargers")
+        assert status == 200 and [c["id"] for c in body["chargers"]] == [CID]
+        known = body["chargers"][0]
+        assert (known["connected"], known["protocol"], known["transport"]) == (False, "ocpp1.6", "websocket")
+        assert known["boot"]["vendor"] == "ACME" and known["last_seen"]
+        assert known["connectors"][0]["status"] == "Charging" and known["connectors"][0]["power_w"] is None
+        assert known["upstream"]["state"] == "disconnected"
+        code, out, err = await cli("status", "-c", str(gw.config_path))
+        assert code == 0, err
+        assert out.splitlines()[0] == "0 of 1 chargers connected"
+        row = next(line for line in out.splitlines() if line.startswith(CID))
+        assert row.split()[:5] == [CID, "no", "ocpp1.6", "websocket", "disconnected"] and "Charging" not in row
+        # MQTT: its retained state, published again by this run, says it is not connected
+        state = await until(lambda: [json.loads(m.payload) for m in sub.on(f"ocpp/known/chargers/{CID}/state")
+                                     if m.payload and json.loads(m.payload).get("upstream") == "disconnected"],
+                            what="the known charger's state published after the restart")
+        assert state[-1]["connected"] is False and state[-1]["protocol"] == "ocpp1.6"
+
+        # after a SIGKILL too
+        gw.kill()
+        gw.start()
+        assert [c["id"] for c in api(gw, "GET", "/api/v1/chargers")[1]["chargers"]] == [CID]
+
+        # forgotten: gone from the list, and stays gone after the next restart
+        status, body = api(gw, "DELETE", f"/api/v1/chargers/{CID}")
+        assert (status, body) == (200, {"forgotten": CID})
+        assert api(gw, "GET", "/api/v1/chargers")[1]["chargers"] == []
+        assert api(gw, "GET", f"/api/v1/chargers/{CID}")[0] == 404
+        assert gw.stop() == 0
+        gw.start()
+        assert api(gw, "GET", "/api/v1/chargers")[1]["chargers"] == []
+        assert api(gw, "DELETE", f"/api/v1/chargers/{CID}")[0] == 404
+    finally:
+        sub.close()
