@@ -42,7 +42,7 @@ async def test_a_stop_at_an_out_of_range_time_reaches_the_log_and_telemetry(
                 assert answer["idTagInfo"]["status"] == "Accepted" if "idTagInfo" in answer else answer == {}
             await until(lambda: gw.txlog.events >= 2, what="start and stop observed")
             await gw.txlog.flush()
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {gw.api_token}"}) as http:
                 async with http.get(f"{gw.api_url}/api/v1/transactions?charger=CLAMP") as resp:
                     assert resp.status == 200
                     rows = (await resp.json())["transactions"]

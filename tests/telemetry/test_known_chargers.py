@@ -24,10 +24,12 @@ pytestmark = pytest.mark.timeout(120)
 
 T1 = "2025-03-01T10:01:00.000Z"
 CID = "KNOWN-16"
+TOKEN = "known-token"
 
 
 def api(gw: GatewayProcess, method: str, path: str) -> tuple[int, Any]:
-    request = urllib.request.Request(f"http://{gw.config['api']['listen']}{path}", method=method)
+    request = urllib.request.Request(f"http://{gw.config['api']['listen']}{path}", method=method,
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
     try:
         with urllib.request.urlopen(request, timeout=5) as r:
             return r.status, json.loads(r.read())
@@ -51,7 +53,7 @@ async def test_units_two_temperatures_and_a_charger_remembered_across_restarts(
     influx.create_db(db)
     sub = Subscriber(mosquitto.port, ["ocpp/known/#"])
     try:
-        gw = gateway_factory({"site_id": "known",
+        gw = gateway_factory({"site_id": "known", "api": {"token": TOKEN},
                               **telemetry_config(mosquitto, {"url": influx.url, "api": "v1", "database": db})})
         async with charger(gw.url(CID), "1.6", CID) as cp:
             await cp.raw_call("BootNotification", {"chargePointVendor": "ACME", "chargePointModel": "Wall-1"})
