@@ -191,6 +191,8 @@ class ApiServer:
         }
         if known is not None:
             view.update(known.view())
+        engine = getattr(self.hub, "control", None)  # local control: limits, pauses, derating per EVSE
+        view["control"] = engine.view(charger_id) if engine is not None else None
         if outbox is not None:
             row = outbox.get(charger_id) or {}
             oldest = row.get("oldest")

@@ -160,6 +160,9 @@ SCHEMAS: dict[str, Any] = {
             "readings": {"type": "array", "items": _ref("Reading"),
                          "description": "empty for a charger known from an earlier run until it reports again"},
             "environment": {"type": "array", "items": _ref("EnvironmentReading")},
+            "control": {"anyOf": [_ref("ControlView"), {"type": "null"}],
+                        "description": "local control for this charger (as GET .../control); null when it is "
+                                       "not running"},
             "outbox": {
                 "type": ["object", "null"],
                 "description": "messages waiting for the CSMS (null when the gateway has no outbox)",
