@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 import yaml
 
 from adapters.influx import encode
+from gateway.control.engine import ControlChange
 from gateway.telemetry.records import (
     ChargerState, ConnectorStatus, EnvironmentReading, MeterReading, MeterSample, TransactionEvent,
 )
@@ -29,7 +30,10 @@ def written_schema() -> dict[str, dict[str, set[str]]]:
         ConnectorStatus(charger_id="c", evse=1, connector=1, status="Available", error_code="NoError", ts=NOW),
         TransactionEvent(charger_id="c", event="ended", transaction_id="t", evse=1, connector=1, ts=NOW,
                          meter_start=1.0, meter_stop=2.0, energy_wh=1.0, offline=True),
-        EnvironmentReading(charger_id="c", name="temperature", value=1.0, unit="Celsius", ts=NOW, source="x"),
+        EnvironmentReading(charger_id="c", name="temperature", value=1.0, unit="Celsius", ts=NOW, source="x",
+                           component="TemperatureSensor"),
+        ControlChange(charger_id="c", evse=1, transaction_id="t", state="paused", limit_a=0.0, reason="operator",
+                      mechanism="profile", status="Accepted", ts=NOW, temperature=50.0),
         ChargerState(charger_id="c", connected=True, upstream="online", protocol="ocpp1.6", ts=NOW),
     ]
     schema: dict[str, dict[str, set[str]]] = {}
@@ -51,7 +55,10 @@ def test_the_written_schema_is_the_product_contract() -> None:
                                           "fields": {"status", "error_code"}}
     assert schema["transaction"] == {"tags": {"site", "charger", "evse", "event"},
                                      "fields": {"transaction_id", "energy_wh", "meter_start", "meter_stop", "offline"}}
-    assert schema["environment"] == {"tags": {"site", "charger", "name", "unit", "source"}, "fields": {"value"}}
+    assert schema["environment"] == {"tags": {"site", "charger", "name", "unit", "source", "component"},
+                                     "fields": {"value"}}
+    assert schema["control"] == {"tags": {"site", "charger", "evse", "state", "reason", "mechanism"},
+                                 "fields": {"limit_a", "status", "transaction_id", "temperature"}}
 
 
 def queries() -> list[tuple[str, str, str]]:
@@ -110,7 +117,9 @@ def test_dashboards_use_the_provisioned_datasource() -> None:
     assert uids == {"ocppgw-site", "ocppgw-charger"}
     titles = {p["title"] for p in json.loads((GRAFANA / "dashboards" / "site-overview.json").read_text())["panels"]}
     assert {"Chargers online", "Power per charger", "Energy today per charger", "Connector status", "Temperature",
-            "Humidity"} <= titles
+            "Humidity", "Limits and pauses"} <= titles
+    detail = {p["title"] for p in json.loads((GRAFANA / "dashboards" / "charger-detail.json").read_text())["panels"]}
+    assert {"Limits and pauses", "Current limit"} <= detail
     provider = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "ocpp-gateway.yaml").read_text())
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards/ocpp-gateway"
 
