@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
@@ -122,7 +122,7 @@ def test_compose_publishes_the_api_with_the_token_from_dotenv(tmp_path: Path) ->
 def _pins(path: Path) -> dict[str, tuple[str, int]]:
     """{name: (version, number of hashes)} of a pip-compile --generate-hashes file."""
     text = path.read_text()
-    out = {}
+    out: dict[str, tuple[str, int]] = {}
     for block in re.split(r"\n(?=[A-Za-z0-9])", text):
         m = re.match(r"([A-Za-z0-9_.-]+)==([^ ;\\\n]+)", block)
         if m:
