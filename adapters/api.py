@@ -5,9 +5,10 @@ calls to chargers, the OpenAPI document and the status page. The contract is in 
 - Before any handler, `adapters/api_guard.py`: the Host allow-list (421), no cross-site writes
   (415/403), and the bearer token (401) - configured, or generated into data_dir when unset;
   every path except /healthz, /readyz, the page and the OpenAPI document needs it.
-- Calls go through the charger's one-outstanding queue (`ChargerSession.call_charger`), after the
-  same checks a CSMS call gets: the action must be one the CSMS side may send in the charger's
-  version and the payload must pass its schema (400 with the reason otherwise).
+- Calls are the core's operator calls (gateway/operator.py, shared with the MQTT command channel):
+  the action must be one the CSMS side may send in the charger's version and the payload must pass
+  its schema (400 with the reason otherwise); this module only turns their errors into HTTP. The
+  API token holder may send every CSMS-to-charger action (MQTT has `[mqtt].command_actions`).
 - The API reads the hub's sessions and its own observers (gateway.status.StatusBook,
   adapters.metrics.Metrics); it never blocks the relay: handlers only read dicts or await a call.
 """
@@ -26,7 +27,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.config import Settings, split_listen
-from gateway.errors import Busy, CallFailed, CallTimeout, NotConnected
+from gateway.operator import Operator, OperatorError, parse_payload
 from gateway.registry import KnownChargers
 from gateway.status import StatusBook
 
@@ -58,9 +59,11 @@ class ApiServer:
     `checks` name readiness conditions (callables returning bool). A charger's `outbox` comes
     from the store's `outbox_summary()` when the store has one."""
 
-    def __init__(self, settings: Settings, hub: Any, checks: dict[str, Callable[[], bool]] | None = None) -> None:
+    def __init__(self, settings: Settings, hub: Any, checks: dict[str, Callable[[], bool]] | None = None,
+                 operator: Operator | None = None) -> None:
         self.settings = settings
         self.hub = hub
+        self.operator = operator or Operator(hub.sessions, hub.schemas, getattr(hub, "control", None))
         self.checks = dict(checks or {})
         self.status = StatusBook()
         self.known = KnownChargers(hub.store, hub, self.status)  # the store remembers every charger seen
@@ -82,7 +85,7 @@ class ApiServer:
         self.app.router.add_post("/api/v1/chargers/{id}/calls/{action}", self.call)
         self.app.router.add_get("/api/v1/transactions", self.transactions)
         self.app.router.add_get("/api/v1/outbox", self.outbox_view)
-        control_api.add_routes(self.app, hub)  # .../pause, .../resume (local control)
+        control_api.add_routes(self.app, self.operator, lambda: self.operator.control)  # .../pause, .../resume
         self._runner: web.AppRunner | None = None
         self._sockets: list[socket.socket] = []
         self.port: int | None = None
@@ -273,9 +276,10 @@ class ApiServer:
 
     async def call(self, request: web.Request) -> web.Response:
         charger_id, action = request.match_info["id"], request.match_info["action"]
-        session = self.hub.sessions.get(charger_id)
-        if session is None or not session.connected:
-            return _error(404, "not_connected", f"charger {charger_id!r} is unknown or not connected")
+        try:
+            self.operator.charger(charger_id)
+        except OperatorError as exc:
+            return _error(404, "not_connected", str(exc))
         timeout: float | None = None
         if "timeout" in request.query:
             try:
@@ -284,35 +288,38 @@ class ApiServer:
                 timeout = math.nan
             if not 0 < timeout <= MAX_CALL_TIMEOUT:
                 return _error(400, "bad_timeout", f"timeout must be a number of seconds in (0, {MAX_CALL_TIMEOUT:g}]")
-        raw = await request.read()
-        if raw.strip():
-            try:
-                payload = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                return _error(400, "bad_json", f"the body is not JSON: {exc}")
-        else:
-            payload = {}
-        if not isinstance(payload, dict):
-            return _error(400, "bad_payload", "the body must be a JSON object (the OCPP request payload)")
-        version, schemas = session.version, self.hub.schemas
-        if not schemas.knows(version, action):
-            return _error(400, "unknown_action", f"{action!r} is not an action of {version.value}")
-        if not schemas.csms_may_send(version, action):
-            return _error(400, "action_not_allowed", f"{action} is not sent by a CSMS in {version.value}")
-        violation = schemas.validate(version, action, payload)
-        if violation is not None:
-            return _error(400, "invalid_payload", f"{action} payload: {violation.description}",
-                          ocpp_error={"code": violation.code.spell(version), "description": violation.description})
-        log.info("operator call %s to %s", action, charger_id, extra={"charger_id": charger_id})
         try:
-            result = await session.call_charger(action, payload, timeout=timeout)
-        except NotConnected as exc:
-            return _error(404, "not_connected", str(exc))
-        except Busy as exc:
-            return _error(503, "busy", str(exc), headers={"Retry-After": "1"})
-        except CallTimeout as exc:
-            return _error(504, "timeout", f"{charger_id} did not answer {action} in time ({exc})")
-        except CallFailed as exc:
-            return _error(502, "call_error", f"{charger_id} answered {action} with {exc.code}",
-                          ocpp_error={"code": exc.code, "description": exc.description, "details": exc.details})
+            result = await self.operator.call(charger_id, action, parse_payload(await request.read()),
+                                              timeout=timeout)
+        except OperatorError as exc:
+            return _operator_error(exc, charger_id, action, session_version(self.hub, charger_id))
         return _json(result)
+
+
+# OperatorError.kind -> (HTTP status, error) of POST .../calls/{action}
+_CALL_ERRORS = {
+    "bad_json": (400, "bad_json"), "bad_payload": (400, "bad_payload"), "unknown_action": (400, "unknown_action"),
+    "action_not_allowed": (400, "action_not_allowed"), "not_permitted": (400, "action_not_allowed"),
+    "invalid_payload": (400, "invalid_payload"), "not_connected": (404, "not_connected"), "busy": (503, "busy"),
+    "timeout": (504, "timeout"), "call_error": (502, "call_error"),
+}
+
+
+def session_version(hub: Any, charger_id: str) -> Any:
+    session = hub.sessions.get(charger_id)
+    return session.version if session is not None else None
+
+
+def _operator_error(exc: OperatorError, charger_id: str, action: str, version: Any) -> web.Response:
+    status, error = _CALL_ERRORS.get(exc.kind, (400, exc.kind))
+    if exc.kind == "bad_payload":
+        return _error(status, error, "the body must be a JSON object (the OCPP request payload)")
+    if exc.kind == "invalid_payload" and exc.violation is not None and version is not None:
+        return _error(status, error, str(exc), ocpp_error={"code": exc.violation.code.spell(version),
+                                                           "description": exc.violation.description})
+    if exc.kind == "call_error" and exc.call is not None:
+        return _error(status, error, str(exc), ocpp_error={"code": exc.call.code, "description": exc.call.description,
+                                                           "details": exc.call.details})
+    if exc.kind == "busy":
+        return _error(status, error, str(exc), headers={"Retry-After": "1"})
+    return _error(status, error, str(exc))

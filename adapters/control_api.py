@@ -1,5 +1,7 @@
 """REST endpoints of local control (docs/local-control.md), mounted by adapters/api.py:
-`POST /api/v1/chargers/{id}/pause` and `/resume` with `{"evse": n}` or `{"transaction_id": ...}`.
+`POST /api/v1/chargers/{id}/pause` and `/resume` with `{"evse": n}`, `{"transaction_id": ...}` or
+`{}` (the whole charger). The command itself is the core's (gateway/operator.py); this module
+only translates its answer and errors into HTTP.
 
 Kept apart from adapters/api.py so that file only mounts them; their OpenAPI path items and schema
 are here too, passed to `adapters.openapi.document()` as extras."""
@@ -7,10 +9,12 @@ are here too, passed to `adapters.openapi.document()` as extras."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 from aiohttp import web
+
+from gateway.operator import Operator, OperatorError, parse_payload
 
 log = logging.getLogger("gateway.api")
 
@@ -24,7 +28,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 SCHEMAS: dict[str, Any] = {
     "ControlRequest": {
         "type": "object",
-        "description": "the EVSE (0 = the whole charger) or the transaction to pause or resume",
+        "description": "the EVSE (0 = the whole charger) or the transaction to pause or resume; {} is the "
+                       "whole charger",
         "properties": {"evse": {"type": "integer", "minimum": 0},
                        "transaction_id": {"type": ["string", "integer"]}},
     },
@@ -77,7 +82,7 @@ def _operation(verb: str) -> dict[str, Any]:
             "schema": {"$ref": "#/components/schemas/ControlRequest"}}}},
         "responses": {
             "200": _json({"$ref": "#/components/schemas/ControlResult"}, "what the gateway applied"),
-            "400": _json(_ERROR, "the body is not {\"evse\": n} or {\"transaction_id\": ...}"),
+            "400": _json(_ERROR, "the body is not {\"evse\": n}, {\"transaction_id\": ...} or {}"),
             "401": _json(_ERROR, "missing or wrong bearer token"),
             "404": _json(_ERROR, "the charger is not connected, or no such transaction on it"),
             "409": _json(_ERROR, "pause and resume are switched off ([control].pause_enabled = false)"),
@@ -101,7 +106,8 @@ PATHS: dict[str, Any] = {
     }},
 }
 
-_STATUS = {"bad_request": 400, "not_connected": 404, "unknown_transaction": 404, "disabled": 409}
+_STATUS = {"bad_json": 400, "bad_payload": 400, "bad_request": 400, "not_connected": 404,
+           "unknown_transaction": 404, "disabled": 409}
 
 
 def _error(status: int, error: str, message: str) -> web.Response:
@@ -109,31 +115,25 @@ def _error(status: int, error: str, message: str) -> web.Response:
                         content_type="application/json")
 
 
-def add_routes(app: web.Application, hub: Any) -> None:
-    async def handle(request: web.Request) -> web.Response:
-        from gateway.control.engine import ControlError
+def add_routes(app: web.Application, operator: Operator, control: Callable[[], Any]) -> None:
+    """`control()` is the control engine (for the view), or None when local control is not running."""
 
-        engine = getattr(hub, "control", None)
-        if engine is None:
-            return _error(409, "disabled", "local control is not running")
+    async def handle(request: web.Request) -> web.Response:
         charger_id = request.match_info["id"]
-        raw = await request.read()
+        command = "Pause" if request.path.endswith("/pause") else "Resume"
         try:
-            body = orjson.loads(raw) if raw.strip() else {}
-        except orjson.JSONDecodeError as exc:
-            return _error(400, "bad_request", f"the body is not JSON: {exc}")
-        if not isinstance(body, dict):
-            return _error(400, "bad_request", 'the body must be {"evse": n} or {"transaction_id": ...}')
-        verb = request.path.rsplit("/", 1)[1]
-        log.info("operator %s of %s: %s", verb, charger_id, body, extra={"charger_id": charger_id})
-        try:
-            result = await (engine.pause if verb == "pause" else engine.resume)(charger_id, body)
-        except ControlError as exc:
-            return _error(_STATUS.get(exc.code, 400), exc.code, str(exc))
+            body = parse_payload(await request.read())
+            result = await operator.local(charger_id, command, body, channel="api")
+        except OperatorError as exc:
+            message = str(exc)
+            if exc.kind == "bad_payload":
+                message = 'the body must be {"evse": n}, {"transaction_id": ...} or {} (the whole charger)'
+            return _error(_STATUS.get(exc.kind, 400), "bad_request" if exc.kind.startswith("bad_") else exc.kind,
+                          message)
         return web.Response(body=orjson.dumps(result), content_type="application/json")
 
     async def view(request: web.Request) -> web.Response:
-        engine = getattr(hub, "control", None)
+        engine = control()
         if engine is None:
             return _error(409, "disabled", "local control is not running")
         return web.Response(body=orjson.dumps(engine.view(request.match_info["id"])), content_type="application/json")
@@ -141,38 +141,3 @@ def add_routes(app: web.Application, hub: Any) -> None:
     app.router.add_get("/api/v1/chargers/{id}/control", view)
     app.router.add_post("/api/v1/chargers/{id}/pause", handle)
     app.router.add_post("/api/v1/chargers/{id}/resume", handle)
-
-
-async def command(hub: Any, charger_id: str, action: str, request: dict[str, Any]) -> dict[str, Any] | None:
-    """An MQTT `.../cmd/Pause` or `.../cmd/Resume`: the result for the `/result` topic, or None when
-    `action` is not a local-control command (then it is an OCPP action)."""
-    if action not in ("Pause", "Resume"):
-        return None
-    from gateway.control.engine import ControlError
-
-    engine = getattr(hub, "control", None)
-    if engine is None:
-        return {"status": "error", "error": {"code": "disabled", "description": "local control is not running"}}
-    try:
-        result = await (engine.pause if action == "Pause" else engine.resume)(charger_id, request)
-    except ControlError as exc:
-        return {"status": "error", "error": {"code": exc.code, "description": str(exc)}}
-    return {"status": "ok", "response": result}
-
-
-def change_json(change: Any) -> dict[str, Any]:
-    """A ControlChange as the JSON of MQTT `.../chargers/{id}/control` and `.../evse/{n}/control`."""
-    return {"evse": change.evse, "transaction_id": change.transaction_id, "state": change.state,
-            "limit_a": change.limit_a, "reason": change.reason or None, "mechanism": change.mechanism,
-            "status": change.status, "temperature": change.temperature,
-            "ts": change.ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
-
-
-def influx_point(change: Any, site: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(tags, fields) of a ControlChange in the InfluxDB measurement `control` (fields keep one type)."""
-    tags = {"site": site, "charger": change.charger_id, "evse": change.evse, "state": change.state,
-            "reason": change.reason or "none", "mechanism": change.mechanism}
-    fields = {"limit_a": None if change.limit_a is None else float(change.limit_a), "status": change.status,
-              "transaction_id": change.transaction_id or "",
-              "temperature": None if change.temperature is None else float(change.temperature)}
-    return tags, fields

@@ -33,10 +33,8 @@ import aiohttp
 from adapters.spool import Spool
 from adapters.telemetry_sink import SpooledSink
 from gateway.config import ConfigError
-from adapters import control_api
-from gateway.control.engine import ControlChange
 from gateway.telemetry.records import (
-    ChargerState, ConnectorStatus, EnvironmentReading, MeterReading, Record, TransactionEvent,
+    ChargerState, ConnectorStatus, ControlChange, EnvironmentReading, MeterReading, Record, TransactionEvent,
 )
 
 log = logging.getLogger("gateway.telemetry.influx")
@@ -149,9 +147,19 @@ def encode(record: Record, site: str) -> list[str]:
         out.append(line("charger_state", {"site": site, "charger": record.charger_id},
                         {"connected": record.connected, "upstream": record.upstream, "protocol": record.protocol},
                         record.ts))
-    elif isinstance(record, ControlChange):  # local control (adapters/control_api.py)
-        out.append(line("control", *control_api.influx_point(record, site), record.ts))
+    elif isinstance(record, ControlChange):  # local control (gateway/control/engine.py)
+        out.append(line("control", *control_point(record, site), record.ts))
     return [x for x in out if x is not None]
+
+
+def control_point(change: ControlChange, site: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(tags, fields) of a ControlChange in the InfluxDB measurement `control` (fields keep one type)."""
+    tags = {"site": site, "charger": change.charger_id, "evse": change.evse, "state": change.state,
+            "reason": change.reason or "none", "mechanism": change.mechanism}
+    fields = {"limit_a": None if change.limit_a is None else float(change.limit_a), "status": change.status,
+              "transaction_id": change.transaction_id or "",
+              "temperature": None if change.temperature is None else float(change.temperature)}
+    return tags, fields
 
 
 class InfluxSink(SpooledSink[str]):

@@ -30,7 +30,8 @@ PASSES = 15
 async def main() -> None:
     sys.path.insert(0, str(REPO))
     from adapters import influx
-    from adapters.mqtt import MqttSink, write_publish
+    from adapters.mqtt import MqttSink
+    from adapters.mqtt.framing import write_publish
     from gateway.config import Settings
     from gateway.telemetry.normalise import Normaliser
 
@@ -58,7 +59,7 @@ async def main() -> None:
                 times["MQTT messages"] = time.perf_counter() - t
                 out, window = bytearray(), {}
                 t = time.perf_counter()
-                for mid, m in zip(sink._next_mids(len(messages)), messages):
+                for mid, m in zip(sink.lane.next_mids(len(messages)), messages):
                     write_publish(out, m[0], m[1], 1, m[2], mid, True)
                     window[mid] = m
                 times["MQTT packets"] = time.perf_counter() - t

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol
 
 from gateway.config import Settings
 from gateway.errors import ListenerUnavailable
+from gateway.operator import Operator
 from gateway.protocol.schemas import SchemaRegistry
 from gateway.hub import Hub
 
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from adapters.sqlite_store import SqliteStore
     from adapters.websocket_server import WebSocketServer
     from gateway.control.engine import ControlEngine
+    from gateway.telemetry.observer import TelemetryObserver
     from gateway.txlog import TransactionLog
 
 log = logging.getLogger("gateway")
@@ -102,12 +104,13 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gatewa
     await server.bind()
     gw.ws_port = server.port
     legacy = await _bind_legacy(settings, hub, gw, stack, server.auth)  # one charger authentication for all ports
-    api = _operations(settings, hub, store, stack)
+    operator = Operator(hub.sessions, hub.schemas)  # operator calls of REST and MQTT; control joins below
+    api = _operations(settings, hub, store, stack, operator)
     gw.api = await _bind_api(api, stack)
     api.checks["websocket"] = server.serving
     # 4. outside connections: telemetry sinks (MQTT, InfluxDB), then local control
-    await _start_telemetry(settings, hub, stack)
-    gw.control = _start_control(settings, hub, stack)
+    telemetry = await _start_telemetry(settings, hub, stack, operator)
+    gw.control = operator.control = _start_control(settings, hub, stack, telemetry)
     # 6. chargers known from earlier runs are listed (disconnected); outboxes left by an earlier run
     # resume (their upstream links dial now). On the way down the last states are saved after hub.close.
     stack.push_async_callback(api.known.stop)
@@ -184,8 +187,10 @@ def _freeze_heap(_: object = None) -> None:
     gc.freeze()
 
 
-async def _start_telemetry(settings: Settings, hub: Hub, stack: contextlib.AsyncExitStack) -> None:
-    """MQTT and InfluxDB sinks when their url is set, fed by one observer of every session."""
+async def _start_telemetry(settings: Settings, hub: Hub, stack: contextlib.AsyncExitStack,
+                           operator: Operator) -> TelemetryObserver | None:
+    """MQTT and InfluxDB sinks when their url is set, fed by one observer of every session (which
+    it returns; None without sinks). MQTT commands are operator calls."""
     from gateway.telemetry.observer import GATHER, TelemetryObserver
 
     sinks: list[Any] = []
@@ -193,7 +198,7 @@ async def _start_telemetry(settings: Settings, hub: Hub, stack: contextlib.Async
         from adapters.mqtt import MqttSink
 
         mqtt = await stack.enter_async_context(MqttSink(settings.mqtt, settings.data_dir, settings.site_id))
-        mqtt.attach_hub(hub)
+        mqtt.attach_operator(operator)
         sinks.append(mqtt)
     if settings.influx.url:
         from adapters.influx import InfluxSink
@@ -203,23 +208,27 @@ async def _start_telemetry(settings: Settings, hub: Hub, stack: contextlib.Async
         observer = TelemetryObserver(sinks, gather=GATHER)
         hub.observers.append(observer)
         stack.callback(observer.flush)  # on the way down: what it kept reaches the sinks before they stop
+        return observer
+    return None
 
 
-def _start_control(settings: Settings, hub: Hub, stack: contextlib.AsyncExitStack) -> ControlEngine:
-    """Local control (pause/resume, site limit, derating): an observer of every session that
-    publishes its changes through the telemetry sinks; REST and MQTT reach it as `hub.control`."""
+def _start_control(settings: Settings, hub: Hub, stack: contextlib.AsyncExitStack,
+                   telemetry: TelemetryObserver | None) -> ControlEngine:
+    """Local control (pause/resume, site limit, derating): an observer of every session whose
+    changes are telemetry records; REST and MQTT reach it through gateway.operator."""
     from gateway.control.engine import ControlEngine
-    from gateway.telemetry.observer import TelemetryObserver
 
-    sinks = [s for o in hub.observers if isinstance(o, TelemetryObserver) for s in o.sinks]
-    engine = ControlEngine(settings, hub, sinks, state_file=Path(settings.data_dir) / "control-state.json")
+    # its changes are records of the telemetry plane: the observer hands them to the sinks in order
+    engine = ControlEngine(settings, hub, telemetry.records if telemetry is not None else None,
+                           state_file=Path(settings.data_dir) / "control-state.json")
     hub.observers.append(engine)
     hub.control = engine
     stack.push_async_callback(engine.close)
     return engine
 
 
-def _operations(settings: Settings, hub: Hub, store: SqliteStore, stack: contextlib.AsyncExitStack) -> ApiServer:
+def _operations(settings: Settings, hub: Hub, store: SqliteStore, stack: contextlib.AsyncExitStack,
+                operator: Operator) -> ApiServer:
     """The REST API (with its metrics and status observers), the traffic journal and the debug
     frame log. The journal closes with the exit stack, after the hub."""
     from adapters.api import ApiServer
@@ -234,7 +243,7 @@ def _operations(settings: Settings, hub: Hub, store: SqliteStore, stack: context
     frames = FrameLog()
     if frames.enabled():
         hub.observers.append(frames)
-    return ApiServer(settings, hub, checks={"store": store.is_open})
+    return ApiServer(settings, hub, checks={"store": store.is_open}, operator=operator)
 
 
 async def _bind_legacy(settings: Settings, hub: Hub, gw: Gateway, stack: contextlib.AsyncExitStack,

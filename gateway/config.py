@@ -212,6 +212,9 @@ class MqttSettings(_Section):
     # what changes credentials, certificates, firmware, network or authorization lists
     # (ChangeConfiguration and SetVariables can set AuthorizationKey / BasicAuthPassword).
     command_actions: list[str] = Field(default_factory=lambda: list(DEFAULT_COMMAND_ACTIONS))
+    # QoS 0/1 PUBLISH packets framed by the gateway on paho's socket (adapters/mqtt/framing.py);
+    # false: every message goes through paho's own publish (slower, no paho internals used)
+    fast_publish: bool = True
 
     @field_validator("url")
     @classmethod

@@ -6,8 +6,9 @@ charging profiles through each charger's one-outstanding queue.
   charger reconciles what the gateway wants with what it last sent, one call at a time.
 - It works the same whether the CSMS is online, away or absent: it only needs the exchanges (which
   flow whoever answered) and the charger's queue.
-- Every change of an EVSE's limit is logged with its reason and offered to the telemetry sinks as a
-  `ControlChange` record (MQTT `.../chargers/{id}/control`, InfluxDB measurement `control`).
+- Every change of an EVSE's limit is logged with its reason and handed to the telemetry plane as a
+  `ControlChange` record (`publish`: the telemetry observer's `records`), which reaches the sinks
+  like every other record (MQTT `.../chargers/{id}/control`, InfluxDB measurement `control`).
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ import os
 from pathlib import Path
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from gateway.control import decide as D
 from gateway.control.settings import DeratingRule
 from gateway.errors import Busy, CallFailed, CallTimeout, GatewayError, NotConnected
 from gateway.ports import Exchange
 from gateway.telemetry.normalise import Normaliser
-from gateway.telemetry.records import EnvironmentReading
+from gateway.telemetry.records import ControlChange, EnvironmentReading, Record
 
 log = logging.getLogger("gateway.control")
 
@@ -42,22 +43,6 @@ class ControlError(GatewayError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ControlChange:
-    """A change of what the gateway applies to one EVSE (a telemetry record)."""
-
-    charger_id: str
-    evse: int
-    transaction_id: str | None
-    state: str  # "limited", "paused", "released"
-    limit_a: float | None  # A per phase; None when released
-    reason: str  # "operator", "temperature", "site_limit", "" when released
-    mechanism: str  # "profile", "availability", "stop", "none"
-    status: str  # the charger's answer: "Accepted", "Rejected", "Scheduled", an error code, "timeout"
-    ts: datetime
-    temperature: float | None = None
 
 
 @dataclass
@@ -94,10 +79,11 @@ class _Charger:
 
 
 class ControlEngine:
-    def __init__(self, settings: Any, hub: Any, sinks: Sequence[Any] = (), state_file: Path | None = None) -> None:
+    def __init__(self, settings: Any, hub: Any, publish: Callable[[Sequence[Record]], None] | None = None,
+                 state_file: Path | None = None) -> None:
         self.settings = settings
         self.hub = hub
-        self.sinks = list(sinks)
+        self.publish = publish  # the telemetry observer's `records` (None: no sink is configured)
         # what must survive a restart: operator pauses, open transactions, the derating step and
         # the profiles of ours a charger holds (else a paused EVSE could never be resumed)
         self.state_file = state_file
@@ -473,11 +459,11 @@ class ControlEngine:
                  extra={"charger_id": cid})
         self.changes.append(change)
         del self.changes[:-1000]
-        for sink in self.sinks:
+        if self.publish is not None:
             try:
-                sink.offer(change)
-            except Exception:  # noqa: BLE001
-                log.exception("control: sink %r refused a change", sink)
+                self.publish((change,))
+            except Exception:  # noqa: BLE001 - telemetry must never stop local control
+                log.exception("control: the telemetry plane refused a change")
 
     # -- operator commands ----------------------------------------------------------------------
 
@@ -490,13 +476,15 @@ class ControlEngine:
         ch = self._charger(cid)
         ch.version = session.version.value
         evse, tid = body.get("evse"), body.get("transaction_id")
+        if evse is None and tid is None:
+            evse = 0  # {}: the whole charger
         if tid is not None:
             tx = ch.txs.get(str(tid))
             if tx is None:
                 raise ControlError("unknown_transaction", f"no active transaction {tid!r} on {cid!r}")
             return ch, tx.evse, tx.transaction_id
         if isinstance(evse, bool) or not isinstance(evse, int) or evse < 0:
-            raise ControlError("bad_request", 'the body needs {"evse": n} (n >= 0) or {"transaction_id": ...}')
+            raise ControlError("bad_request", 'the body needs {"evse": n} (n >= 0), {"transaction_id": ...} or {} (the whole charger)')
         return ch, evse, None
 
     async def pause(self, cid: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -98,6 +98,15 @@ class TelemetryObserver:
                 self.failures += 1
                 log.exception("telemetry sink %r refused a record", sink)
 
+    def records(self, records: Sequence[Record]) -> None:
+        """Records made elsewhere in the core (local control's changes): kept and handed to the
+        sinks in order with the exchanges kept before them. Never raises."""
+        try:
+            self._keep((None, list(records)))
+        except Exception:  # noqa: BLE001
+            self.failures += 1
+            log.exception("telemetry: could not keep %d records", len(records))
+
     def exchange(self, session: Any, exchange: Exchange) -> None:
         if exchange.error is not None:
             return  # refused or unanswered: the charger will send it again

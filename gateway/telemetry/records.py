@@ -125,4 +125,22 @@ class ChargerForgotten:
     ts: datetime
 
 
-Record = MeterReading | ConnectorStatus | TransactionEvent | EnvironmentReading | ChargerState | ChargerInfo | ChargerForgotten
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControlChange:
+    """A change of what local control applies to one EVSE (gateway.control.engine): a limit, a
+    pause, derating, or the release of all of them. Published like every other record."""
+
+    charger_id: str
+    evse: int
+    transaction_id: str | None
+    state: str  # "limited", "paused", "released"
+    limit_a: float | None  # A per phase; None when released
+    reason: str  # "operator", "temperature", "site_limit", "" when released
+    mechanism: str  # "profile", "availability", "stop", "none"
+    status: str  # the charger's answer: "Accepted", "Rejected", "Scheduled", an error code, "timeout"
+    ts: datetime
+    temperature: float | None = None
+
+
+Record = (MeterReading | ConnectorStatus | TransactionEvent | EnvironmentReading | ChargerState | ChargerInfo
+          | ChargerForgotten | ControlChange)

@@ -22,6 +22,19 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
+def duplicates(text: str) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+    """Series (name and labels) that the exposition lists more than once."""
+    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+    twice = []
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            key = (s.name, tuple(sorted(s.labels.items())))
+            if key in seen:
+                twice.append(key)
+            seen.add(key)
+    return twice
+
+
 def value(scraped: dict, name: str, **labels: str) -> float:
     return scraped.get((name, tuple(sorted(labels.items()))), 0.0)
 
@@ -29,6 +42,7 @@ def value(scraped: dict, name: str, **labels: str) -> float:
 async def scrape(api) -> dict:  # type: ignore[no-untyped-def]
     status, text, _ = await api.get("/metrics")
     assert status == 200
+    assert duplicates(text) == [], "a series is listed twice"
     return samples(text)
 
 
@@ -178,6 +192,12 @@ async def test_sink_spool_depth_while_mqtt_and_influx_are_down(tmp_path: Path) -
             while not await spooled():
                 assert asyncio.get_running_loop().time() < deadline, "nothing spooled"
                 await asyncio.sleep(0.2)
+            # every sink once, whoever else holds it (local control hands its changes to the same sinks)
+            status, text, _ = await api.get("/metrics")
+            assert status == 200 and gw.control is not None
+            assert [k for k in duplicates(text) if k[0].startswith("ocppgw_sink_")] == []
+            assert sorted(s.labels["sink"] for f in text_string_to_metric_families(text)
+                          if f.name == "ocppgw_sink_backlog" for s in f.samples) == ["influx", "mqtt"]
             for sink in ("mqtt", "influx"):
                 assert value(m, "ocppgw_sink_backlog", sink=sink) >= value(m, "ocppgw_sink_spool_depth", sink=sink)
                 assert value(m, "ocppgw_sink_delivered_total", sink=sink) == 0

@@ -14,7 +14,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from adapters.influx import encode
-from gateway.control.engine import ControlChange
+from gateway.telemetry.records import ControlChange
 from tests.api.helpers import api_client, inproc
 from tests.control.peers import STEP, Connected, until
 from tests.telemetry.services import Mosquitto, Subscriber, wait_for
@@ -41,6 +41,13 @@ async def test_pause_and_resume_through_the_rest_api(tmp_path: Path) -> None:
         view = (await api.get("/api/v1/chargers/CP1/control"))[1]
         assert view["paused_evses"] == [2] and view["evses"][0]["limit_a"] == 0.0
         await api.post("/api/v1/chargers/CP1/resume", {"evse": 2})
+        # {} (and an empty body) is the whole charger: EVSE 0, which pauses every EVSE
+        status, body, _ = await api.post("/api/v1/chargers/CP1/pause", {})
+        assert status == 200 and body["evse"] == 0 and body["state"] == "paused"
+        assert ("TxDefaultProfile", 0, 0.0) in cp.limits() and gw.control.want("CP1", 1).limit == 0.0
+        status, body, _ = await api.post("/api/v1/chargers/CP1/resume", None)
+        assert status == 200 and body["evse"] == 0 and body["state"] == "released"
+        assert gw.control.want("CP1", 1).limit is None and gw.control.view("CP1")["paused_evses"] == []
         assert (await api.post("/api/v1/chargers/CP1/pause", {"evse": "x"}))[0] == 400
         assert (await api.post("/api/v1/chargers/CP1/pause", [1]))[0] == 400
         assert (await api.post("/api/v1/chargers/CP1/pause", {"transaction_id": 5}))[0] == 404
@@ -49,6 +56,10 @@ async def test_pause_and_resume_through_the_rest_api(tmp_path: Path) -> None:
             Connected(gw.url("CP1"), "ocpp1.6", "CP1"):
         status, body, _ = await api.post("/api/v1/chargers/CP1/pause", {"evse": 1})
         assert status == 409 and body["error"] == "disabled"
+
+
+def _sinks(gw: Any) -> list[Any]:
+    return [sink for o in gw.hub.observers for sink in getattr(o, "sinks", ())]
 
 
 class _Commander:
@@ -73,7 +84,7 @@ async def test_pause_and_resume_through_mqtt_and_changes_published(tmp_path: Pat
     commander = _Commander(mosquitto.port)
     try:
         async with inproc(tmp_path, **config) as gw:
-            await until(lambda: gw.control.sinks and gw.control.sinks[0].connected, STEP, "MQTT connected")
+            await until(lambda: any(getattr(s, "connected", False) for s in _sinks(gw)), STEP, "MQTT connected")
             async with Connected(gw.url("CP2"), "ocpp2.0.1", "CP2") as cp:
                 await cp.start_tx(1, "m-1")
                 await until(lambda: gw.control.view("CP2")["transactions"], STEP, "transaction learnt")
@@ -88,6 +99,16 @@ async def test_pause_and_resume_through_mqtt_and_changes_published(tmp_path: Pat
                 await asyncio.to_thread(commander.send, f"{root}/cmd/Pause", {"transaction_id": "nope"})
                 await until(lambda: len(sub.json(f"{root}/cmd/Pause/result")) == 2, STEP, "error result")
                 assert sub.json(f"{root}/cmd/Pause/result")[-1]["error"]["code"] == "unknown_transaction"
+                # {} pauses and resumes the whole charger (EVSE 0)
+                await asyncio.to_thread(commander.send, f"{root}/cmd/Pause", {})
+                await until(lambda: len(sub.json(f"{root}/cmd/Pause/result")) == 3, STEP, "whole-charger pause")
+                whole = sub.json(f"{root}/cmd/Pause/result")[-1]
+                assert whole["status"] == "ok" and whole["response"]["evse"] == 0
+                assert whole["response"]["state"] == "paused" and gw.control.want("CP2", 1).limit == 0.0
+                await asyncio.to_thread(commander.send, f"{root}/cmd/Resume", {})
+                await until(lambda: len(sub.json(f"{root}/cmd/Resume/result")) == 2, STEP, "whole-charger resume")
+                assert sub.json(f"{root}/cmd/Resume/result")[-1]["response"]["state"] == "released"
+                assert gw.control.want("CP2", 1).limit is None
                 await until(lambda: len(sub.json(f"{root}/control")) >= 2, STEP, "control changes published")
                 changes = sub.json(f"{root}/control")
                 assert [(c["state"], c["reason"], c["limit_a"]) for c in changes[:2]] == [

@@ -1,5 +1,5 @@
 """The MQTT sink's own framing: the PUBLISH packets it writes on paho's socket and the PUBACKs it
-takes off the incoming stream before paho reads it (adapters/mqtt.py). The end-to-end behaviour,
+takes off the incoming stream before paho reads it (adapters/mqtt/framing.py). The end-to-end behaviour,
 against a real Mosquitto, is in test_sinks.py and test_faults.py; here the byte-level edge cases,
 over a real socket pair: packets cut anywhere, long remaining lengths, acknowledgements that belong
 to paho, MQTT 5 reason codes."""
@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from adapters.mqtt import _BatchedSocket, _remaining_length, publish_packet
+from adapters.mqtt.framing import BatchedSocket as _BatchedSocket, publish_packet
+from adapters.mqtt.framing import remaining_length as _remaining_length
 
 
 @pytest.mark.parametrize("n, encoded", [
@@ -116,7 +117,7 @@ async def test_packet_ids_are_taken_from_pahos_sequence_and_wrap_past_65535(tmp_
 
     sink = MqttSink(MqttSettings(url="mqtt://127.0.0.1:1"), str(tmp_path), "s")
     sink.client._last_mid = 65533
-    assert sink._next_mids(4) == [65534, 65535, 1, 2]  # never 0
+    assert sink.lane is not None and sink.lane.next_mids(4) == [65534, 65535, 1, 2]  # never 0
     assert sink.client._mid_generate() == 3  # paho's own next id follows on: no clash
 
 
@@ -170,24 +171,27 @@ async def test_each_acknowledgement_refills_a_small_window_at_once(tmp_path: Any
     try:
         a.setblocking(False)
         b.settimeout(5)
-        sink._sock, sink._fd = _BatchedSocket(a, sink._puback, sink._pubacks), a.fileno()
-        sink.client._sock = sink._sock
+        lane = sink.lane
+        assert lane is not None
+        sink.client._sock = a
+        assert lane.attach(a) is not None
+        sink._fd = a.fileno()
         sink.connected = True
         sink._up(20)
-        assert (sink._limit, sink._refill) == (16, 1)
-        sink._backlog.extend((f"t/{i}", b"x", False) for i in range(20))
+        assert (lane.limit, lane.refill) == (16, 1)
+        lane.backlog.extend((f"t/{i}", b"x", False) for i in range(20))
         sink._pump()
-        assert len(sink._window) == 16 and len(sink._backlog) == 4
-        first = min(sink._window)
+        assert len(lane.window) == 16 and len(lane.backlog) == 4
+        first = min(lane.window)
         sent = b.recv(65536)
         assert sent.count(b"t/") == 16 and sent[0] == 0x32  # 16 PUBLISHes (QoS 1), nothing more
         b.sendall(b"\x40\x02" + first.to_bytes(2, "big"))  # one acknowledgement
         for _ in range(100):
             sink._readable()
-            if len(sink._backlog) == 3:
+            if len(lane.backlog) == 3:
                 break
             await asyncio.sleep(0.01)
-        assert len(sink._window) == 16 and len(sink._backlog) == 3 and first not in sink._window
+        assert len(lane.window) == 16 and len(lane.backlog) == 3 and first not in lane.window
         assert b.recv(65536).count(b"t/") == 1  # the next one went out at once
     finally:
         sink._detach_socket()

@@ -1,0 +1,158 @@
+"""Operator calls: the one place where a request from a person (REST, MQTT) becomes a call to a
+charger or a local-control command. The adapters only translate: their input into `call`,
+`pause` or `resume`, and an `OperatorError` (or the result) into their own format (an HTTP status
+and JSON body; an MQTT `.../result` document).
+
+What is checked, in this order, for an OCPP call:
+1. the charger is connected (`not_connected`);
+2. the action is an action of the charger's OCPP version (`unknown_action`) that a CSMS may send
+   (`action_not_allowed`);
+3. the action is on the channel's allow-list (`not_permitted`): REST allows every CSMS-to-charger
+   action to the holder of the API token (the token is the operator's credential); MQTT allows
+   only `[mqtt].command_actions` (anyone who may publish to `.../cmd/+` on the broker could
+   otherwise change credentials or firmware);
+4. the payload is a JSON object (`bad_payload`) that passes the action's schema (`invalid_payload`).
+Then the call goes through the charger's one-outstanding queue; its failures are `not_connected`,
+`busy`, `timeout` and `call_error` (the charger's CALLERROR).
+
+Pause and Resume are local-control commands, not OCPP actions: `{"evse": n}`,
+`{"transaction_id": ...}` or `{}` (the whole charger, EVSE 0). They need the allow-list too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Mapping
+from typing import Any, Protocol
+
+import orjson
+
+from gateway.control.engine import ControlError
+from gateway.errors import Busy, CallFailed, CallTimeout, GatewayError, NotConnected
+from gateway.protocol.frames import OcppVersion
+from gateway.protocol.schemas import SchemaRegistry, SchemaViolation
+
+log = logging.getLogger("gateway.operator")
+
+LOCAL_COMMANDS = ("Pause", "Resume")
+EVERY_ACTION: frozenset[str] = frozenset({"*"})  # an allow-list that allows every action
+
+
+class OperatorError(GatewayError):
+    """An operator request that was not carried out. `kind` is one of: bad_json, bad_payload,
+    not_connected, unknown_action, action_not_allowed, not_permitted, invalid_payload, busy,
+    timeout, call_error, and for Pause/Resume the control engine's codes (disabled,
+    unknown_transaction, bad_request). `violation` is set for invalid_payload, `call` (code,
+    description, details) for call_error."""
+
+    def __init__(self, kind: str, message: str, *, violation: SchemaViolation | None = None,
+                 call: CallFailed | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.violation = violation
+        self.call = call
+
+
+class Charger(Protocol):
+    """What an operator call needs of a charger's session."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    version: OcppVersion
+
+    async def call_charger(self, action: str, payload: dict[str, Any],
+                           timeout: float | None = None) -> dict[str, Any]: ...
+
+
+class LocalControl(Protocol):
+    """What Pause and Resume need of the control engine (gateway.control.engine.ControlEngine)."""
+
+    async def pause(self, cid: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def resume(self, cid: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+
+def parse_payload(raw: bytes) -> dict[str, Any]:
+    """A request body: empty means `{}`; anything else must be a JSON object."""
+    if not raw.strip():
+        return {}
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise OperatorError("bad_json", f"the body is not JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise OperatorError("bad_payload", "the body must be a JSON object")
+    return payload
+
+
+def permitted(action: str, allowed: Collection[str]) -> bool:
+    return "*" in allowed or action in allowed
+
+
+class Operator:
+    """Operator calls for every channel. `sessions` maps charger ids to their sessions (the hub's
+    live view); `control` is the control engine, or None when local control is not running."""
+
+    def __init__(self, sessions: Mapping[str, Any], schemas: SchemaRegistry,
+                 control: LocalControl | None = None) -> None:
+        self.sessions = sessions
+        self.schemas = schemas
+        self.control = control
+
+    def charger(self, charger_id: str) -> Charger:
+        session = self.sessions.get(charger_id)
+        if session is None or not session.connected:
+            raise OperatorError("not_connected", f"charger {charger_id!r} is unknown or not connected")
+        return session  # type: ignore[no-any-return]
+
+    def check(self, charger_id: str, action: str, payload: dict[str, Any],
+              allowed: Collection[str] = EVERY_ACTION) -> Charger:
+        """Steps 1 to 4 of the module docstring; the session to call."""
+        session = self.charger(charger_id)
+        version, schemas = session.version, self.schemas
+        if not schemas.knows(version, action):
+            raise OperatorError("unknown_action", f"{action!r} is not an action of {version.value}")
+        if not schemas.csms_may_send(version, action):
+            raise OperatorError("action_not_allowed", f"{action} is not sent by a CSMS in {version.value}")
+        if not permitted(action, allowed):
+            raise OperatorError("not_permitted", f"{action} is not on this channel's allow-list")
+        violation = schemas.validate(version, action, payload)
+        if violation is not None:
+            raise OperatorError("invalid_payload", f"{action} payload: {violation.description}", violation=violation)
+        return session
+
+    async def call(self, charger_id: str, action: str, payload: dict[str, Any], *,
+                   allowed: Collection[str] = EVERY_ACTION, timeout: float | None = None,
+                   channel: str = "api") -> dict[str, Any]:
+        """Check, then call the charger; its answer payload. Raises OperatorError."""
+        session = self.check(charger_id, action, payload, allowed)
+        log.info("operator call %s to %s (%s)", action, charger_id, channel, extra={"charger_id": charger_id})
+        try:
+            return await session.call_charger(action, payload, timeout=timeout)
+        except NotConnected as exc:
+            raise OperatorError("not_connected", str(exc)) from exc
+        except Busy as exc:
+            raise OperatorError("busy", str(exc)) from exc
+        except CallTimeout as exc:
+            raise OperatorError("timeout", f"{charger_id} did not answer {action} in time ({exc})") from exc
+        except CallFailed as exc:
+            raise OperatorError("call_error", f"{charger_id} answered {action} with {exc.code}", call=exc) from exc
+
+    async def local(self, charger_id: str, command: str, body: dict[str, Any], *,
+                    allowed: Collection[str] = EVERY_ACTION, channel: str = "api") -> dict[str, Any]:
+        """Pause or Resume (`command`); what the gateway now applies. Raises OperatorError."""
+        if command not in LOCAL_COMMANDS:
+            raise OperatorError("unknown_action", f"{command!r} is not a local-control command")
+        if not permitted(command, allowed):
+            raise OperatorError("not_permitted", f"{command} is not on this channel's allow-list")
+        if self.control is None:
+            raise OperatorError("disabled", "local control is not running")
+        log.info("operator %s of %s (%s): %s", command.lower(), charger_id, channel, body,
+                 extra={"charger_id": charger_id})
+        try:
+            if command == "Pause":
+                return await self.control.pause(charger_id, body)
+            return await self.control.resume(charger_id, body)
+        except ControlError as exc:
+            raise OperatorError(exc.code, str(exc)) from exc
