@@ -26,6 +26,8 @@ lives in another module (it needs that module's types), it is named there and im
     │   └── Busy                    too many calls already wait for this charger
     ├── ControlError                a pause/resume that cannot be done; `code` says why
     │                               (gateway.control.engine)
+    ├── OperatorError               an operator request (REST, MQTT) not carried out; `kind` says why
+    │                               (gateway.operator)
     ├── StoreError                  the SQLite store failed an operation (adapters.sqlite_store)
     ├── RequestError                an HTTP request of a charger transport cannot be served
     │   ├── SoapError               answered with a SOAP Fault (adapters.soap.codec)

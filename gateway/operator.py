@@ -104,7 +104,7 @@ class Operator:
         session = self.sessions.get(charger_id)
         if session is None or not session.connected:
             raise OperatorError("not_connected", f"charger {charger_id!r} is unknown or not connected")
-        return session  # type: ignore[no-any-return]
+        return session
 
     def check(self, charger_id: str, action: str, payload: dict[str, Any],
               allowed: Collection[str] = EVERY_ACTION) -> Charger:

@@ -24,7 +24,6 @@ import logging
 import random
 import ssl
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -57,6 +56,7 @@ BACKLOG = 2000  # fast lane: messages taken from the sink's queue, waiting for r
 # the acknowledgements) for many messages instead of one per message; 50 ms is invisible on a
 # dashboard and much cheaper than publishing each reading alone while many chargers report.
 GATHER = 0.05
+POLL = 0.01  # s between looks at paho's state while waiting for it
 
 
 class MqttSink(SpooledSink[Message]):
@@ -148,22 +148,17 @@ class MqttSink(SpooledSink[Message]):
         now = datetime.now(timezone.utc)
         self.offer_all([dataclasses.replace(state, connected=False, ts=now)
                         for state in self.encoder.connected_states()])
-        deadline = time.monotonic() + 2.0  # what is queued goes out and is acknowledged, if the broker is quick
-        while time.monotonic() < deadline and self.connected and self._pending():
-            await asyncio.sleep(0.01)
+        # what is queued goes out and is acknowledged, if the broker is quick
+        await _poll(lambda: not (self.connected and self._pending()), 2.0)
         self._requeue()  # not acknowledged in time: spooled, sent again after the next start
         await self.stop_worker()
         await self.commands.close()
         self._closing = True
         if self.connected:
             info = self.client.publish(self.encoder.gateway_state, "offline", qos=self.qos, retain=True)
-            deadline = time.monotonic() + 2.0
-            while time.monotonic() < deadline and self.connected and self.qos and not info.is_published():
-                await asyncio.sleep(0.01)
+            await _poll(lambda: not (self.connected and self.qos) or info.is_published(), 2.0)
             self.client.disconnect()  # a clean DISCONNECT: the broker does not publish the will
-            deadline = time.monotonic() + 1.0
-            while self.client.socket() is not None and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
+            await _poll(lambda: self.client.socket() is None, 1.0)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -293,7 +288,7 @@ class MqttSink(SpooledSink[Message]):
                 self._loop.remove_writer(self._fd)
             return
         sock = lane.sock
-        if sock is None or sock is not self.client.socket() or self._fd is None:
+        if sock is None or self._fd is None or self.client.socket() is not lane.sock:
             return
         try:
             done = sock.flush()
@@ -400,8 +395,9 @@ class MqttSink(SpooledSink[Message]):
             self._writable()
 
     async def _deliver_paho(self, items: list[Message]) -> bool:
-        while self._published - self._acked > MAX_OUTSTANDING and self.connected:
-            await asyncio.sleep(0.01)  # let paho catch up before handing it more
+        # let paho catch up before handing it more
+        while not await _poll(lambda: self._published - self._acked <= MAX_OUTSTANDING or not self.connected, 1.0):
+            pass
         if not self.connected:
             return False
         for m in items:
@@ -429,3 +425,13 @@ class MqttSink(SpooledSink[Message]):
             props = Properties(PacketTypes.PUBLISH)
             props.CorrelationData = correlation
         self.client.publish(topic, orjson.dumps(result), qos=self.qos, retain=False, properties=props)
+
+
+async def _poll(condition: Callable[[], bool], timeout: float) -> bool:
+    """Wait until `condition()` holds, for at most `timeout` s; whether it holds. paho offers no
+    event to wait on for these (its acknowledgements, its socket closing), so it is polled."""
+    for _ in range(max(1, round(timeout / POLL))):
+        if condition():
+            return True
+        await asyncio.sleep(POLL)
+    return condition()

@@ -484,7 +484,8 @@ class ControlEngine:
                 raise ControlError("unknown_transaction", f"no active transaction {tid!r} on {cid!r}")
             return ch, tx.evse, tx.transaction_id
         if isinstance(evse, bool) or not isinstance(evse, int) or evse < 0:
-            raise ControlError("bad_request", 'the body needs {"evse": n} (n >= 0), {"transaction_id": ...} or {} (the whole charger)')
+            raise ControlError("bad_request",
+                               'the body needs {"evse": n} (n >= 0), {"transaction_id": ...} or {} (the whole charger)')
         return ch, evse, None
 
     async def pause(self, cid: str, body: dict[str, Any]) -> dict[str, Any]:

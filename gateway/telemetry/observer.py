@@ -116,6 +116,7 @@ class TelemetryObserver:
         now = datetime.now(timezone.utc)
         try:
             # the state is read now; the records go out in order with the exchanges kept before them
+            records: list[Record]
             if event == "forgotten":
                 forget, records = session.charger_id, [ChargerForgotten(charger_id=session.charger_id, ts=now)]
             else:

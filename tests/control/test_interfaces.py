@@ -116,8 +116,9 @@ async def test_pause_and_resume_through_mqtt_and_changes_published(tmp_path: Pat
                 assert all(c["evse"] == 1 and c["transaction_id"] == "m-1" for c in changes[:2])
                 # the retained latest per EVSE follows each change's message on the same connection
                 await until(lambda: len(sub.on(f"{root}/evse/1/control")) >= 2, STEP, "retained control published")
-                retained = sub.on(f"{root}/evse/1/control")
-                assert json.loads(retained[-1].payload)["state"] == "released"
+                await until(lambda: json.loads(sub.on(f"{root}/evse/1/control")[-1].payload)["state"] == "released",
+                            STEP, "the latest retained control is the release")
+                assert all(m.retain is False for m in sub.on(f"{root}/evse/1/control"))  # live: not from the store
     finally:
         commander.close()
         sub.close()
