@@ -34,7 +34,7 @@ from gateway.status import StatusBook
 from adapters.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from adapters.metrics import Metrics
 from adapters.openapi import document
-from adapters import control_api, listen
+from adapters import control_api, listen, variables_api
 from adapters.api_guard import Guard, api_token
 
 log = logging.getLogger("gateway.api")
@@ -72,7 +72,8 @@ class ApiServer:
         self.token = api_token(settings)  # generated and kept in data_dir when [api].token is unset
         self.guard = Guard(settings, self.token)
         self._page = resources.files("adapters").joinpath("static", "status.html").read_bytes()
-        self._openapi = orjson.dumps(document(control_api.PATHS, control_api.SCHEMAS))
+        self._openapi = orjson.dumps(document({**control_api.PATHS, **variables_api.PATHS},
+                                               {**control_api.SCHEMAS, **variables_api.SCHEMAS}))
         self.app = web.Application(middlewares=[self.guard.middleware, self._errors], client_max_size=MAX_BODY)
         self.app.router.add_get("/", self.page)
         self.app.router.add_get("/healthz", self.healthz)
@@ -86,6 +87,7 @@ class ApiServer:
         self.app.router.add_get("/api/v1/transactions", self.transactions)
         self.app.router.add_get("/api/v1/outbox", self.outbox_view)
         control_api.add_routes(self.app, self.operator, lambda: self.operator.control)  # .../pause, .../resume
+        variables_api.add_routes(self.app, hub)  # .../variables, .../environment (the variables mirror)
         self._runner: web.AppRunner | None = None
         self._sockets: list[socket.socket] = []
         self.port: int | None = None

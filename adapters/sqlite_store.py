@@ -39,6 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
+from adapters.variables_store import MIGRATION as VARIABLES_MIGRATION
+from adapters.variables_store import VariablesStore
 from gateway.errors import GatewayError
 from gateway.ports import OutboxRow
 
@@ -144,6 +146,8 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE chargers ADD COLUMN connectors TEXT;
     ALTER TABLE chargers ADD COLUMN state TEXT;
     """,
+    # 6: the variables mirror (adapters/variables_store.py)
+    VARIABLES_MIGRATION,
 ]
 
 PROTECTED_KINDS = ("start", "stop")  # never refused at the outbox bounds
@@ -157,7 +161,7 @@ class StoreError(GatewayError):
     pass
 
 
-class SqliteStore:
+class SqliteStore(VariablesStore):
     FILE_NAME = "gateway.sqlite3"
 
     def __init__(self, data_dir: str | Path) -> None:

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from adapters.websocket_server import WebSocketServer
     from gateway.control.engine import ControlEngine
     from gateway.telemetry.observer import TelemetryObserver
+    from gateway.mirror import VariablesMirror
     from gateway.txlog import TransactionLog
 
 log = logging.getLogger("gateway")
@@ -66,6 +67,7 @@ class Gateway:
         self.http: HttpBinding | None = None  # when [http].enabled
         self.control: ControlEngine | None = None  # local control
         self.txlog: TransactionLog | None = None
+        self.variables: VariablesMirror | None = None
 
 
 class _Listener(Protocol):
@@ -111,6 +113,8 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gatewa
     # 4. outside connections: telemetry sinks (MQTT, InfluxDB), then local control
     telemetry = await _start_telemetry(settings, hub, stack, operator)
     gw.control = operator.control = _start_control(settings, hub, stack, telemetry)
+    # 5. the variables mirror (reads chargers after their boot; publishes through the telemetry plane)
+    gw.variables = operator.variables = _start_variables(settings, hub, store, stack, telemetry)
     # 6. chargers known from earlier runs are listed (disconnected); outboxes left by an earlier run
     # resume (their upstream links dial now). On the way down the last states are saved after hub.close.
     stack.push_async_callback(api.known.stop)
@@ -225,6 +229,20 @@ def _start_control(settings: Settings, hub: Hub, stack: contextlib.AsyncExitStac
     hub.control = engine
     stack.push_async_callback(engine.close)
     return engine
+
+
+def _start_variables(settings: Settings, hub: Hub, store: SqliteStore, stack: contextlib.AsyncExitStack,
+                     telemetry: TelemetryObserver | None) -> VariablesMirror:
+    """The variables mirror: an observer of every session, reached by REST, CLI, MQTT (through
+    gateway.operator) and local control as `hub.variables`; what it reads are telemetry records
+    (MQTT retained topics, Home Assistant entities)."""
+    from gateway.mirror import VariablesMirror
+
+    mirror = VariablesMirror(settings, hub, store, telemetry.records if telemetry is not None else None)
+    hub.observers.append(mirror)
+    hub.variables = mirror
+    stack.push_async_callback(mirror.close)
+    return mirror
 
 
 def _operations(settings: Settings, hub: Hub, store: SqliteStore, stack: contextlib.AsyncExitStack,

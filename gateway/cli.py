@@ -20,7 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("status", "show every charger: connection, protocol, upstream, connectors, power, queues"),
                        ("call", "send a CALL to a charger and print its answer"),
                        ("outbox", "show what waits for the CSMS, per charger"),
-                       ("health", "exit 0 when the gateway's /healthz answers (for HEALTHCHECK and monitors)")):
+                       ("health", "exit 0 when the gateway's /healthz answers (for HEALTHCHECK and monitors)"),
+                       ("variables", "show a charger's variables (configuration keys / device model), or set one")):
         s = sub.add_parser(name, help=text)
         s.add_argument("-c", "--config", help="TOML file whose [api] gives the defaults of --api and --token")
         s.add_argument("--api", help="the API's URL (default: http://[api].listen)")
@@ -32,7 +33,14 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--timeout", type=float, help="seconds to wait for the charger (default: the gateway's)")
         elif name == "status":
             s.add_argument("charger", nargs="?", help="one charger in detail (connectors, open transactions)")
-        if name in ("status", "outbox"):
+        elif name == "variables":
+            s.add_argument("charger", help="charger id")
+            s.add_argument("name", nargs="?", help="one variable (1.6 key, 2.x Component/Variable); without it: all")
+            s.add_argument("--set", metavar="VALUE", dest="set_value", help="set NAME to VALUE on the charger")
+            s.add_argument("--refresh", action="store_true", help="read the charger's variables again first")
+            s.add_argument("--component", help="only this 2.x component")
+            s.add_argument("--changed-since", help="only values changed since this ISO 8601 time")
+        if name in ("status", "outbox", "variables"):
             s.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
     s = sub.add_parser("hash-password", help="print the stored form of a charger password for [chargers.ID].password")
     s.add_argument("--hex", action="store_true", help="the input is a 1.6 AuthorizationKey in hex (hashes its bytes)")
@@ -69,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         from simulator import run as simulate
 
         return simulate(args)
-    if args.command in ("status", "call", "outbox", "health"):
+    if args.command in ("status", "call", "outbox", "health", "variables"):
         return _operator(args)
     from gateway.config import ConfigError, load_settings, masked
 

@@ -187,7 +187,7 @@ DEFAULT_COMMAND_ACTIONS = (
     "Pause", "Resume", "Reset", "UnlockConnector", "TriggerMessage", "RemoteStartTransaction",
     "RemoteStopTransaction", "RequestStartTransaction", "RequestStopTransaction", "ChangeAvailability",
     "GetConfiguration", "GetVariables", "GetCompositeSchedule", "GetLocalListVersion", "GetTransactionStatus",
-    "ClearCache",
+    "ClearCache", "Variables",
 )
 
 
@@ -261,6 +261,36 @@ class InfluxSettings(_Section):
         return self
 
 
+class VariablesSettings(_Section):
+    """The variables mirror (README "Charger variables"): each charger's configuration keys / device model."""
+
+    enabled: bool = True  # read each charger's variables after its boot, keep them current from the traffic
+    read_delay: float = Field(10.0, ge=0)  # s after a charger's boot (its boot traffic) before the gateway reads
+    report_base: Literal["FullInventory", "ConfigurationInventory"] = "FullInventory"  # 2.x GetBaseReport
+    report_timeout: float = Field(60.0, gt=0)  # s without a NotifyReport part before a report counts as cut short
+    call_timeout: float = Field(30.0, gt=0)  # s a charger has to answer the gateway's GetConfiguration / sets
+    max_per_charger: int = Field(20_000, ge=10)  # variables kept per charger; more are counted as dropped
+    # names (fnmatch patterns) that REST, CLI and MQTT may set; credentials need allow_credentials too
+    set_allowed: list[str] = Field(default_factory=lambda: ["*"])
+    allow_credentials: bool = False  # setting AuthorizationKey, BasicAuthPassword, ... through the mirror
+    secret_names: list[str] = Field(default_factory=list)  # more names (fnmatch, case-insensitive) kept secret
+    publish: bool = True  # retained MQTT topic per value (.../chargers/{id}/variables/{name})
+    # variables shown as Home Assistant diagnostic entities (fnmatch on the name; settable ones as number/select/text)
+    home_assistant: list[str] = Field(default_factory=lambda: [
+        "HeartbeatInterval", "MeterValueSampleInterval", "OCPPCommCtrlr/HeartbeatInterval",
+        "SampledDataCtrlr/TxUpdatedInterval", "AlignedDataCtrlr/Interval", "*FirmwareVersion*", "*/Temperature",
+        "*/Humidity"])
+
+
+class EnvironmentSettings(_Section):
+    """`ensure`: make each charger report temperature (and humidity) from what its variables offer."""
+
+    ensure: bool = False
+    periodic: float = Field(300.0, ge=0)  # s, 2.x Periodic monitor on Temperature/Humidity variables; 0 = none
+    delta_temperature: float = Field(1.0, ge=0)  # °C, 2.x Delta monitor; 0 = none
+    delta_humidity: float = Field(5.0, ge=0)  # %RH, 2.x Delta monitor; 0 = none
+
+
 class ApiSettings(_Section):
     listen: str = "127.0.0.1:8080"
     # None (unset): generated on first start, kept in data_dir/api-token; "": no token (loopback only)
@@ -287,7 +317,9 @@ class ChargerSettings(_Section):
     offline_mode: Literal["buffer", "strict"] | None = None  # None: [upstream].offline_mode
     derating: DeratingRule | None = None  # None: the site-wide [derating] rule (when enabled)
     security_profile: int | None = Field(None, ge=0, le=3)  # None: [websocket].security_profile
-    rate_unit: Literal["A", "W"] = "A"  # the unit of the gateway's charging profiles for this charger
+    # the unit of the gateway's charging profiles for this charger; unset: what the charger reports (A if both)
+    rate_unit: Literal["A", "W"] | None = None
+    phases: int | None = Field(None, ge=1, le=3)  # unset: what the charger reports, else [site].phases
 
 
 class Settings(BaseSettings):
@@ -314,6 +346,8 @@ class Settings(BaseSettings):
     site: SiteSettings = SiteSettings()
     control: ControlSettings = ControlSettings()
     derating: DeratingSettings = DeratingSettings()
+    variables: VariablesSettings = VariablesSettings()
+    environment: EnvironmentSettings = EnvironmentSettings()
     chargers: dict[str, ChargerSettings] = Field(default_factory=dict)
 
     @field_validator("site_id")

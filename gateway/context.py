@@ -4,7 +4,7 @@ session (gateway/hub.py implements it), so that a session can be built and teste
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.auth import LocalAuthorizer
 from gateway.config import Settings
@@ -47,6 +47,10 @@ class SessionContext(Protocol):
 
     def csms_reached(self) -> None:
         """A dial got through: sessions waiting out a backoff dial now."""
+
+    def claims(self, charger_id: str, action: str, payload: dict[str, Any]) -> bool:
+        """A charger CALL that answers the gateway's own request (the variables mirror's NotifyReport
+        parts): the session answers it itself and never relays it."""
 
     async def forget(self, session: ChargerSession) -> None:
         """The session ends on its own (outbox replayed without a charger; strict mode)."""

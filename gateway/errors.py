@@ -28,6 +28,8 @@ lives in another module (it needs that module's types), it is named there and im
     │                               (gateway.control.engine)
     ├── OperatorError               an operator request (REST, MQTT) not carried out; `kind` says why
     │                               (gateway.operator)
+    ├── MirrorError                 a read or set of a charger's variables that cannot be done;
+    │                               `code` says why (gateway.mirror)
     ├── StoreError                  the SQLite store failed an operation (adapters.sqlite_store)
     ├── RequestError                an HTTP request of a charger transport cannot be served
     │   ├── SoapError               answered with a SOAP Fault (adapters.soap.codec)

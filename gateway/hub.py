@@ -58,6 +58,7 @@ class Hub:
         self.sessions: dict[str, ChargerSession] = {}
         self.observers: list[SessionObserver] = []
         self.control: Any = None  # gateway.control.engine.ControlEngine, when local control is wired
+        self.variables: Any = None  # gateway.mirror.VariablesMirror (claims the NotifyReports it asked for)
 
     # -- SessionContext ---------------------------------------------------------------------------
 
@@ -70,6 +71,10 @@ class Hub:
 
     def csms_reached(self) -> None:
         self.gate.reached()
+
+    def claims(self, charger_id: str, action: str, payload: dict[str, Any]) -> bool:
+        mirror = self.variables
+        return mirror is not None and action == "NotifyReport" and bool(mirror.claims(charger_id, payload))
 
     def publish(self, session: ChargerSession, exchange: Exchange) -> None:
         for observer in self.observers:

@@ -73,22 +73,24 @@ def _secret_name(name: object) -> bool:
     return isinstance(name, str) and any(p in name.lower() for p in _SECRET_NAME_PARTS)
 
 
-def redact(value: object) -> object:
-    """A copy of an OCPP payload with id tags, passwords and keys replaced by `<redacted>`."""
+def redact(value: object, secret: bool = False) -> object:
+    """A copy of an OCPP payload with id tags, passwords and keys replaced by `<redacted>`. A
+    value under a secret-named key or variable is redacted however deep it sits (2.x NotifyReport
+    keeps it in `variableAttribute[].value`)."""
     if isinstance(value, list):
-        return [redact(v) for v in value]
+        return [redact(v, secret) for v in value]
     if not isinstance(value, dict):
         return value
-    named_secret = _secret_name(value.get("key")) or (
+    named_secret = secret or _secret_name(value.get("key")) or (
         isinstance(value.get("variable"), dict) and _secret_name(value["variable"].get("name")))
     out: dict[str, object] = {}
     for k, v in value.items():
         if k.lower() in _SECRET_KEYS and isinstance(v, (str, int, float)):
             out[k] = REDACTED
-        elif named_secret and k in ("value", "attributeValue") and v is not None:
+        elif named_secret and k in ("value", "attributeValue", "actualValue") and v is not None:
             out[k] = REDACTED
         else:
-            out[k] = redact(v)
+            out[k] = redact(v, named_secret)
     return out
 
 

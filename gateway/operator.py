@@ -35,6 +35,7 @@ from gateway.protocol.schemas import SchemaRegistry, SchemaViolation
 log = logging.getLogger("gateway.operator")
 
 LOCAL_COMMANDS = ("Pause", "Resume")
+VARIABLES = "Variables"  # the variables mirror's command: set values or read again (gateway/mirror.py)
 EVERY_ACTION: frozenset[str] = frozenset({"*"})  # an allow-list that allows every action
 
 
@@ -99,6 +100,7 @@ class Operator:
         self.sessions = sessions
         self.schemas = schemas
         self.control = control
+        self.variables: Any = None  # gateway.mirror.VariablesMirror, when the mirror runs
 
     def charger(self, charger_id: str) -> Charger:
         session = self.sessions.get(charger_id)
@@ -156,3 +158,26 @@ class Operator:
             return await self.control.resume(charger_id, body)
         except ControlError as exc:
             raise OperatorError(exc.code, str(exc)) from exc
+
+    async def set_variables(self, charger_id: str, request: dict[str, Any], *,
+                            allowed: Collection[str] = EVERY_ACTION, channel: str = "api") -> dict[str, Any]:
+        """`Variables`: `{"values": {NAME: VALUE, ...}}`, `{"values": [{"name", "value"}, ...]}`,
+        `{"name", "value"}` (the charger's status per item, `{"results": [...]}`) or
+        `{"refresh": true}` (the read's state). The names are checked by the mirror
+        (`[variables].set_allowed`, credentials). Raises OperatorError."""
+        from gateway.mirror import MirrorError, set_pairs
+
+        if not permitted(VARIABLES, allowed):
+            raise OperatorError("not_permitted", f"{VARIABLES} is not on this channel's allow-list")
+        mirror = self.variables
+        if mirror is None or not mirror.cfg.enabled:
+            raise OperatorError("disabled", "the variables mirror is off")
+        try:
+            pairs = set_pairs(request)
+            if pairs is None:
+                return dict(await mirror.refresh(charger_id))
+            log.info("operator set of %d variable(s) of %s (%s)", len(pairs), charger_id, channel,
+                     extra={"charger_id": charger_id})
+            return {"results": await mirror.set_values(charger_id, pairs)}
+        except MirrorError as exc:
+            raise OperatorError("bad_payload" if exc.code == "bad_request" else exc.code, str(exc)) from exc

@@ -200,6 +200,51 @@ def print_generic(data: Any, out: TextIO) -> None:
     print(json.dumps(data, indent=2), file=out)
 
 
+def _variables(client: Client, args: Any, out: TextIO, err: TextIO) -> int:
+    """`variables CHARGER [NAME] [--set VALUE]`: exit 0 when shown or the charger accepted the set
+    (Accepted or RebootRequired), 1 when it or the gateway refused it."""
+    base = f"/api/v1/chargers/{urllib.parse.quote(args.charger, safe='')}/variables"
+    if args.refresh:
+        read = client.request("POST", base + "/refresh?wait=60", timeout=70)
+        print(f"read: {read.get('state')}", file=err)
+    if args.set_value is not None:
+        if not args.name:
+            print("error: --set needs a NAME", file=err)
+            return 2
+        result = client.request("PUT", f"{base}/{urllib.parse.quote(args.name, safe='')}", {"value": args.set_value},
+                                timeout=client.timeout + 35)
+        if args.json:
+            print(json.dumps(result, indent=2), file=out)
+        for r in result.get("results", []):
+            if not args.json:
+                print(f"{r['name']}: {r['status']}" + (f" ({r['reason']})" if r.get("reason") else ""), file=out)
+        ok = all(r["status"] in ("Accepted", "RebootRequired") for r in result.get("results", []))
+        return 0 if ok else 1
+    if args.name:
+        data = client.request("GET", f"{base}/{urllib.parse.quote(args.name, safe='')}")
+        if args.json:
+            print(json.dumps(data, indent=2), file=out)
+        else:
+            print_generic(data, out)
+        return 0
+    query = {k: v for k, v in (("component", args.component), ("changed_since", args.changed_since)) if v}
+    data = client.request("GET", base + ("?" + urllib.parse.urlencode(query) if query else ""))
+    if args.json:
+        print(json.dumps(data, indent=2), file=out)
+        return 0
+    read = data.get("read") or {}
+    print(f"{args.charger}: {len(data.get('variables', []))} variables, last read {read.get('state')}"
+          + (f" at {read['finished_at']}" if read.get("finished_at") else ""), file=out)
+    rows = [[v["name"], "(secret)" if v.get("secret") else ("(unknown key)" if not v.get("known", True)
+                                                           else v.get("value")),
+             v.get("mutability") or "-", v.get("source") or "-", v.get("changed_at") or "-"]
+            for v in data.get("variables", [])]
+    if rows:
+        print(file=out)
+        table(["NAME", "VALUE", "MUTABILITY", "SOURCE", "CHANGED"], rows, out)
+    return 0
+
+
 # -- commands -------------------------------------------------------------------------------------
 
 
@@ -250,6 +295,8 @@ def run(command: str, client: Client, args: Any, out: TextIO = sys.stdout, err: 
             else:
                 print_generic(data, out)
             return 0
+        if command == "variables":
+            return _variables(client, args, out, err)
     except ApiError as exc:
         print(f"error: {exc}", file=err)
         body = exc.body if isinstance(exc.body, dict) else {}

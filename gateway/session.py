@@ -208,6 +208,12 @@ class ChargerSession:
     async def _charger_call(self, frame: Call) -> None:
         effect = self.relay.charger_call(frame)
         kind = type(effect)
+        if (kind is Forward or kind is AnswerLocally) and frame.action == "NotifyReport" \
+                and self.ctx.claims(self.charger_id, frame.action, frame.payload):
+            # a part of the report the gateway asked for (gateway/mirror.py): answered here, never relayed
+            await self._send_charger(F.call_result(frame.message_id, {}))
+            self._emit(Origin.CHARGER, frame.action, frame.message_id, frame.payload, {}, None, "gateway", _utcnow())
+            return
         if kind is Forward:
             call = PendingCall(message_id=frame.message_id, action=frame.action, frame=effect.text,  # type: ignore[union-attr]
                                origin=Origin.CHARGER, timeout=self._upstream_timeout, request=frame.payload,

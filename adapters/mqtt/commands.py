@@ -17,7 +17,7 @@ from collections.abc import Collection
 from typing import Any, Callable
 from urllib.parse import unquote
 
-from gateway.operator import LOCAL_COMMANDS, Operator, OperatorError, parse_payload
+from gateway.operator import LOCAL_COMMANDS, VARIABLES, Operator, OperatorError, parse_payload
 
 log = logging.getLogger("gateway.telemetry.mqtt")
 
@@ -102,6 +102,9 @@ class Commands:
             return error("NotConnected", "the gateway is starting")
         try:
             request = parse_payload(payload)
+            if action == VARIABLES:
+                return {"status": "ok", "response": await operator.set_variables(charger_id, request,
+                                                                                 allowed=self.allowed, channel="mqtt")}
             if action in LOCAL_COMMANDS:
                 return {"status": "ok", "response": await operator.local(charger_id, action, request,
                                                                          allowed=self.allowed, channel="mqtt")}

@@ -17,11 +17,13 @@ from typing import Any
 import orjson
 
 from adapters.mqtt import discovery as ha
+from adapters.mqtt import variables as mv
 from adapters.mqtt.framing import Message
 from gateway.telemetry.records import (
     ChargerForgotten, ChargerInfo, ChargerState, ConnectorStatus, ControlChange, EnvironmentReading, MeterReading,
     MeterSample, Record, TransactionEvent,
 )
+from gateway.variables.model import VariablesChanged
 
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
@@ -149,6 +151,14 @@ class Encoder:
             body = _json(control_json(record))
             out.append((f"{root}/control", body, False))
             out.append(self._retained(ch, f"{root}/evse/{record.evse}/control", body))
+        elif isinstance(record, VariablesChanged):  # the variables mirror (adapters/mqtt/variables.py)
+            command_topic = f"{root}/cmd/{mv.COMMAND}"
+            for value in record.values:
+                topic = f"{root}/variables/{topic_level(value['name'])}"
+                out.append(self._retained(ch, topic, _json(mv.payload(value))))
+                kind = record.ha.get(value["name"])
+                if kind is not None and self.cfg.ha_discovery:
+                    out += self._discover(ch, mv.entity(kind, value, topic, command_topic))
         elif isinstance(record, ChargerInfo):
             ch.device = ha.device_info(record)
             if self.cfg.ha_discovery:  # the device details changed: publish every config again

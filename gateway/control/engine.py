@@ -29,6 +29,7 @@ from gateway.errors import Busy, CallFailed, CallTimeout, GatewayError, NotConne
 from gateway.ports import Exchange
 from gateway.telemetry.normalise import Normaliser
 from gateway.telemetry.records import ControlChange, EnvironmentReading, Record
+from gateway.variables.meaning import Capabilities, choose_rate_unit, choose_stack_level
 
 log = logging.getLogger("gateway.control")
 
@@ -110,6 +111,30 @@ class ControlEngine:
         if own is not None:
             return own
         return self.settings.derating if self.settings.derating.enabled else None
+
+    def charger_limits(self, cid: str) -> tuple[str, int, int]:
+        """(rate unit, phases, stack level) of the gateway's profiles for one charger: what the
+        variables mirror read from it, `[chargers.ID]` values over it (a mismatch is logged once),
+        else the site's phases and `[control].stack_level`."""
+        own = self.settings.charger(cid)
+        mirror = getattr(self.hub, "variables", None)
+        caps = mirror.capabilities(cid) if mirror is not None else Capabilities()
+        unit, problem = choose_rate_unit(caps.rate_units, own.rate_unit if own is not None else None)
+        notes = [problem]
+        phases = caps.phases or self.settings.site.phases
+        if own is not None and own.phases is not None:
+            if caps.phases is not None and caps.phases != own.phases:
+                notes.append(f"[chargers.ID].phases = {own.phases} but the charger reports {caps.phases} supply phases")
+            phases = own.phases
+        stack_level, problem = choose_stack_level(self.control.stack_level, caps.max_stack_level)
+        notes.append(problem)
+        for note in notes:
+            if note is not None:
+                if mirror is not None:
+                    mirror.warn_once(cid, note)
+                else:
+                    log.warning("%s: %s", cid, note)
+        return unit, phases, stack_level
 
     # -- observer -------------------------------------------------------------------------------
 
@@ -388,9 +413,9 @@ class ControlEngine:
             return
         if want.limit is not None:
             pid = D.profile_id(ctl.profile_id_base, evse, want.purpose or D.TX_PROFILE)
-            charger = self.settings.charger(cid)
-            request = D.set_profile_request(version, evse, want, pid, ctl.stack_level, self.settings.site.phases,
-                                            charger.rate_unit if charger else "A", self.settings.site.voltage)
+            unit, phases, stack_level = self.charger_limits(cid)
+            request = D.set_profile_request(version, evse, want, pid, stack_level, phases, unit,
+                                            self.settings.site.voltage)
             status, _ = await self._call(session, "SetChargingProfile", request)
             if status == ACCEPTED:
                 new_pid = pid

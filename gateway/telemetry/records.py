@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
+from gateway.variables.model import VariablesChanged  # the variables mirror's values (gateway/mirror.py)
+
 
 class MeterSample(NamedTuple):
     """One sampled value. A named tuple rather than a frozen dataclass: a MeterValues carries
@@ -143,4 +145,4 @@ class ControlChange:
 
 
 Record = (MeterReading | ConnectorStatus | TransactionEvent | EnvironmentReading | ChargerState | ChargerInfo
-          | ChargerForgotten | ControlChange)
+          | ChargerForgotten | ControlChange | VariablesChanged)

@@ -41,6 +41,15 @@ def test_protocol_package_reads_no_clock() -> None:
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}: gateway/protocol takes time from its caller"
 
 
+def test_variables_package_does_no_io() -> None:
+    """gateway/variables (the mirror's names, parsing, report assembly, meaning) is sans-I/O too."""
+    files = sorted((ROOT / "gateway" / "variables").rglob("*.py"))
+    assert files
+    for path in files:
+        bad = _imports(path) & IO_MODULES
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}: gateway/variables must stay sans-I/O"
+
+
 def test_core_imports_no_transport_library() -> None:
     for path in sorted((ROOT / "gateway").rglob("*.py")):
         if path.name in {"app.py", "cli.py"}:  # the composition root builds the adapters
