@@ -84,8 +84,11 @@ _UPSERT = (
 class VariablesStore:
     """Mixin for SqliteStore (needs its `db` and `_run`)."""
 
-    db: sqlite3.Connection
     _run: Callable[..., Any]
+
+    @property
+    def db(self) -> sqlite3.Connection:  # SqliteStore's own property comes first in the MRO
+        raise NotImplementedError
 
     def _vars_put(self, charger_id: str, rows: list[dict[str, Any]], max_rows: int) -> int:
         """Upsert `rows`; a new name beyond `max_rows` for the charger is not taken. Returns how

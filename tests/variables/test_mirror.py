@@ -42,6 +42,11 @@ def base(gw: GatewayProcess) -> str:
     return f"http://{gw.config['api']['listen']}"
 
 
+def token(gw: GatewayProcess) -> str:
+    """The API token the gateway generated into its data_dir ([api].token unset)."""
+    return (gw.dir / "data" / "api-token").read_text().strip()
+
+
 async def until(probe: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -65,7 +70,7 @@ async def read_done(api: Api, cid: str) -> dict[str, Any]:
 async def value(api: Api, cid: str, name: str) -> dict[str, Any]:
     status, body, _ = await api.get(f"/api/v1/chargers/{cid}/variables/{quote(name, safe='')}")
     assert status == 200, body
-    return body  # type: ignore[no-any-return]
+    return body
 
 
 def assert_no_secret(gw: GatewayProcess, *texts: str) -> None:
@@ -80,7 +85,7 @@ def assert_no_secret(gw: GatewayProcess, *texts: str) -> None:
 async def test_16_mirror_sets_csms_change_secrets_and_w(gateway_factory: Callable[..., GatewayProcess]) -> None:
     async with CsmsServer() as csms:
         gw = await start(gateway_factory, {"upstream": {"url": csms.url}, "variables": FAST})
-        async with api_client(base(gw)) as api, connected(gw.url("M16"), "ocpp1.6", "M16") as cp:
+        async with api_client(base(gw), token(gw)) as api, connected(gw.url("M16"), "ocpp1.6", "M16") as cp:
             up = await csms.wait_session("M16")
             body = await read_done(api, "M16")
             assert body["read"]["state"] == "complete" and body["read"]["variables"] == 55
@@ -141,7 +146,7 @@ async def test_16_mirror_sets_csms_change_secrets_and_w(gateway_factory: Callabl
             assert len(body["variables"]) == 10
 
             # the command line: a table, one value, a set (exit 0), a refused set (exit 1)
-            cli = [sys.executable, "-m", "gateway", "variables", "--api", base(gw), "M16"]
+            cli = [sys.executable, "-m", "gateway", "variables", "--api", base(gw), "--token", token(gw), "M16"]
             out = await asyncio.to_thread(subprocess.run, cli, capture_output=True, text=True, timeout=30, cwd=REPO)
             assert out.returncode == 0, out.stderr
             assert out.stdout.splitlines()[0].startswith("M16: 56 variables, last read complete")
@@ -175,7 +180,7 @@ async def test_16_mirror_sets_csms_change_secrets_and_w(gateway_factory: Callabl
         # kept across a restart, before the charger is back
         gw.stop()
         gw.start()
-        async with api_client(base(gw)) as api:
+        async with api_client(base(gw), token(gw)) as api:
             status, body, _ = await api.get("/api/v1/chargers/M16/variables")
             assert len(body["variables"]) == 55 and body["read"]["state"] == "complete"  # NoSuchKey gone: a full read
             assert {v["name"]: v["value"] for v in body["variables"]}["HeartbeatInterval"] == "120"
@@ -185,7 +190,7 @@ async def test_16_mirror_sets_csms_change_secrets_and_w(gateway_factory: Callabl
 async def test_201_report_in_parts_sets_csms_change_cut_short(gateway_factory: Callable[..., GatewayProcess]) -> None:
     async with CsmsServer() as csms:
         gw = await start(gateway_factory, {"upstream": {"url": csms.url}, "variables": FAST})
-        async with api_client(base(gw)) as api, connected(gw.url("M201"), "ocpp2.0.1", "M201") as cp:
+        async with api_client(base(gw), token(gw)) as api, connected(gw.url("M201"), "ocpp2.0.1", "M201") as cp:
             up = await csms.wait_session("M201")
             body = await read_done(api, "M201")
             read = body["read"]
@@ -266,7 +271,7 @@ async def test_environment_ensure_makes_chargers_report_temperature(
         gw = await start(gateway_factory, {"upstream": {"url": csms.url}, "variables": FAST,
                                            "environment": {"ensure": True, "periodic": 60, "delta_temperature": 0.5},
                                            "chargers": {"E16": {"rate_unit": "A"}}})
-        async with api_client(base(gw)) as api, connected(gw.url("E16"), "ocpp1.6", "E16") as c16, \
+        async with api_client(base(gw), token(gw)) as api, connected(gw.url("E16"), "ocpp1.6", "E16") as c16, \
                 connected(gw.url("E201"), "ocpp2.0.1", "E201") as c201:
             up16 = await csms.wait_session("E16")
             up201 = await csms.wait_session("E201")
