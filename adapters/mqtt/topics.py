@@ -156,9 +156,9 @@ class Encoder:
             for value in record.values:
                 topic = f"{root}/variables/{topic_level(value['name'])}"
                 out.append(self._retained(ch, topic, _json(mv.payload(value))))
-                kind = record.ha.get(value["name"])
-                if kind is not None and self.cfg.ha_discovery:
-                    out += self._discover(ch, mv.entity(kind, value, topic, command_topic))
+                shown_as = record.ha.get(value["name"])
+                if shown_as is not None and self.cfg.ha_discovery:
+                    out += self._discover(ch, mv.entity(shown_as, value, topic, command_topic))
         elif isinstance(record, ChargerInfo):
             ch.device = ha.device_info(record)
             if self.cfg.ha_discovery:  # the device details changed: publish every config again
