@@ -765,3 +765,18 @@ class SqliteStore(VariablesStore):
         if self._db is not None:
             await self._run(self._close)
         self._executor.shutdown(wait=True)
+
+
+# -- what the start-up check (adapters/store_check.py) needs to know about the schema ------------
+
+
+def schema_version() -> int:
+    """The newest schema this version writes (`PRAGMA user_version` after the migrations)."""
+    return len(_MIGRATIONS)
+
+
+def schema_tables(version: int) -> set[str]:
+    """The tables a database of schema `version` has, as the migrations create them."""
+    import re
+
+    return {name for script in _MIGRATIONS[:version] for name in re.findall(r"CREATE TABLE (\w+)", script)}

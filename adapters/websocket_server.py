@@ -65,6 +65,16 @@ class _SpreadPingsConnection(ServerConnection):
 _jitter = random.Random()
 
 
+class _ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """websockets' server log, silent at INFO until the server serves: a start that fails after
+    the port was bound ends with one line, not "server closing" / "server closed"."""
+
+    quiet = True
+
+    def isEnabledFor(self, level: int) -> bool:
+        return (level > logging.INFO or not self.quiet) and self.logger.isEnabledFor(level)
+
+
 class WsChargerLink:
     transport = "websocket"
 
@@ -122,6 +132,7 @@ class WebSocketServer:
         self.path = settings.websocket.path
         self.versions = [v.value for v in settings.websocket.versions]
         self._server: Server | None = None
+        self._log = _ServerLog(logging.getLogger("websockets.server"), {})
         self._dialled: dict[int, Any] = {}  # strict mode: upstream links opened during the handshake
         ws = settings.websocket
         self._buckets: dict[str, TokenBucket] = {}  # message rate per charger id
@@ -273,6 +284,7 @@ class WebSocketServer:
                 host,
                 port,
                 start_serving=False,
+                logger=self._log,
                 process_request=self._process_request,
                 select_subprotocol=self._select_subprotocol,
                 compression="deflate" if ws.compression else None,
@@ -290,6 +302,7 @@ class WebSocketServer:
 
     async def serve(self) -> None:
         assert self._server is not None, "bind() first"
+        self._log.quiet = False
         await self._server.start_serving()
 
     def serving(self) -> bool:

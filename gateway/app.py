@@ -4,19 +4,24 @@
 The order of start, each step's undo pushed on the stack as it succeeds (so a failed start undoes
 exactly what had started, and nothing else):
 
-1. the store is opened (SQLite, local disk);
-2. the hub and the transaction log;
-3. every listener is bound: the charger ports (WebSocket, SOAP, HTTP binding) and the API. A
-   charger port that cannot be bound ends the start here (ListenerUnavailable, exit 4), before any
-   outside connection; the API is optional: the gateway runs on without it and says how to fix it;
-4. the outside connections: the MQTT and InfluxDB sinks, then local control;
-5. the operations side (journal, frame log, the API's observers);
+1. the exclusive lock of data_dir (adapters/datadir.py): a second gateway on the same data_dir
+   stops here (AlreadyRunning, exit 3) having touched nothing;
+2. the store is checked (adapters/store_check.py: a damaged one stops the start, StoreDamaged,
+   exit 5), opened, and the install id drawn if this is the first start;
+3. the hub and the transaction log;
+4. every listener is bound: the charger ports (WebSocket, SOAP, HTTP binding) and the API (with
+   the journal and frame log observers). A charger port that cannot be bound ends the start here
+   (ListenerUnavailable, exit 4), before any outside connection; the API is optional: the gateway
+   runs on without it and the log line says how to fix it;
+5. the outside connections: the MQTT and InfluxDB sinks, then local control;
 6. the hub loads the authorization lists and resumes the outboxes left by an earlier run (the
    first upstream dials);
-7. the listeners serve: charger connections that waited in the accept queue are taken.
+7. the listeners serve: charger connections that waited in the accept queue are taken; systemd
+   hears READY=1 and, with WatchdogSec, WATCHDOG=1 from then on (adapters/systemd.py).
 
-On the way down the stack runs backwards: the listeners stop serving and the chargers are closed
-(1001), then control, the telemetry observer's flush and the sinks, the transaction log, the store.
+On the way down the stack runs backwards: STOPPING=1, the listeners stop serving and the chargers
+are closed (1001), then control, the telemetry observer's flush and the sinks, the transaction
+log, the store, the lock.
 """
 
 from __future__ import annotations
@@ -82,7 +87,10 @@ async def running(settings: Settings) -> AsyncIterator[Gateway]:
 
 
 async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gateway:
+    from adapters.datadir import InstanceLock, install_id, mqtt_client_id
     from adapters.sqlite_store import SqliteStore
+    from adapters.store_check import startup_check
+    from adapters.systemd import Notifier
     from adapters.upstream_ws import WsUpstreamConnector
     from adapters.websocket_server import WebSocketServer
     from gateway.txlog import TransactionLog
@@ -91,16 +99,20 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gatewa
     _warn(settings)
     gw = Gateway(settings)
     schemas = SchemaRegistry(list(settings.websocket.versions))
-    # 1. the store
+    # 1. one gateway per data_dir
+    stack.enter_context(InstanceLock(settings.data_dir))
+    # 2. the store: checked, opened; the install id once a store exists
+    await asyncio.to_thread(startup_check, settings.data_dir)
     store = await stack.enter_async_context(SqliteStore(settings.data_dir))
-    # 2. the hub and the transaction log (behind /api/v1/transactions)
+    install = await asyncio.to_thread(install_id, settings.data_dir)
+    # 3. the hub and the transaction log (behind /api/v1/transactions)
     connector = WsUpstreamConnector(settings) if settings.upstream.url else None
     hub = gw.hub = Hub(settings, store, schemas, connector)
     txlog = gw.txlog = TransactionLog(store)
     txlog.start()
     stack.push_async_callback(txlog.stop)
     hub.observers.append(txlog)
-    # 3. every listener bound; none serves yet
+    # 4. every listener bound; none serves yet
     server = WebSocketServer(settings, hub)
     stack.push_async_callback(server.stop)  # closes the bound socket if the start fails before serving
     await server.bind()
@@ -110,8 +122,9 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gatewa
     api = _operations(settings, hub, store, stack, operator)
     gw.api = await _bind_api(api, stack)
     api.checks["websocket"] = server.serving
-    # 4. outside connections: telemetry sinks (MQTT, InfluxDB), then local control
-    telemetry = await _start_telemetry(settings, hub, stack, operator)
+    # 5. outside connections: telemetry sinks (MQTT, InfluxDB), then local control
+    mqtt_id = settings.mqtt.client_id or mqtt_client_id(settings.site_id, install)
+    telemetry = await _start_telemetry(settings, hub, stack, operator, mqtt_id)
     gw.control = operator.control = _start_control(settings, hub, stack, telemetry)
     # 5. the variables mirror (reads chargers after their boot; publishes through the telemetry plane)
     gw.variables = operator.variables = _start_variables(settings, hub, store, stack, telemetry)
@@ -122,7 +135,9 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gatewa
     stack.push_async_callback(hub.close)
     await hub.start()
     # 7. serve; on the way down this is undone first
+    systemd = Notifier()
     stack.push_async_callback(_stop_serving, server, hub, legacy, gw.api)
+    stack.push_async_callback(systemd.stop)  # first on the way down: STOPPING=1, no more watchdog pings
     await server.serve()
     for transport in legacy:
         await transport.serve()
@@ -131,6 +146,8 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gatewa
     mode = f"relaying to {settings.upstream.url}" if settings.upstream.url else "standalone"
     log.info("listening for OCPP-J on %s%s/{charger_id} (%s) after %.0f ms", settings.websocket.listen,
              settings.websocket.path, mode, (time.monotonic() - started) * 1000)
+    systemd.ready(f"serving chargers on {settings.websocket.listen}")
+    systemd.start_watchdog(lambda: server.serving() and store.is_open())
     _warm_up(schemas, stack)
     return gw
 
@@ -192,7 +209,7 @@ def _freeze_heap(_: object = None) -> None:
 
 
 async def _start_telemetry(settings: Settings, hub: Hub, stack: contextlib.AsyncExitStack,
-                           operator: Operator) -> TelemetryObserver | None:
+                           operator: Operator, mqtt_client_id: str) -> TelemetryObserver | None:
     """MQTT and InfluxDB sinks when their url is set, fed by one observer of every session (which
     it returns; None without sinks). MQTT commands are operator calls."""
     from gateway.telemetry.observer import GATHER, TelemetryObserver
@@ -201,7 +218,8 @@ async def _start_telemetry(settings: Settings, hub: Hub, stack: contextlib.Async
     if settings.mqtt.url.get_secret_value():
         from adapters.mqtt import MqttSink
 
-        mqtt = await stack.enter_async_context(MqttSink(settings.mqtt, settings.data_dir, settings.site_id))
+        mqtt = await stack.enter_async_context(MqttSink(settings.mqtt, settings.data_dir, settings.site_id,
+                                                         client_id=mqtt_client_id))
         mqtt.attach_operator(operator)
         sinks.append(mqtt)
     if settings.influx.url:

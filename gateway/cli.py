@@ -1,5 +1,10 @@
-"""`ocpp-gateway` (also `python -m gateway`): run, check-config, hash-password; status, call, outbox,
-health (through the REST API, gateway/opsclient.py)."""
+"""`ocpp-gateway` (also `python -m gateway`): run, check-config, store check|recover, hash-password;
+status, call, outbox, health (through the REST API, gateway/opsclient.py).
+
+Exit status of `run` (docs/troubleshooting.md): 0 stopped cleanly, 1 unexpected error (logged with
+its traceback), 2 configuration error, 3 another gateway runs on this data_dir, 4 a charger port
+cannot be bound, 5 the store is damaged. The systemd unit restarts on none of 2-5.
+"""
 
 from __future__ import annotations
 
@@ -42,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--changed-since", help="only values changed since this ISO 8601 time")
         if name in ("status", "outbox", "variables"):
             s.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
+    s = sub.add_parser("store", help="check the store (data_dir/gateway.sqlite3), or move a damaged one aside")
+    s.add_argument("action", choices=("check", "recover"),
+                   help="check: full integrity check (exit 5 when damaged); recover: move it aside, start a fresh one")
+    s.add_argument("-c", "--config", help="TOML file whose data_dir holds the store")
+    s.add_argument("--force", action="store_true", help="recover: start a fresh store even when the check passes")
     s = sub.add_parser("hash-password", help="print the stored form of a charger password for [chargers.ID].password")
     s.add_argument("--hex", action="store_true", help="the input is a 1.6 AuthorizationKey in hex (hashes its bytes)")
     s.add_argument("--iterations", type=int, default=None, help="PBKDF2-SHA256 iterations (default 200000)")
@@ -86,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return 2
+    if args.command == "store":
+        from adapters.store_check import store_command
+        from gateway.errors import StartupError
+
+        try:
+            return store_command(args.action, settings.data_dir, force=args.force)
+        except StartupError as exc:  # recover while the gateway runs
+            print(f"cannot recover: {exc}", file=sys.stderr)
+            return exc.exit_code
     if args.command == "check-config":
         import orjson
 

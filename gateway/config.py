@@ -197,7 +197,7 @@ class MqttSettings(_Section):
     qos: int = Field(1, ge=0, le=2)
     ha_discovery: bool = False
     ha_prefix: str = "homeassistant"  # Home Assistant's discovery prefix
-    client_id: str = ""  # empty: "ocpp-gateway-{site_id}"
+    client_id: str = ""  # empty: "ocpp-gateway-{site_id}-{install id}" (data_dir/install-id; unique per install)
     protocol_version: Literal[5, 4] = 5  # 5 = MQTT 5 (response topic, correlation data), 4 = MQTT 3.1.1
     ca_file: str = ""  # PEM bundle for mqtts://; empty = the system's trust store
     keepalive: int = Field(30, ge=5)
@@ -495,4 +495,18 @@ def masked(settings: Settings) -> dict[str, Any]:
             return value.value
         return value
 
-    return walk(settings)
+    shown = walk(settings)
+    shown["mqtt"]["url"] = mask_url_credentials(settings.mqtt.url.get_secret_value())
+    return shown
+
+
+def mask_url_credentials(url: str) -> str:
+    """The URL with its user information masked, the rest as it is: `mqtt://user:pw@host:1883` shows as
+    `mqtt://********@host:1883` (a user name can be a token too), `mqtt://host:1883` unchanged."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return url
+    return f"{scheme}://********@{authority.rpartition('@')[2]}{slash}{path}"

@@ -24,6 +24,7 @@ import logging
 import random
 import ssl
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -59,6 +60,14 @@ GATHER = 0.05
 POLL = 0.01  # s between looks at paho's state while waiting for it
 
 
+TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason "Session taken over": another client connected with this id
+# Brokers that just close the old connection (Mosquitto 2.0.11 does, even over MQTT 5) show a
+# takeover as connections that end soon after they were made, again and again, as two clients with
+# one id knock each other off in turn: this many in a row, each shorter than SHORT_LIVED seconds.
+SHORT_LIVED = 10.0
+SHORT_LIVED_IN_A_ROW = 3
+
+
 class MqttSink(SpooledSink[Message]):
     name = "mqtt"
 
@@ -73,6 +82,8 @@ class MqttSink(SpooledSink[Message]):
         self.connected = False
         self._closing = False
         self._was_up = False
+        self._up_since = 0.0
+        self._short_lived = 0  # connections in a row that ended within SHORT_LIVED (a takeover?)
         self._lost = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
@@ -93,7 +104,8 @@ class MqttSink(SpooledSink[Message]):
         except ValueError as exc:
             raise ConfigError("mqtt.url: the port is not a number from 0 to 65535") from exc
         self.v5 = cfg.protocol_version == 5
-        client_id = client_id or cfg.client_id or f"ocpp-gateway-{site_id}"
+        # the composition root passes one unique per install (adapters/datadir.py)
+        client_id = self.client_id = client_id or cfg.client_id or f"ocpp-gateway-{site_id}"
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311)
         # QoS 2 always goes through paho; fast_publish = false sends QoS 0/1 through paho too
@@ -134,7 +146,7 @@ class MqttSink(SpooledSink[Message]):
         self._loop_thread = threading.get_ident()
         self._tasks = [asyncio.create_task(self._maintain(), name="mqtt:connection"),
                        asyncio.create_task(self._misc(), name="mqtt:keepalive")]
-        log.info("MQTT: connecting to %s:%d (topics under %s/)", self._host, self._port, self.base)
+        log.info("MQTT: connecting to %s:%d as %s (topics under %s/)", self._host, self._port, self.client_id, self.base)
         return self
 
     def _pending(self) -> bool:
@@ -313,7 +325,7 @@ class MqttSink(SpooledSink[Message]):
         self._on_loop(self._up, receive_maximum)
 
     def _paho_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        self._on_loop(self._down, str(reason))
+        self._on_loop(self._down, str(reason), getattr(reason, "value", None))
 
     def _paho_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         if self.lane is None:
@@ -333,11 +345,23 @@ class MqttSink(SpooledSink[Message]):
             self.lane.receive_maximum(receive_maximum)
         self.connected = True
         self._was_up = True
+        self._up_since = time.monotonic()
         self.wake()  # anything spooled goes out now
 
-    def _down(self, reason: str) -> None:
-        if self.connected:
+    def _down(self, reason: str, code: int | None = None) -> None:
+        if self._closing:
+            log.info("MQTT: disconnected (gateway stopping)")
+        elif self.connected:
             log.warning("MQTT: connection lost (%s); spooling until it is back", reason)
+            short = time.monotonic() - self._up_since < SHORT_LIVED
+            self._short_lived = self._short_lived + 1 if short else 0
+            if code == TAKEN_OVER or self._short_lived == SHORT_LIVED_IN_A_ROW:
+                why = "session taken over" if code == TAKEN_OVER else (
+                    f"session taken over? the broker closed {SHORT_LIVED_IN_A_ROW} connections in a row right after "
+                    "they were made")
+                log.error("MQTT: the broker gave client id %r to another connection (%s): another gateway, or a copy "
+                          "of this data_dir, uses the same id; set [mqtt].client_id, or delete data_dir/install-id on "
+                          "the copy so it draws its own", self.client_id, why)
         self.connected = False
         self._requeue()
         self._lost.set()
