@@ -126,7 +126,8 @@ def test_a_broker_takeover_is_reported(gateways: Callable[..., GatewayProcess], 
 
 
 def test_a_clean_stop_logs_no_warning(gateways: Callable[..., GatewayProcess], broker: Mosquitto) -> None:
-    gw = gateways({"mqtt": {"url": broker.url}, "logging": {"level": "INFO"}}).start()
+    gw = gateways({"mqtt": {"url": broker.url}, "logging": {"level": "INFO"},
+                   "api": {"token": "a-token-for-this-test-0123456789"}}).start()
     wait_for(lambda: "MQTT: connected" in gw.logs(), what="connected to the broker")
     assert gw.proc is not None
     gw.proc.send_signal(signal.SIGTERM)
@@ -135,7 +136,8 @@ def test_a_clean_stop_logs_no_warning(gateways: Callable[..., GatewayProcess], b
     logs = gw.logs()
     assert gw.proc.returncode == 0
     assert "MQTT: disconnected (gateway stopping)" in logs
-    assert [line for line in logs.splitlines() if "WARNING" in line or "ERROR" in line] == []
+    assert [line for line in logs.splitlines() if "WARNING" in line or "ERROR" in line] == []  # start and stop
+    assert logs.splitlines()[-1].endswith("gateway: stopped")
 
 
 def test_data_dir_that_cannot_be_used_is_a_configuration_error(tmp_path: Path,
