@@ -18,9 +18,8 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from gateway.ports import Exchange
-from gateway.telemetry import units
 from gateway.telemetry.normalise import Normaliser
-from gateway.telemetry.records import EnvironmentReading, MeterReading, MeterSample
+from gateway.telemetry.records import EnvironmentReading, MeterReading
 
 ENERGY = "Energy.Active.Import.Register"
 POWER = "Power.Active.Import"
@@ -28,9 +27,11 @@ _PHASES = {"L1", "L2", "L3", "L1-N", "L2-N", "L3-N"}
 MAX_READINGS = 512  # identities kept per charger (readings and environment each)
 # what stops being true when a charger is gone or its transaction ends: flows, not registers
 _INSTANT = ("Power.", "Current.")
-_READING_ACTIONS = frozenset({"MeterValues", "StartTransaction", "StopTransaction", "TransactionEvent",
-                              "NotifyEvent", "NotifyReport", "NotifyMonitoringReport", "OpenPeriodicEventStream",
-                              "NotifyPeriodicEventStream", "DataTransfer"})
+# device-model and vendor messages with environment readings: normalised as they come (they are rare);
+# meter values are only filed on the relay path and normalised when shown (ChargerStatus.view)
+_ENV_ACTIONS = frozenset({"NotifyEvent", "NotifyReport", "NotifyMonitoringReport", "OpenPeriodicEventStream",
+                          "NotifyPeriodicEventStream", "DataTransfer"})
+_VIEW = Normaliser()  # turns the filed samples into readings when a view is asked for
 
 
 def _iso(dt: datetime) -> str:
@@ -49,55 +50,67 @@ def _number(value: Any) -> float | None:
     return out if out == out and abs(out) != float("inf") else None
 
 
-def summarise(samples: tuple[MeterSample, ...]) -> dict[str, float]:
-    """Power.Active.Import (W) and Energy.Active.Import.Register (Wh) of one normalised reading:
-    the unphased value wins, else the phases are summed (power)."""
-    found: dict[str, float] = {}
-    phased: dict[str, float] = {}
-    for s in samples:
-        m = s.measurand
-        if (m == ENERGY and s.unit == "Wh") or (m == POWER and s.unit == "W"):
-            if s.phase is None:
-                found[m] = s.value
-            elif m == POWER and s.phase in _PHASES:
-                phased[m] = phased.get(m, 0.0) + s.value
-    for m, value in phased.items():
-        found.setdefault(m, value)
-    return found
+# the units power and energy may come in (no unit: the measurand's own, W or Wh; units.default_unit)
+_SCALE = {"W": (1.0, POWER), "kW": (1000.0, POWER), "Wh": (1.0, ENERGY), "kWh": (1000.0, ENERGY)}
 
 
-def read_samples(meter_values: Any) -> dict[str, float]:
+def read_samples(meter_values: Any, filed: dict[tuple[Any, ...], Any] | None = None, version: str = "",
+                 evse: int = 0) -> dict[str, float]:
     """The latest Power.Active.Import (W) and Energy.Active.Import.Register (Wh) in a list of
-    MeterValue objects of any version. Unphased values win; else the phases are summed (power)."""
+    MeterValue objects of any version, by the telemetry's unit rules (no unit: W or Wh; a 2.x
+    multiplier applied). Unphased values win; else the phases are summed (power).
+
+    With `filed` (ChargerStatus.samples), every sampled value is also filed there under its
+    identity (EVSE, measurand, phase, location; the spec's defaults filled in), in the same pass:
+    this runs on the relay path for every MeterValues."""
     found: dict[str, float] = {}
     if not isinstance(meter_values, list):
         return found
     for mv in meter_values:
-        if not isinstance(mv, dict) or not isinstance(mv.get("sampledValue"), list):
+        if type(mv) is not dict or not isinstance(mv.get("sampledValue"), list):
             continue
+        ts = mv.get("timestamp")
         phased: dict[str, float] = {}
         for sv in mv["sampledValue"]:
-            if not isinstance(sv, dict):
+            if type(sv) is not dict:
                 continue
-            measurand = sv.get("measurand", ENERGY)
-            if measurand not in (ENERGY, POWER):
+            get = sv.get
+            measurand = get("measurand") or ENERGY
+            if filed is not None:
+                key = (evse, measurand, get("phase"), get("location") or "Outlet")
+                try:
+                    if len(filed) < MAX_READINGS or key in filed:
+                        filed[key] = (version, evse, ts, sv)
+                except TypeError:  # a (schema-invalid) list or object as measurand, phase or location
+                    pass
+            if measurand != ENERGY and measurand != POWER:
                 continue
-            value = _number(sv.get("value"))
+            value = _number(get("value"))
             if value is None:
                 continue
-            uom = sv.get("unitOfMeasure")
-            try:  # the telemetry's unit rules: no unit is the measurand's own (W, Wh), 2.x multiplier first
-                if isinstance(uom, dict):  # 2.x
-                    multiplier = uom.get("multiplier", 0)
-                    value, unit = units.canonical(value, uom.get("unit"), measurand=measurand,
-                                                  multiplier=multiplier if isinstance(multiplier, int) else 0)
-                else:  # 1.6
-                    value, unit = units.canonical(value, sv.get("unit"), measurand=measurand)
-            except (ValueError, OverflowError):
+            uom = get("unitOfMeasure")
+            multiplier: Any = 0
+            if uom is None:  # 1.6
+                unit = get("unit")
+            elif type(uom) is dict:  # 2.x
+                unit, multiplier = uom.get("unit"), uom.get("multiplier", 0)
+            else:
                 continue
-            if unit != ("Wh" if measurand == ENERGY else "W"):
-                continue
-            phase = sv.get("phase")
+            if unit is not None:
+                known = _SCALE.get(unit)
+                if known is None or known[1] != measurand:
+                    continue  # not a unit of this quantity
+                value *= known[0]
+            if multiplier:
+                if type(multiplier) is not int:
+                    continue
+                try:
+                    value = round(value * 10.0 ** multiplier, 6)  # as units.tidy: no binary noise
+                except OverflowError:
+                    continue
+                if value - value != 0.0:  # inf
+                    continue
+            phase = get("phase")
             if phase is None:
                 found[measurand] = value
             elif phase in _PHASES and measurand == POWER:
@@ -121,8 +134,10 @@ class ChargerStatus:
         self.protocol: str | None = None  # of the last connection
         self.transport: str | None = None  # of the last connection
         # the latest value of every reading, by identity (EVSE, measurand, phase, location)
-        self.readings: dict[tuple[int, str, str | None, str | None], dict[str, Any]] = {}
-        self.environment: dict[tuple[str, str | None], dict[str, Any]] = {}  # by (name, component)
+        # the latest sampled value of every reading, by identity (EVSE, measurand, phase, location),
+        # as the charger sent it: (version, EVSE, the MeterValue's timestamp, the sampledValue)
+        self.samples: dict[tuple[Any, ...], tuple[str, int, Any, dict[str, Any]]] = {}
+        self.environment: dict[tuple[str, str | None], EnvironmentReading] = {}  # by (name, component)
 
     def connector(self, evse: int, connector: int | None) -> dict[str, Any]:
         key = (evse, connector)
@@ -182,35 +197,63 @@ class ChargerStatus:
 
     def end_flows(self, evse: int | None) -> None:
         """Power and current readings of one EVSE (None: all) no longer hold."""
-        for key in [k for k in self.readings if (evse is None or k[0] == evse) and k[1].startswith(_INSTANT)]:
-            del self.readings[key]
+        for key in [k for k in self.samples if (evse is None or k[0] == evse) and str(k[1]).startswith(_INSTANT)]:
+            del self.samples[key]
 
-    def keep(self, record: MeterReading | EnvironmentReading) -> None:
-        ts = _iso_ms(record.ts)
-        if type(record) is MeterReading:
-            readings = self.readings
-            for s in record.samples:
-                key = (record.evse, s.measurand, s.phase, s.location)
-                if key in readings or len(readings) < MAX_READINGS:
-                    readings[key] = {"value": s.value, "unit": s.unit, "ts": ts, "context": s.context}
-        elif type(record) is EnvironmentReading:
-            key2 = (record.name, record.component)
-            if key2 in self.environment or len(self.environment) < MAX_READINGS:
-                self.environment[key2] = {"value": record.value, "unit": record.unit, "ts": ts,
-                                          "source": record.source}
+    def file(self, version: str, evse: int, meter_values: Any) -> dict[str, float]:
+        """File each sampled value under its identity (converted only when shown); returns the
+        power and energy among them (read_samples)."""
+        return read_samples(meter_values, self.samples, version, evse)
+
+    def readings(self) -> tuple[list[dict[str, Any]], list[EnvironmentReading]]:
+        """The filed samples as readings (units by the telemetry's rules) and the environment
+        readings among them (1.6 temperatures), normalised now."""
+        groups: dict[tuple[str, int, Any], list[dict[str, Any]]] = {}
+        for version, evse, ts, sv in self.samples.values():
+            groups.setdefault((version, evse, ts if isinstance(ts, str) else None), []).append(sv)
+        now = self.last_seen_at or datetime.now(timezone.utc)
+        out: list[dict[str, Any]] = []
+        env: list[EnvironmentReading] = []
+        for (version, evse, ts), svs in groups.items():
+            mv: dict[str, Any] = {"sampledValue": svs}
+            if ts is not None:
+                mv["timestamp"] = ts
+            request = {"connectorId" if version == "ocpp1.6" else "evseId": evse, "meterValue": [mv]}
+            try:
+                records = _VIEW.records(self.charger_id, version, "MeterValues", request, {}, now)
+            except Exception:  # noqa: BLE001 - a sample the normaliser cannot read is not shown
+                continue
+            for record in records:
+                if type(record) is MeterReading:
+                    for sample in record.samples:
+                        out.append({"evse": record.evse, "measurand": sample.measurand, "phase": sample.phase,
+                                    "location": sample.location, "value": sample.value, "unit": sample.unit,
+                                    "ts": _iso_ms(record.ts), "context": sample.context})
+                elif type(record) is EnvironmentReading:
+                    env.append(record)
+        out.sort(key=lambda r: (r["evse"], r["measurand"], r["phase"] or "", r["location"] or ""))
+        return out, env
+
+    def keep(self, record: EnvironmentReading) -> None:
+        key = (record.name, record.component)
+        if len(self.environment) < MAX_READINGS or key in self.environment:
+            self.environment[key] = record
 
     def view(self) -> dict[str, Any]:
+        readings, temperatures = self.readings()
+        environment = dict(self.environment)
+        for e in temperatures:
+            environment[(e.name, e.component)] = e
         return {
             "transport": self.transport,
             "boot": self.boot,
             "last_seen": _iso(self.last_seen_at) if self.last_seen_at else None,
             "connectors": [dict(c) for _, c in sorted(self.connectors.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0))],
             "open_transactions": [dict(t) for t in self.transactions.values()],
-            "readings": [{"evse": k[0], "measurand": k[1], "phase": k[2], "location": k[3], **v}
-                         for k, v in sorted(self.readings.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "",
-                                                                                   kv[0][3] or ""))],
-            "environment": [{"name": k[0], "component": k[1], **v}
-                            for k, v in sorted(self.environment.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))],
+            "readings": readings,
+            "environment": [{"name": e.name, "component": e.component, "value": e.value, "unit": e.unit,
+                             "ts": _iso_ms(e.ts), "source": e.source}
+                            for _, e in sorted(environment.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))],
         }
 
 
@@ -223,8 +266,7 @@ class StatusBook:
         self.chargers: OrderedDict[str, ChargerStatus] = OrderedDict()
         # told which charger changed what the store keeps of it (gateway/registry.py)
         self.on_change: Callable[[str], None] | None = None
-        self.normaliser = Normaliser()  # the readings by the telemetry's unit and identity rules
-        self._records: list[Any] = []  # those of the exchange being read
+        self.normaliser = Normaliser()  # environment readings of the device-model and vendor messages
         self.failures = 0
 
     def row(self, charger_id: str) -> dict[str, Any] | None:
@@ -278,22 +320,20 @@ class StatusBook:
         entry.last_seen_at = ex.received_at
         if ex.origin != "charger":
             return
-        if ex.action in _READING_ACTIONS:
+        version = ex.version.value
+        if ex.action in _ENV_ACTIONS:
             try:
-                records = self.normaliser.records(ex.charger_id, ex.version.value, ex.action, ex.request,
-                                                  ex.response, ex.received_at)
+                records = self.normaliser.records(ex.charger_id, version, ex.action, ex.request, ex.response,
+                                                  ex.received_at)
             except Exception:  # noqa: BLE001 - a payload the normaliser did not foresee: no readings
                 self.failures += 1
                 records = []
             for record in records:
-                if type(record) is MeterReading or type(record) is EnvironmentReading:
+                if type(record) is EnvironmentReading:
                     entry.keep(record)
-            self._records = records
-        else:
-            self._records = []
         handler = getattr(self, "_on_" + ex.action, None)
         if handler is not None:
-            handler(entry, ex, ex.request, ex.response or {}, ex.version.value == "ocpp1.6")
+            handler(entry, ex, ex.request, ex.response or {}, version == "ocpp1.6")
             if ex.action in ("BootNotification", "StatusNotification"):
                 self._changed(ex.charger_id)
 
@@ -322,14 +362,11 @@ class StatusBook:
         c["error_code"] = error
         c["since"] = req.get("timestamp") or _iso(ex.received_at)
 
-    def _meter(self, entry: ChargerStatus, evse: Any, meter_values: Any, transaction_id: str | None) -> None:
-        """Power and energy of the exchange's readings (normalised once, in `exchange`)."""
-        if not isinstance(evse, int) or not meter_values:
+    def _meter(self, entry: ChargerStatus, evse: Any, meter_values: Any, transaction_id: str | None,
+               version: str) -> None:
+        if not isinstance(evse, int) or not isinstance(meter_values, list):
             return
-        samples: dict[str, float] = {}
-        for record in self._records:
-            if type(record) is MeterReading:
-                samples.update(summarise(record.samples))
+        samples = entry.file(version, evse, meter_values)
         if not samples:
             return
         for c in entry.evse_entries(evse):
@@ -351,7 +388,7 @@ class StatusBook:
     def _on_MeterValues(self, entry: ChargerStatus, ex: Exchange, req: dict, res: dict, v16: bool) -> None:
         evse = req.get("connectorId") if v16 else req.get("evseId")
         tid = req.get("transactionId")
-        self._meter(entry, evse, req.get("meterValue"), str(tid) if tid is not None else None)
+        self._meter(entry, evse, req.get("meterValue"), str(tid) if tid is not None else None, ex.version.value)
 
     def _open(self, entry: ChargerStatus, tid: str, evse: int, connector: int | None, started: str,
               meter_start: float | None) -> dict[str, Any]:
@@ -385,6 +422,10 @@ class StatusBook:
     def _on_StopTransaction(self, entry: ChargerStatus, ex: Exchange, req: dict, res: dict, v16: bool) -> None:
         tid = req.get("transactionId")
         if tid is not None:
+            tx = entry.transactions.get(str(tid))
+            data = req.get("transactionData")
+            if tx is not None and isinstance(data, list):
+                entry.file(ex.version.value, tx["evse"], data)
             self._close(entry, str(tid))
 
     def _on_TransactionEvent(self, entry: ChargerStatus, ex: Exchange, req: dict, res: dict, v16: bool) -> None:
@@ -398,10 +439,10 @@ class StatusBook:
         if not isinstance(evse, int):
             return
         if req.get("eventType") == "Ended":
-            self._meter(entry, evse, req.get("meterValue"), tid)
+            self._meter(entry, evse, req.get("meterValue"), tid, ex.version.value)
             self._close(entry, tid)
             return
         if tx is None:
             started = req.get("timestamp") or _iso(ex.received_at)
             self._open(entry, tid, evse, evse_obj.get("connectorId"), started, None)
-        self._meter(entry, evse, req.get("meterValue"), tid)
+        self._meter(entry, evse, req.get("meterValue"), tid, ex.version.value)

@@ -114,3 +114,44 @@ def test_the_book_is_bounded_and_forgets_disconnected_chargers_first() -> None:
     book.session_event(SimpleNamespace(charger_id="B", version=OcppVersion.V16), "disconnected")
     book.session_event(SimpleNamespace(charger_id="D", version=OcppVersion.V16), "connected")
     assert set(book.chargers) == {"A", "C", "D"}
+
+
+def test_power_energy_and_readings_follow_the_telemetry_unit_rules() -> None:
+    """No unit is the measurand's own (W, Wh, A, V; never Wh for a current), the 2.x multiplier
+    applies, a Wh value is not taken as power; readings keep EVSE + measurand + phase + location apart."""
+    assert read_samples([{"timestamp": "t", "sampledValue": [
+        {"value": 7.4, "measurand": "Power.Active.Import", "unitOfMeasure": {"multiplier": 3}},
+        {"value": 12, "unitOfMeasure": {"unit": "kWh", "multiplier": -1}}]}]) == {
+        "Power.Active.Import": 7400.0, "Energy.Active.Import.Register": 1200.0}
+    assert read_samples([{"timestamp": "t", "sampledValue": [
+        {"value": "5", "measurand": "Power.Active.Import", "unit": "Wh"},
+        {"value": 1, "measurand": "Power.Active.Import", "unitOfMeasure": {"unit": "W", "multiplier": 400}}]}]) == {}
+    book = StatusBook()
+    v = OcppVersion.V16
+    book.session_event(session(v), "connected")
+    book.exchange(session(v), ex(v, "MeterValues", {"connectorId": 1, "meterValue": [{
+        "timestamp": "2030-01-01T11:00:00Z", "sampledValue": [
+            {"value": "16.0", "measurand": "Current.Import", "phase": "L1"},
+            {"value": "230.0", "measurand": "Voltage"},
+            {"value": "3680", "measurand": "Power.Active.Import"},
+            {"value": "40", "measurand": "Temperature", "location": "Body"},
+            {"value": "25", "measurand": "Temperature"}]}]}))
+    book.exchange(session(v), ex(v, "MeterValues", {"connectorId": 1, "meterValue": [{
+        "timestamp": "2030-01-01T11:01:00Z", "sampledValue": [{"value": "41", "measurand": "Temperature",
+                                                               "location": "Body"}]}]}))
+    entry = book.get("C")
+    assert entry is not None
+    view = entry.view()
+    assert [(r["measurand"], r["phase"], r["location"], r["value"], r["unit"], r["ts"]) for r in view["readings"]] == [
+        ("Current.Import", "L1", "Outlet", 16.0, "A", "2030-01-01T11:00:00.000Z"),
+        ("Power.Active.Import", None, "Outlet", 3680.0, "W", "2030-01-01T11:00:00.000Z"),
+        ("Temperature", None, "Body", 41.0, "Celsius", "2030-01-01T11:01:00.000Z"),  # the latest of its identity
+        ("Temperature", None, "Outlet", 25.0, "Celsius", "2030-01-01T11:00:00.000Z"),
+        ("Voltage", None, "Outlet", 230.0, "V", "2030-01-01T11:00:00.000Z")]
+    assert {(e["name"], e["value"]) for e in view["environment"]} == {("temperature_evse1", 41.0),
+                                                                      ("temperature_outlet_evse1", 25.0)}
+    assert view["connectors"][0]["power_w"] == 3680.0
+    book.session_event(session(v), "disconnected")  # gone: no power, no current
+    view = entry.view()
+    assert view["connectors"][0]["power_w"] is None
+    assert [r["measurand"] for r in view["readings"]] == ["Temperature", "Temperature", "Voltage"]
