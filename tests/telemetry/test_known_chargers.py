@@ -131,6 +131,9 @@ async def test_units_two_temperatures_and_a_charger_remembered_across_restarts(
         assert (status, body) == (200, {"forgotten": CID})
         assert api(gw, "GET", "/api/v1/chargers")[1]["chargers"] == []
         assert api(gw, "GET", f"/api/v1/chargers/{CID}")[0] == 404
+        # its retained state is cleared through the same forget path as a connected charger's
+        await until(lambda: sub.on(f"ocpp/known/chargers/{CID}/state")[-1].payload == b"",
+                    what="the state topic cleared")
         assert gw.stop() == 0
         gw.start()
         assert api(gw, "GET", "/api/v1/chargers")[1]["chargers"] == []

@@ -7,12 +7,10 @@ command filter, and the Node-RED function nodes are run (with Node.js) on the pu
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shutil
 import subprocess
-import tempfile
 import tomllib
 from datetime import datetime, timezone
 from typing import Any
@@ -20,8 +18,10 @@ from typing import Any
 import pytest
 
 from gateway.config import Settings
+from adapters.mqtt.topics import Encoder
 from gateway.telemetry.records import (
-    ChargerInfo, ChargerState, ConnectorStatus, EnvironmentReading, MeterReading, MeterSample, TransactionEvent,
+    ChargerInfo, ChargerState, ConnectorStatus, ControlChange, EnvironmentReading, MeterReading, MeterSample,
+    TransactionEvent,
 )
 from tests.harness import REPO
 
@@ -30,11 +30,7 @@ NOW = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
 NODE = shutil.which("node") or shutil.which("nodejs")
 
 
-def _control_change() -> Any:
-    try:
-        from gateway.telemetry.records import ControlChange  # type: ignore[attr-defined]
-    except ImportError:
-        from gateway.control.engine import ControlChange
+def _control_change() -> ControlChange:
     return ControlChange(charger_id="CP 1", evse=1, transaction_id="7", state="limited", limit_a=10.0,
                          reason="temperature", mechanism="profile", status="Accepted", ts=NOW, temperature=52.0)
 
@@ -60,21 +56,9 @@ def records() -> list[Any]:
 def published() -> tuple[list[tuple[str, Any, bool]], str]:
     """(topic, JSON payload or None, retained) of one record of each kind, and the command filter."""
     settings = Settings(mqtt={"url": "mqtt://127.0.0.1:1", "ha_discovery": False})
-    try:
-        from adapters.mqtt.topics import Encoder  # type: ignore[import-not-found]
-
-        encoder: Any = Encoder(settings.mqtt, settings.site_id)
-        command_filter = encoder.command_filter
-        encode = encoder.encode
-    except ImportError:  # the single-module MQTT adapter
-        from adapters.mqtt import MqttSink
-
-        async def build() -> Any:
-            return MqttSink(settings.mqtt, tempfile.mkdtemp(prefix="recipes-"), settings.site_id)
-
-        sink = asyncio.run(build())
-        command_filter = f"{sink.base}/chargers/+/cmd/+"
-        encode = sink.encode
+    encoder = Encoder(settings.mqtt, settings.site_id)  # the topic layout, as the gateway publishes it
+    command_filter = encoder.command_filter
+    encode = encoder.encode
     out = []
     for record in records():
         for topic, payload, retain in encode(record):
