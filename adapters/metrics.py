@@ -16,6 +16,7 @@ Each gateway has its own CollectorRegistry (tests run several gateways in one pr
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
@@ -71,6 +72,18 @@ class _LiveCollector:
         yield queued
         yield from self._offline(sessions)
         yield from self._sinks()
+        yield from self._tasks()
+
+    @staticmethod
+    def _tasks() -> Iterable[Any]:
+        """Tasks alive on the gateway's event loop: flat over days when nothing leaks (bench/soak.py)."""
+        try:
+            n = len(asyncio.all_tasks())
+        except RuntimeError:  # scraped outside the event loop (a test's collector call): no figure
+            return
+        tasks = GaugeMetricFamily("ocppgw_event_loop_tasks", "asyncio tasks alive on the gateway's event loop")
+        tasks.add_metric([], n)
+        yield tasks
 
     def _offline(self, sessions: list[Any]) -> Iterable[Any]:
         totals = dict(self.owner.retired)
