@@ -341,7 +341,9 @@ class _Sim:
     async def _handle_triggers(self) -> None:
         while self.triggers:
             what = self.triggers.pop(0)
-            if what == "BootNotification":
+            if what.startswith("NotifyReport:"):
+                await self.report(int(what.split(":", 1)[1]))
+            elif what == "BootNotification":
                 await self.boot()
             elif what == "Heartbeat":
                 await self.try_req("Heartbeat", {})
@@ -380,6 +382,8 @@ class _Sim:
 
     async def meter_values(self, n: int, triggered: bool = False) -> None: ...
     async def environment(self) -> None: ...
+
+    async def report(self, request_id: int) -> None: ...
     async def stop_transaction(self, reason: str) -> None: ...
 
 
@@ -650,6 +654,44 @@ class _Sim2x(_Sim):
         self.remote_stop = True
         self.poke()
         return self._call_result.RequestStopTransaction(status="Accepted")
+
+    async def report(self, request_id: int) -> None:
+        """The NotifyReport of a GetBaseReport: the variables this simulator knows, in one part."""
+        items = [("OCPPCommCtrlr", "HeartbeatInterval", "integer", None, "ReadWrite"),
+                 ("SampledDataCtrlr", "TxUpdatedInterval", "integer", None, "ReadWrite"),
+                 ("SmartChargingCtrlr", "RateUnit", "MemberList", None, "ReadOnly"),
+                 ("SmartChargingCtrlr", "ProfileStackLevel", "integer", None, "ReadOnly"),
+                 ("TemperatureSensor", "Temperature", "decimal", "Celsius", "ReadOnly"),
+                 ("HumiditySensor", "Humidity", "decimal", "RH", "ReadOnly"),
+                 ("ChargingStation", "Available", "boolean", None, "ReadOnly")]
+        data = []
+        for component, variable, kind, unit, mutability in items:
+            characteristics: dict[str, Any] = {"dataType": kind, "supportsMonitoring": unit is not None}
+            if unit:
+                characteristics["unit"] = unit
+            if kind == "MemberList":
+                characteristics["valuesList"] = "A,W"
+            data.append({"component": {"name": component}, "variable": {"name": variable},
+                         "variableAttribute": [{"type": "Actual", "value": self._variable(component, variable) or "",
+                                                "mutability": mutability}],
+                         "variableCharacteristics": characteristics})
+        await self.try_req("NotifyReport", {"requestId": request_id, "generatedAt": utcnow(), "seqNo": 0,
+                                            "tbc": False, "reportData": data})
+
+    @on("GetBaseReport")
+    def on_get_base_report(self, request_id: int, report_base: str, **_: Any) -> Any:
+        self.triggers.append(f"NotifyReport:{request_id}")
+        self.poke()
+        return self._call_result.GetBaseReport(status="Accepted")
+
+    @on("SetVariableMonitoring")
+    def on_set_monitoring(self, set_monitoring_data: list[dict[str, Any]], **_: Any) -> Any:
+        results = []
+        for n, d in enumerate(set_monitoring_data):
+            results.append({"id": int(d.get("id") or 1000 + n), "status": "Accepted", "type": d["type"],
+                            "severity": d["severity"], "component": {"name": d["component"]["name"]},
+                            "variable": {"name": d["variable"]["name"]}})
+        return self._call_result.SetVariableMonitoring(set_monitoring_result=results)
 
     @on("TriggerMessage")
     def on_trigger(self, requested_message: str, **_: Any) -> Any:

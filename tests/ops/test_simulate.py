@@ -136,16 +136,22 @@ def _check_summary(csms: CsmsServer, summary: dict[str, Any], err: str) -> None:
     # nothing failed, in either direction
     assert summary["error_codes"] == {}, (summary["error_codes"], err)
     assert all(row["errors"] == 0 and row["answered"] == row["sent"] for row in summary["sent"].values()), summary["sent"]
-    assert all(row["errors"] == 0 and row["answered"] == row["received"] for row in summary["received"].values())
+    assert all(row["errors"] == 0 and row["answered"] == row["received"] for row in summary["received"].values()), \
+        summary["received"]
     received = {a: row["received"] for a, row in summary["received"].items()}
-    assert received == {"GetConfiguration": 1, "TriggerMessage": 2, "SetChargingProfile": 2, "RemoteStopTransaction": 1,
-                        "GetVariables": 1, "RequestStopTransaction": 1, "Reset": 1}, received
-    # what the chargers say they sent is what reached the CSMS, action by action
+    ours = {"GetConfiguration": 1, "TriggerMessage": 2, "SetChargingProfile": 2, "RemoteStopTransaction": 1,
+            "GetVariables": 1, "RequestStopTransaction": 1, "Reset": 1}
+    assert all(received.get(a, 0) >= n for a, n in ours.items()), received  # ours, and the gateway's own reads
+    # what the chargers say they sent is what reached the CSMS, action by action; except the
+    # NotifyReports answering the gateway's own GetBaseReport (it reads each 2.x charger's
+    # variables and answers those itself: gateway/mirror.py)
     at_csms: Counter[str] = Counter()
     for sessions in csms.sessions.values():
         for s in sessions:
             at_csms.update(f[2] for f in s.log.calls_in())
-    assert dict(at_csms) == {a: row["sent"] for a, row in summary["sent"].items()}
+    sent = Counter({a: row["sent"] for a, row in summary["sent"].items()})
+    sent["NotifyReport"] -= received.get("GetBaseReport", 0)
+    assert +at_csms == +sent, (at_csms, sent)
     # meter values with temperature (1.6 measurand), humidity (1.6 DataTransfer, 2.x NotifyEvent)
     mv16 = [mv for p in _calls(csms, "SIM0001", "MeterValues") for mv in p["meterValue"]]
     assert {"Energy.Active.Import.Register", "Power.Active.Import", "Current.Import", "Voltage", "SoC",
