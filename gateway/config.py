@@ -205,7 +205,8 @@ class MqttSettings(_Section):
     reconnect_max: float = Field(30.0, gt=0)
     queue_size: int = Field(10_000, ge=10)  # records waiting in memory; more are dropped (counted)
     spool_max: int = Field(100_000, ge=10)  # messages spooled to disk while the broker is away; oldest go first
-    retained_min_interval: float = Field(0.0, ge=0)  # s between updates of a retained .../meter/{measurand} or .../environment/{name} topic
+    # s between updates of a retained .../meter/{measurand} or .../environment/{name} topic
+    retained_min_interval: float = Field(0.0, ge=0)
     retained_deadband: float = Field(0.0, ge=0)  # skip such an update when the value moved less than this
     retained_max_interval: float = Field(900.0, gt=0)  # ...but publish at least this often (s)
     # actions anyone who may publish to .../chargers/+/cmd/+ can send; "*" = all. Left out by default:

@@ -188,6 +188,11 @@ class Replayer:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        # sends and stops started from callbacks: a row they were sending stays for the next replay
+        sends = [t for t in self._sends if t is not asyncio.current_task()]
+        for t in sends:
+            t.cancel()
+        await asyncio.gather(*sends, return_exceptions=True)
 
     def answer(self, frame: CallResult | CallError) -> bool:
         """The CSMS's reply, offered to the chain first: True when it took it."""

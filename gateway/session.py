@@ -44,6 +44,14 @@ log = logging.getLogger("gateway.session")
 V16 = OcppVersion.V16
 
 
+async def _cancel(tasks: set[asyncio.Task[None]]) -> None:
+    """Cancel the tasks (but the one running this) and wait until they have ended."""
+    others = [t for t in tasks if t is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+
+
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -177,6 +185,7 @@ class ChargerSession:
         self.replay.closed = True
         if self._timer is not None:
             self._timer.cancel()
+        await _cancel(self._tasks)  # timer expiries under way
         for call in self.to_charger.drain() + self.to_upstream.drain():
             if isinstance(call.origin, GatewayCall) and not call.origin.future.done():
                 call.origin.future.set_exception(NotConnected(f"{self.charger_id} session closed"))

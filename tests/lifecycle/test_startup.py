@@ -91,3 +91,26 @@ async def test_a_clean_run_leaves_no_task_behind(tmp_path: Path) -> None:
     await asyncio.sleep(0)
     assert _own_tasks() - before == set()
     assert all(_bindable(p) for p in ports if p is not None)
+
+
+async def test_chargers_and_an_absent_csms_leave_no_task_behind(tmp_path: Path) -> None:
+    """Sessions, their upstream keepers (retrying a CSMS that is not there) and the outbox are all
+    stopped by the way down: no task of the gateway outlives `running()`."""
+    from tests.api.helpers import charger
+
+    before = _own_tasks()
+    settings = Settings(data_dir=str(tmp_path / "data"), websocket={"listen": f"127.0.0.1:{free_port()}"},
+                        api={"listen": f"127.0.0.1:{free_port()}"},
+                        upstream={"url": f"ws://127.0.0.1:{free_port()}/csms", "reconnect_min": 0.05, "reconnect_max": 0.1})
+    async with running(settings) as gw:
+        async with charger(f"ws://127.0.0.1:{gw.ws_port}/ocpp/T-1", "T-1") as cp, \
+                charger(f"ws://127.0.0.1:{gw.ws_port}/ocpp/T-2", "T-2") as cp2:
+            await cp.boot()
+            await cp2.boot()
+            started = await cp.start_tx(1)
+            await cp.meter(1, started.transaction_id, 1000.0, 1.0)
+            await asyncio.sleep(0.3)  # a few dials fail meanwhile
+            assert {"upstream:T-1", "upstream:T-2"} <= _own_tasks()
+
+    await asyncio.sleep(0)
+    assert _own_tasks() - before == set()

@@ -120,7 +120,7 @@ async def test_a_hung_loop_sends_no_ping(notify_socket: NotifySocket) -> None:
         await asyncio.sleep(0.3)
         assert len(notify_socket.messages("WATCHDOG=1")) >= 3
         hung_at = time.monotonic()
-        time.sleep(0.6)  # the loop hangs (a blocking call in a coroutine)
+        time.sleep(0.6)  # noqa: ASYNC251 - the loop hangs on purpose (a blocking call in a coroutine)
         hung_until = time.monotonic()
         await asyncio.sleep(0.3)
     finally:
