@@ -56,7 +56,7 @@ Where the settings come from, highest first:
 validates a file and prints the effective settings with secrets masked; an error names the key
 (`mqtt.qos: Input should be less than or equal to 2`) and exits with status 2. Unknown keys are
 refused (`unknown key`), so a typo never goes unnoticed. Secrets (marked below) print as
-`********`.
+`********`; in `[mqtt].url` only the user information is masked (`mqtt://********@broker:1883`).
 """
 
 
