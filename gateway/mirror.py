@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fnmatch
 import logging
@@ -107,6 +108,7 @@ class _Charger:
         self.report_event = asyncio.Event()
         self.lock = asyncio.Lock()  # store writes of this charger, in order
         self.parts: set[asyncio.Task[int]] = set()  # writes of report parts under way
+        self.request_ids: collections.deque[int] = collections.deque(maxlen=8)  # the gateway's recent GetBaseReports
         self.read_done = asyncio.Event()
         self.warned: set[str] = set()
 
@@ -155,7 +157,7 @@ class VariablesMirror:
         """A NotifyReport answering the gateway's own GetBaseReport: the session answers it and
         does not relay it (the mirror takes it from the exchange)."""
         ch = self.chargers.get(charger_id)
-        return ch is not None and ch.report is not None and payload.get("requestId") == ch.report.request_id
+        return ch is not None and payload.get("requestId") in ch.request_ids
 
     # -- observer -------------------------------------------------------------------------------
 
@@ -172,6 +174,9 @@ class VariablesMirror:
                 ch = self.chargers.get(cid)
                 if ch is not None and ch.report is not None and req.get("requestId") == ch.report.request_id:
                     self._report_part(cid, ch, req)
+                elif ch is not None and req.get("requestId") in ch.request_ids:  # a late part of an ended read
+                    self._apply(cid, from_report_data(req.get("reportData") or [], extra_secrets=self.secrets),
+                                "NotifyReport")
                 else:  # the CSMS's own report, relayed: what it says is still true
                     self._apply(cid, from_report_data(req.get("reportData") or [], extra_secrets=self.secrets),
                                 "NotifyReport")
@@ -352,6 +357,7 @@ class VariablesMirror:
         request_id = REQUEST_ID_BASE + secrets.randbelow(100_000_000)
         report = ReportAssembly(request_id, loop.time(), self.cfg.report_timeout, self.cfg.max_per_charger, read_id)
         ch.report = report
+        ch.request_ids.append(request_id)  # claimed from now on, also parts that come after the read ended
         ch.report_event.clear()
         try:
             response = await session.call_charger("GetBaseReport", {"requestId": request_id,

@@ -130,6 +130,8 @@ class Charger201(v201.ChargePoint):
     commands: list[tuple[str, dict[str, Any]]]
     per_part = 40
     stop_after: int | None = None  # parts sent before the report is cut short
+    late = 0.0  # with stop_after: the rest is sent this many seconds later (0: never)
+    late_sent = 0  # late parts answered
     reports: list[int]  # the requestIds asked for
 
     def _find(self, component: dict[str, Any], variable: dict[str, Any], attr_type: str) -> dict[str, Any] | None:
@@ -156,11 +158,18 @@ class Charger201(v201.ChargePoint):
         order = list(range(len(parts)))
         if len(order) >= 4:  # out of order: the last part (tbc = false) before the second and third
             order = [0, len(order) - 1, 2, 1, *order[3:-1]]
+        rest: list[int] = []
         if self.stop_after is not None:
-            order = order[: self.stop_after]
+            order, rest = order[: self.stop_after], order[self.stop_after:]
         for seq in order:
             await self.call(v201.call.NotifyReport(request_id=request_id, generated_at=now(), seq_no=seq,
                                                    report_data=parts[seq], tbc=seq != len(parts) - 1))
+        if rest and self.late:
+            await asyncio.sleep(self.late)
+            for seq in rest:
+                await self.call(v201.call.NotifyReport(request_id=request_id, generated_at=now(), seq_no=seq,
+                                                       report_data=parts[seq], tbc=seq != len(parts) - 1))
+                self.late_sent += 1
 
     @on("SetVariables")
     async def on_set_variables(self, set_variable_data: list[dict[str, Any]], **_: Any) -> Any:

@@ -250,10 +250,16 @@ async def test_201_report_in_parts_sets_csms_change_cut_short(gateway_factory: C
             assert prof["charging_schedule"][0]["charging_rate_unit"] == "W"
 
             # a report cut short: what came is kept, the missing parts are named
-            cp.stop_after = 3
+            cp.stop_after, cp.late = 3, 3.0
             status, read, _ = await api.post("/api/v1/chargers/M201/variables/refresh?wait=20")
             assert status == 200 and read["state"] == "partial", read
             assert read["parts"] == 3 and read["missing_parts"] == [1, 3, 4, 5, 6, 7, 8, 9]
+
+            # ... and its parts that come after the read ended are still the gateway's: never relayed
+            async def late_parts_answered() -> Any:
+                return cp.late_sent == 8
+
+            await until(late_parts_answered, "the late parts answered")
             status, body, _ = await api.get("/api/v1/chargers/M201/variables")
             assert len(body["variables"]) == 411  # nothing dropped for a partial report
             assert [a for a, _ in up.log.requests_in()] == ["BootNotification"]
