@@ -38,6 +38,9 @@ class ReportAssembly:
         if seq_no in self.seen:
             self.duplicates += 1
             return 0
+        if len(self.seen) >= self.max_variables + MAX_MISSING_LISTED:  # parts of nothing cannot grow it for ever
+            self.dropped += count
+            return 0
         self.seen.add(seq_no)
         if not tbc:
             self.last_seq = seq_no if self.last_seq is None else max(self.last_seq, seq_no)

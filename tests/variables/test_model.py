@@ -156,6 +156,11 @@ def test_report_cut_short_and_memory_bound() -> None:
     status = r.status()
     assert status["state"] == "partial" and status["missing_parts"] == [2] and status["last_part_seen"] is False
     assert status["dropped"] == 5 and status["variables"] == 25
+    # a charger sending endless empty parts: what is tracked stays bounded
+    tiny = ReportAssembly(request_id=2, started=0.0, idle=5.0, max_variables=10)
+    for seq in range(10_000):
+        tiny.part(seq, True, 0, 1.0)
+    assert len(tiny.seen) == 10 + 50 and tiny.missing() == []
 
 
 def _by_name(vs: list[Variable]) -> dict[str, Variable]:
