@@ -50,10 +50,7 @@ def _measurands(meter_values: list[dict[str, Any]]) -> set[str]:
 
 async def test_simulated_chargers_through_the_gateway_to_a_csms(tmp_path: Path) -> None:
     async with CsmsServer() as csms:
-        # the variables mirror off: this test counts exactly the calls the CSMS sends (the gateway's own
-        # reads of the chargers' variables would add a GetConfiguration / GetBaseReport to them)
-        gw = GatewayProcess(tmp_path, {"upstream": {"url": csms.url}, "logging": {"level": "INFO"},
-                                       "variables": {"enabled": False}}).start()
+        gw = GatewayProcess(tmp_path, {"upstream": {"url": csms.url}, "logging": {"level": "INFO"}}).start()
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "gateway", "simulate", "--url", f"ws://127.0.0.1:{gw.ws_port}/ocpp",
