@@ -198,6 +198,8 @@ SCHEMAS: dict[str, Any] = {
             "energy_wh": {"type": ["number", "null"]},
             "reason": {"type": ["string", "null"]},
             "offline": {"type": "boolean", "description": "reported while the CSMS was away"},
+            "ts_clamped": {"type": "boolean", "description": "the charger's time of an event was outside years "
+                                                             "1-9999 in UTC: recorded at the nearest bound"},
         },
     },
     "TransactionList": {

@@ -148,6 +148,10 @@ _MIGRATIONS: list[str] = [
     """,
     # 6: the variables mirror (adapters/variables_store.py)
     VARIABLES_MIGRATION,
+    # 7: the transaction log says when a charger's time was out of range and was clamped
+    """
+    ALTER TABLE transactions ADD COLUMN ts_clamped INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 PROTECTED_KINDS = ("start", "stop")  # never refused at the outbox bounds
@@ -706,14 +710,16 @@ class SqliteStore(VariablesStore):
     def _tx_event(self, ev: dict[str, Any]) -> None:
         self.db.execute(
             "INSERT INTO transactions (charger_id, transaction_id, evse, connector, started_at, ended_at, meter_start, "
-            "meter_stop, energy_wh, reason, offline, updated_at) VALUES (:charger_id, :transaction_id, :evse, "
-            ":connector, :started_at, :ended_at, :meter_start, :meter_stop, :energy_wh, :reason, :offline, :ts) "
+            "meter_stop, energy_wh, reason, offline, ts_clamped, updated_at) VALUES (:charger_id, :transaction_id, "
+            ":evse, :connector, :started_at, :ended_at, :meter_start, :meter_stop, :energy_wh, :reason, :offline, "
+            ":ts_clamped, :ts) "
             "ON CONFLICT (charger_id, transaction_id) DO UPDATE SET "
             "evse = COALESCE(excluded.evse, evse), connector = COALESCE(excluded.connector, connector), "
             "started_at = COALESCE(started_at, excluded.started_at), ended_at = COALESCE(excluded.ended_at, ended_at), "
             "meter_start = COALESCE(meter_start, excluded.meter_start), "
             "meter_stop = COALESCE(excluded.meter_stop, meter_stop), energy_wh = COALESCE(excluded.energy_wh, energy_wh), "
             "reason = COALESCE(excluded.reason, reason), offline = MAX(offline, excluded.offline), "
+            "ts_clamped = MAX(ts_clamped, excluded.ts_clamped), "
             "updated_at = excluded.updated_at", ev)
 
     async def transaction_event(self, ev: dict[str, Any]) -> None:
@@ -736,7 +742,7 @@ class SqliteStore(VariablesStore):
             where.append("COALESCE(started_at, updated_at) < ?")
             args.append(until)
         sql = ("SELECT charger_id, transaction_id, evse, connector, started_at, ended_at, meter_start, meter_stop, "
-               "energy_wh, reason, offline FROM transactions")
+               "energy_wh, reason, offline, ts_clamped FROM transactions")
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY COALESCE(started_at, updated_at) DESC LIMIT ?"
@@ -745,6 +751,7 @@ class SqliteStore(VariablesStore):
         out = [dict(zip(names, r)) for r in cur.fetchall()]
         for row in out:
             row["offline"] = bool(row["offline"])
+            row["ts_clamped"] = bool(row["ts_clamped"])
         return out
 
     async def transactions(self, *, charger_id: str | None = None, state: str | None = None, since: str | None = None,

@@ -56,7 +56,7 @@ class TransactionLog:
                "connector": rec.connector, "started_at": ts if rec.event == "started" else None,
                "ended_at": ts if rec.event == "ended" else None, "meter_start": rec.meter_start,
                "meter_stop": rec.meter_stop, "energy_wh": rec.energy_wh, "reason": rec.reason,
-               "offline": int(rec.offline), "ts": ts}
+               "offline": int(rec.offline), "ts_clamped": int(rec.ts_clamped), "ts": ts}
         try:
             self.queue.put_nowait(row)
         except asyncio.QueueFull:

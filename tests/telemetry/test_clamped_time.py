@@ -47,7 +47,7 @@ async def test_a_stop_at_an_out_of_range_time_reaches_the_log_and_telemetry(
                     assert resp.status == 200
                     rows = (await resp.json())["transactions"]
             assert len(rows) == 1 and rows[0]["transaction_id"] == str(tx)
-            assert rows[0]["ended_at"] == logged and rows[0]["energy_wh"] == 1500.0
+            assert rows[0]["ended_at"] == logged and rows[0]["energy_wh"] == 1500.0 and rows[0]["ts_clamped"] is True
             assert gw.hub.store is not None
             # MQTT: the ended event, at the clamped time
             topic = "ocpp/clamp/chargers/CLAMP/transactions"
