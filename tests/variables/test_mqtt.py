@@ -30,7 +30,7 @@ async def test_values_on_mqtt_set_command_and_home_assistant(
     try:
         gw = await asyncio.to_thread(gateway_factory, {
             "mqtt": {"url": mosquitto.url, "reconnect_min": 1.0, "reconnect_max": 1.0, "ha_discovery": True},
-            "variables": {"read_delay": 0.3, "report_timeout": 2.0}})
+            "variables": {"read_delay": 0.3, "report_timeout": 5.0}})
         async with connected(gw.url("Q16"), "ocpp1.6", "Q16") as c16, \
                 connected(gw.url("Q201"), "ocpp2.0.1", "Q201") as c201:
             def values(cid: str) -> dict[str, Any]:
