@@ -151,7 +151,8 @@ def print_charger(c: dict[str, Any], out: TextIO) -> None:
     outbox = c.get("outbox")
     facts = [
         ("charger", c["id"]),
-        ("connected", f"yes ({c.get('transport')}, {c.get('protocol')})" if c.get("connected") else "no"),
+        ("connected", f"yes ({c.get('transport')}, {c.get('protocol')})" if c.get("connected")
+         else f"no (last: {c.get('transport') or '-'}, {c.get('protocol') or '-'})"),
         ("model", " ".join(str(x) for x in (boot.get("vendor"), boot.get("model")) if x) or "-"),
         ("serial / firmware", f"{boot.get('serial_number') or '-'} / {boot.get('firmware_version') or '-'}"),
         ("upstream", f"{up.get('state')}" + (f" since {up['since']}" if up.get("since") else "")),
@@ -167,7 +168,10 @@ def print_charger(c: dict[str, Any], out: TextIO) -> None:
     connectors = c.get("connectors") or []
     if connectors:
         print(file=out)
-        table(["EVSE", "STATUS", "ERROR", "SINCE", "POWER", "METER", "TRANSACTION"], [
+        if not c.get("connected"):
+            print("not connected; the statuses it last reported:", file=out)
+        table(["EVSE", "LAST STATUS" if not c.get("connected") else "STATUS", "ERROR", "SINCE", "POWER", "METER",
+               "TRANSACTION"], [
             [k["evse"] if k.get("connector") is None else f"{k['evse']}/{k['connector']}", k.get("status") or "?",
              k.get("error_code") or "-", k.get("since") or "-", _kw(k.get("power_w")), _kwh(k.get("energy_wh")),
              k.get("transaction_id") or "-"] for k in connectors], out)

@@ -115,6 +115,9 @@ async def test_units_two_temperatures_and_a_charger_remembered_across_restarts(
         assert out.splitlines()[0] == "0 of 1 chargers connected"
         row = next(line for line in out.splitlines() if line.startswith(CID))
         assert row.split()[:5] == [CID, "no", "ocpp1.6", "websocket", "disconnected"] and "Charging" not in row
+        code, out, err = await cli("status", "-c", str(gw.config_path), CID)
+        assert code == 0, err
+        assert "no (last: websocket, ocpp1.6)" in out and "not connected; the statuses it last reported:" in out
         # MQTT: its retained state, published again by this run, says it is not connected
         state = await until(lambda: [json.loads(m.payload) for m in sub.on(f"ocpp/known/chargers/{CID}/state")
                                      if m.payload and json.loads(m.payload).get("upstream") == "disconnected"],
