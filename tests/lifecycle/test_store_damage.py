@@ -170,3 +170,28 @@ async def test_recover_refuses_while_the_gateway_runs(tmp_path: Path, gateways: 
                                           f"data_dir {gw.config['data_dir']}; stop it first, or give this one its "
                                           "own data_dir"]
     assert not [p for p in Path(str(gw.config["data_dir"])).iterdir() if ".damaged-" in p.name]
+
+
+@pytest.mark.parametrize("kind", ["missing", "zero-length", "overwritten header", "truncated"])
+async def test_recover_from_damage_nothing_can_be_read_from(kind: str, tmp_path: Path,
+                                                           gateways: Callable[..., GatewayProcess]) -> None:
+    """Whatever the damage, recover leaves a store the gateway starts on, and says what it could
+    not read instead of guessing."""
+    gw = gateways(_config(tmp_path))
+    await _store_with_backlog(gw)
+    data = Path(str(gw.config["data_dir"]))
+    _damage(kind, data)
+
+    recover = run_once(gw.config_path, "recover", command="store")
+
+    assert recover.returncode == 0, recover
+    moved = [p for p in data.iterdir() if ".damaged-" in p.name]
+    assert len(moved) == (0 if kind == "missing" else 1)
+    if kind in ("missing", "zero-length"):
+        assert "  nothing (the file is missing or empty)" in recover.stdout
+    else:
+        assert "cannot be read" in recover.stdout
+    assert "the transaction id counters could not be read" in recover.stdout
+    assert run_once(gw.config_path, "check", command="store").returncode == 0
+    gw.start()
+    assert gw.stop() == 0
