@@ -96,7 +96,6 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gatewa
     from gateway.txlog import TransactionLog
 
     started = time.monotonic()
-    _warn(settings)
     gw = Gateway(settings)
     schemas = SchemaRegistry(list(settings.websocket.versions))
     # 1. one gateway per data_dir
@@ -122,6 +121,7 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gatewa
     api = _operations(settings, hub, store, stack, operator)
     gw.api = await _bind_api(api, stack)
     api.checks["websocket"] = server.serving
+    _warn(settings)  # here: a start that fails before (exit 3, 4, 5) prints its one line, nothing else
     # 5. outside connections: telemetry sinks (MQTT, InfluxDB), then local control
     mqtt_id = settings.mqtt.client_id or mqtt_client_id(settings.site_id, install)
     telemetry = await _start_telemetry(settings, hub, stack, operator, mqtt_id)

@@ -30,7 +30,9 @@ def _states(sub: Subscriber) -> list[bytes]:
 
 def test_a_second_instance_on_the_same_data_dir_exits_3_and_the_first_never_notices(
         gateways: Callable[..., GatewayProcess], broker: Mosquitto) -> None:
-    first = gateways({"mqtt": {"url": broker.url}}).start()
+    # api.token = "" makes the configuration warn at every start: the second start must not
+    first = gateways({"mqtt": {"url": broker.url}, "api": {"token": ""}}).start()
+    assert "configuration: api.token" in first.logs()
     sub = Subscriber(broker.port, [STATE])
     try:
         wait_for(lambda: _states(sub) == [b"online"], what="the first gateway online")
@@ -59,8 +61,8 @@ def test_a_taken_charger_port_is_one_line_and_exit_4_before_mqtt(
     sub = Subscriber(broker.port, [STATE])
     try:
         wait_for(lambda: _states(sub) == [b"online"], what="the first gateway online")
-        copy = gateways({"mqtt": {"url": broker.url}, "websocket": {"listen": f"127.0.0.1:{first.ws_port}"}},
-                        name="copy")
+        copy = gateways({"mqtt": {"url": broker.url}, "websocket": {"listen": f"127.0.0.1:{first.ws_port}"},
+                         "api": {"token": ""}}, name="copy")  # a configuration that warns
 
         result = run_once(copy.config_path)
 
