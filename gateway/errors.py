@@ -10,7 +10,7 @@ lives in another module (it needs that module's types), it is named there and im
     │                               (gateway.config; exit code 2)
     ├── StartupError                the gateway cannot start; `exit_code` says how it ends (below)
     │   ├── AlreadyRunning          another gateway holds the lock of this data_dir (exit 3)
-    │   ├── ListenerUnavailable     a charger port cannot be bound (exit 4)
+    │   ├── ListenerUnavailable     a port cannot be bound (exit 4 for a charger port; the API is optional)
     │   └── StoreDamaged            the store failed its start-up check (exit 5)
     ├── ProtocolError               a peer broke OCPP-J, or a bound of the protocol core was hit
     │   ├── FrameError              a frame that cannot be accepted; carries the CALLERROR to send
@@ -39,7 +39,7 @@ lives in another module (it needs that module's types), it is named there and im
         ├── ApiError                the API answered with an error status (gateway.opsclient)
         └── Unreachable             the API cannot be reached (gateway.opsclient)
 
-Exit codes of `ocpp-gateway run` (docs/operations.md has the table an operator reads):
+Exit codes of `ocpp-gateway run` (docs/troubleshooting.md has the table an operator reads):
 0 stopped cleanly, 1 an unexpected error (a bug: the traceback is logged), 2 configuration error,
 3 already running, 4 a charger port is in use or cannot be bound, 5 the store is damaged.
 The systemd unit restarts on none of 2-5: each needs an operator (or another process) first.
