@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -219,13 +219,34 @@ def _ok(body: Any) -> web.Response:
 _STATUS = {"not_connected": 404, "bad_request": 400, "disabled": 409}
 
 
+class _Refused(Exception):
+    """An answer other than 200, raised inside a handler and turned into its response by `_answer`."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+
+
 async def _body(request: web.Request) -> Any:
     raw = await request.read()
     try:
         return orjson.loads(raw) if raw.strip() else None
     except orjson.JSONDecodeError as exc:
-        raise web.HTTPBadRequest(body=orjson.dumps({"error": "bad_request", "message": f"the body is not JSON: {exc}"}),
-                                 content_type="application/json") from exc
+        raise _Refused(400, "bad_request", f"the body is not JSON: {exc}") from exc
+
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _answer(handler: Handler) -> Handler:
+    async def run(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except _Refused as exc:
+            return _error(exc.status, exc.error, str(exc))
+
+    return run
 
 
 def add_routes(app: web.Application, hub: Any) -> None:
@@ -234,8 +255,7 @@ def add_routes(app: web.Application, hub: Any) -> None:
     def mirror() -> Any:
         m = getattr(hub, "variables", None)
         if m is None or not m.cfg.enabled:
-            raise web.HTTPConflict(body=orjson.dumps({"error": "disabled", "message": "the variables mirror is off"}),
-                                   content_type="application/json")
+            raise _Refused(409, "disabled", "the variables mirror is off ([variables].enabled = false)")
         return m
 
     async def list_(request: web.Request) -> web.Response:
@@ -310,9 +330,9 @@ def add_routes(app: web.Application, hub: Any) -> None:
     async def environment(request: web.Request) -> web.Response:
         return _ok(await mirror().environment(request.match_info["id"]))
 
-    app.router.add_get("/api/v1/chargers/{id}/variables", list_)
-    app.router.add_post("/api/v1/chargers/{id}/variables", set_many)
-    app.router.add_post("/api/v1/chargers/{id}/variables/refresh", refresh)
-    app.router.add_get("/api/v1/chargers/{id}/variables/{name:.+}", one)
-    app.router.add_put("/api/v1/chargers/{id}/variables/{name:.+}", set_one)
-    app.router.add_get("/api/v1/chargers/{id}/environment", environment)
+    app.router.add_get("/api/v1/chargers/{id}/variables", _answer(list_))
+    app.router.add_post("/api/v1/chargers/{id}/variables", _answer(set_many))
+    app.router.add_post("/api/v1/chargers/{id}/variables/refresh", _answer(refresh))
+    app.router.add_get("/api/v1/chargers/{id}/variables/{name:.+}", _answer(one))
+    app.router.add_put("/api/v1/chargers/{id}/variables/{name:.+}", _answer(set_one))
+    app.router.add_get("/api/v1/chargers/{id}/environment", _answer(environment))

@@ -40,3 +40,18 @@ async def test_thousands_of_variables_in_many_parts(tmp_path: Path, bound: int) 
         else:
             assert status["state"] == "partial" and status["dropped"] == 3011 - bound and len(stored) == bound
         assert gw.variables.chargers["BIG"].report is None  # nothing of the report is held any more
+
+
+async def test_the_mirror_switched_off(tmp_path: Path) -> None:
+    """`[variables].enabled = false`: no read, and the API says the mirror is off (409)."""
+    from tests.api.helpers import api_client
+
+    async with inproc(tmp_path, variables={"enabled": False, "read_delay": 0.0}) as gw, \
+            api_client(gw.api_url) as api, connected(gw.url("OFF"), "ocpp2.0.1", "OFF") as cp:
+        for method, path, body in (("GET", "/api/v1/chargers/OFF/variables", None),
+                                   ("POST", "/api/v1/chargers/OFF/variables", {"values": {"A/B": "1"}}),
+                                   ("GET", "/api/v1/chargers/OFF/environment", None)):
+            status, answer, _ = await api.request(method, path, body)
+            assert status == 409 and answer["error"] == "disabled", answer
+        await asyncio.sleep(0.5)
+        assert cp.reports == [] and cp.commands == []

@@ -210,3 +210,25 @@ def test_environment_plans() -> None:
     assert M.monitoring_request(wanted[:1]) == {"setMonitoringData": [{
         "value": 60, "type": "Periodic", "severity": 8,
         "component": {"name": "TemperatureSensor", "instance": "Body"}, "variable": {"name": "Temperature"}}]}
+
+
+def test_home_assistant_entities_follow_mutability_and_type() -> None:
+    from gateway.variables.model import ha_entity
+
+    def var(value: str | None, mutability: str = "ReadWrite", **chars: object) -> Variable:
+        return Variable(name="C/V", variable="V", component="C", value=value, mutability=mutability,
+                        characteristics=dict(chars) or None)
+
+    assert ha_entity(var("300", data_type="integer", min_limit=1, max_limit=3600, unit="s"), shown=True,
+                     settable=True) == {"kind": "number", "step": 1, "min": 1, "max": 3600, "unit": "s"}
+    assert ha_entity(var("true", data_type="boolean"), shown=True, settable=True) == {
+        "kind": "select", "options": ["true", "false"]}
+    assert ha_entity(var("Fast", data_type="OptionList", values_list="Slow,Fast"), shown=True, settable=True) == {
+        "kind": "select", "options": ["Slow", "Fast"]}
+    assert ha_entity(var("hello", data_type="string"), shown=True, settable=True) == {"kind": "text"}
+    assert ha_entity(var("24.5", "ReadOnly", unit="Celsius"), shown=True, settable=True) == {
+        "kind": "sensor", "unit": "Celsius"}
+    assert ha_entity(var("300", data_type="integer"), shown=True, settable=False) == {"kind": "sensor"}
+    assert ha_entity(var("300"), shown=False, settable=True) is None
+    secret = Variable(name="SecurityCtrlr/BasicAuthPassword", variable="BasicAuthPassword", secret=True)
+    assert ha_entity(secret, shown=True, settable=True) is None
