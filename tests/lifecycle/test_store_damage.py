@@ -170,6 +170,13 @@ async def test_recover_refuses_while_the_gateway_runs(tmp_path: Path, gateways: 
                                           f"data_dir {gw.config['data_dir']}; stop it first, or give this one its "
                                           "own data_dir"]
     assert not [p for p in Path(str(gw.config["data_dir"])).iterdir() if ".damaged-" in p.name]
+    # a check is safe while it runs (read-only; the store's -wal/-shm are the gateway's and stay)
+    files = sorted(p.name for p in Path(str(gw.config["data_dir"])).iterdir())
+    check = run_once(gw.config_path, "check", command="store")
+    assert check.returncode == 0 and "is sound (integrity_check ok" in check.stdout, check
+    assert sorted(p.name for p in Path(str(gw.config["data_dir"])).iterdir()) == files
+    with urllib.request.urlopen(f"http://127.0.0.1:{gw.ws_port}/healthz", timeout=2) as r:
+        assert r.status == 200
 
 
 @pytest.mark.parametrize("kind", ["missing", "zero-length", "overwritten header", "truncated"])
