@@ -133,9 +133,11 @@ class SessionObserver(Protocol):
     def exchange(self, session: Any, exchange: "Exchange") -> None: ...
 
     def session_event(self, session: Any, event: str) -> None:
-        """`connected`, `disconnected`, `upstream` (the upstream state changed) or `forgotten` (an
+        """`connected`, `disconnected`, `upstream` (the upstream state changed), `forgotten` (an
         operator retired the charger: drop what is kept about it; `session` may then carry only
-        `charger_id`)."""
+        `charger_id`) or `known` (at start, a charger remembered from an earlier run, not connected:
+        `session` is a gateway.registry.KnownCharger with `charger_id`, `version`, `connected`
+        False, `upstream_state.value` "disconnected" and the store's `row`)."""
 
 
 @dataclass(slots=True, kw_only=True)
