@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sqlite3
 import threading
@@ -39,13 +38,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from adapters.variables_store import MIGRATION as VARIABLES_MIGRATION
+from adapters import sqlite_records as records
+from adapters.sqlite_schema import MIGRATIONS as _MIGRATIONS
+from adapters.sqlite_schema import schema_tables, schema_version
 from adapters.variables_store import VariablesStore
 from gateway.errors import GatewayError
 from gateway.ports import OutboxRow
 
 T = TypeVar("T")
 _log = logging.getLogger("gateway.store")
+__all__ = ["SqliteStore", "StoreError", "schema_tables", "schema_version"]
 
 # Acknowledged outbox rows are deleted behind the replay, not in its way: a chunk per writer-thread
 # job (so appends and commits interleave), once a charger's replay ends or when this many are due.
@@ -53,112 +55,7 @@ PURGE_CHUNK = 500
 PURGE_DUE = 20_000
 PURGE_QUIET = 0.5  # s without a replay commit before a finished replay's rows are deleted
 
-_MIGRATIONS: list[str] = [
-    # 1: counters (durable id sequences) and the charger registry
-    """
-    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-    INSERT INTO counters (name, value) VALUES ('transaction_id', 0);
-    CREATE TABLE chargers (
-        charger_id TEXT PRIMARY KEY,
-        protocol TEXT NOT NULL,
-        transport TEXT NOT NULL,
-        last_seen TEXT NOT NULL
-    );
-    """,
-    # 2: offline operation: the outbox, the boot to replay, 1.6 transaction-id map, authorization
-    """
-    CREATE TABLE outbox (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        charger_id TEXT NOT NULL,
-        protocol TEXT NOT NULL,
-        action TEXT NOT NULL,
-        payload TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        connector INTEGER,
-        local_tx INTEGER,
-        received_at TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        sent_id TEXT,
-        state TEXT NOT NULL DEFAULT 'pending',
-        error TEXT
-    );
-    CREATE INDEX outbox_by_charger ON outbox (charger_id, state, seq);
-    CREATE TABLE pending_boot (
-        charger_id TEXT PRIMARY KEY,
-        protocol TEXT NOT NULL,
-        payload TEXT NOT NULL,
-        received_at TEXT NOT NULL
-    );
-    CREATE TABLE tx_map (
-        charger_id TEXT NOT NULL,
-        local_id INTEGER NOT NULL,
-        csms_id INTEGER,
-        auth_status TEXT,
-        stopped INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (charger_id, local_id)
-    );
-    CREATE TABLE auth_cache (
-        id_tag TEXT PRIMARY KEY,
-        status TEXT NOT NULL,
-        expires_at TEXT
-    );
-    CREATE TABLE local_list (
-        charger_id TEXT NOT NULL,
-        id_tag TEXT NOT NULL,
-        status TEXT NOT NULL,
-        expires_at TEXT,
-        PRIMARY KEY (charger_id, id_tag)
-    );
-    CREATE TABLE local_list_version (charger_id TEXT PRIMARY KEY, version INTEGER NOT NULL);
-    INSERT INTO counters (name, value) VALUES ('offline_transaction_id', 0);
-    """,
-    # 3: the transaction log behind /api/v1/transactions
-    """
-    CREATE TABLE transactions (
-        charger_id TEXT NOT NULL,
-        transaction_id TEXT NOT NULL,
-        evse INTEGER,
-        connector INTEGER,
-        started_at TEXT,
-        ended_at TEXT,
-        meter_start REAL,
-        meter_stop REAL,
-        energy_wh REAL,
-        reason TEXT,
-        offline INTEGER NOT NULL DEFAULT 0,
-        updated_at TEXT NOT NULL,
-        PRIMARY KEY (charger_id, transaction_id)
-    );
-    CREATE INDEX transactions_by_time ON transactions (started_at);
-    """,
-    # 4: replay cursor per charger (see the module docstring) and the token of replay message ids
-    """
-    CREATE TABLE replay_cursor (
-        charger_id TEXT PRIMARY KEY,
-        acked INTEGER NOT NULL DEFAULT 0,
-        sent INTEGER NOT NULL DEFAULT 0
-    );
-    INSERT INTO counters (name, value) VALUES ('replay_id_token', abs(random()) % 281474976710656);
-    """,
-    # 5: known chargers keep what they last said (gateway/registry.py): boot info, connectors, state
-    """
-    ALTER TABLE chargers ADD COLUMN boot TEXT;
-    ALTER TABLE chargers ADD COLUMN connectors TEXT;
-    ALTER TABLE chargers ADD COLUMN state TEXT;
-    """,
-    # 6: the variables mirror (adapters/variables_store.py)
-    VARIABLES_MIGRATION,
-    # 7: the transaction log says when a charger's time was out of range and was clamped
-    """
-    ALTER TABLE transactions ADD COLUMN ts_clamped INTEGER NOT NULL DEFAULT 0;
-    """,
-]
-
 PROTECTED_KINDS = ("start", "stop")  # never refused at the outbox bounds
-
-
-def _json_or_none(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
 class StoreError(GatewayError):
@@ -290,50 +187,14 @@ class SqliteStore(VariablesStore):
 
     # -- known chargers (gateway/registry.py) ----------------------------------------------------
 
-    def _chargers_save(self, rows: list[dict[str, Any]], forget: list[str], keep: int) -> None:
-        db = self.db
-        db.execute("BEGIN")
-        try:
-            for row in rows:
-                db.execute(
-                    "INSERT INTO chargers (charger_id, protocol, transport, last_seen, boot, connectors, state) "
-                    "VALUES (:charger_id, :protocol, :transport, :last_seen, :boot, :connectors, :state) "
-                    "ON CONFLICT (charger_id) DO UPDATE SET protocol = excluded.protocol, "
-                    "transport = excluded.transport, last_seen = excluded.last_seen, boot = excluded.boot, "
-                    "connectors = excluded.connectors, state = excluded.state",
-                    {**row, "boot": _json_or_none(row.get("boot")),
-                     "connectors": _json_or_none(row.get("connectors")), "state": _json_or_none(row.get("state"))})
-            for charger_id in forget:
-                db.execute("DELETE FROM chargers WHERE charger_id = ?", (charger_id,))
-            # bounded: beyond `keep`, the chargers seen longest ago are forgotten
-            db.execute("DELETE FROM chargers WHERE charger_id IN (SELECT charger_id FROM chargers "
-                       "ORDER BY last_seen DESC LIMIT -1 OFFSET ?)", (keep,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-
     async def chargers_save(self, rows: list[dict[str, Any]], forget: Sequence[str] = (), keep: int = 5000) -> None:
         """Upsert known chargers (`charger_id`, `protocol`, `transport`, `last_seen`, and JSON-able
         `boot`, `connectors`, `state`) and delete the `forget` ones, in one transaction."""
-        await self._run(self._chargers_save, rows, list(forget), keep)
-
-    def _known(self) -> list[dict[str, Any]]:
-        out = []
-        for r in self.db.execute("SELECT charger_id, protocol, transport, last_seen, boot, connectors, state "
-                                 "FROM chargers ORDER BY charger_id"):
-            row = dict(zip(("charger_id", "protocol", "transport", "last_seen", "boot", "connectors", "state"), r))
-            for key in ("boot", "connectors", "state"):
-                try:
-                    row[key] = json.loads(row[key]) if row[key] else None
-                except ValueError:
-                    row[key] = None
-            out.append(row)
-        return out
+        await self._run(records.chargers_save, self.db, rows, list(forget), keep)
 
     async def known_chargers(self) -> list[dict[str, Any]]:
         """Every charger the store remembers, with what it last said (see chargers_save)."""
-        return await self._run(self._known)
+        return await self._run(records.known_chargers, self.db)
 
     # -- outbox ---------------------------------------------------------------------------------
 
@@ -667,7 +528,7 @@ class SqliteStore(VariablesStore):
     def _auth_load(self) -> tuple[list[tuple[str, str, str | None]], list[tuple[str, str, str, str | None]]]:
         cache = [tuple(r) for r in self.db.execute("SELECT id_tag, status, expires_at FROM auth_cache")]
         lists = [tuple(r) for r in self.db.execute("SELECT charger_id, id_tag, status, expires_at FROM local_list")]
-        return cache, lists  # type: ignore[return-value]
+        return cache, lists
 
     async def auth_load(self) -> tuple[list[tuple[str, str, str | None]], list[tuple[str, str, str, str | None]]]:
         return await self._run(self._auth_load)
@@ -707,57 +568,13 @@ class SqliteStore(VariablesStore):
 
     # -- transaction log --------------------------------------------------------------------------
 
-    def _tx_event(self, ev: dict[str, Any]) -> None:
-        self.db.execute(
-            "INSERT INTO transactions (charger_id, transaction_id, evse, connector, started_at, ended_at, meter_start, "
-            "meter_stop, energy_wh, reason, offline, ts_clamped, updated_at) VALUES (:charger_id, :transaction_id, "
-            ":evse, :connector, :started_at, :ended_at, :meter_start, :meter_stop, :energy_wh, :reason, :offline, "
-            ":ts_clamped, :ts) "
-            "ON CONFLICT (charger_id, transaction_id) DO UPDATE SET "
-            "evse = COALESCE(excluded.evse, evse), connector = COALESCE(excluded.connector, connector), "
-            "started_at = COALESCE(started_at, excluded.started_at), ended_at = COALESCE(excluded.ended_at, ended_at), "
-            "meter_start = COALESCE(meter_start, excluded.meter_start), "
-            "meter_stop = COALESCE(excluded.meter_stop, meter_stop), energy_wh = COALESCE(excluded.energy_wh, energy_wh), "
-            "reason = COALESCE(excluded.reason, reason), offline = MAX(offline, excluded.offline), "
-            "ts_clamped = MAX(ts_clamped, excluded.ts_clamped), "
-            "updated_at = excluded.updated_at", ev)
-
     async def transaction_event(self, ev: dict[str, Any]) -> None:
-        await self._run(self._tx_event, ev)
-
-    def _transactions(self, charger_id: str | None, state: str | None, since: str | None, until: str | None,
-                      limit: int) -> list[dict[str, Any]]:
-        where, args = [], []
-        if charger_id is not None:
-            where.append("charger_id = ?")
-            args.append(charger_id)
-        if state == "open":
-            where.append("ended_at IS NULL")
-        elif state == "ended":
-            where.append("ended_at IS NOT NULL")
-        if since is not None:
-            where.append("COALESCE(started_at, updated_at) >= ?")
-            args.append(since)
-        if until is not None:
-            where.append("COALESCE(started_at, updated_at) < ?")
-            args.append(until)
-        sql = ("SELECT charger_id, transaction_id, evse, connector, started_at, ended_at, meter_start, meter_stop, "
-               "energy_wh, reason, offline, ts_clamped FROM transactions")
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY COALESCE(started_at, updated_at) DESC LIMIT ?"
-        cur = self.db.execute(sql, (*args, limit))
-        names = [d[0] for d in cur.description]
-        out = [dict(zip(names, r)) for r in cur.fetchall()]
-        for row in out:
-            row["offline"] = bool(row["offline"])
-            row["ts_clamped"] = bool(row["ts_clamped"])
-        return out
+        await self._run(records.transaction_event, self.db, ev)
 
     async def transactions(self, *, charger_id: str | None = None, state: str | None = None, since: str | None = None,
                            until: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Newest first. `state`: "open" | "ended" | None; `since`/`until`: ISO 8601 bounds on the start."""
-        return await self._run(self._transactions, charger_id, state, since, until, limit)
+        return await self._run(records.transactions, self.db, charger_id, state, since, until, limit)
 
     def _close(self) -> None:
         if self._db is not None:
@@ -773,17 +590,3 @@ class SqliteStore(VariablesStore):
             await self._run(self._close)
         self._executor.shutdown(wait=True)
 
-
-# -- what the start-up check (adapters/store_check.py) needs to know about the schema ------------
-
-
-def schema_version() -> int:
-    """The newest schema this version writes (`PRAGMA user_version` after the migrations)."""
-    return len(_MIGRATIONS)
-
-
-def schema_tables(version: int) -> set[str]:
-    """The tables a database of schema `version` has, as the migrations create them."""
-    import re
-
-    return {name for script in _MIGRATIONS[:version] for name in re.findall(r"CREATE TABLE (\w+)", script)}

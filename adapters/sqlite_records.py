@@ -1,0 +1,96 @@
+"""The SQLite store's records for the operations side: the known chargers (gateway/registry.py)
+and the transaction log (gateway/txlog.py, /api/v1/transactions). Plain functions over the
+store's connection, run on its writer thread by adapters/sqlite_store.py."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def chargers_save(db: sqlite3.Connection, rows: list[dict[str, Any]], forget: list[str], keep: int) -> None:
+    db.execute("BEGIN")
+    try:
+        for row in rows:
+            db.execute(
+                "INSERT INTO chargers (charger_id, protocol, transport, last_seen, boot, connectors, state) "
+                "VALUES (:charger_id, :protocol, :transport, :last_seen, :boot, :connectors, :state) "
+                "ON CONFLICT (charger_id) DO UPDATE SET protocol = excluded.protocol, "
+                "transport = excluded.transport, last_seen = excluded.last_seen, boot = excluded.boot, "
+                "connectors = excluded.connectors, state = excluded.state",
+                {**row, "boot": _json_or_none(row.get("boot")),
+                 "connectors": _json_or_none(row.get("connectors")), "state": _json_or_none(row.get("state"))})
+        for charger_id in forget:
+            db.execute("DELETE FROM chargers WHERE charger_id = ?", (charger_id,))
+        # bounded: beyond `keep`, the chargers seen longest ago are forgotten
+        db.execute("DELETE FROM chargers WHERE charger_id IN (SELECT charger_id FROM chargers "
+                   "ORDER BY last_seen DESC LIMIT -1 OFFSET ?)", (keep,))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def known_chargers(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    out = []
+    for r in db.execute("SELECT charger_id, protocol, transport, last_seen, boot, connectors, state "
+                        "FROM chargers ORDER BY charger_id"):
+        row = dict(zip(("charger_id", "protocol", "transport", "last_seen", "boot", "connectors", "state"), r))
+        for key in ("boot", "connectors", "state"):
+            try:
+                row[key] = json.loads(row[key]) if row[key] else None
+            except ValueError:
+                row[key] = None
+        out.append(row)
+    return out
+
+
+def transaction_event(db: sqlite3.Connection, ev: dict[str, Any]) -> None:
+    db.execute(
+        "INSERT INTO transactions (charger_id, transaction_id, evse, connector, started_at, ended_at, meter_start, "
+        "meter_stop, energy_wh, reason, offline, ts_clamped, updated_at) VALUES (:charger_id, :transaction_id, "
+        ":evse, :connector, :started_at, :ended_at, :meter_start, :meter_stop, :energy_wh, :reason, :offline, "
+        ":ts_clamped, :ts) "
+        "ON CONFLICT (charger_id, transaction_id) DO UPDATE SET "
+        "evse = COALESCE(excluded.evse, evse), connector = COALESCE(excluded.connector, connector), "
+        "started_at = COALESCE(started_at, excluded.started_at), ended_at = COALESCE(excluded.ended_at, ended_at), "
+        "meter_start = COALESCE(meter_start, excluded.meter_start), "
+        "meter_stop = COALESCE(excluded.meter_stop, meter_stop), energy_wh = COALESCE(excluded.energy_wh, energy_wh), "
+        "reason = COALESCE(excluded.reason, reason), offline = MAX(offline, excluded.offline), "
+        "ts_clamped = MAX(ts_clamped, excluded.ts_clamped), "
+        "updated_at = excluded.updated_at", ev)
+
+
+def transactions(db: sqlite3.Connection, charger_id: str | None, state: str | None, since: str | None, until: str | None,
+                  limit: int) -> list[dict[str, Any]]:
+    where, args = [], []
+    if charger_id is not None:
+        where.append("charger_id = ?")
+        args.append(charger_id)
+    if state == "open":
+        where.append("ended_at IS NULL")
+    elif state == "ended":
+        where.append("ended_at IS NOT NULL")
+    if since is not None:
+        where.append("COALESCE(started_at, updated_at) >= ?")
+        args.append(since)
+    if until is not None:
+        where.append("COALESCE(started_at, updated_at) < ?")
+        args.append(until)
+    sql = ("SELECT charger_id, transaction_id, evse, connector, started_at, ended_at, meter_start, meter_stop, "
+           "energy_wh, reason, offline, ts_clamped FROM transactions")
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY COALESCE(started_at, updated_at) DESC LIMIT ?"
+    cur = db.execute(sql, (*args, limit))
+    names = [d[0] for d in cur.description]
+    out = [dict(zip(names, r)) for r in cur.fetchall()]
+    for row in out:
+        row["offline"] = bool(row["offline"])
+        row["ts_clamped"] = bool(row["ts_clamped"])
+    return out
