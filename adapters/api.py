@@ -53,7 +53,7 @@ def _error(status: int, error: str, message: str, **extra: Any) -> web.Response:
 
 
 class ApiServer:
-    """Build it after the hub (it registers its observers there), `start()` it once the charger
+    """Build it after the hub (app.py registers its `observers` there), `start()` it once the charger
     listener is up, `stop()` it first on shutdown.
 
     `checks` name readiness conditions (callables returning bool). A charger's `outbox` comes
@@ -68,7 +68,7 @@ class ApiServer:
         self.status = StatusBook()
         self.known = KnownChargers(hub.store, hub, self.status)  # the store remembers every charger seen
         self.metrics = Metrics(hub)
-        hub.observers.extend([self.status, self.metrics])
+        self.observers = (self.status, self.metrics)  # session observers: gateway/app.py registers them
         self.token = api_token(settings)  # generated and kept in data_dir when [api].token is unset
         self.guard = Guard(settings, self.token)
         self._page = resources.files("adapters").joinpath("static", "status.html").read_bytes()
@@ -122,9 +122,6 @@ class ApiServer:
         for sock in self._sockets:  # bound, never served
             sock.close()
         self._sockets = []
-        for observer in (self.status, self.metrics):
-            if observer in self.hub.observers:
-                self.hub.observers.remove(observer)
 
     # -- middleware -----------------------------------------------------------------------------
 

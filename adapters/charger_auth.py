@@ -153,15 +153,7 @@ class ChargerAuth:
     # -- helpers -----------------------------------------------------------------------------------
 
     def _book(self) -> CredentialBook | None:
-        if self.credentials is not None:
-            return self.credentials
-        from adapters.credentials import CredentialBook
-
-        for observer in getattr(self.hub, "observers", ()):
-            if isinstance(observer, CredentialBook):
-                self.credentials = observer
-                return observer
-        return None
+        return self.credentials  # wired by gateway/app.py (through the WebSocket server)
 
     def _valid(self, charger_id: str) -> list[str]:
         book = self._book()

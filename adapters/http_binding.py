@@ -38,7 +38,7 @@ from gateway.config import Settings
 from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import validate_charger_id
 from gateway.protocol import frames as F
-from gateway.hub import Hub
+from gateway.ports import ChargerIngress
 
 log = logging.getLogger("gateway.http")
 
@@ -92,7 +92,7 @@ def _error(status: int, reason: str, **headers: str) -> web.Response:
 
 
 class HttpBinding:
-    def __init__(self, settings: Settings, hub: Hub, auth: ChargerAuth | None = None) -> None:
+    def __init__(self, settings: Settings, hub: ChargerIngress, auth: ChargerAuth | None = None) -> None:
         self.settings = settings
         self.hub = hub
         self.path = settings.http.path

@@ -27,8 +27,7 @@ from aiohttp import web
 
 from gateway.errors import LinkClosed, RequestError
 from gateway.protocol.frames import OcppVersion
-from gateway.hub import Hub
-from gateway.session import ChargerSession
+from gateway.ports import ChargerHandle, ChargerIngress
 
 log = logging.getLogger("gateway.polled")
 
@@ -136,7 +135,7 @@ class PolledLink:
     def __init__(self, charger_id: str, remote: str) -> None:
         self.charger_id = charger_id
         self.remote = remote
-        self.session: ChargerSession | None = None
+        self.session: ChargerHandle | None = None
         self.closed = False
         self.busy = 0  # requests and calls in progress: never idle while > 0
         self.heartbeat_interval = 0
@@ -234,7 +233,7 @@ class PolledLink:
 class LinkRegistry:
     """The live links of one transport, one per charger, and the idle reaper that ends sessions."""
 
-    def __init__(self, hub: Hub, idle_timeout: float) -> None:
+    def __init__(self, hub: ChargerIngress, idle_timeout: float) -> None:
         self.hub = hub
         self.idle_timeout = idle_timeout
         self.links: dict[str, PolledLink] = {}

@@ -18,14 +18,22 @@ from __future__ import annotations
 import os
 import ssl
 import struct
-from typing import Any
-
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
+
+from gateway.config import ConfigError, Settings
+from gateway.errors import LinkClosed, LinkFailed
+from gateway.identity import url_segment
+from gateway.protocol.frames import OcppVersion
+from gateway.security import basic_header, is_hex_key
+
+if TYPE_CHECKING:
+    from adapters.credentials import CredentialBook
 
 try:  # websockets' C helper where it was built
     from websockets.speedups import apply_mask
@@ -45,12 +53,6 @@ def text_frame(data: bytes, key: bytes) -> bytes:
     else:
         head = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
     return head + key + apply_mask(data, key)
-
-from gateway.config import ConfigError, Settings
-from gateway.errors import LinkClosed, LinkFailed
-from gateway.identity import url_segment
-from gateway.protocol.frames import OcppVersion
-from gateway.security import basic_header, is_hex_key
 
 
 class _Connection(ClientConnection):
@@ -151,7 +153,7 @@ class WsUpstreamConnector:
         up = settings.upstream
         self.base = up.url
         self.ssl: ssl.SSLContext | None = None
-        self.credentials: Any = None  # adapters.credentials.CredentialBook, set by the WebSocket server
+        self.credentials: CredentialBook | None = None  # passwords the CSMS changed; wired by gateway/app.py
         if up.url.startswith("wss://"):
             try:
                 self.ssl = ssl.create_default_context(cafile=up.ca_file or None)

@@ -45,7 +45,7 @@ from gateway.identity import charger_id_from_path
 from gateway.protocol import frames as F
 from gateway.protocol.frames import ErrorCode, OcppVersion
 from gateway.security import TokenBucket
-from gateway.hub import Hub
+from gateway.ports import ChargerIngress
 
 log = logging.getLogger("gateway.websocket")
 
@@ -126,7 +126,7 @@ _AUTH_FAILED = {"error": "authentication failed"}  # one body for every failure:
 
 
 class WebSocketServer:
-    def __init__(self, settings: Settings, hub: Hub) -> None:
+    def __init__(self, settings: Settings, hub: ChargerIngress, credentials: CredentialBook | None = None) -> None:
         self.settings = settings
         self.hub = hub
         self.path = settings.websocket.path
@@ -136,7 +136,9 @@ class WebSocketServer:
         self._dialled: dict[int, Any] = {}  # strict mode: upstream links opened during the handshake
         ws = settings.websocket
         self._buckets: dict[str, TokenBucket] = {}  # message rate per charger id
-        self.credentials = CredentialBook(settings)  # passwords changed by the CSMS since (adapters/credentials.py)
+        # passwords changed by the CSMS since (adapters/credentials.py); app.py hands in the one it
+        # wires to the hub's observers and the upstream connector
+        self.credentials = credentials if credentials is not None else CredentialBook(settings)
         # one authentication and one failed-login limiter for every charger port (app.py hands it on)
         self.auth = ChargerAuth(settings, hub, self.credentials)
         self.tls: ssl.SSLContext | None = None
@@ -152,7 +154,7 @@ class WebSocketServer:
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
-            return _text_response(http.HTTPStatus.OK, {"status": "ok", "chargers": len(self.hub.sessions)})
+            return _text_response(http.HTTPStatus.OK, {"status": "ok", "chargers": self.hub.charger_count})
         if self.tls_problem is not None:  # fail closed: never serve a secured site without its TLS
             log.error("refused connection: %s", self.tls_problem)
             return _text_response(http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "not configured"})
@@ -269,13 +271,6 @@ class WebSocketServer:
         """Bind `[websocket].listen` (chargers wait in the accept queue until `serve`).
         Raises ListenerUnavailable naming the key."""
         ws = self.settings.websocket
-        self.hub.observers.append(self.credentials)
-        try:
-            connector = self.hub.connector
-        except LinkFailed:  # standalone
-            connector = None
-        if connector is not None and hasattr(connector, "credentials"):
-            connector.credentials = self.credentials  # SOAP and HTTP chargers' links use it too
         host, port = split_listen(ws.listen)
         tls = self._tls_context()
         try:

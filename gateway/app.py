@@ -89,6 +89,7 @@ async def running(settings: Settings) -> AsyncIterator[Gateway]:
 async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gateway:
     from adapters.datadir import InstanceLock, install_id, mqtt_client_id
     from adapters.sqlite_store import SqliteStore
+    from adapters.credentials import CredentialBook
     from adapters.store_check import startup_check
     from adapters.systemd import Notifier
     from adapters.upstream_ws import WsUpstreamConnector
@@ -111,8 +112,13 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gatewa
     txlog.start()
     stack.push_async_callback(txlog.stop)
     hub.observers.append(txlog)
-    # 4. every listener bound; none serves yet
-    server = WebSocketServer(settings, hub)
+    # 4. every listener bound; none serves yet. The credential book (passwords the CSMS changed)
+    # sees every session, checks every charger port's logins and signs the upstream links.
+    credentials = CredentialBook(settings)
+    hub.observers.append(credentials)
+    if connector is not None:
+        connector.credentials = credentials
+    server = WebSocketServer(settings, hub, credentials)
     stack.push_async_callback(server.stop)  # closes the bound socket if the start fails before serving
     await server.bind()
     gw.ws_port = server.port
@@ -174,6 +180,7 @@ async def _stop_serving(server: WebSocketServer, hub: Hub, legacy: list[_Listene
     charger that slipped in meanwhile is closed too; one that will not finish is dropped."""
     if api is not None:
         await api.stop()
+        _unobserve(hub, api.observers)
     for transport in reversed(legacy):
         await transport.stop()
     stopped = asyncio.create_task(server.stop(), name="websocket:stop")
@@ -279,7 +286,17 @@ def _operations(settings: Settings, hub: Hub, store: SqliteStore, stack: context
     frames = FrameLog()
     if frames.enabled():
         hub.observers.append(frames)
-    return ApiServer(settings, hub, checks={"store": store.is_open}, operator=operator)
+    api = ApiServer(settings, hub, checks={"store": store.is_open}, operator=operator)
+    hub.observers.extend(api.observers)  # the status page and the metrics
+    stack.callback(_unobserve, hub, api.observers)
+    return api
+
+
+def _unobserve(hub: Hub, observers: tuple[Any, ...]) -> None:
+    """The API's observers leave with it (before the sessions close on the way down)."""
+    for observer in observers:
+        if observer in hub.observers:
+            hub.observers.remove(observer)
 
 
 async def _bind_legacy(settings: Settings, hub: Hub, gw: Gateway, stack: contextlib.AsyncExitStack,

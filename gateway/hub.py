@@ -21,7 +21,7 @@ from gateway.auth import LocalAuthorizer
 from gateway.config import Settings
 from gateway.errors import LinkFailed
 from gateway.local import LocalCsms
-from gateway.ports import ChargerLink, Exchange, SessionObserver, Store, UpstreamConnector, UpstreamLink
+from gateway.ports import ChargerHandle, ChargerLink, Exchange, SessionObserver, Store, UpstreamConnector, UpstreamLink
 from gateway.protocol.frames import OcppVersion
 from gateway.protocol.rpc import MessageIds
 from gateway.protocol.schemas import SchemaRegistry
@@ -173,7 +173,8 @@ class Hub:
             log.exception("could not record charger %s", charger_id)
         return session
 
-    async def detach(self, session: ChargerSession, link: ChargerLink) -> None:
+    async def detach(self, session: ChargerHandle, link: ChargerLink) -> None:
+        assert isinstance(session, ChargerSession)  # the handles this hub hands out
         if await session.detach(link):
             if self.sessions.get(session.charger_id) is session:
                 del self.sessions[session.charger_id]

@@ -1,4 +1,11 @@
-"""The ports: what the core needs from the outside, as small protocols the adapters implement."""
+"""The ports: the contract between the core and the adapters.
+
+What the core needs from the outside, as small protocols the adapters implement (`ChargerLink`,
+`UpstreamLink`, `FastUpstreamLane`, `UpstreamConnector`, `Store`, `SessionObserver`), and what a
+charger transport may ask of the core (`ChargerIngress`, handing out `ChargerHandle`s). Adapters
+import this module, never gateway.session or gateway.hub (tests/core/test_ports.py checks it);
+the composition root (gateway/app.py) wires the concrete hub into them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from gateway.protocol.frames import OcppVersion
+from gateway.protocol.schemas import SchemaRegistry
 
 
 class ChargerLink(Protocol):
@@ -124,6 +132,44 @@ class Store(Protocol):
                                 entries: list[tuple[str, str | None, str | None]]) -> None: ...
 
     async def close(self) -> None: ...
+
+
+class ChargerHandle(Protocol):
+    """A charger's session, as the transport that carries its frames sees it."""
+
+    charger_id: str
+
+    async def from_charger(self, text: str) -> None:
+        """One frame from the charger; returns once the session has acted on it (in order)."""
+
+
+class ChargerIngress(Protocol):
+    """What a charger transport (WebSocket, SOAP, HTTP binding) may ask of the core (gateway/hub.py)."""
+
+    schemas: SchemaRegistry
+
+    @property
+    def charger_count(self) -> int:
+        """Chargers with a session now."""
+
+    def admits(self, charger_id: str) -> bool:
+        """The id may connect (configured, or unknown ids allowed)."""
+
+    def is_known(self, charger_id: str) -> bool:
+        """The id has a `[chargers.ID]` entry."""
+
+    def needs_upstream_first(self, charger_id: str) -> bool:
+        """Strict offline mode: accept the charger only with its upstream link up (`dial` first)."""
+
+    async def dial(self, charger_id: str, version: OcppVersion) -> UpstreamLink:
+        """Open the charger's upstream link before accepting it (strict mode). Raises LinkFailed."""
+
+    async def attach(self, charger_id: str, version: OcppVersion, link: ChargerLink,
+                     upstream: UpstreamLink | None = None) -> ChargerHandle:
+        """A charger connected on `link` (with the upstream link `dial` gave, if any)."""
+
+    async def detach(self, session: ChargerHandle, link: ChargerLink) -> None:
+        """The charger's connection `link` ended."""
 
 
 class SessionObserver(Protocol):

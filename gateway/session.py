@@ -216,34 +216,32 @@ class ChargerSession:
 
     async def _charger_call(self, frame: Call) -> None:
         effect = self.relay.charger_call(frame)
-        kind = type(effect)
-        if (kind is Forward or kind is AnswerLocally) and frame.action == "NotifyReport" \
+        if frame.action == "NotifyReport" and (type(effect) is Forward or type(effect) is AnswerLocally) \
                 and self.ctx.claims(self.charger_id, frame.action, frame.payload):
             # a part of the report the gateway asked for (gateway/mirror.py): answered here, never relayed
             await self._send_charger(F.call_result(frame.message_id, {}))
             self._emit(Origin.CHARGER, frame.action, frame.message_id, frame.payload, {}, None, "gateway", _utcnow())
             return
-        if kind is Forward:
-            call = PendingCall(message_id=frame.message_id, action=frame.action, frame=effect.text,  # type: ignore[union-attr]
+        if type(effect) is Forward:  # the live path first
+            call = PendingCall(message_id=frame.message_id, action=frame.action, frame=effect.text,
                                origin=Origin.CHARGER, timeout=self._upstream_timeout, request=frame.payload,
                                received_at=_utcnow(), source=frame)
             await self.submit_upstream(call)
-        elif kind is AnswerLocally:
-            await self._answer_locally(frame, effect.kind)  # type: ignore[union-attr]
-        elif kind is Refuse:
-            code, description = effect.code, effect.description  # type: ignore[union-attr]
+        elif type(effect) is AnswerLocally:
+            await self._answer_locally(frame, effect.kind)
+        elif type(effect) is Refuse:
+            code, description = effect.code, effect.description
             self.log.warning("refused %s %s from charger: %s %s", frame.action, frame.message_id, code.value,
                              description)
             if not frame.send:
                 await self._send_charger(F.call_error(self.version, frame.message_id, code, description))
             self._emit(Origin.CHARGER, frame.action, frame.message_id, frame.payload, None, code.spell(self.version),
                        "gateway", _utcnow())
-        elif kind is PassOn:  # 2.1 SEND: never answered, exempt from the one-CALL rule
+        elif type(effect) is PassOn:  # 2.1 SEND: never answered, exempt from the one-CALL rule
             if self._upstream is not None:
                 await self.send_upstream_raw(frame.raw)
             self._emit(Origin.CHARGER, frame.action, frame.message_id, frame.payload, None, None, "", _utcnow())
-        else:
-            assert isinstance(effect, ToCharger)
+        elif type(effect) is ToCharger:
             await self._send_charger(effect.text)
 
     async def _answer_locally(self, frame: Call, kind: Kind, *, uncertain: bool = False) -> None:

@@ -38,7 +38,7 @@ from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import validate_charger_id
 from gateway.protocol import frames as F
 from gateway.protocol.frames import ErrorCode, OcppVersion, parse_error_code
-from gateway.hub import Hub
+from gateway.ports import ChargerIngress
 
 log = logging.getLogger("gateway.soap")
 
@@ -168,7 +168,7 @@ class SoapChargerLink(PolledLink):
 
 
 class SoapServer:
-    def __init__(self, settings: Settings, hub: Hub, auth: ChargerAuth | None = None) -> None:
+    def __init__(self, settings: Settings, hub: ChargerIngress, auth: ChargerAuth | None = None) -> None:
         self.settings = settings
         self.hub = hub
         self.path = settings.soap.path
