@@ -19,6 +19,8 @@ from typing import Any, Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from gateway.errors import RequestError
+
 log = logging.getLogger("gateway.api")
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -219,7 +221,7 @@ def _ok(body: Any) -> web.Response:
 _STATUS = {"not_connected": 404, "bad_request": 400, "disabled": 409}
 
 
-class _Refused(Exception):
+class _Refused(RequestError):
     """An answer other than 200, raised inside a handler and turned into its response by `_answer`."""
 
     def __init__(self, status: int, error: str, message: str) -> None:
