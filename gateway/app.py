@@ -115,6 +115,7 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gatewa
     # 4. every listener bound; none serves yet. The credential book (passwords the CSMS changed)
     # sees every session, checks every charger port's logins and signs the upstream links.
     credentials = CredentialBook(settings)
+    stack.push_async_callback(credentials.drain)  # after the chargers are closed: their password changes are on disk
     hub.observers.append(credentials)
     if connector is not None:
         connector.credentials = credentials
@@ -195,7 +196,6 @@ async def _stop_serving(server: WebSocketServer, hub: Hub, legacy: list[_Listene
                         STOP_ROUNDS * STOP_GRACE)
     finally:
         await stopped
-    await server.credentials.drain()  # password changes the CSMS made are on disk
 
 
 def _warn(settings: Settings) -> None:
