@@ -13,10 +13,11 @@ Security (docs/security.md; gateway/security.py): with `security_profile` >= 2 t
 (`[chargers.ID].security_profile` overrides the site's): 0 nothing asked; 1 and 2 HTTP Basic, user =
 charger id, password = `[chargers.ID].password`; 3 a client certificate whose subject CN or a DNS/URI
 SAN equals the charger id. Any failure, an unknown id included, is HTTP 401 with one fixed body;
-`max_auth_failures` failures per source address within `auth_failure_window` make further attempts
-from that address HTTP 429 (Retry-After) until the bucket refills. Beyond `max_connections` open
-connections (handshakes included) the handshake gets 503. A charger sending faster than
-`max_messages_per_second` (after a burst of `message_burst`) has its frames read later: nothing is
+`max_auth_failures` failures per source address or charger id within `auth_failure_window` make
+further attempts HTTP 429 (Retry-After) until the bucket refills (adapters/charger_auth.py, shared
+with the SOAP and HTTP ports). Handshakes and connections per address, the bytes all connections
+may hold in unread messages and the deadline to finish a message: adapters/ws_limits.py. A charger
+sending faster than `max_messages_per_second` (after a burst of `message_burst`) has its frames read later: nothing is
 refused, TCP back-pressure slows it down, other chargers are unaffected.
 """
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
-import random
 import ssl
 from typing import Any, Sequence
 
@@ -39,6 +39,7 @@ from websockets.typing import Subprotocol
 from adapters import listen
 from adapters.charger_auth import ChargerAuth
 from adapters.credentials import CredentialBook
+from adapters.ws_limits import GuardedConnection, connection_class
 from gateway.config import ConfigError, Settings, split_listen
 from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import charger_id_from_path
@@ -48,21 +49,6 @@ from gateway.security import TokenBucket
 from gateway.ports import ChargerIngress
 
 log = logging.getLogger("gateway.websocket")
-
-
-class _SpreadPingsConnection(ServerConnection):
-    """Keepalive pings start after a random part of the first interval. websockets pings each
-    connection `ping_interval` after it opened, so chargers that reconnected together after an
-    outage would otherwise all be pinged in the same instant, every interval, for ever (seen
-    stalling the relay for ~0.1 s at 1000 chargers in bench/relay.py)."""
-
-    async def keepalive(self) -> None:
-        assert self.ping_interval is not None
-        await asyncio.sleep(_jitter.uniform(0, self.ping_interval))
-        await super().keepalive()
-
-
-_jitter = random.Random()
 
 
 class _ServerLog(logging.LoggerAdapter[logging.Logger]):
@@ -142,6 +128,8 @@ class WebSocketServer:
         # one authentication and one failed-login limiter for every charger port (app.py hands it on)
         self.auth = ChargerAuth(settings, hub, self.credentials)
         self.tls: ssl.SSLContext | None = None
+        # handshakes and connections per address, bytes held, message deadline (adapters/ws_limits.py)
+        self.connection_class, self.admission, self.budget = connection_class(settings)
         self.tls_problem: str | None = None
         if ws.security_profile >= 2:
             if not ws.tls_cert or not ws.tls_key:
@@ -154,21 +142,25 @@ class WebSocketServer:
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
-            return _text_response(http.HTTPStatus.OK, {"status": "ok", "chargers": self.hub.charger_count})
+            return _text_response(http.HTTPStatus.OK, {
+                "status": "ok", "chargers": self.hub.charger_count,
+                # the hostile-input limits at work (adapters/ws_limits.py)
+                "buffered_bytes": self.budget.held, "buffered_peak": self.budget.peak,
+                "closed_for_buffering": self.budget.evicted, "dropped_handshakes": self.admission.refused})
         if self.tls_problem is not None:  # fail closed: never serve a secured site without its TLS
             log.error("refused connection: %s", self.tls_problem)
             return _text_response(http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "not configured"})
-        # every TCP connection counts, those still in their handshake too (this one included)
-        if self._server is not None and len(self._server.handler_tasks) > self.settings.websocket.max_connections:
-            log.warning("refused connection from %s: max_connections (%d) reached", connection.remote_address,
-                        self.settings.websocket.max_connections)
-            return _text_response(http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many connections"},
-                                  Retry_After="30")
         charger_id, problem = charger_id_from_path(request.path, self.path)
         if charger_id is None:
             status = http.HTTPStatus.NOT_FOUND if problem == "not found" else http.HTTPStatus.BAD_REQUEST
             log.warning("refused connection to %r from %s: %s", request.path[:100], connection.remote_address, problem)
             return _text_response(status, {"error": problem})
+        # connections per address and in all (adapters/ws_limits.py); configured ids always get in
+        full = connection.handshake_passed(charger_id) if isinstance(connection, GuardedConnection) else None
+        if full is not None:
+            log.warning("refused %r from %s: %s", charger_id, connection.remote_address, full)
+            return _text_response(http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many connections"},
+                                  Retry_After="30")
         offered = [p.strip() for p in ",".join(request.headers.get_all("Sec-WebSocket-Protocol")).split(",")]
         chosen = self._select_subprotocol(connection, offered)  # type: ignore[arg-type]
         refused = await self._authenticate(connection, request, charger_id, chosen)
@@ -284,12 +276,13 @@ class WebSocketServer:
                 select_subprotocol=self._select_subprotocol,
                 compression="deflate" if ws.compression else None,
                 max_size=ws.max_frame_size,
+                max_queue=4,  # whole messages waiting for the relay per connection (then TCP back-pressure)
                 ping_interval=ws.ping_interval or None,
                 ping_timeout=ws.ping_timeout,
                 open_timeout=ws.handshake_timeout,
                 server_header="ocpp-site-gateway",
                 ssl=tls,
-                create_connection=_SpreadPingsConnection,
+                create_connection=self.connection_class,
             )
         except OSError as exc:
             raise listen.unavailable("websocket.listen", ws.listen, exc) from exc

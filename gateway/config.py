@@ -68,7 +68,13 @@ class WebSocketSettings(_Section):
     allow_unknown: bool = True
     ping_interval: float = Field(20.0, ge=0)  # 0 = no pings from the gateway
     ping_timeout: float = Field(20.0, gt=0)
-    max_frame_size: int = Field(1_048_576, ge=4096)  # bytes; larger frames close the connection with 1009
+    # bytes (inflated); larger messages close the connection with 1009. 1 MiB: 2.5 times a 2.x
+    # NotifyReport of a whole device model in one message (1000 variables, ~400 kB); docs/security.md
+    max_frame_size: int = Field(1_048_576, ge=4096)
+    max_buffered_bytes: int = Field(67_108_864, ge=65_536)  # all connections' unread message bytes; beyond: 1013
+    message_timeout: float = Field(30.0, ge=0)  # s to finish a begun message, else 1008; 0 = no deadline
+    max_handshakes_per_address: int = Field(20, ge=1)  # unfinished handshakes per address (IPv6: /64); more dropped
+    max_connections_per_address: int = Field(100, ge=1)  # per address, ids without [chargers.ID]; more get 503
     compression: bool = True  # offer permessage-deflate (RFC 7692; required for a CSMS/LC in 2.0.1)
     handshake_timeout: float = Field(10.0, gt=0)
     call_timeout: float = Field(30.0, gt=0)  # how long a charger has to answer a CALL
@@ -76,7 +82,7 @@ class WebSocketSettings(_Section):
     tls_cert: str = ""  # PEM server certificate (chain): wss:// when security_profile >= 2
     tls_key: str = ""  # PEM private key of tls_cert
     tls_ca: str = ""  # PEM CA bundle for charger client certificates (profile 3)
-    max_connections: int = Field(1000, ge=1)  # open charger connections; more are refused with 503
+    max_connections: int = Field(1000, ge=1)  # connections of unconfigured ids + handshakes; more: 503
     max_messages_per_second: float = Field(20.0, ge=0)  # per charger; beyond it its frames are read later; 0 = off
     message_burst: int = Field(100, ge=1)  # frames a charger may send at once before the rate applies
     max_auth_failures: int = Field(5, ge=0)  # failed logins per source address within the window; then 429; 0 = off

@@ -1,0 +1,314 @@
+"""Limits of the charger-facing WebSocket port that the `websockets` library does not have: how
+many bytes all connections together may hold in messages the relay has not taken yet, how long a
+begun message may take, and how many handshakes and connections one address may hold.
+
+Why (docs/security.md, "Hostile input"): a message is kept in memory until its last fragment
+arrives, inflated when compressed, so 300 connections that never finish a 1 MiB message held
+300 MB for 364 kB sent; and 1000 half-open handshakes from one address used up `max_connections`
+for everyone.
+
+- **Bytes held** (`Budget`): per connection, what its socket delivered and the relay has not taken:
+  the raw bytes of a frame still arriving, the (inflated) fragments of an unfinished message, and
+  whole messages waiting for the relay. A connection's unfinished message is at most
+  `max_frame_size` (websockets' `max_size`, checked on the inflated size); all connections
+  together hold at most `[websocket].max_buffered_bytes` (64 MiB): beyond it the connection holding
+  the most is closed with 1013 (try again later) until the total is under the cap again.
+- **Deadline**: a message must be complete `message_timeout` seconds after its first byte
+  (or after the previous message completed), else its connection is closed with 1008 - unless the
+  relay itself is behind (messages of that connection are still waiting to be taken).
+- **Per address** (`Admission`; an IPv6 address counts by its /64): at most
+  `max_handshakes_per_address` connections still in their opening handshake (more are dropped at
+  once, before a byte is read), and at most `max_connections_per_address` open connections of
+  charger ids without a `[chargers.ID]` entry (503). Configured charger ids are never refused for
+  the count: that capacity is reserved for them (`max_connections` counts only the others).
+
+Everything that touches websockets' internals is in `GuardedConnection`, a `ServerConnection`
+subclass given to `serve(create_connection=...)`; its overrides are the asyncio protocol callbacks
+(`connection_made`, `data_received`, `connection_lost`), `process_event` (where websockets hands
+frames to its assembler) and `recv`. The one private attribute read is the Sans-I/O protocol's
+input buffer (`protocol.reader.buffer`, the bytes of a frame not yet complete), in `_raw()`.
+Checked against websockets 17.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.protocol import State
+from websockets.typing import Data
+
+from gateway.config import Settings
+from gateway.security import address_group
+
+log = logging.getLogger("gateway.websocket")
+
+_DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
+_jitter = random.Random()
+
+
+class Admission:
+    """Handshakes and open connections per address group, and the totals."""
+
+    def __init__(self, settings: Settings) -> None:
+        ws = settings.websocket
+        self.max_handshakes = ws.max_handshakes_per_address
+        self.max_per_address = ws.max_connections_per_address
+        self.max_total = ws.max_connections
+        self.configured = frozenset(settings.chargers)
+        self.handshakes: dict[str, int] = {}
+        self.unknown_open: dict[str, int] = {}  # open connections of ids without a [chargers.ID] entry
+        self.handshaking = 0
+        self.open_unknown = 0
+        self.refused = 0
+        self._logged = -1e9
+
+    def start_handshake(self, group: str) -> bool:
+        """A TCP connection arrived: False when it must be dropped at once."""
+        # open connections are counted once the id is known (503 then); room is kept for the
+        # configured chargers, whose ids are known only once the request is read
+        if self.handshakes.get(group, 0) >= self.max_handshakes \
+                or self.handshaking >= self.max_total + len(self.configured):
+            self.refused += 1
+            self._log(f"{group} holds {self.handshakes.get(group, 0)} unfinished handshakes "
+                      f"(max_handshakes_per_address {self.max_handshakes}; {self.handshaking} in all)")
+            return False
+        self.handshakes[group] = self.handshakes.get(group, 0) + 1
+        self.handshaking += 1
+        return True
+
+    def end_handshake(self, group: str) -> None:
+        n = self.handshakes.get(group, 0) - 1
+        if n > 0:
+            self.handshakes[group] = n
+        else:
+            self.handshakes.pop(group, None)
+        self.handshaking -= 1
+
+    def may_open(self, group: str, charger_id: str) -> str | None:
+        """None when this id may open a connection from this address, else why not."""
+        if charger_id in self.configured:
+            return None  # reserved: configured chargers always get in
+        if self.unknown_open.get(group, 0) >= self.max_per_address:
+            return f"max_connections_per_address ({self.max_per_address}) reached for {group}"
+        if self.open_unknown + self.handshaking >= self.max_total:
+            return f"max_connections ({self.max_total}) reached"
+        return None
+
+    def opened(self, group: str, charger_id: str) -> bool:
+        if charger_id in self.configured:
+            return False
+        self.unknown_open[group] = self.unknown_open.get(group, 0) + 1
+        self.open_unknown += 1
+        return True
+
+    def closed(self, group: str) -> None:
+        n = self.unknown_open.get(group, 0) - 1
+        if n > 0:
+            self.unknown_open[group] = n
+        else:
+            self.unknown_open.pop(group, None)
+        self.open_unknown -= 1
+
+    def _log(self, what: str) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._logged > 10:  # a flood must not flood the log
+            self._logged = now
+            log.warning("dropped a new connection: %s; %d dropped so far", what, self.refused)
+
+
+class Budget:
+    """Bytes held by all connections together in messages the relay has not taken."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.held = 0
+        self.peak = 0
+        self.evicted = 0
+        self.holders: set[GuardedConnection] = set()
+        self._evicting = False
+        self._logged = -1e9
+
+    def change(self, connection: GuardedConnection, delta: int) -> None:
+        self.held += delta
+        if connection.held > 0:
+            self.holders.add(connection)
+        else:
+            self.holders.discard(connection)
+        if self._evicting:
+            return
+        self._evicting = True
+        try:
+            while self.held > self.cap and self.holders:
+                fattest = max(self.holders, key=lambda c: c.held)
+                self.evicted += 1
+                now = asyncio.get_running_loop().time()
+                if now - self._logged > 10:
+                    self._logged = now
+                    log.warning("WebSocket connections hold %d bytes of unread messages, more than "
+                                "max_buffered_bytes (%d): closing the ones that hold the most (from %s: %d bytes; "
+                                "%d closed so far)", self.held, self.cap, fattest.peer, fattest.held, self.evicted)
+                fattest.drop(CloseCode.TRY_AGAIN_LATER, "gateway busy: too much unread data")
+        finally:
+            self._evicting = False
+        self.peak = max(self.peak, self.held)  # what stayed held (a frame over the cap is let go at once)
+
+
+class GuardedConnection(ServerConnection):
+    """A charger connection under the gateway's limits (see the module docstring). The class is
+    made per server by `connection_class()`, which binds its `admission`, `budget` and settings."""
+
+    admission: Admission
+    budget: Budget
+    message_timeout: float
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.peer = "?"
+        self.group = "?"
+        self.held = 0  # what this connection holds now (counted in the budget)
+        self._partial = 0  # inflated bytes of the unfinished message's fragments
+        self._waiting: deque[int] = deque()  # sizes of whole messages the relay has not taken
+        self._waiting_bytes = 0
+        self._handshaking = False
+        self._counted_open = False
+        self._deadline: asyncio.TimerHandle | None = None
+        self._dropped = False
+
+    # -- keepalive ---------------------------------------------------------------------------------
+
+    async def keepalive(self) -> None:
+        """Keepalive pings start after a random part of the first interval. websockets pings each
+        connection `ping_interval` after it opened, so chargers that reconnected together after an
+        outage would otherwise all be pinged in the same instant, every interval, for ever (seen
+        stalling the relay for ~0.1 s at 1000 chargers in bench/relay.py)."""
+        assert self.ping_interval is not None
+        await asyncio.sleep(_jitter.uniform(0, self.ping_interval))
+        await super().keepalive()
+
+    # -- admission ---------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peername = transport.get_extra_info("peername")
+        self.peer = str(peername[0]) if peername else "?"
+        self.group = address_group(self.peer)
+        if self.admission.start_handshake(self.group):
+            self._handshaking = True
+        else:
+            transport.abort()  # nothing read, nothing answered: the cheapest refusal
+
+    def handshake_passed(self, charger_id: str) -> str | None:
+        """Called by the server when the request is accepted; None, or why it must be refused."""
+        self._end_handshake()
+        why = self.admission.may_open(self.group, charger_id)
+        if why is None:
+            self._counted_open = self.admission.opened(self.group, charger_id)
+        return why
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._handshaking:
+            self._handshaking = False
+            self.admission.end_handshake(self.group)
+        if self._counted_open:
+            self._counted_open = False
+            self.admission.closed(self.group)
+        self._cancel_deadline()
+        self._partial = 0
+        self._waiting.clear()
+        self._waiting_bytes = 0
+        self._account()
+        super().connection_lost(exc)
+
+    def _end_handshake(self) -> None:
+        if self._handshaking:
+            self._handshaking = False
+            self.admission.end_handshake(self.group)
+
+    # -- bytes held --------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._account()
+
+    def process_event(self, event: Any) -> None:
+        if isinstance(event, Frame) and event.opcode in _DATA:
+            if event.fin:
+                size = self._partial + len(event.data)
+                self._partial = 0
+                self._waiting.append(size)
+                self._waiting_bytes += size
+                self._cancel_deadline()  # progress: a message was completed
+            else:
+                self._partial += len(event.data)
+        super().process_event(event)
+
+    async def recv(self, decode: bool | None = None) -> Data:  # type: ignore[override]
+        message = await super().recv(decode)
+        if self._waiting:
+            self._waiting_bytes -= self._waiting.popleft()
+            self._account()
+        return message
+
+    def _raw(self) -> int:
+        # websockets internals (Sans-I/O protocol): bytes received but not yet a whole frame
+        reader = getattr(self.protocol, "reader", None)
+        buffer = getattr(reader, "buffer", b"")
+        return len(buffer)
+
+    def _account(self) -> None:
+        transport = getattr(self, "transport", None)
+        unfinished = 0 if self._dropped or transport is None or transport.is_closing() else self._raw() + self._partial
+        held = unfinished + self._waiting_bytes
+        delta, self.held = held - self.held, held
+        if unfinished and self._deadline is None and self.message_timeout > 0:
+            self._deadline = asyncio.get_running_loop().call_later(self.message_timeout, self._late)
+        elif not unfinished:
+            self._cancel_deadline()
+        if delta:
+            self.budget.change(self, delta)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _late(self) -> None:
+        self._deadline = None
+        if self._waiting_bytes:  # the relay is behind, not the charger: wait for it
+            self._deadline = asyncio.get_running_loop().call_later(self.message_timeout, self._late)
+            return
+        log.warning("connection from %s: a message not finished within message_timeout (%g s); closing it",
+                    self.peer, self.message_timeout)
+        self.drop(CloseCode.POLICY_VIOLATION, "message not finished in time")
+
+    def drop(self, code: int, reason: str) -> None:
+        """Close now, and forget what this connection holds (its memory goes when the socket does)."""
+        if self._dropped:
+            return
+        self._dropped = True
+        if self.protocol.state is State.OPEN:
+            self.protocol.fail(code, reason)
+            self.send_data()
+        transport = self.transport
+        transport.close()
+        # a peer that does not read may keep the close frame from leaving: cut it off soon after
+        asyncio.get_running_loop().call_later(2.0, transport.abort)
+        self._partial = 0  # no longer counted: the memory goes with the socket (and what the relay drains)
+        self._waiting.clear()
+        self._waiting_bytes = 0
+        self._account()
+
+
+def connection_class(settings: Settings) -> tuple[type[GuardedConnection], Admission, Budget]:
+    """A `GuardedConnection` class bound to one server's limits."""
+    ws = settings.websocket
+    admission, budget = Admission(settings), Budget(ws.max_buffered_bytes)
+    cls = type("ChargerConnection", (GuardedConnection,),
+               {"admission": admission, "budget": budget, "message_timeout": ws.message_timeout})
+    return cls, admission, budget
