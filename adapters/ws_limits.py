@@ -201,7 +201,7 @@ class GuardedConnection(ServerConnection):
         if self.admission.start_handshake(self.group):
             self._handshaking = True
         else:
-            transport.abort()  # nothing read, nothing answered: the cheapest refusal
+            self.transport.abort()  # nothing read, nothing answered: the cheapest refusal
 
     def handshake_passed(self, charger_id: str) -> str | None:
         """Called by the server when the request is accepted; None, or why it must be refused."""
