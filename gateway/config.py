@@ -113,8 +113,20 @@ class SoapSettings(_Section):
     max_body_size: int = Field(1_048_576, ge=4096)  # bytes, after gzip/deflate decoding
     max_connections: int = Field(1000, ge=1)  # open HTTP connections on this port; more get 503
     idle_connection_timeout: float = Field(60.0, gt=0)  # s a connection may go without a whole request
+    # networks where loopback, link-local or the gateway's own addresses may be a charger's endpoint
+    trusted_endpoint_networks: list[str] = Field(default_factory=list)
     _v_listen = field_validator("listen")(classmethod(lambda cls, v: _listen(v)))
     _v_path = field_validator("path")(classmethod(lambda cls, v: _http_path(v)))
+
+    @field_validator("trusted_endpoint_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{net!r} is not a network (e.g. 127.0.0.0/8)") from exc
+        return v
 
 
 class HttpSettings(_Section):
@@ -327,6 +339,14 @@ class ChargerSettings(_Section):
     # the unit of the gateway's charging profiles for this charger; unset: what the charger reports (A if both)
     rate_unit: Literal["A", "W"] | None = None
     phases: int | None = Field(None, ge=1, le=3)  # unset: what the charger reports, else [site].phases
+    soap_endpoint: str = ""  # OCPP-S: the charger's ChargePointService URL; set, wsa:From cannot move it
+
+    @field_validator("soap_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if v and not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
+            raise ValueError("must be empty or an http:// or https:// URL")
+        return v
 
 
 class Settings(BaseSettings):

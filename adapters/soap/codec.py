@@ -54,22 +54,43 @@ _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=Fals
                           huge_tree=False, remove_pis=True, collect_ids=False)
 
 
+MAX_ELEMENTS = 10_000  # elements in one envelope (a 1.6 MeterValues with 200 samples has ~2 000)
+MAX_DEPTH = 32  # element nesting (OCPP-S messages are at most about 8 deep)
+
+
 def parse_envelope(data: bytes) -> etree._Element:
-    """The SOAP 1.2 Envelope of `data`, parsed with no DTD, no entities and no network access."""
+    """The SOAP 1.2 Envelope of `data`, parsed with no DTD, no entities and no network access, with
+    at most MAX_ELEMENTS elements nested at most MAX_DEPTH deep (checked before and after parsing)."""
     head = data[:4096].lower()
     if b"<!doctype" in head or b"<!entity" in data.lower():
         raise SoapError("Sender", "ProtocolError", "DTDs and entity declarations are not allowed")
+    if data.count(b"<") > 2 * MAX_ELEMENTS + 64:  # each element needs a '<' (two unless empty): refused unparsed
+        raise SoapError("Sender", "ProtocolError", f"more than {MAX_ELEMENTS} elements")
     try:
         root = etree.fromstring(data, _PARSER)
     except etree.XMLSyntaxError as exc:
         raise SoapError("Sender", "ProtocolError", f"not well-formed XML: {exc}") from exc
     if root.getroottree().docinfo.doctype:
         raise SoapError("Sender", "ProtocolError", "DTDs are not allowed")
+    _check_shape(root)
     if root.tag == f"{{{SOAP11}}}Envelope":
         raise SoapError("VersionMismatch", "ProtocolError", "OCPP-S requires SOAP 1.2")
     if root.tag != f"{{{SOAP12}}}Envelope":
         raise SoapError("Sender", "ProtocolError", "not a SOAP 1.2 Envelope")
     return root
+
+
+def _check_shape(root: etree._Element) -> None:
+    count = 0
+    stack: list[tuple[etree._Element, int]] = [(root, 1)]
+    while stack:
+        el, depth = stack.pop()
+        count += 1
+        if count > MAX_ELEMENTS:
+            raise SoapError("Sender", "ProtocolError", f"more than {MAX_ELEMENTS} elements")
+        if depth > MAX_DEPTH:
+            raise SoapError("Sender", "ProtocolError", f"elements nested deeper than {MAX_DEPTH}")
+        stack.extend((child, depth + 1) for child in el)
 
 
 def body_child(envelope: etree._Element) -> etree._Element:

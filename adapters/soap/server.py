@@ -2,9 +2,16 @@
 
 `POST http://HOST:PORT{soap.path}` (aiohttp). Each request is a SOAP 1.2 envelope; the version is the
 namespace of the body's element (`urn://Ocpp/Cs/2012/06/` = 1.5, `urn://Ocpp/Cs/2015/10/` = 1.6).
-The charger is named by the `chargeBoxIdentity` header (matched case-insensitively) and its own
-ChargePointService endpoint is learned from `wsa:From` on every request (and kept in
-`data_dir/soap-endpoints.json`, so it survives a restart).
+The charger is named by the `chargeBoxIdentity` header (matched case-insensitively); its own
+ChargePointService endpoint is `[chargers.ID].soap_endpoint`, else learned from `wsa:From` under the
+rules of `adapters/soap/endpoints.py` (kept in `data_dir/soap-endpoints.json`). Commands to it are
+posted without following redirects.
+
+Hostile traffic (docs/security.md): with HTTP Basic credentials the charger is authenticated (the
+Basic user is the charger id) before any XML is parsed, and the envelope must then name that id;
+a request without credentials is refused unparsed unless some charger may be on profile 0. Parsing
+and decoding run in a small worker pool (`SOAP_WORKERS` threads) under the codec's element, depth
+and size limits, so no SOAP traffic stalls the relay on the event loop.
 
 A SOAP charger is a charger session like any other (`gateway.session`): its requests enter the
 session as OCPP-J 1.6 CALLs, so upstream it is an OCPP 1.6J charger; the session's CALLs for it
@@ -16,31 +23,33 @@ the session. Session policy: see `adapters/polled.py`.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import socket
-from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
 
 import aiohttp
 from aiohttp import web
 
 from adapters import listen
-from adapters.charger_auth import ChargerAuth
+from adapters.charger_auth import AuthRefusal, ChargerAuth
 from adapters.polled import CappedRunner, LinkRegistry, PolledLink, TooLarge, TooSlow, new_call_id, read_limited
 from adapters.soap import codec, convert
 from adapters.soap.codec import SoapError
-from adapters.soap.contract import CP, CS, V15, contract
+from adapters.soap.contract import CP, CS, V15, Operation, contract
+from adapters.soap.endpoints import EndpointBook, is_endpoint
 from gateway.config import Settings
 from gateway.errors import LinkClosed, LinkFailed
 from gateway.identity import validate_charger_id
+from gateway.security import parse_basic
 from gateway.protocol import frames as F
 from gateway.protocol.frames import ErrorCode, OcppVersion, parse_error_code
 from gateway.ports import ChargerIngress
 
 log = logging.getLogger("gateway.soap")
+_T = TypeVar("_T")
+_BASIC = {"WWW-Authenticate": 'Basic realm="ocpp", charset="UTF-8"'}
 
 # CALLERROR code (from the session or the CSMS) -> SOAP Fault (S16 §4; O16 errata maps
 # PropertyConstraintViolation to Sender/ProtocolError and NotSupported to Receiver/NotSupported)
@@ -65,11 +74,52 @@ _ERRORS = {
 }
 
 
-def _is_endpoint(address: str | None) -> bool:
-    if not address or address.startswith(codec.WSA) or address.startswith(codec.WSA_DRAFTS):
-        return False  # absent, anonymous or "none": the charger cannot be called back
-    parts = urlsplit(address)
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
+_is_endpoint = is_endpoint
+SOAP_WORKERS = 2  # threads that parse and decode SOAP bodies: at most this many compete with the event loop
+
+
+@dataclass
+class _Request:
+    headers: codec.Addressing
+    version: str
+    op: Operation
+    payload: dict[str, Any]
+
+
+def _read_request(data: bytes) -> _Request:
+    """Parse and decode a charger's request (in the worker pool). A SoapError carries the namespace
+    and message id read so far, for its Fault."""
+    namespace, relates_to = contract(CS, "1.6").namespace, None
+    try:
+        env = codec.parse_envelope(data)
+        headers = codec.read_headers(env)
+        relates_to = headers.message_id
+        c, op, is_response, _ = codec.lookup(CS, env)
+        namespace = c.namespace
+        if is_response:
+            raise SoapError("Sender", "ProtocolError", f"{op.response.name} is not a request")
+        payload = codec.decode(CS, c.version, op, False, env)
+        if c.version == V15:
+            payload = convert.up(op.name, payload, False)
+        return _Request(headers, c.version, op, payload)
+    except SoapError as exc:
+        exc.namespace, exc.relates_to = namespace, relates_to  # type: ignore[attr-defined]
+        raise
+
+
+def _read_answer(data: bytes, action: str) -> tuple[str, Any]:
+    """A charger's answer to `action` (in the worker pool): ("fault", Fault) or ("result", payload)."""
+    renv = codec.parse_envelope(data)
+    fault = codec.read_fault(renv)
+    if fault is not None:
+        return "fault", fault
+    rc, rop, is_response, _ = codec.lookup(CP, renv)
+    if rop.name != action or not is_response:
+        raise SoapError("Sender", "ProtocolError", f"expected {action}Response")
+    result = codec.decode(CP, rc.version, rop, True, renv)
+    if rc.version == V15:
+        result = convert.up(action, result, True)
+    return "result", result
 
 
 def _xml_attr(text: str) -> bytes:
@@ -83,7 +133,6 @@ class SoapChargerLink(PolledLink):
         super().__init__(charger_id, remote)
         self.server = server
         self.soap_version = "1.6"
-        self.endpoint: str | None = server.endpoints.get(charger_id)
         self.gateway_address: str | None = None  # where the charger reached us: our wsa:From towards it
 
     def on_closed(self) -> None:
@@ -123,9 +172,10 @@ class SoapChargerLink(PolledLink):
         violation = self.server.hub.schemas.validate(v16, action, payload)
         if violation is not None:  # what a 1.6J charger would answer; zeep is never given a bad payload
             return F.call_error(v16, message_id, violation.code, violation.description)
-        if not self.endpoint:
+        endpoint = self.server.endpoints.get(self.charger_id)
+        if not endpoint:
             return F.call_error(v16, message_id, ErrorCode.GENERIC_ERROR,
-                                "the charger's endpoint is unknown (it sent no wsa:From)")
+                                "the charger's endpoint is unknown (it sent no wsa:From that could be taken)")
         body = convert.down(action, payload, False) if version == V15 else payload
         try:
             env = codec.encode(CP, version, op, False, body)
@@ -133,38 +183,36 @@ class SoapChargerLink(PolledLink):
             return F.call_error(v16, message_id, ErrorCode.FORMAT_VIOLATION, f"cannot express in OCPP-S: {exc}")
         request_id = codec.new_message_id()
         codec.add_headers(env, c.namespace, action=op.action, message_id=request_id, identity=self.charger_id,
-                          from_address=self.gateway_address, reply_to=codec.WSA_ANONYMOUS, to=self.endpoint)
+                          from_address=self.gateway_address, reply_to=codec.WSA_ANONYMOUS, to=endpoint)
         data = codec.to_bytes(env)
         # inside the session's own deadline for this call, so that the answer is never late
         timeout = max(0.5, self.server.settings.websocket.call_timeout * 0.9)
         try:
             async with self.server.http.post(
-                self.endpoint, data=data, timeout=aiohttp.ClientTimeout(total=timeout),
+                endpoint, data=data, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False,
                 headers={"Content-Type": f'{codec.CONTENT_TYPE}; action="{op.action}"'},
             ) as resp:
+                if 300 <= resp.status < 400:  # never followed: the command goes to the endpoint or nowhere
+                    log.warning("%s: %s to %s answered HTTP %d (a redirect): not followed", self.charger_id, action,
+                                endpoint, resp.status)
+                    return F.call_error(v16, message_id, ErrorCode.GENERIC_ERROR,
+                                        f"the charger's endpoint answered a redirect (HTTP {resp.status}), not followed")
                 answer = await read_limited(resp.content, self.server.settings.soap.max_body_size)
         except TooLarge:
             return F.call_error(v16, message_id, ErrorCode.PROTOCOL_ERROR, "the charger's answer is too large")
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            log.warning("%s: %s to %s failed: %s", self.charger_id, action, self.endpoint, exc or type(exc).__name__)
+            log.warning("%s: %s to %s failed: %s", self.charger_id, action, endpoint, exc or type(exc).__name__)
             return F.call_error(v16, message_id, ErrorCode.GENERIC_ERROR,
                                 f"charger endpoint unreachable or silent: {type(exc).__name__}")
         try:
-            renv = codec.parse_envelope(answer)
-            fault = codec.read_fault(renv)
-            if fault is not None:
-                code = _ERRORS.get(fault.subcode, ErrorCode.GENERIC_ERROR)
-                return F.call_error(v16, message_id, code, f"SOAP Fault {fault.code}/{fault.subcode}: {fault.reason}")
-            rc, rop, is_response, _ = codec.lookup(CP, renv)
-            if rop.name != action or not is_response:
-                raise SoapError("Sender", "ProtocolError", f"expected {op.response.name}")
-            result = codec.decode(CP, rc.version, rop, True, renv)
+            kind, value = await self.server.in_pool(_read_answer, answer, action)
         except SoapError as exc:
             log.warning("%s: bad answer to %s: %s", self.charger_id, action, exc)
             return F.call_error(v16, message_id, ErrorCode.PROTOCOL_ERROR, f"bad SOAP answer: {exc.reason}")
-        if rc.version == V15:
-            result = convert.up(action, result, True)
-        return F.call_result(message_id, result)
+        if kind == "fault":
+            code = _ERRORS.get(value.subcode, ErrorCode.GENERIC_ERROR)
+            return F.call_error(v16, message_id, code, f"SOAP Fault {value.code}/{value.subcode}: {value.reason}")
+        return F.call_result(message_id, value)
 
 
 class SoapServer:
@@ -174,39 +222,27 @@ class SoapServer:
         self.path = settings.soap.path
         self.registry = LinkRegistry(hub, settings.soap.idle_timeout)
         self.auth = auth if auth is not None else ChargerAuth(settings, hub)  # app.py shares the WebSocket port's
-        self._store = Path(settings.data_dir) / "soap-endpoints.json"
-        self.endpoints: dict[str, str] = self._load_endpoints()
+        self.endpoints = EndpointBook(settings)  # who may move a charger's endpoint (adapters/soap/endpoints.py)
+        self._pool = ThreadPoolExecutor(SOAP_WORKERS, thread_name_prefix="soap")
+        self._open_profile = settings.websocket.security_profile == 0 or any(
+            c.security_profile == 0 for c in settings.chargers.values())  # may a request come without credentials?
         self._runner: web.AppRunner | None = None
         self._sockets: list[socket.socket] = []
         self._port: int | None = None
         self.http: aiohttp.ClientSession = None  # type: ignore[assignment]
         self._warm: asyncio.Future[None] | None = None
 
-    # -- endpoints --------------------------------------------------------------------------------
+    # -- endpoints and the worker pool -------------------------------------------------------------
 
-    def _load_endpoints(self) -> dict[str, str]:
-        try:
-            data = json.loads(self._store.read_text(encoding="utf-8"))
-            return {k: v for k, v in data.items() if isinstance(v, str) and validate_charger_id(k) is None}
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError, AttributeError) as exc:
-            log.warning("ignoring %s: %s", self._store, exc)
-            return {}
+    async def in_pool(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run XML work in the SOAP worker pool, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    def _save_endpoints(self) -> None:
-        self._store.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._store.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.endpoints, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, self._store)
-
-    async def _learn_endpoint(self, charger_id: str, address: str) -> None:
-        if self.endpoints.get(charger_id) == address:
+    async def _learn_endpoint(self, charger_id: str, address: str | None, source: str) -> None:
+        if not self.endpoints.offer(charger_id, address, source):
             return
-        self.endpoints[charger_id] = address
-        log.info("SOAP charger %s listens at %s", charger_id, address, extra={"charger_id": charger_id})
         try:
-            await asyncio.to_thread(self._save_endpoints)
+            await asyncio.to_thread(self.endpoints.save)
         except OSError as exc:
             log.warning("could not save SOAP endpoints: %s", exc)
 
@@ -236,13 +272,26 @@ class SoapServer:
         charger_id = None
         try:
             data = await self._read_body(request)
-            env = codec.parse_envelope(data)
-            headers = codec.read_headers(env)
-            relates_to = headers.message_id
-            c, op, is_response, _ = codec.lookup(CS, env)
+            # authentication before any XML is parsed: the Basic user is the charger id
+            authorization = request.headers.get("Authorization")
+            creds = parse_basic(authorization)
+            user = creds[0].decode("utf-8", "replace") if creds is not None else None
+            if user is not None and validate_charger_id(user) is None:
+                refusal = await self.auth.check(user, request.remote or "?", authorization, port="SOAP")
+                if refusal is not None:
+                    return self._refused(refusal, namespace, None)
+            elif not self._open_profile:  # every charger must authenticate: nothing to parse
+                return self._refused(AuthRefusal(401, "no Basic credentials", dict(_BASIC)), namespace, None)
+            try:
+                req = await self.in_pool(_read_request, data)
+            except SoapError as exc:
+                namespace = getattr(exc, "namespace", namespace)
+                relates_to = getattr(exc, "relates_to", None)
+                raise
+            headers, op, payload = req.headers, req.op, req.payload
+            c = contract(CS, req.version)
             namespace = c.namespace
-            if is_response:
-                raise SoapError("Sender", "ProtocolError", f"{op.response.name} is not a request")
+            relates_to = headers.message_id
             if headers.action and headers.action != op.action:
                 log.warning("wsa:Action %r does not match the body %s", headers.action[:80], op.request.name)
             charger_id = headers.identity
@@ -251,21 +300,16 @@ class SoapServer:
             problem = validate_charger_id(charger_id)
             if problem:
                 raise SoapError("Sender", "ProtocolError", f"chargeBoxIdentity: {problem}")
-            refusal = await self.auth.check(charger_id, request.remote or "?", request.headers.get("Authorization"),
-                                       port="SOAP")
-            if refusal is not None:
-                # OCPP-S has no authentication of its own: HTTP Basic, as for OCPP-J (docs/chargers.md, "SOAP chargers")
-                err = SoapError("Sender", "SecurityError", "authentication failed")
-                return web.Response(status=refusal.status, headers=refusal.headers,
-                                    body=codec.fault(err, namespace, relates_to),
-                                    content_type="application/soap+xml", charset="utf-8")
+            if user is not None and charger_id != user:
+                raise SoapError("Sender", "IdentityMismatch", "chargeBoxIdentity is not the authenticated charger")
+            if user is None:  # profile 0 possible: the id is known only now
+                refusal = await self.auth.check(charger_id, request.remote or "?", authorization, port="SOAP")
+                if refusal is not None:
+                    return self._refused(refusal, namespace, relates_to)
             if not self.hub.admits(charger_id):
                 raise SoapError("Sender", "SecurityError", "unknown charge box")
-            payload = codec.decode(CS, c.version, op, False, env)
-            if c.version == V15:
-                payload = convert.up(op.name, payload, False)
             try:
-                link = await self._link(charger_id, request, headers, c.version)
+                link = await self._link(charger_id, request, headers, req.version)
             except LinkFailed as exc:
                 raise SoapError("Receiver", "InternalError", f"the CSMS is unreachable (strict mode): {exc}") from exc
             message_id = new_call_id("s")
@@ -283,7 +327,7 @@ class SoapServer:
                 link.heartbeat_interval = result["interval"]
             if c.version == V15:
                 result = convert.down(op.name, result, True)
-            out = codec.encode(CS, c.version, op, True, result)
+            out = codec.encode(CS, req.version, op, True, result)
             codec.add_headers(out, c.namespace, action=op.action + "Response", message_id=codec.new_message_id(),
                               relates_to=headers.message_id, to=codec.WSA_ANONYMOUS)
             return web.Response(body=codec.to_bytes(out), content_type="application/soap+xml", charset="utf-8")
@@ -298,6 +342,12 @@ class SoapServer:
             return web.Response(status=err.http_status, body=codec.fault(err, namespace, relates_to),
                                 content_type="application/soap+xml", charset="utf-8")
 
+    def _refused(self, refusal: AuthRefusal, namespace: str, relates_to: str | None) -> web.Response:
+        # OCPP-S has no authentication of its own: HTTP Basic, as for OCPP-J (docs/chargers.md, "SOAP chargers")
+        err = SoapError("Sender", "SecurityError", refusal.body)
+        return web.Response(status=refusal.status, headers=refusal.headers, body=codec.fault(err, namespace, relates_to),
+                            content_type="application/soap+xml", charset="utf-8")
+
     async def _link(self, charger_id: str, request: web.Request, headers: codec.Addressing,
                     version: str) -> SoapChargerLink:
         link = await self.registry.get(charger_id, lambda: SoapChargerLink(self, charger_id, request.remote or "?"))
@@ -305,9 +355,7 @@ class SoapServer:
         link.soap_version = version
         link.remote = request.remote or link.remote
         link.gateway_address = headers.to if _is_endpoint(headers.to) else str(request.url)
-        if _is_endpoint(headers.from_address):
-            link.endpoint = headers.from_address
-            await self._learn_endpoint(charger_id, headers.from_address)  # type: ignore[arg-type]
+        await self._learn_endpoint(charger_id, headers.from_address, request.remote or "?")
         return link
 
     async def _get(self, request: web.Request) -> web.Response:
@@ -369,3 +417,4 @@ class SoapServer:
         self._sockets = []
         if self.http is not None:
             await self.http.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -39,7 +39,8 @@ async def gateway(tmp_path: Path, **config: Any) -> AsyncIterator[Any]:
     base: dict[str, Any] = {
         "data_dir": str(tmp_path / "data"),
         "websocket": {"listen": f"127.0.0.1:{free_port()}", "call_timeout": 5.0},
-        "soap": {"enabled": True, "listen": f"127.0.0.1:{free_port()}", "path": "/ocpp-s"},
+        "soap": {"enabled": True, "listen": f"127.0.0.1:{free_port()}", "path": "/ocpp-s",
+                 "trusted_endpoint_networks": ["127.0.0.0/8"]},  # the test chargers listen on loopback
         "api": {"listen": f"127.0.0.1:{free_port()}"},
         "logging": {"level": "DEBUG"},
     }
