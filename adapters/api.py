@@ -65,6 +65,7 @@ class ApiServer:
         self.hub = hub
         self.operator = operator or Operator(hub.sessions, hub.schemas, getattr(hub, "control", None))
         self.checks = dict(checks or {})
+        self.extra_views: dict[str, Callable[[str], Any]] = {}  # charger view key -> its value for an id
         self.status = StatusBook()
         self.known = KnownChargers(hub.store, hub, self.status)  # the store remembers every charger seen
         self.metrics = Metrics(hub)
@@ -195,6 +196,10 @@ class ApiServer:
             view.update(known.view())
         engine = getattr(self.hub, "control", None)  # local control: limits, pauses, derating per EVSE
         view["control"] = engine.view(charger_id) if engine is not None else None
+        for key, extra in self.extra_views.items():  # e.g. soap_endpoint (wired in app.py)
+            value = extra(charger_id)
+            if value is not None:
+                view[key] = value
         if outbox is not None:
             row = outbox.get(charger_id) or {}
             oldest = row.get("oldest")

@@ -131,6 +131,18 @@ SCHEMAS: dict[str, Any] = {
                      "connectors", "open_transactions", "outbox", "readings", "environment"],
         "properties": {
             "id": {"type": "string"},
+            "soap_endpoint": {
+                "type": "object", "description": "OCPP-S chargers only: where the gateway sends their commands",
+                "required": ["url", "source", "changed_at", "previous"],
+                "properties": {
+                    "url": {"type": "string"},
+                    "source": {"enum": ["configured", "wsa:From"],
+                               "description": "[chargers.ID].soap_endpoint, or learned from the charger's wsa:From"},
+                    "changed_at": {"type": ["string", "null"], "format": "date-time",
+                                   "description": "when it last changed (null: not since the gateway started)"},
+                    "previous": {"type": ["string", "null"], "description": "the endpoint before that change"},
+                },
+            },
             "connected": {"type": "boolean"},
             "transport": {"type": ["string", "null"], "description": "websocket, soap or http: of the current "
                                                                      "or last connection"},

@@ -129,6 +129,8 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gatewa
     gw.api = await _bind_api(api, stack)
     api.checks["websocket"] = server.serving
     _warn(settings)  # here: a start that fails before (exit 3, 4, 5) prints its one line, nothing else
+    if gw.soap is not None:
+        api.extra_views["soap_endpoint"] = gw.soap.endpoints.view  # every endpoint change shows in the API
     # 5. outside connections: telemetry sinks (MQTT, InfluxDB), then local control
     mqtt_id = settings.mqtt.client_id or mqtt_client_id(settings.site_id, install)
     telemetry = await _start_telemetry(settings, hub, stack, operator, mqtt_id)

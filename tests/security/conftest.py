@@ -84,3 +84,15 @@ async def gateway(tmp_path: Path, **config: Any) -> AsyncIterator[Any]:
     async with running(settings) as gw:
         gw.url = lambda cid: f"{scheme}://127.0.0.1:{gw.ws_port}/ocpp/{cid}"
         yield gw
+
+
+# -- figures of the attack tests (test_attacks.py), printed at the end of the run -----------------------
+
+FIGURES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES:
+        terminalreporter.section("attacks on the site LAN: figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
