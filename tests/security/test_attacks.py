@@ -297,7 +297,10 @@ async def test_hostile_soap_bodies_do_not_slow_the_relay(gateway_factory: Callab
     figure(f"SOAP cost: 4 rounds of 16 concurrent 800 kB envelopes of 200 000 empty elements ({result['statuses']}); "
            f"innocent charger before: {ms(before)}; during: {ms(during)}")
     assert result["statuses"] == {"400": 64}
-    assert during and statistics.median(during) < 0.1 and sorted(during)[int(len(during) * 0.95)] < 0.1
+    # under 100 ms (it was 4 380 ms with decoding on the event loop); a loaded machine's own jitter
+    # (before the attack) is not the attack's doing
+    p95 = sorted(during)[int(len(during) * 0.95)]
+    assert during and statistics.median(during) < 0.1 and p95 < max(0.1, sorted(before)[int(len(before) * 0.95)])
 
 
 # -- the REST API from a browser -------------------------------------------------------------------------
