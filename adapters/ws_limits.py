@@ -294,11 +294,10 @@ class GuardedConnection(ServerConnection):
         self._dropped = True
         if self.protocol.state is State.OPEN:
             self.protocol.fail(code, reason)
-            self.send_data()
-        transport = self.transport
-        transport.close()
-        # a peer that does not read may keep the close frame from leaving: cut it off soon after
-        asyncio.get_running_loop().call_later(2.0, transport.abort)
+            self.send_data()  # written at once unless the peer's window is full: then the peer gets no code
+        # aborted, not closed: the socket and all this connection holds go now, not after a peer
+        # that may never read has taken the close frame
+        self.transport.abort()
         self._partial = 0  # no longer counted: the memory goes with the socket (and what the relay drains)
         self._waiting.clear()
         self._waiting_bytes = 0
