@@ -49,6 +49,7 @@ from gateway.security import address_group
 log = logging.getLogger("gateway.websocket")
 
 _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
+SLICE = 4096  # bytes fed to websockets at a time (deflate inflates at most ~1000:1: a few MiB per slice)
 _jitter = random.Random()
 
 
@@ -123,15 +124,23 @@ class Admission:
 
 
 class Budget:
-    """Bytes held by all connections together in messages the relay has not taken."""
+    """Bytes held by all connections together in messages the relay has not taken.
 
-    def __init__(self, cap: int) -> None:
+    `held` is what live connections hold; `releasing` what closed ones held until their handler has
+    let go of it (the loop iteration after the socket is gone). New data is inflated only while
+    `cap - held - releasing` has room for a whole message (`max_frame_size`): otherwise the
+    connections holding the most are closed and the data waits (reading paused) until their memory
+    is released. So the total never exceeds `cap` plus one message."""
+
+    def __init__(self, cap: int, max_frame: int) -> None:
         self.cap = cap
+        self.max_frame = min(max_frame, cap)
         self.held = 0
+        self.releasing = 0
         self.peak = 0
         self.evicted = 0
         self.holders: set[GuardedConnection] = set()
-        self._evicting = False
+        self.waiting: deque[GuardedConnection] = deque()
         self._logged = -1e9
 
     def change(self, connection: GuardedConnection, delta: int) -> None:
@@ -140,23 +149,34 @@ class Budget:
             self.holders.add(connection)
         else:
             self.holders.discard(connection)
-        if self._evicting:
-            return
-        self._evicting = True
-        try:
-            while self.held > self.cap and self.holders:
-                fattest = max(self.holders, key=lambda c: c.held)
-                self.evicted += 1
-                now = asyncio.get_running_loop().time()
-                if now - self._logged > 10:
-                    self._logged = now
-                    log.warning("WebSocket connections hold %d bytes of unread messages, more than "
-                                "max_buffered_bytes (%d): closing the ones that hold the most (from %s: %d bytes; "
-                                "%d closed so far)", self.held, self.cap, fattest.peer, fattest.held, self.evicted)
-                fattest.drop(CloseCode.TRY_AGAIN_LATER, "gateway busy: too much unread data")
-        finally:
-            self._evicting = False
-        self.peak = max(self.peak, self.held)  # what stayed held (a frame over the cap is let go at once)
+        self.peak = max(self.peak, self.held + self.releasing)
+
+    def room(self) -> int:
+        return self.cap - self.held - self.releasing
+
+    def must_wait(self) -> bool:
+        """Before inflating new data: True when it must wait for memory to be released (the
+        fattest connections are closed to make room)."""
+        if self.room() >= self.max_frame:
+            return False
+        while self.cap - self.held < self.max_frame and self.holders:
+            fattest = max(self.holders, key=lambda c: c.held)
+            self.evicted += 1
+            now = asyncio.get_running_loop().time()
+            if now - self._logged > 10:
+                self._logged = now
+                log.warning("WebSocket connections hold %d bytes of unread messages, max_buffered_bytes is %d: "
+                            "closing the ones that hold the most (from %s: %d bytes; %d closed so far)",
+                            self.held + self.releasing, self.cap, fattest.peer, fattest.held, self.evicted)
+            fattest.drop(CloseCode.TRY_AGAIN_LATER, "gateway busy: too much unread data")
+        return self.room() < self.max_frame
+
+    def release(self, amount: int) -> None:
+        """Memory of a closed connection is free now: waiting connections may go on."""
+        self.releasing -= amount
+        loop = asyncio.get_running_loop()
+        while self.waiting and self.room() >= self.max_frame:
+            loop.call_soon(self.waiting.popleft().resume)
 
 
 class GuardedConnection(ServerConnection):
@@ -179,6 +199,9 @@ class GuardedConnection(ServerConnection):
         self._counted_open = False
         self._deadline: asyncio.TimerHandle | None = None
         self._dropped = False
+        self._stash: list[bytes] = []  # data waiting for room in the budget (reading paused)
+        self._paused = False
+        self._releasing = 0  # what this connection held when it was closed, until released
 
     # -- keepalive ---------------------------------------------------------------------------------
 
@@ -219,11 +242,12 @@ class GuardedConnection(ServerConnection):
             self._counted_open = False
             self.admission.closed(self.group)
         self._cancel_deadline()
-        self._partial = 0
-        self._waiting.clear()
-        self._waiting_bytes = 0
-        self._account()
+        self._forget()
         super().connection_lost(exc)
+        # the handler lets go of the frames when it wakes up (scheduled by super()); then count them free
+        amount, self._releasing = self._releasing, 0
+        if amount:
+            asyncio.get_running_loop().call_soon(self.budget.release, amount)
 
     def _end_handshake(self) -> None:
         if self._handshaking:
@@ -233,8 +257,38 @@ class GuardedConnection(ServerConnection):
     # -- bytes held --------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        # fed to websockets in slices: one read of compressed data can hold many messages, each
+        # inflating up to max_frame_size; between slices the budget is checked again
+        if self._stash:  # data is already waiting: keep the order
+            self._wait(data)
+            return
+        for start in range(0, len(data), SLICE):
+            if self.budget.must_wait():
+                if not self._dropped:
+                    self._wait(data[start:])
+                return
+            super().data_received(data[start:start + SLICE])
+            self._account()
+            if self._dropped:
+                return
+
+    def _wait(self, data: bytes) -> None:
+        self._stash.append(data)  # raw bytes wait, uninflated (counted), with reading paused
+        if not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+            self.budget.waiting.append(self)
         self._account()
+
+    def resume(self) -> None:
+        """The budget has room again: inflate what waited, read on."""
+        if self._dropped or not self._paused:
+            return
+        self._paused = False
+        data, self._stash = b"".join(self._stash), []
+        self.transport.resume_reading()
+        self._account()
+        self.data_received(data)
 
     def process_event(self, event: Any) -> None:
         if isinstance(event, Frame) and event.opcode in _DATA:
@@ -259,11 +313,11 @@ class GuardedConnection(ServerConnection):
         # websockets internals (Sans-I/O protocol): bytes received but not yet a whole frame
         reader = getattr(self.protocol, "reader", None)
         buffer = getattr(reader, "buffer", b"")
-        return len(buffer)
+        return len(buffer) + sum(len(d) for d in self._stash)
 
     def _account(self) -> None:
         transport = getattr(self, "transport", None)
-        unfinished = 0 if self._dropped or transport is None or transport.is_closing() else self._raw() + self._partial
+        unfinished = 0 if self._dropped or transport is None else self._raw() + self._partial
         held = unfinished + self._waiting_bytes
         delta, self.held = held - self.held, held
         if unfinished and self._deadline is None and self.message_timeout > 0:
@@ -280,7 +334,7 @@ class GuardedConnection(ServerConnection):
 
     def _late(self) -> None:
         self._deadline = None
-        if self._waiting_bytes:  # the relay is behind, not the charger: wait for it
+        if self._waiting_bytes or self._paused:  # the relay (or the budget) is behind, not the charger
             self._deadline = asyncio.get_running_loop().call_later(self.message_timeout, self._late)
             return
         log.warning("connection from %s: a message not finished within message_timeout (%g s); closing it",
@@ -298,7 +352,15 @@ class GuardedConnection(ServerConnection):
         # aborted, not closed: the socket and all this connection holds go now, not after a peer
         # that may never read has taken the close frame
         self.transport.abort()
-        self._partial = 0  # no longer counted: the memory goes with the socket (and what the relay drains)
+        self._forget()
+
+    def _forget(self) -> None:
+        """Stop counting what this connection holds as held: it is being released."""
+        self._dropped = True
+        self._releasing += self.held
+        self.budget.releasing += self.held
+        self._partial = 0
+        self._stash = []
         self._waiting.clear()
         self._waiting_bytes = 0
         self._account()
@@ -307,7 +369,7 @@ class GuardedConnection(ServerConnection):
 def connection_class(settings: Settings) -> tuple[type[GuardedConnection], Admission, Budget]:
     """A `GuardedConnection` class bound to one server's limits."""
     ws = settings.websocket
-    admission, budget = Admission(settings), Budget(ws.max_buffered_bytes)
+    admission, budget = Admission(settings), Budget(ws.max_buffered_bytes, ws.max_frame_size)
     cls = type("ChargerConnection", (GuardedConnection,),
                {"admission": admission, "budget": budget, "message_timeout": ws.message_timeout})
     return cls, admission, budget
