@@ -128,9 +128,11 @@ class Budget:
 
     `held` is what live connections hold; `releasing` what closed ones held until their handler has
     let go of it (the loop iteration after the socket is gone). New data is inflated only while
-    `cap - held - releasing` has room for a whole message (`max_frame_size`): otherwise the
-    connections holding the most are closed and the data waits (reading paused) until their memory
-    is released. So the total never exceeds `cap` plus one message."""
+    `cap - held - releasing` has room for a whole message (`max_frame_size`); otherwise the fattest
+    connection of the address holding the most is closed, and the data waits (reading paused) until
+    memory is released. An address that holds (almost) nothing goes on as long as there is any room,
+    and waiting connections go on by address, those of addresses holding least first: a device that
+    fills the budget delays itself, not the others. The total stays within `cap` plus one slice."""
 
     def __init__(self, cap: int, max_frame: int) -> None:
         self.cap = cap
@@ -139,28 +141,39 @@ class Budget:
         self.releasing = 0
         self.peak = 0
         self.evicted = 0
-        self.holders: set[GuardedConnection] = set()
-        self.waiting: deque[GuardedConnection] = deque()
+        self.by_group: dict[str, set[GuardedConnection]] = {}  # holders per address group
+        self.group_held: dict[str, int] = {}
+        self.waiting: set[GuardedConnection] = set()
         self._logged = -1e9
 
     def change(self, connection: GuardedConnection, delta: int) -> None:
         self.held += delta
-        if connection.held > 0:
-            self.holders.add(connection)
+        group = connection.group
+        left = self.group_held.get(group, 0) + delta
+        if left > 0:
+            self.group_held[group] = left
         else:
-            self.holders.discard(connection)
+            self.group_held.pop(group, None)
+        holders = self.by_group.setdefault(group, set())
+        if connection.held > 0:
+            holders.add(connection)
+        else:
+            holders.discard(connection)
+            if not holders:
+                del self.by_group[group]
         self.peak = max(self.peak, self.held + self.releasing)
 
     def room(self) -> int:
         return self.cap - self.held - self.releasing
 
-    def must_wait(self) -> bool:
+    def must_wait(self, connection: GuardedConnection) -> bool:
         """Before inflating new data: True when it must wait for memory to be released (the
-        fattest connections are closed to make room)."""
+        fattest connections of the fullest addresses are closed to make room)."""
         if self.room() >= self.max_frame:
             return False
-        while self.cap - self.held < self.max_frame and self.holders:
-            fattest = max(self.holders, key=lambda c: c.held)
+        while self.cap - self.held < self.max_frame and self.by_group:
+            group = max(self.group_held, key=self.group_held.__getitem__)
+            fattest = max(self.by_group[group], key=lambda c: c.held)
             self.evicted += 1
             now = asyncio.get_running_loop().time()
             if now - self._logged > 10:
@@ -169,14 +182,21 @@ class Budget:
                             "closing the ones that hold the most (from %s: %d bytes; %d closed so far)",
                             self.held + self.releasing, self.cap, fattest.peer, fattest.held, self.evicted)
             fattest.drop(CloseCode.TRY_AGAIN_LATER, "gateway busy: too much unread data")
-        return self.room() < self.max_frame
+        room = self.room()
+        if room >= self.max_frame:
+            return False
+        return not (room > 0 and self.group_held.get(connection.group, 0) <= SLICE)  # an address holding nothing
 
     def release(self, amount: int) -> None:
         """Memory of a closed connection is free now: waiting connections may go on."""
         self.releasing -= amount
         loop = asyncio.get_running_loop()
-        while self.waiting and self.room() >= self.max_frame:
-            loop.call_soon(self.waiting.popleft().resume)
+        for _ in range(max(1, self.room() // self.max_frame) if self.room() > 0 else 0):
+            if not self.waiting:
+                break
+            first = min(self.waiting, key=lambda c: self.group_held.get(c.group, 0))
+            self.waiting.discard(first)
+            loop.call_soon(first.resume)
 
 
 class GuardedConnection(ServerConnection):
@@ -263,7 +283,7 @@ class GuardedConnection(ServerConnection):
             self._wait(data)
             return
         for start in range(0, len(data), SLICE):
-            if self.budget.must_wait():
+            if self.budget.must_wait(self):
                 if not self._dropped:
                     self._wait(data[start:])
                 return
@@ -277,7 +297,7 @@ class GuardedConnection(ServerConnection):
         if not self._paused:
             self._paused = True
             self.transport.pause_reading()
-            self.budget.waiting.append(self)
+            self.budget.waiting.add(self)
         self._account()
 
     def resume(self) -> None:
@@ -357,6 +377,7 @@ class GuardedConnection(ServerConnection):
     def _forget(self) -> None:
         """Stop counting what this connection holds as held: it is being released."""
         self._dropped = True
+        self.budget.waiting.discard(self)
         self._releasing += self.held
         self.budget.releasing += self.held
         self._partial = 0
