@@ -194,7 +194,7 @@ class Budget:
         for _ in range(max(1, self.room() // self.max_frame) if self.room() > 0 else 0):
             if not self.waiting:
                 break
-            first = min(self.waiting, key=lambda c: self.group_held.get(c.group, 0))
+            first = min(self.waiting, key=lambda c: (self.group_held.get(c.group, 0), c.held))
             self.waiting.discard(first)
             loop.call_soon(first.resume)
 
