@@ -24,7 +24,6 @@ import orjson
 import pytest
 from aiohttp import web
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidStatus
 
 from adapters.soap import codec
 from adapters.soap.contract import CP, CS, contract
