@@ -63,9 +63,15 @@ def ms(values: list[float]) -> str:
 
 
 async def rpc(ws: ClientConnection, text: str, timeout: float = 10.0) -> list[Any]:
+    """Send a CALL, return its answer; CALLs from the gateway meanwhile (it reads a booted charger's
+    variables) get a NotImplemented CALLERROR."""
     async with asyncio.timeout(timeout):
         await ws.send(text)
-        return list(orjson.loads(await ws.recv()))
+        while True:
+            frame = list(orjson.loads(await ws.recv()))
+            if frame[0] != 2:
+                return frame
+            await ws.send(orjson.dumps([4, frame[1], "NotImplemented", "", {}]).decode())
 
 
 @contextlib.asynccontextmanager
