@@ -202,7 +202,7 @@ class OfflineSettings(_Section):
 
 
 DEFAULT_COMMAND_ACTIONS = (
-    "Pause", "Resume", "Reset", "UnlockConnector", "TriggerMessage", "RemoteStartTransaction",
+    "Pause", "Resume", "Limit", "SiteLimit", "Reset", "UnlockConnector", "TriggerMessage", "RemoteStartTransaction",
     "RemoteStopTransaction", "RequestStartTransaction", "RequestStopTransaction", "ChangeAvailability",
     "GetConfiguration", "GetVariables", "GetCompositeSchedule", "GetLocalListVersion", "GetTransactionStatus",
     "ClearCache", "Variables",
@@ -215,6 +215,7 @@ class MqttSettings(_Section):
     qos: int = Field(1, ge=0, le=2)
     ha_discovery: bool = False
     ha_prefix: str = "homeassistant"  # Home Assistant's discovery prefix
+    ha_max_current_a: float = Field(32.0, gt=0, le=1000)  # the maximum of the per-EVSE current-limit numbers (A)
     client_id: str = ""  # empty: "ocpp-gateway-{site_id}-{install id}" (data_dir/install-id; unique per install)
     protocol_version: Literal[5, 4] = 5  # 5 = MQTT 5 (response topic, correlation data), 4 = MQTT 3.1.1
     ca_file: str = ""  # PEM bundle for mqtts://; empty = the system's trust store

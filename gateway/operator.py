@@ -15,8 +15,10 @@ What is checked, in this order, for an OCPP call:
 Then the call goes through the charger's one-outstanding queue; its failures are `not_connected`,
 `busy`, `timeout` and `call_error` (the charger's CALLERROR).
 
-Pause and Resume are local-control commands, not OCPP actions: `{"evse": n}`,
-`{"transaction_id": ...}` or `{}` (the whole charger, EVSE 0). They need the allow-list too.
+Pause, Resume and Limit are local-control commands, not OCPP actions: `{"evse": n}`,
+`{"transaction_id": ...}` or `{}` (the whole charger, EVSE 0); Limit takes `{"evse": n, "limit_a":
+A or null}`. SiteLimit (`{"limit_a": A or null}`) sets the site's limit. They need the allow-list
+too (by their names).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from gateway.protocol.schemas import SchemaRegistry, SchemaViolation
 
 log = logging.getLogger("gateway.operator")
 
-LOCAL_COMMANDS = ("Pause", "Resume")
+LOCAL_COMMANDS = ("Pause", "Resume", "Limit")
 VARIABLES = "Variables"  # the variables mirror's command: set values or read again (gateway/mirror.py)
 EVERY_ACTION: frozenset[str] = frozenset({"*"})  # an allow-list that allows every action
 
@@ -72,6 +74,10 @@ class LocalControl(Protocol):
     async def pause(self, cid: str, body: dict[str, Any]) -> dict[str, Any]: ...
 
     async def resume(self, cid: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def limit(self, cid: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def set_site_limit(self, body: dict[str, Any]) -> dict[str, Any]: ...
 
 
 def parse_payload(raw: bytes) -> dict[str, Any]:
@@ -143,7 +149,7 @@ class Operator:
 
     async def local(self, charger_id: str, command: str, body: dict[str, Any], *,
                     allowed: Collection[str] = EVERY_ACTION, channel: str = "api") -> dict[str, Any]:
-        """Pause or Resume (`command`); what the gateway now applies. Raises OperatorError."""
+        """Pause, Resume or Limit (`command`); what the gateway now applies. Raises OperatorError."""
         if command not in LOCAL_COMMANDS:
             raise OperatorError("unknown_action", f"{command!r} is not a local-control command")
         if not permitted(command, allowed):
@@ -155,7 +161,22 @@ class Operator:
         try:
             if command == "Pause":
                 return await self.control.pause(charger_id, body)
+            if command == "Limit":
+                return await self.control.limit(charger_id, body)
             return await self.control.resume(charger_id, body)
+        except ControlError as exc:
+            raise OperatorError(exc.code, str(exc)) from exc
+
+    async def site_limit(self, body: dict[str, Any], *, allowed: Collection[str] = EVERY_ACTION,
+                         channel: str = "api") -> dict[str, Any]:
+        """SiteLimit: the site's current limit set at run time. Raises OperatorError."""
+        if not permitted("SiteLimit", allowed):
+            raise OperatorError("not_permitted", "SiteLimit is not on this channel's allow-list")
+        if self.control is None:
+            raise OperatorError("disabled", "local control is not running")
+        log.info("operator site limit (%s): %s", channel, body)
+        try:
+            return await self.control.set_site_limit(body)
         except ControlError as exc:
             raise OperatorError(exc.code, str(exc)) from exc
 

@@ -1,6 +1,14 @@
 """The MQTT command channel: `{base}/chargers/{id}/cmd/{Action}` with the request as JSON; the
 result goes to the MQTT 5 response topic (with the correlation data) or `.../cmd/{Action}/result`.
 
+Home Assistant's controls publish plain values, so local control also takes them on "set" topics
+(the result on `{topic}/result` likewise):
+- `{base}/chargers/{id}/evse/{n}/pause/set`: `ON` pauses the EVSE (0: the whole charger), `OFF`
+  resumes it (allow-list names Pause, Resume);
+- `{base}/chargers/{id}/evse/{n}/limit/set`: a number of amperes, or `None` / empty to lift the
+  operator's limit (Limit);
+- `{base}/site/limit/set`: the site limit, likewise (SiteLimit).
+
 The checks and the call are the core's (gateway/operator.py); this module only reads the topic
 and payload and writes the result document: `{"status": "ok", "response": ...}`,
 `{"status": "timeout", "error": ...}` or `{"status": "error", "error": {"code", "description"}}`
@@ -61,8 +69,8 @@ class Commands:
         self.running: set[asyncio.Task[None]] = set()
 
     @property
-    def topic_filter(self) -> str:
-        return f"{self.base}/chargers/+/cmd/+"
+    def topic_filters(self) -> list[str]:
+        return [f"{self.base}/chargers/+/cmd/+", f"{self.base}/chargers/+/evse/+/+/set", f"{self.base}/site/limit/set"]
 
     def received(self, topic: str, payload: bytes, retained: bool, response_topic: str | None,
                  correlation: bytes | None) -> None:
@@ -92,6 +100,9 @@ class Commands:
 
     async def execute(self, topic: str, payload: bytes) -> dict[str, Any]:
         levels = topic[len(self.base) + 1:].split("/")
+        if levels == ["site", "limit", "set"] or (len(levels) == 6 and levels[0] == "chargers" and levels[2] == "evse"
+                                                   and levels[5] == "set"):
+            return await self._set(levels, payload)
         if len(levels) != 4 or levels[0] != "chargers" or levels[2] != "cmd":
             return error("BadTopic", "expected .../chargers/{id}/cmd/{Action}")
         charger_id, action = unquote(levels[1]), levels[3]
@@ -112,3 +123,41 @@ class Commands:
                                                                     allowed=self.allowed, channel="mqtt")}
         except OperatorError as exc:
             return result_of(exc)
+
+    async def _set(self, levels: list[str], payload: bytes) -> dict[str, Any]:
+        """A Home Assistant control's plain value on a set topic (module docstring)."""
+        operator = self.operator
+        if operator is None:
+            return error("NotConnected", "the gateway is starting")
+        text = payload.decode("utf-8", "replace").strip()
+        try:
+            if levels[0] == "site":
+                return {"status": "ok", "response": await operator.site_limit(
+                    {"limit_a": _amperes(text)}, allowed=self.allowed, channel="mqtt")}
+            charger_id, control = unquote(levels[1]), levels[4]
+            if not levels[3].isdigit():
+                return error("BadTopic", "the EVSE level must be a number")
+            evse = int(levels[3])
+            if control == "pause":
+                if text.upper() not in ("ON", "OFF"):
+                    return error("FormatViolation", "expected ON or OFF")
+                command = "Pause" if text.upper() == "ON" else "Resume"
+                body: dict[str, Any] = {"evse": evse}
+            elif control == "limit":
+                command, body = "Limit", {"evse": evse, "limit_a": _amperes(text)}
+            else:
+                return error("BadTopic", "expected .../evse/{n}/pause/set or .../evse/{n}/limit/set")
+            return {"status": "ok", "response": await operator.local(charger_id, command, body, allowed=self.allowed,
+                                                                     channel="mqtt")}
+        except OperatorError as exc:
+            return result_of(exc)
+
+
+def _amperes(text: str) -> float | None:
+    """A number of amperes as Home Assistant sends it ("16", "16.0"); "None" or nothing: none."""
+    if text in ("", "None", "none", "null"):
+        return None
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise OperatorError("bad_payload", f"not a number of amperes: {text[:32]!r}") from exc

@@ -320,7 +320,7 @@ class MqttSink(SpooledSink[Message]):
             self._on_loop(log.warning, "MQTT: broker refused the connection: %s", reason)
             return
         client.publish(self.encoder.gateway_state, "online", qos=self.qos, retain=True)
-        client.subscribe(self.commands.topic_filter, qos=self.qos)
+        client.subscribe([(f, self.qos) for f in self.commands.topic_filters])
         receive_maximum = getattr(properties, "ReceiveMaximum", None) if properties is not None else None
         self._on_loop(self._up, receive_maximum)
 

@@ -1,9 +1,16 @@
-"""Records into MQTT messages: the topic layout (README "MQTT") as pure code, no broker, no paho.
+"""Records into MQTT messages: the topic layout (docs/mqtt-and-influxdb.md "MQTT") as pure code,
+no broker, no paho.
 
 `Encoder.encode(record)` returns the messages a record becomes, `(topic, payload, retain)`; it keeps
 what it published per charger (to clear it when the charger is forgotten, and to say that a
 reading ended) and announces Home Assistant entities (adapters/mqtt/discovery.py) the first time
 their topic appears.
+
+Readings that end: power and current (measurands `Power.*` but `Power.Factor`, and `Current.*`)
+describe a flow. When a transaction ends, the retained topics of its EVSE's flows are set to 0 (at
+the time the transaction ended); when the charger disconnects, those of all its EVSEs are cleared
+(an empty retained payload: the gateway no longer knows) and `.../availability` says offline.
+Energy registers, voltage, temperatures, SoC and the statuses keep their last value.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from adapters.mqtt import variables as mv
 from adapters.mqtt.framing import Message
 from gateway.telemetry.records import (
     ChargerForgotten, ChargerInfo, ChargerState, ConnectorStatus, ControlChange, EnvironmentReading, MeterReading,
-    MeterSample, Record, TransactionEvent,
+    MeterSample, Record, SiteLimit, TransactionEvent,
 )
 from gateway.variables.model import VariablesChanged
 
@@ -59,9 +66,18 @@ def control_json(change: ControlChange) -> dict[str, Any]:
 
 
 def meter_topic(root: str, evse: int, sample: MeterSample) -> str:
-    """The retained topic of one reading identity: measurand, then the phase if any."""
+    """The retained topic of one reading identity (EVSE, measurand, phase, location): the
+    measurand, then the phase if any, then the location unless it is the default (Outlet). Phase
+    names (L1, L2-N, N, ...) and locations (Body, Cable, EV, Inlet, Upstream) never coincide."""
+    location = sample.location
     return (f"{root}/evse/{evse}/meter/{topic_level(sample.measurand)}"
-            + (f"/{topic_level(sample.phase)}" if sample.phase else ""))
+            + (f"/{topic_level(sample.phase)}" if sample.phase else "")
+            + (f"/{topic_level(location)}" if location and location != "Outlet" else ""))
+
+
+def is_flow(measurand: str) -> bool:
+    """Power and current: what stops when charging stops (see the module docstring)."""
+    return measurand.startswith(("Power.", "Current.")) and measurand != "Power.Factor"
 
 
 @dataclass
@@ -76,9 +92,21 @@ class ChargerTopics:
     meter_root: dict[int, str] = field(default_factory=dict)  # evse -> {root}/evse/{evse}/meter
     # (name, unit, source) -> (retained topic, JSON before the value, after it up to the time, after the time)
     environment: dict[tuple[str, str, str], tuple[str, str, str, str]] = field(default_factory=dict)
-    discovery: dict[str, dict[str, Any]] = field(default_factory=dict)  # HA config topic -> config (without device)
-    device: dict[str, Any] = field(default_factory=dict)
+    # HA config topic -> (config without device and availability, whether it follows the charger's availability)
+    discovery: dict[str, tuple[dict[str, Any], bool]] = field(default_factory=dict)
+    device: dict[str, Any] = field(default_factory=dict)  # from BootNotification
     state: ChargerState | None = None  # the last state published
+    evses: dict[int, int | None] = field(default_factory=dict)  # EVSE -> a connector, from statuses
+    # EVSE -> retained flow topics (power, current) -> (JSON before the value, after it)
+    flows: dict[int, dict[str, tuple[str, str]]] = field(default_factory=dict)
+
+    @property
+    def availability(self) -> str:
+        return f"{self.root}/availability"
+
+    @property
+    def protocol(self) -> str:
+        return self.state.protocol if self.state is not None else "ocpp1.6"
 
 
 class Encoder:
@@ -92,6 +120,7 @@ class Encoder:
         self.chargers: dict[str, ChargerTopics] = {}
         self._last: dict[str, tuple[float, float]] = {}  # retained meter topic -> (value, monotonic time)
         self._thin = settings.retained_min_interval > 0 or settings.retained_deadband > 0  # see _due
+        self.gateway_discovery: dict[str, dict[str, Any]] = {}  # HA config topic -> config (the gateway's device)
 
     @property
     def gateway_state(self) -> str:
@@ -99,7 +128,12 @@ class Encoder:
 
     @property
     def command_filter(self) -> str:
+        """The OCPP command topics (adapters/mqtt/commands.py has the set topics too)."""
         return f"{self.base}/chargers/+/cmd/+"
+
+    @property
+    def site_limit(self) -> str:
+        return f"{self.base}/site/limit"
 
     def charger(self, charger_id: str) -> ChargerTopics:
         ch = self.chargers.get(charger_id)
@@ -126,6 +160,8 @@ class Encoder:
             return self._environment(record, self.chargers.get(record.charger_id) or self.charger(record.charger_id))
         if isinstance(record, ChargerForgotten):
             return self._forget(record.charger_id)
+        if isinstance(record, SiteLimit):
+            return self._site(record)
         ch = self.charger(record.charger_id)
         root = ch.root
         out: list[Message] = []
@@ -133,20 +169,34 @@ class Encoder:
             topic = f"{root}/evse/{record.evse}/status"
             out.append(self._retained(ch, topic, _json({"status": record.status, "error_code": record.error_code,
                                                         "connector": record.connector, "ts": iso(record.ts)})))
+            new = record.evse not in ch.evses
+            if new or ch.evses[record.evse] is None:
+                ch.evses[record.evse] = record.connector
             if self.cfg.ha_discovery:
                 out += self._discover(ch, ha.evse_status(record.evse, topic))
+                if new:
+                    out += self._evse_controls(ch, record.evse, record.connector)
         elif isinstance(record, TransactionEvent):
             out.append((f"{root}/transactions", _json({
                 "event": record.event, "transaction_id": record.transaction_id, "evse": record.evse,
                 "meter_start": record.meter_start, "meter_stop": record.meter_stop, "energy_wh": record.energy_wh,
                 "reason": record.reason, "offline": record.offline, "ts": iso(record.ts)}), False))
+            if record.event == "ended":
+                out += self._flows_end(ch, record)
         elif isinstance(record, ChargerState):
             ch.state = record
             out.append(self._retained(ch, f"{root}/state", _json({
                 "connected": record.connected, "upstream": record.upstream, "protocol": record.protocol,
                 "ts": iso(record.ts)})))
+            out.append(self._retained(ch, ch.availability, ha.ONLINE.encode() if record.connected
+                                      else ha.OFFLINE.encode()))
+            if not record.connected:
+                out += self._flows_cleared(ch)
             if self.cfg.ha_discovery:
                 out += self._discover(ch, ha.connected(f"{root}/state"))
+                out += self._discover(ch, ha.reset_button(root, record.protocol))
+                out += self._discover(ch, ha.availability_select(root, record.protocol))
+
         elif isinstance(record, ControlChange):  # local control: every change, and the latest per EVSE
             body = _json(control_json(record))
             out.append((f"{root}/control", body, False))
@@ -162,7 +212,15 @@ class Encoder:
         elif isinstance(record, ChargerInfo):
             ch.device = ha.device_info(record)
             if self.cfg.ha_discovery:  # the device details changed: publish every config again
-                out += [(t, self._ha_payload(ch, c), True) for t, c in ch.discovery.items()]
+                out += [(t, self._ha_payload(ch, c, follows), True) for t, (c, follows) in ch.discovery.items()]
+        return out
+
+    def _site(self, record: SiteLimit) -> list[Message]:
+        out: list[Message] = [(self.site_limit, _json({"limit_a": record.limit_a, "source": record.source,
+                                                       "ts": iso(record.ts)}), True)]
+        if self.cfg.ha_discovery:
+            out += self._discover_gateway(ha.site_limit_number(self.base))
+            out += self._discover_gateway(ha.gateway_online(self.gateway_state))
         return out
 
     def _meter(self, record: MeterReading, ch: ChargerTopics) -> list[Message]:
@@ -207,6 +265,8 @@ class Encoder:
                  f'"context":{_text(s.context)}')
         ch.meter_topics[(evse, s.measurand, s.unit, s.phase, s.location, s.context)] = shape
         ch.retained.add(topic)
+        if is_flow(s.measurand):
+            ch.flows.setdefault(evse, {})[topic] = (shape[1], shape[2])
         if self.cfg.ha_discovery:
             entity = ha.meter_sensor(evse, s, topic)
             if entity is not None:
@@ -251,17 +311,63 @@ class Encoder:
 
     # -- Home Assistant discovery ------------------------------------------------------------------
 
+    def _evse_controls(self, ch: ChargerTopics, evse: int, connector: int | None) -> list[Message]:
+        """A pause switch and a current-limit number per EVSE (0: the whole charger), an unlock
+        button per EVSE with connectors."""
+        out = self._discover(ch, ha.pause_switch(evse, ch.root))
+        out += self._discover(ch, ha.limit_number(evse, ch.root, self.cfg.ha_max_current_a))
+        if evse > 0:
+            out += self._discover(ch, ha.unlock_button(evse, connector, ch.root, ch.protocol))
+        return out
+
     def _discover(self, ch: ChargerTopics, entity: ha.Entity) -> list[Message]:
         node = ha.node_id(self.site_id, topic_level(ch.charger_id))
         topic, config = ha.config(self.cfg.ha_prefix, node, entity)
         if topic in ch.discovery:
             return []
-        ch.discovery[topic] = config
-        return [(topic, self._ha_payload(ch, config), True)]
+        ch.discovery[topic] = (config, entity.follows_charger)
+        return [(topic, self._ha_payload(ch, config, entity.follows_charger), True)]
 
-    def _ha_payload(self, ch: ChargerTopics, config: dict[str, Any]) -> bytes:
+    def _ha_payload(self, ch: ChargerTopics, config: dict[str, Any], follows_charger: bool) -> bytes:
         node = ha.node_id(self.site_id, topic_level(ch.charger_id))
-        return _json(ha.complete(config, node, ch.charger_id, ch.device, self.gateway_state))
+        device = ha.charger_device(node, ch.charger_id, ch.device, self.site_id)
+        topics = (self.gateway_state, ch.availability) if follows_charger else (self.gateway_state,)
+        return _json(ha.complete(config, device, topics, self.cfg.qos))
+
+    def _discover_gateway(self, entity: ha.Entity) -> list[Message]:
+        topic, config = ha.config(self.cfg.ha_prefix, ha.gateway_node(self.site_id), entity)
+        if topic in self.gateway_discovery:
+            return []
+        self.gateway_discovery[topic] = config
+        # the gateway's own connectivity sensor must stay available to say "offline"
+        topics = () if entity.key == "online" else (self.gateway_state,)
+        return [(topic, _json(ha.complete(config, ha.gateway_device(self.site_id), topics, self.cfg.qos)), True)]
+
+    # -- readings that end -------------------------------------------------------------------------
+
+    def _flows_end(self, ch: ChargerTopics, record: TransactionEvent) -> list[Message]:
+        """The transaction ended: its EVSE's power and current are 0 from then on (every EVSE's
+        when the event names none)."""
+        tx = record.transaction_id
+        tail = f',"ts":"{iso(record.ts)}","transaction_id":{"null" if tx is None else _text(tx)}}}'
+        evses = [record.evse] if record.evse is not None else list(ch.flows)
+        out: list[Message] = []
+        now = time.monotonic()
+        for evse in evses:
+            for topic, (head, after) in (ch.flows.get(evse) or {}).items():
+                out.append((topic, f"{head}0.0{after}{tail}".encode(), True))
+                if self._thin:
+                    self._last[topic] = (0.0, now)
+        return out
+
+    def _flows_cleared(self, ch: ChargerTopics) -> list[Message]:
+        """The charger disconnected: its retained power and current topics are cleared."""
+        out: list[Message] = []
+        for topics in ch.flows.values():
+            for topic in topics:
+                out.append((topic, b"", True))
+                self._last.pop(topic, None)
+        return out
 
     def _forget(self, charger_id: str) -> list[Message]:
         ch = self.chargers.pop(charger_id, None)
@@ -271,3 +377,4 @@ class Encoder:
             if topic in ch.retained:
                 del self._last[topic]
         return [(t, b"", True) for t in sorted(ch.retained) + sorted(ch.discovery)]
+

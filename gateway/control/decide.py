@@ -103,12 +103,14 @@ NOTHING = Want(None, None, None, "")
 
 
 def evse_want(transaction_id: Any, *, operator_paused: bool, derating: int, reduced: float,
-              site_share: float | None, csms_cap: float | None) -> Want:
+              site_share: float | None, csms_cap: float | None, operator_limit: float | None = None) -> Want:
     """Combine the reasons into one limit: the lowest wins; the reason named is the one that
     set it (operator pause first, then temperature, then the site limit)."""
     candidates: list[tuple[float, str]] = []
     if operator_paused:
         candidates.append((0.0, "operator"))
+    if operator_limit is not None:
+        candidates.append((operator_limit, "operator"))
     if derating == PAUSED:
         candidates.append((0.0, "temperature"))
     elif derating == REDUCED:

@@ -28,7 +28,7 @@ from gateway.control.settings import DeratingRule
 from gateway.errors import Busy, CallFailed, CallTimeout, GatewayError, NotConnected
 from gateway.ports import Exchange
 from gateway.telemetry.normalise import Normaliser
-from gateway.telemetry.records import ControlChange, EnvironmentReading, Record
+from gateway.telemetry.records import ControlChange, EnvironmentReading, Record, SiteLimit
 from gateway.variables.meaning import Capabilities, choose_rate_unit, choose_stack_level
 
 log = logging.getLogger("gateway.control")
@@ -70,6 +70,7 @@ class _Charger:
     txs: dict[str, _Tx] = field(default_factory=dict)  # transaction id (as text) -> tx
     paused_evses: set[int] = field(default_factory=set)  # operator pause of an EVSE
     paused_txs: set[str] = field(default_factory=set)  # operator pause of one transaction
+    limits: dict[int, float] = field(default_factory=dict)  # operator current limit per EVSE (A; 0 = every EVSE)
     temps: dict[str, tuple[float, float]] = field(default_factory=dict)  # reading name -> (latest °C, monotonic time)
     level: int = D.NORMAL
     temperature: float | None = None
@@ -97,7 +98,10 @@ class ControlEngine:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._closed = False
         self.changes: list[ControlChange] = []  # the latest changes (bounded), for the API and tests
+        self.site_override: float | None = None  # the operator's site limit (A per phase), when set
+        self.site_overridden = False  # set by the operator (None then means: no site limit)
         self._load()
+        self._site_changed()  # what the site limit is, for the telemetry plane (MQTT .../site/limit)
 
     # -- configuration --------------------------------------------------------------------------
 
@@ -284,14 +288,14 @@ class ControlEngine:
     def _recompute_site(self, except_for: str | None) -> None:
         """A start, stop or cap change may move every share: every charger with a transaction is
         reconciled (each compares against what it sent, so unchanged ones send nothing)."""
-        if self.settings.site.current_limit() is None:
+        if self.site_limit() is None:
             return
         for cid, ch in self.chargers.items():
             if cid != except_for and (ch.txs or ch.sent):
                 self._kick(cid)
 
     def site_shares(self) -> dict[tuple[str, str], float]:
-        limit = self.settings.site.current_limit()
+        limit = self.site_limit()
         if limit is None:
             return {}
         claims: list[tuple[int, D.Claim]] = []
@@ -304,8 +308,18 @@ class ControlEngine:
         claims.sort(key=lambda c: c[0])
         return D.fair_share(limit, [c for _, c in claims], self.settings.site.min_per_session)  # type: ignore[return-value]
 
+    def site_limit(self) -> float | None:
+        """The site limit in A per phase: the operator's when set, else `[site]`'s; None: none."""
+        return self.site_override if self.site_overridden else self.settings.site.current_limit()
+
+    def _operator_limit(self, ch: _Charger, evse: int) -> float | None:
+        limits = [a for e, a in ch.limits.items() if e in (0, evse)]
+        return min(limits) if limits else None
+
     def _cap(self, cid: str, ch: _Charger, evse: int) -> float:
-        cap = math.inf
+        cap = self._operator_limit(ch, evse)
+        if cap is None:
+            cap = math.inf
         rule = self.rule(cid)
         if ch.level == D.REDUCED and rule is not None:
             cap = rule.reduced_current_a
@@ -335,7 +349,8 @@ class ControlEngine:
         return D.evse_want(tid, operator_paused=self._operator_paused(ch, evse, tid),
                            derating=ch.level if rule is not None else D.NORMAL,
                            reduced=rule.reduced_current_a if rule is not None else math.inf,
-                           site_share=share, csms_cap=self._csms_cap(ch, evse))
+                           site_share=share, csms_cap=self._csms_cap(ch, evse),
+                           operator_limit=self._operator_limit(ch, evse))
 
     # -- reconciling ----------------------------------------------------------------------------
 
@@ -376,7 +391,7 @@ class ControlEngine:
             session = self.hub.sessions.get(cid)
             if session is None or not session.connected:
                 return {}
-            evses = {t.evse for t in ch.txs.values()} | ch.paused_evses | set(ch.sent)
+            evses = {t.evse for t in ch.txs.values()} | ch.paused_evses | set(ch.limits) | set(ch.sent)
             if self.rule(cid) is not None and ch.level != D.NORMAL:
                 evses.add(0)  # TxDefaultProfile on EVSE 0: every session that starts meanwhile is derated
             for evse in sorted(evses):
@@ -537,6 +552,45 @@ class ControlEngine:
         log.info("control: operator resume of %s EVSE %d", cid, evse, extra={"charger_id": cid})
         return await self._result(cid, ch, evse)
 
+    async def limit(self, cid: str, body: dict[str, Any]) -> dict[str, Any]:
+        """An operator current limit on an EVSE (`{"evse": n, "limit_a": A}`, EVSE 0 or no EVSE = every
+        EVSE of the charger); `"limit_a": null` lifts it. A limit of 0 pauses."""
+        limit = _amperes(body)
+        ch, evse, _ = self._target(cid, {"evse": body.get("evse", 0)})
+        if limit is None:
+            ch.limits.pop(evse, None)
+        else:
+            ch.limits[evse] = limit
+        log.info("control: operator limit of %s EVSE %d: %s", cid, evse, "none" if limit is None else f"{limit:g} A",
+                 extra={"charger_id": cid})
+        return await self._result(cid, ch, evse)
+
+    async def set_site_limit(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The operator's site limit (`{"limit_a": A}`; null: no site limit). It replaces `[site]`'s
+        until the next restart... and after it: it is kept with the rest of control's state."""
+        if not self.control.pause_enabled:
+            raise ControlError("disabled", "operator control is switched off ([control].pause_enabled)")
+        self.site_override, self.site_overridden = _amperes(body), True
+        log.info("control: operator site limit: %s",
+                 "none" if self.site_override is None else f"{self.site_override:g} A")
+        self._site_changed()
+        self._touch()
+        for cid, ch in self.chargers.items():
+            if ch.txs or ch.sent:
+                self._kick(cid)
+        await self.settled()
+        return {"limit_a": self.site_limit(), "source": "operator"}
+
+    def _site_changed(self) -> None:
+        if self.publish is None:
+            return
+        record = SiteLimit(limit_a=self.site_limit(), source="operator" if self.site_overridden else "config",
+                           ts=datetime.now(timezone.utc))
+        try:
+            self.publish((record,))
+        except Exception:  # noqa: BLE001 - telemetry must never stop local control
+            log.exception("control: the telemetry plane refused the site limit")
+
     async def _result(self, cid: str, ch: _Charger, evse: int) -> dict[str, Any]:
         self._recompute_site(except_for=cid)
         await self.reconcile(cid)
@@ -567,6 +621,7 @@ class ControlEngine:
                       for e, s in sorted(ch.sent.items())],
             "temperature": ch.temperature, "derating": D.LEVEL_NAMES[ch.level],
             "paused_evses": sorted(ch.paused_evses),
+            "limits": {str(e): a for e, a in sorted(ch.limits.items())},
         }
 
     async def close(self) -> None:
@@ -605,23 +660,29 @@ class ControlEngine:
         for cid, ch in self.chargers.items():
             out[cid] = {
                 "version": ch.version, "paused_evses": sorted(ch.paused_evses), "paused_txs": sorted(ch.paused_txs),
+                "limits": [[e, a] for e, a in sorted(ch.limits.items())],
                 "txs": [[t.transaction_id, t.evse, t.order] for t in ch.txs.values()], "level": ch.level,
                 "sent": [{"evse": e, "pid": x.pid, "limit": x.want.limit, "purpose": x.want.purpose,
                           "transaction_id": x.want.transaction_id, "reason": x.want.reason, "mechanism": x.mechanism,
                           "inoperative": x.inoperative} for e, x in ch.sent.items()],
             }
-        return {"chargers": out}
+        site = {"site_limit_a": self.site_override} if self.site_overridden else {}
+        return {"chargers": out, **site}
 
     def _load(self) -> None:
         if self.state_file is None or not self.state_file.is_file():
             return
         try:
             data = json.loads(self.state_file.read_text(encoding="utf-8"))
+            if "site_limit_a" in data:
+                self.site_overridden = True
+                self.site_override = None if data["site_limit_a"] is None else float(data["site_limit_a"])
             for cid, c in (data.get("chargers") or {}).items():
                 ch = self._charger(cid)
                 ch.version = str(c.get("version") or "ocpp1.6")
                 ch.paused_evses = {int(e) for e in c.get("paused_evses") or []}
                 ch.paused_txs = {str(t) for t in c.get("paused_txs") or []}
+                ch.limits = {int(e): float(a) for e, a in c.get("limits") or []}
                 for tid, evse, order in c.get("txs") or []:
                     ch.txs[str(tid)] = _Tx(str(tid), int(evse), int(order))
                     self._order = max(self._order, int(order))
@@ -634,6 +695,18 @@ class ControlEngine:
         except (OSError, ValueError, TypeError, KeyError) as exc:
             log.error("control: %s unreadable (%s); starting without it", self.state_file, exc)
             self.chargers.clear()
+
+
+def _amperes(body: dict[str, Any]) -> float | None:
+    """`limit_a` of a limit command: a number >= 0 (A per phase) or null."""
+    if "limit_a" not in body:
+        raise ControlError("bad_request", 'the body needs "limit_a": a number of amperes >= 0, or null to lift it')
+    value = body["limit_a"]
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 10_000:
+        raise ControlError("bad_request", '"limit_a" must be a number of amperes >= 0, or null')
+    return float(value)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

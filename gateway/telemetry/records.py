@@ -144,5 +144,15 @@ class ControlChange:
     temperature: float | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiteLimit:
+    """The site limit local control applies (A per phase, None: none), and where it comes from:
+    "config" (`[site]`) or "operator" (set at run time)."""
+
+    limit_a: float | None
+    source: str
+    ts: datetime
+
+
 Record = (MeterReading | ConnectorStatus | TransactionEvent | EnvironmentReading | ChargerState | ChargerInfo
-          | ChargerForgotten | ControlChange | VariablesChanged)
+          | ChargerForgotten | ControlChange | VariablesChanged | SiteLimit)

@@ -89,9 +89,12 @@ async def test_ocpp16_session_reaches_mqtt_and_influx_v1(
                                                            "unit": "W", "phase": None, "location": "Outlet",
                                                            "context": "Sample.Periodic"}
             assert by_measurand["Temperature"]["value"] == 25.0 and by_measurand["Temperature"]["unit"] == "Celsius"
-            power = sub.last(f"{base}/evse/1/meter/Power.Active.Import")
-            assert power["value"] == 7200.0 and power["ts"] == "2025-03-01T10:01:00.000Z"
-            assert sub.last(f"{base}/evse/1/meter/Current.Import/L1")["value"] == 16.1
+            # the reading, then (the transaction ended) 0 at the time it ended
+            powers = wait_for(lambda: len(sub.json(f"{base}/evse/1/meter/Power.Active.Import")) >= 2
+                              and sub.json(f"{base}/evse/1/meter/Power.Active.Import"), 10, "power, then 0")
+            assert [(p["value"], p["ts"]) for p in powers] == [(7200.0, "2025-03-01T10:01:00.000Z"),
+                                                               (0.0, "2025-03-01T10:02:00.000Z")]
+            assert sub.json(f"{base}/evse/1/meter/Current.Import/L1")[0]["value"] == 16.1
             assert [m.retain for m in sub.on(f"{base}/evse/1/meter")] == [False]
             temp = sub.last(f"{base}/environment/temperature_evse1")
             assert temp == {"value": 25.0, "unit": "Celsius", "ts": "2025-03-01T10:01:00.000Z",
@@ -220,7 +223,9 @@ async def test_ocpp201_session_reaches_mqtt_and_influx_v2(
             assert [(e["event"], e["evse"]) for e in events] == [("started", 1), ("updated", 1), ("ended", 1)]
             assert (events[2]["meter_start"], events[2]["meter_stop"], events[2]["energy_wh"],
                     events[2]["reason"]) == (2000.0, 4500.0, 2500.0, "EVDisconnected")
-            assert sub.last(f"{base}/evse/1/meter/Power.Active.Import")["value"] == 11000.0
+            assert sub.json(f"{base}/evse/1/meter/Power.Active.Import")[0]["value"] == 11000.0
+            # the transaction ended: power 0 from then on
+            wait_for(lambda: sub.json(f"{base}/evse/1/meter/Power.Active.Import")[-1]["value"] == 0.0, 10, "power 0")
 
         env = wait_for(lambda: len(influx.rows(bucket, "SELECT * FROM environment")) >= 4
                        and influx.rows(bucket, "SELECT * FROM environment"), 10, "environment points via v2")

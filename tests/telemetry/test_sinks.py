@@ -112,7 +112,7 @@ async def test_mqtts_with_username_and_password(tls_broker: Any, tmp_path: Path)
         bad = MqttSettings(url=f"mqtts://gw-user:wrong@127.0.0.1:{tls_port}", ca_file=str(ca), topic_prefix="ocpp")
         async with MqttSink(bad, str(tmp_path / "data2"), "tls") as sink:
             sink.offer(state("CP2"))
-            await until(lambda: sink.spool.count == 1, 5, "spooled while refused")
+            await until(lambda: sink.spool.count == 2, 5, "spooled while refused")  # its state and availability
             assert not sink.connected
     finally:
         client.disconnect()
@@ -243,7 +243,13 @@ async def test_home_assistant_discovery_and_removal(tmp_path: Path) -> None:
                             f"homeassistant/sensor/{node}/evse1_status/config",
                             f"homeassistant/sensor/{node}/evse1_power_active_import/config",
                             f"homeassistant/sensor/{node}/evse1_soc/config",
-                            f"homeassistant/sensor/{node}/env_humidity/config"}
+                            f"homeassistant/sensor/{node}/env_humidity/config",
+                            # controls (tests/telemetry/test_discovery.py checks them against the schema)
+                            f"homeassistant/button/{node}/reset/config",
+                            f"homeassistant/select/{node}/availability/config",
+                            f"homeassistant/switch/{node}/evse1_pause/config",
+                            f"homeassistant/number/{node}/evse1_limit/config",
+                            f"homeassistant/button/{node}/evse1_unlock/config"}
     soc = configs[f"homeassistant/sensor/{node}/evse1_soc/config"]
     assert (soc["device_class"], soc["unit_of_measurement"], soc["state_class"]) == ("battery", "%", "measurement")
     hum = configs[f"homeassistant/sensor/{node}/env_humidity/config"]
