@@ -169,18 +169,16 @@ class Encoder:
             topic = f"{root}/evse/{record.evse}/status"
             out.append(self._retained(ch, topic, _json({"status": record.status, "error_code": record.error_code,
                                                         "connector": record.connector, "ts": iso(record.ts)})))
-            new = record.evse not in ch.evses
-            if new or ch.evses[record.evse] is None:
-                ch.evses[record.evse] = record.connector
+            out += self._evse_seen(ch, record.evse, record.connector)
             if self.cfg.ha_discovery:
                 out += self._discover(ch, ha.evse_status(record.evse, topic))
-                if new:
-                    out += self._evse_controls(ch, record.evse, record.connector)
         elif isinstance(record, TransactionEvent):
             out.append((f"{root}/transactions", _json({
                 "event": record.event, "transaction_id": record.transaction_id, "evse": record.evse,
                 "meter_start": record.meter_start, "meter_stop": record.meter_stop, "energy_wh": record.energy_wh,
                 "reason": record.reason, "offline": record.offline, "ts": iso(record.ts)}), False))
+            if record.evse is not None:
+                out += self._evse_seen(ch, record.evse, record.connector)
             if record.event == "ended":
                 out += self._flows_end(ch, record)
         elif isinstance(record, ChargerState):
@@ -267,6 +265,7 @@ class Encoder:
         ch.retained.add(topic)
         if is_flow(s.measurand):
             ch.flows.setdefault(evse, {})[topic] = (shape[1], shape[2])
+        out += self._evse_seen(ch, evse, None)
         if self.cfg.ha_discovery:
             entity = ha.meter_sensor(evse, s, topic)
             if entity is not None:
@@ -310,6 +309,14 @@ class Encoder:
         return True
 
     # -- Home Assistant discovery ------------------------------------------------------------------
+
+    def _evse_seen(self, ch: ChargerTopics, evse: int, connector: int | None) -> list[Message]:
+        """The first status, transaction or reading of an EVSE: its Home Assistant controls."""
+        if evse in ch.evses and (connector is None or ch.evses[evse] is not None):
+            return []
+        new = evse not in ch.evses
+        ch.evses[evse] = connector
+        return self._evse_controls(ch, evse, connector) if new and self.cfg.ha_discovery else []
 
     def _evse_controls(self, ch: ChargerTopics, evse: int, connector: int | None) -> list[Message]:
         """A pause switch and a current-limit number per EVSE (0: the whole charger), an unlock

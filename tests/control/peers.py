@@ -80,6 +80,16 @@ class Charger16(_Recording, v16.ChargePoint):
         self.commands.append(("RemoteStopTransaction", kw))
         return v16.call_result.RemoteStopTransaction(status="Accepted")
 
+    @on("Reset")
+    async def on_reset(self, **kw: Any) -> Any:
+        self.commands.append(("Reset", kw))
+        return v16.call_result.Reset(status="Accepted")
+
+    @on("UnlockConnector")
+    async def on_unlock(self, **kw: Any) -> Any:
+        self.commands.append(("UnlockConnector", kw))
+        return v16.call_result.UnlockConnector(status="Unlocked")
+
     running = False
 
     async def boot(self) -> None:
@@ -131,6 +141,16 @@ class Charger201(_Recording, v201.ChargePoint):
     async def on_request_stop(self, **kw: Any) -> Any:
         self.commands.append(("RequestStopTransaction", kw))
         return v201.call_result.RequestStopTransaction(status="Accepted")
+
+    @on("Reset")
+    async def on_reset(self, **kw: Any) -> Any:
+        self.commands.append(("Reset", kw))
+        return self._call_result.Reset(status="Accepted")
+
+    @on("UnlockConnector")
+    async def on_unlock(self, **kw: Any) -> Any:
+        self.commands.append(("UnlockConnector", kw))
+        return self._call_result.UnlockConnector(status="Unlocked")
 
     seq = 0
 

@@ -124,8 +124,21 @@ async def test_ocpp16_session_reaches_mqtt_and_influx_v1(
             # nothing left its topic level: every charger topic is under the encoded id
             assert not [t for t in sub.topics_seen() if "/chargers/CP+" in t or "/chargers/CP/" in t]
 
-        # the charger hung up: its retained state says so
+        # the charger hung up: its retained state and availability say so; its power and current
+        # topics are cleared (the energy register keeps its last value)
         wait_for(lambda: sub.json(f"{base}/state")[-1]["connected"] is False, 10, "disconnected state")
+        wait_for(lambda: sub.on(f"{base}/availability")[-1].payload == b"offline", 10, "availability offline")
+        for flow in ("Power.Active.Import", "Current.Import/L1"):
+            last = sub.on(f"{base}/evse/1/meter/{flow}")[-1]
+            assert last.payload == b"" and last.retain is False  # (retained at the broker; live to this subscriber)
+        assert sub.json(f"{base}/evse/1/meter/Energy.Active.Import.Register")[-1]["value"] == 1500.0
+        fresh = Subscriber(mosquitto.port, [f"{base}/evse/1/meter/#"])
+        try:
+            await asyncio.sleep(1.0)
+            assert sorted(m.topic for m in fresh.messages if m.payload) == [
+                f"{base}/evse/1/meter/Energy.Active.Import.Register", f"{base}/evse/1/meter/Temperature/Body"]
+        finally:
+            fresh.close()
 
         # InfluxDB (v1 /write): tags, float fields, the charger's timestamps
         rows = wait_for(lambda: len(influx.rows(db, "SELECT * FROM meter_value")) >= 5
