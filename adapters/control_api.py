@@ -67,6 +67,8 @@ SCHEMAS: dict[str, Any] = {
             "temperature": {"type": ["number", "null"], "description": "the hottest latest reading, °C"},
             "derating": {"enum": ["normal", "reduced", "paused"]},
             "paused_evses": {"type": "array", "items": {"type": "integer"}},
+            "limits": {"type": "object", "additionalProperties": {"type": "number"},
+                       "description": "the operator's current limits, A per EVSE (\"0\": every EVSE)"},
         },
     },
 }

@@ -72,19 +72,19 @@ async def test_every_control_round_trips_to_the_chargers(tmp_path: Path, mosquit
                 result = await ha.press(switch, switch["payload_on"])
                 assert result["status"] == "ok" and result["response"]["state"] == "paused"
                 assert cp.limits()[-1] == ("TxProfile", 1, 0.0)
-                await until(lambda: ha.state(switch).get("state") == "paused", STEP, "switch state on")
+                await until(lambda switch=switch: ha.state(switch).get("state") == "paused", STEP, "switch state on")
                 cleared = len(cp.of("ClearChargingProfile"))
                 result = await ha.press(switch, switch["payload_off"])
                 assert result["status"] == "ok" and result["response"]["state"] == "released"
                 assert len(cp.of("ClearChargingProfile")) == cleared + 1
-                await until(lambda: ha.state(switch).get("state") == "released", STEP, "switch state off")
+                await until(lambda switch=switch: ha.state(switch).get("state") == "released", STEP, "switch state off")
                 # current-limit number: a number of amperes, "None" lifts it
                 number = await ha.config("number", node, "evse1_limit")
                 assert (number["min"], number["max"], number["unit_of_measurement"]) == (0, 32, "A")
                 result = await ha.press(number, "10.0")
                 assert result["status"] == "ok" and result["response"]["limit_a"] == 10.0
                 assert cp.limits()[-1] == ("TxProfile", 1, 10.0)
-                await until(lambda: ha.state(number).get("limit_a") == 10.0, STEP, "number state")
+                await until(lambda number=number: ha.state(number).get("limit_a") == 10.0, STEP, "number state")
                 result = await ha.press(number, "None")
                 assert result["status"] == "ok" and result["response"]["state"] == "released"
                 assert (await ha.press(number, "lots"))["error"]["code"] == "FormatViolation"
