@@ -355,13 +355,14 @@ class MqttSink(SpooledSink[Message]):
             log.warning("MQTT: connection lost (%s); spooling until it is back", reason)
             short = time.monotonic() - self._up_since < SHORT_LIVED
             self._short_lived = self._short_lived + 1 if short else 0
-            if code == TAKEN_OVER or self._short_lived == SHORT_LIVED_IN_A_ROW:
-                why = "session taken over" if code == TAKEN_OVER else (
-                    f"session taken over? the broker closed {SHORT_LIVED_IN_A_ROW} connections in a row right after "
-                    "they were made")
-                log.error("MQTT: the broker gave client id %r to another connection (%s): another gateway, or a copy "
-                          "of this data_dir, uses the same id; set [mqtt].client_id, or delete data_dir/install-id on "
-                          "the copy so it draws its own", self.client_id, why)
+            fix = "set [mqtt].client_id, or delete data_dir/install-id on the copy so it draws its own"
+            if code == TAKEN_OVER:
+                log.error("MQTT: the broker gave client id %r to another connection (session taken over): another "
+                          "gateway, or a copy of this data_dir, uses the same id; %s", self.client_id, fix)
+            elif self._short_lived == SHORT_LIVED_IN_A_ROW:  # once per episode
+                log.error("MQTT: the broker closed %d connections in a row right after they were made: is client id "
+                          "%r taken over by another client (another gateway, or a copy of this data_dir)? %s",
+                          SHORT_LIVED_IN_A_ROW, self.client_id, fix)
         self.connected = False
         self._requeue()
         self._lost.set()

@@ -3,6 +3,7 @@ quiet clean stop, all with real gateway processes and a real Mosquitto."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import time
@@ -121,10 +122,11 @@ def test_a_broker_takeover_is_reported(gateways: Callable[..., GatewayProcess], 
     wait_for(lambda: "MQTT: connected" in first.logs(), what="the first connected")
     gateways(config, name="two").start()
 
-    line = wait_for(lambda: [x for x in first.logs().splitlines() if "session taken over" in x.lower()],
-                    what="the takeover reported")[0]
+    line = wait_for(lambda: [x for x in first.logs().splitlines() if "taken over" in x], what="the takeover reported")[0]
 
-    assert "ERROR" in line and "'shared-id'" in line and "[mqtt].client_id" in line
+    # Mosquitto 2.0 closes the old connection without DISCONNECT 0x8E: the gateway tells by the
+    # connections that end right after they were made (a broker that sends 0x8E is named at once)
+    assert "ERROR" in line and "'shared-id'" in line and "[mqtt].client_id" in line and "install-id" in line
 
 
 def test_a_clean_stop_logs_no_warning(gateways: Callable[..., GatewayProcess], broker: Mosquitto) -> None:
@@ -168,3 +170,26 @@ def test_every_charger_port_is_required(key: str, gateways: Callable[..., Gatewa
     assert result.stderr.splitlines() == [
         f"cannot start: {key}.listen 127.0.0.1:{port}: address already in use (another program, or another gateway, "
         f"listens there); change [{key}].listen or set OCPPGW_{key.upper()}__LISTEN=HOST:PORT"]
+
+
+async def test_a_broker_that_says_session_taken_over_is_named_at_once(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """MQTT 5 brokers that send DISCONNECT with reason 0x8E: the first such loss is reported (the
+    paho callback's reason code, as paho passes it on)."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from adapters.mqtt import MqttSink
+    from gateway.config import MqttSettings
+
+    sink = MqttSink(MqttSettings(url=f"mqtt://127.0.0.1:{free_port()}"), str(tmp_path), "s", client_id="gw-a")
+    sink.connected = True
+    reason = ReasonCode(PacketTypes.DISCONNECT, identifier=0x8E)
+    sink._paho_disconnect(sink.client, None, None, reason, None)
+    await asyncio.sleep(0)
+
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == ["MQTT: the broker gave client id 'gw-a' to another connection (session taken over): another "
+                      "gateway, or a copy of this data_dir, uses the same id; set [mqtt].client_id, or delete "
+                      "data_dir/install-id on the copy so it draws its own"]
+    await sink.spool.close()
