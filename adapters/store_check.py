@@ -87,14 +87,18 @@ def check(data_dir: str | Path, *, full: bool = False) -> Finding:
         else:
             found.fresh = True  # created and never written: a first start that stopped at once
         return found
-    problem = _header_problem(path, size)
+    # A WAL with frames in it may hold pages the file does not have yet (a checkpoint that a crash
+    # cut short writes page 1, with the new page count, first): SQLite completes that on open, so
+    # the size is only checked against the header when there is no such WAL.
+    wal_frames = wal.exists() and wal.stat().st_size > 32  # 32 bytes: a WAL header and no frame
+    problem = _header_problem(path, size, check_size=not wal_frames)
     if problem is None:
         problem = _content_problem(path, found, full)
     found.problem = problem
     return found
 
 
-def _header_problem(path: Path, size: int) -> str | None:
+def _header_problem(path: Path, size: int, *, check_size: bool = True) -> str | None:
     with open(path, "rb") as f:
         head = f.read(100)
     if len(head) < 100 or not head.startswith(HEADER):
@@ -103,6 +107,8 @@ def _header_problem(path: Path, size: int) -> str | None:
     page_size = 65536 if page_size == 1 else page_size
     if page_size < 512 or page_size & (page_size - 1):
         return "has a damaged header (page size)"
+    if not check_size:
+        return None
     pages, change, valid_for = struct.unpack(">I", head[28:32])[0], head[24:28], head[92:96]
     if change == valid_for and pages * page_size > size:  # the header's page count is current
         return f"is truncated ({size} bytes; its header says {pages * page_size})"

@@ -202,3 +202,45 @@ async def test_recover_from_damage_nothing_can_be_read_from(kind: str, tmp_path:
     assert run_once(gw.config_path, "check", command="store").returncode == 0
     gw.start()
     assert gw.stop() == 0
+
+
+def test_a_checkpoint_cut_short_is_not_damage(tmp_path: Path) -> None:
+    """A crash in the middle of a WAL checkpoint can leave page 1 (with the new page count) written
+    and the pages after it not yet: the file is shorter than its header says, but the WAL still has
+    every page and SQLite completes the checkpoint on open. That is no damage; the same file without
+    its WAL is (it is truncated)."""
+    import subprocess
+    import sys
+
+    from adapters.store_check import check
+
+    data = tmp_path / "data"
+    data.mkdir()
+    db_file = data / "gateway.sqlite3"
+    script = (f"import sqlite3, os\ndb = sqlite3.connect({str(db_file)!r}, isolation_level=None)\n"
+              "db.execute('PRAGMA journal_mode=WAL'); db.execute('PRAGMA wal_autocheckpoint=0')\n"
+              "db.execute('CREATE TABLE t (x TEXT)')\n"
+              "db.execute('BEGIN'); [db.execute('INSERT INTO t VALUES (?)', ('x' * 500,)) for _ in range(2000)]\n"
+              "db.execute('COMMIT'); os._exit(0)\n")  # ends without a checkpoint: every page is in the WAL
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+    wal = db_file.with_name("gateway.sqlite3-wal").read_bytes()
+    page_size = int.from_bytes(wal[8:12], "big")
+    page1 = None
+    for offset in range(32, len(wal), 24 + page_size):  # the last frame of page 1 is the newest
+        if int.from_bytes(wal[offset:offset + 4], "big") == 1:
+            page1 = wal[offset + 24:offset + 24 + page_size]
+    assert page1 is not None
+    header_pages = int.from_bytes(page1[28:32], "big")
+    with open(db_file, "r+b") as f:  # the checkpoint wrote page 1, then the process died
+        f.write(page1)
+    assert header_pages * page_size > db_file.stat().st_size
+
+    alone = tmp_path / "alone"  # the same file without its WAL: truncated
+    alone.mkdir()
+    (alone / "gateway.sqlite3").write_bytes(db_file.read_bytes())
+
+    assert check(data).problem is None
+    assert (check(alone).problem or "").startswith("is truncated (")
+    db = sqlite3.connect(db_file)  # and SQLite reads every row (completing the checkpoint)
+    assert db.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 2000
+    db.close()
