@@ -123,6 +123,12 @@ async def test_units_two_temperatures_and_a_charger_remembered_across_restarts(
                                      if m.payload and json.loads(m.payload).get("upstream") == "disconnected"],
                             what="the known charger's state published after the restart")
         assert state[-1]["connected"] is False and state[-1]["protocol"] == "ocpp1.6"
+        fresh = Subscriber(mosquitto.port, [f"ocpp/known/chargers/{CID}/availability"])  # what is retained
+        try:
+            await until(lambda: fresh.on(f"ocpp/known/chargers/{CID}/availability"), what="retained availability")
+            assert fresh.on(f"ocpp/known/chargers/{CID}/availability")[-1].payload == b"offline"
+        finally:
+            fresh.close()
 
         # after a SIGKILL too
         gw.kill()

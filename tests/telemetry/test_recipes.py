@@ -62,7 +62,7 @@ def published() -> tuple[list[tuple[str, Any, bool]], str]:
     out = []
     for record in records():
         for topic, payload, retain in encode(record):
-            out.append((topic, json.loads(payload) if payload[:1] in (b"{", b"[") else None, bool(retain)))
+            out.append((topic, json.loads(payload) if payload[:1] in (b"{", b"[") else payload.decode(), bool(retain)))
     # what the gateway answers on for a command without an MQTT 5 response topic
     out.append((f"{command_filter}/result".replace("+", "CP%201", 1).replace("+", "Pause"),
                 {"status": "ok", "response": {}}, False))
@@ -118,8 +118,8 @@ def test_node_red_flow_consumes_published_topics() -> None:
     assert len(brokers) == 1
     messages, command_filter = published()
     ins = [n for n in nodes if n["type"] == "mqtt in"]
-    assert {n["name"] for n in ins} >= {"meter samples", "charger state", "EVSE status", "environment",
-                                        "limits and pauses", "command results"}
+    assert {n["name"] for n in ins} >= {"meter samples", "charger state", "charger availability", "EVSE status",
+                                        "environment", "limits and pauses", "command results"}
     for node in nodes:
         for outputs in node.get("wires", []):
             for target in outputs:
@@ -129,7 +129,10 @@ def test_node_red_flow_consumes_published_topics() -> None:
     for node in ins:
         hits = [(t, p) for t, p, _ in messages if matches(node["topic"], t)]
         assert hits, f"{node['name']}: {node['topic']} matches nothing the gateway publishes"
-        assert node["datatype"] == "json"
+        # JSON where the gateway publishes JSON, text where it publishes text (availability)
+        assert node["datatype"] == ("json" if all(isinstance(p, (dict, list)) for _, p in hits) else "utf8"), node
+        if node["datatype"] == "utf8":
+            assert all(isinstance(p, str) for _, p in hits)
         # the function behind it, run on what the gateway publishes there
         for target in node["wires"][0]:
             fn = by_id[target]
@@ -178,7 +181,7 @@ def test_telegraf_config_consumes_published_topics() -> None:
         assert c["data_format"] == "json_v2" and c["qos"] in (0, 1, 2)
         assert len({cc["client_id"] for cc in consumers}) == len(consumers)
         (topic,) = c["topics"]
-        hits = [(t, p) for t, p, _ in messages if matches(topic, t) and p is not None]
+        hits = [(t, p) for t, p, _ in messages if matches(topic, t) and isinstance(p, dict)]
         assert hits, f"{topic} matches nothing the gateway publishes"
         (parsing,) = c["topic_parsing"]
         assert parsing["topic"] == topic
