@@ -11,9 +11,9 @@ from datetime import datetime, timezone
 import yaml
 
 from adapters.influx import encode
-from gateway.control.engine import ControlChange
 from gateway.telemetry.records import (
-    ChargerState, ConnectorStatus, EnvironmentReading, MeterReading, MeterSample, TransactionEvent,
+    ChargerState, ConnectorStatus, ControlChange, EnvironmentReading, MeterReading, MeterSample, Record,
+    TransactionEvent,
 )
 from tests.harness import REPO
 
@@ -24,7 +24,7 @@ FLUX_COLUMNS = {"_time", "_value", "_field", "_measurement", "_start", "_stop"}
 
 def written_schema() -> dict[str, dict[str, set[str]]]:
     """measurement -> {"tags": ..., "fields": ...} from the gateway's own line-protocol encoder."""
-    records = [
+    records: list[Record] = [
         MeterReading(charger_id="c", evse=1, connector=1, ts=NOW, transaction_id="t", source="MeterValues",
                      samples=(MeterSample("Voltage", 1.0, "V", "L1", "Outlet", "Sample.Periodic"),)),
         ConnectorStatus(charger_id="c", evse=1, connector=1, status="Available", error_code="NoError", ts=NOW),
