@@ -1,5 +1,6 @@
-"""The outbox replay of one charger: what the gateway stored while the CSMS was away goes to the
-CSMS in order, one CALL in flight, when the link is back (invariant 1: nothing accepted is lost).
+"""The outbox of one charger: what the gateway answers for the CSMS is stored first (`keep`), and
+goes to the CSMS in order, one CALL in flight, when the link is back (invariant 1: nothing
+accepted is lost).
 
 `Replayer` drains the charger's outbox: the latest stored BootNotification first, then the rows in
 seq order. It talks to its session through `ReplayHost` (the upstream queue and link, the relay's
@@ -21,6 +22,7 @@ import functools
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -28,9 +30,11 @@ import orjson
 from gateway.errors import Busy, CallFailed, CallTimeout, GatewayError, NotConnected
 from gateway.ports import Ack, FastUpstreamLane, OutboxRow, Store, UpstreamLink
 from gateway.protocol import frames as F
-from gateway.protocol.frames import CallError, CallResult, OcppVersion
+from gateway.protocol import transactions as T
+from gateway.protocol.frames import Call, CallError, CallResult, OcppVersion
 from gateway.protocol.relay import ACCEPTED, Relay
 from gateway.protocol.rpc import PendingCall
+from gateway.protocol.transactions import Kind
 
 if TYPE_CHECKING:
     from gateway.context import SessionContext
@@ -193,6 +197,51 @@ class Replayer:
         for t in sends:
             t.cancel()
         await asyncio.gather(*sends, return_exceptions=True)
+
+    async def keep(self, frame: Call, kind: Kind, received: datetime, *, uncertain: bool = False) -> int | None:
+        """Commit what the gateway answers for the CSMS and must reach it later, before the charger
+        gets the answer (invariant 1): a stored kind to the outbox, a BootNotification as the boot
+        to replay. Returns the local 1.6 transaction id issued for a StartTransaction.
+
+        `uncertain`: the message was sent to the CSMS and the link died before its answer; it is
+        stored as already attempted, so its replay is reported as a possible duplicate."""
+        relay, store = self.relay, self.store
+        version = relay.version
+        tx_id: int | None = None
+        if kind.stored:
+            off = self.ctx.settings.offline
+            row = {"charger_id": self.charger_id, "protocol": version.value, "action": frame.action,
+                   "payload": F.payload_text(frame.raw), "kind": kind.value,
+                   "connector": T.status_key(version, frame.payload) if kind is Kind.STATUS else None,
+                   "received_at": received.isoformat()}
+            id_range = (off.transaction_id_min, off.transaction_id_max) if (
+                version is OcppVersion.V16 and kind is Kind.START) else None
+            relay.backlog = True
+            appends = self.appends
+            appends.begin()
+            try:
+                seq, tx_id = await store.outbox_append(row, max_per_charger=off.max_messages_per_charger,
+                                                       max_total=off.max_messages_total, id_range=id_range)
+            finally:
+                appends.end()
+            if seq is None:
+                self.counters["dropped"] += 1
+                self.log.warning("outbox full: %s not stored for the CSMS (answered locally)", frame.action)
+            else:
+                self.counters["buffered"] += 1
+                if tx_id is not None:
+                    relay.tx.bind(tx_id, None)
+                if uncertain:
+                    await store.outbox_mark_sent(seq, frame.message_id)
+                relay.stored(frame)
+                self.start()
+        elif kind is Kind.BOOT:
+            relay.backlog = True
+            self.appends.gen += 1
+            await store.pending_boot_set(self.charger_id, version.value, F.payload_text(frame.raw),
+                                         received.isoformat())
+            self.start()
+        return tx_id
 
     def answer(self, frame: CallResult | CallError) -> bool:
         """The CSMS's reply, offered to the chain first: True when it took it."""

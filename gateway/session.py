@@ -26,7 +26,6 @@ from gateway.auth import ACCEPTED, info_of, token_of
 from gateway.errors import Busy, CallTimeout, LinkClosed, LinkFailed, NotConnected
 from gateway.ports import ChargerLink, Exchange, UpstreamLink
 from gateway.protocol import frames as F
-from gateway.protocol import transactions as T
 from gateway.protocol.frames import Call, CallError, CallResult, ErrorCode, FrameError, OcppVersion
 from gateway.protocol.relay import (AnswerLocally, FailCaller, Forward, Origin, PassOn, Refuse, Relay,
                                     ToCharger, ToCsms, UpstreamState)
@@ -245,47 +244,12 @@ class ChargerSession:
             await self._send_charger(effect.text)
 
     async def _answer_locally(self, frame: Call, kind: Kind, *, uncertain: bool = False) -> None:
-        """The gateway answers; what must reach the CSMS later is committed first (invariant 1).
-
-        `uncertain`: the message was sent to the CSMS and the link died before its answer; it is
-        stored as already attempted, so its replay is reported as a possible duplicate."""
+        """The gateway answers; what must reach the CSMS later is committed first (invariant 1,
+        `Replayer.keep`). `uncertain`: the message was sent to the CSMS and the link died before its
+        answer (its replay is reported as a possible duplicate)."""
         received = _utcnow()
-        ctx, relay = self.ctx, self.relay
-        store = ctx.store
-        tx_id: int | None = None
-        if relay.relaying and kind.stored:
-            off = ctx.settings.offline
-            row = {"charger_id": self.charger_id, "protocol": self.version.value, "action": frame.action,
-                   "payload": F.payload_text(frame.raw), "kind": kind.value,
-                   "connector": T.status_key(self.version, frame.payload) if kind is Kind.STATUS else None,
-                   "received_at": received.isoformat()}
-            id_range = (off.transaction_id_min, off.transaction_id_max) if (
-                self.version is V16 and kind is Kind.START) else None
-            relay.backlog = True
-            appends = self.replay.appends
-            appends.begin()
-            try:
-                seq, tx_id = await store.outbox_append(row, max_per_charger=off.max_messages_per_charger,
-                                                       max_total=off.max_messages_total, id_range=id_range)
-            finally:
-                appends.end()
-            if seq is None:
-                self.counters["dropped"] += 1
-                self.log.warning("outbox full: %s not stored for the CSMS (answered locally)", frame.action)
-            else:
-                self.counters["buffered"] += 1
-                if tx_id is not None:
-                    relay.tx.bind(tx_id, None)
-                if uncertain:
-                    await store.outbox_mark_sent(seq, frame.message_id)
-                relay.stored(frame)
-                self.replay.start()
-        elif relay.relaying and kind is Kind.BOOT:
-            relay.backlog = True
-            self.replay.appends.gen += 1
-            await store.pending_boot_set(self.charger_id, self.version.value, F.payload_text(frame.raw),
-                                         received.isoformat())
-            self.replay.start()
+        ctx = self.ctx
+        tx_id = await self.replay.keep(frame, kind, received, uncertain=uncertain) if self.relay.relaying else None
         payload = await ctx.local.answer(self.version, frame, self.charger_id, transaction_id=tx_id)
         await self._send_charger(F.call_result(frame.message_id, payload))
         self._emit(Origin.CHARGER, frame.action, frame.message_id, frame.payload, payload, None, "gateway", received)
