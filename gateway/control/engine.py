@@ -17,13 +17,13 @@ import asyncio
 import json
 import logging
 import math
-import os
 from pathlib import Path
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
 from gateway.control import decide as D
+from gateway.control import state
+from gateway.control.state import ACCEPTED, ChargerControl as _Charger, Sent as _Sent, Tx as _Tx
 from gateway.control.settings import DeratingRule
 from gateway.errors import Busy, CallFailed, CallTimeout, GatewayError, NotConnected
 from gateway.ports import Exchange
@@ -33,7 +33,6 @@ from gateway.variables.meaning import Capabilities, choose_rate_unit, choose_sta
 
 log = logging.getLogger("gateway.control")
 
-ACCEPTED = "Accepted"
 TRANSIENT = frozenset({"timeout", "NotConnected", "Busy"})  # no answer: the charger's state is unchanged
 
 
@@ -44,40 +43,6 @@ class ControlError(GatewayError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-@dataclass
-class _Tx:
-    transaction_id: str
-    evse: int
-    order: int
-
-
-@dataclass
-class _Sent:
-    """What the gateway last asked for on one EVSE, and how."""
-
-    want: D.Want
-    pid: int | None = None  # our profile id on the charger (None: no profile of ours)
-    mechanism: str = "profile"
-    inoperative: bool = False  # fallback ChangeAvailability Inoperative in force
-    status: str = ACCEPTED
-
-
-@dataclass
-class _Charger:
-    version: str = "ocpp1.6"
-    txs: dict[str, _Tx] = field(default_factory=dict)  # transaction id (as text) -> tx
-    paused_evses: set[int] = field(default_factory=set)  # operator pause of an EVSE
-    paused_txs: set[str] = field(default_factory=set)  # operator pause of one transaction
-    limits: dict[int, float] = field(default_factory=dict)  # operator current limit per EVSE (A; 0 = every EVSE)
-    temps: dict[str, tuple[float, float]] = field(default_factory=dict)  # reading name -> (latest °C, monotonic time)
-    level: int = D.NORMAL
-    temperature: float | None = None
-    csms_caps: dict[tuple[int, Any], tuple[str, float]] = field(default_factory=dict)  # (evse, pid) -> (purpose, A)
-    sent: dict[int, _Sent] = field(default_factory=dict)  # evse -> what we sent
-    failing: dict[int, str] = field(default_factory=dict)  # EVSE -> why its last call got no answer
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class ControlEngine:
@@ -189,9 +154,9 @@ class ControlEngine:
         elif v16 and action == "StopTransaction":
             self._stop(cid, ch, str(req.get("transactionId")))
         elif v16 and action == "MeterValues" and req.get("transactionId") is not None:
-            tid = str(req["transactionId"])
-            if tid not in ch.txs and req.get("connectorId"):  # a transaction that began before we ran
-                self._start(cid, ch, tid, int(req["connectorId"]))
+            mv_tid = str(req["transactionId"])
+            if mv_tid not in ch.txs and req.get("connectorId"):  # a transaction that began before we ran
+                self._start(cid, ch, mv_tid, int(req["connectorId"]))
         elif not v16 and action == "TransactionEvent":
             info = req.get("transactionInfo") or {}
             tid = info.get("transactionId")
@@ -345,7 +310,7 @@ class ControlEngine:
         rule = self.rule(cid)
         share = None
         if tx is not None:
-            share = self.site_shares().get((cid, tid))
+            share = self.site_shares().get((cid, tx.transaction_id))
         return D.evse_want(tid, operator_paused=self._operator_paused(ch, evse, tid),
                            derating=ch.level if rule is not None else D.NORMAL,
                            reduced=rule.reduced_current_a if rule is not None else math.inf,
@@ -567,7 +532,7 @@ class ControlEngine:
 
     async def set_site_limit(self, body: dict[str, Any]) -> dict[str, Any]:
         """The operator's site limit (`{"limit_a": A}`; null: no site limit). It replaces `[site]`'s
-        until the next restart... and after it: it is kept with the rest of control's state."""
+        (kept across restarts with the rest of control's state)."""
         if not self.control.pause_enabled:
             raise ControlError("disabled", "operator control is switched off ([control].pause_enabled)")
         self.site_override, self.site_overridden = _amperes(body), True
@@ -633,7 +598,7 @@ class ControlEngine:
         if self._save_task is not None:
             await asyncio.gather(self._save_task, return_exceptions=True)
         if self.state_file is not None:
-            await asyncio.to_thread(_write_json, self.state_file, self._snapshot())
+            await asyncio.to_thread(state.write_json, self.state_file, self._snapshot())
 
     # -- what survives a restart ----------------------------------------------------------------
 
@@ -646,52 +611,28 @@ class ControlEngine:
             self._save_again = True
 
     async def _save(self) -> None:
+        path = self.state_file
+        if path is None:
+            return
         while True:
             self._save_again = False
             try:
-                await asyncio.to_thread(_write_json, self.state_file, self._snapshot())
+                await asyncio.to_thread(state.write_json, path, self._snapshot())
             except OSError as exc:
                 log.error("control: could not save %s: %s", self.state_file, exc)
             if not self._save_again or self._closed:
                 return
 
     def _snapshot(self) -> dict[str, Any]:
-        out = {}
-        for cid, ch in self.chargers.items():
-            out[cid] = {
-                "version": ch.version, "paused_evses": sorted(ch.paused_evses), "paused_txs": sorted(ch.paused_txs),
-                "limits": [[e, a] for e, a in sorted(ch.limits.items())],
-                "txs": [[t.transaction_id, t.evse, t.order] for t in ch.txs.values()], "level": ch.level,
-                "sent": [{"evse": e, "pid": x.pid, "limit": x.want.limit, "purpose": x.want.purpose,
-                          "transaction_id": x.want.transaction_id, "reason": x.want.reason, "mechanism": x.mechanism,
-                          "inoperative": x.inoperative} for e, x in ch.sent.items()],
-            }
-        site = {"site_limit_a": self.site_override} if self.site_overridden else {}
-        return {"chargers": out, **site}
+        return state.snapshot(self.chargers, self.site_overridden, self.site_override)
 
     def _load(self) -> None:
         if self.state_file is None or not self.state_file.is_file():
             return
         try:
-            data = json.loads(self.state_file.read_text(encoding="utf-8"))
-            if "site_limit_a" in data:
-                self.site_overridden = True
-                self.site_override = None if data["site_limit_a"] is None else float(data["site_limit_a"])
-            for cid, c in (data.get("chargers") or {}).items():
-                ch = self._charger(cid)
-                ch.version = str(c.get("version") or "ocpp1.6")
-                ch.paused_evses = {int(e) for e in c.get("paused_evses") or []}
-                ch.paused_txs = {str(t) for t in c.get("paused_txs") or []}
-                ch.limits = {int(e): float(a) for e, a in c.get("limits") or []}
-                for tid, evse, order in c.get("txs") or []:
-                    ch.txs[str(tid)] = _Tx(str(tid), int(evse), int(order))
-                    self._order = max(self._order, int(order))
-                ch.level = int(c.get("level") or 0)
-                for x in c.get("sent") or []:
-                    want = D.Want(x.get("limit"), x.get("purpose"), x.get("transaction_id"), x.get("reason") or "")
-                    # "unknown": set again (or cleared) when the charger connects
-                    ch.sent[int(x["evse"])] = _Sent(want, x.get("pid"), x.get("mechanism") or "profile",
-                                                    bool(x.get("inoperative")), "unknown")
+            self._order, site = state.restore(json.loads(self.state_file.read_text(encoding="utf-8")), self._charger)
+            if site is not None:
+                self.site_overridden, self.site_override = True, site[0]
         except (OSError, ValueError, TypeError, KeyError) as exc:
             log.error("control: %s unreadable (%s); starting without it", self.state_file, exc)
             self.chargers.clear()
@@ -707,10 +648,3 @@ def _amperes(body: dict[str, Any]) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 10_000:
         raise ControlError("bad_request", '"limit_a" must be a number of amperes >= 0, or null')
     return float(value)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write `data` to `path` atomically (a temporary file renamed over it)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
-    os.replace(tmp, path)
