@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
 
-from gateway.errors import RequestError
 
 log = logging.getLogger("gateway.api")
 
@@ -221,34 +220,17 @@ def _ok(body: Any) -> web.Response:
 _STATUS = {"not_connected": 404, "bad_request": 400, "disabled": 409}
 
 
-class _Refused(RequestError):
-    """An answer other than 200, raised inside a handler and turned into its response by `_answer`."""
-
-    def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-
-
-async def _body(request: web.Request) -> Any:
+async def _body(request: web.Request) -> tuple[Any, web.Response | None]:
+    """(the parsed JSON body or None when empty, or the 400 answer for one that is not JSON)."""
     raw = await request.read()
     try:
-        return orjson.loads(raw) if raw.strip() else None
+        return (orjson.loads(raw) if raw.strip() else None), None
     except orjson.JSONDecodeError as exc:
-        raise _Refused(400, "bad_request", f"the body is not JSON: {exc}") from exc
+        return None, _error(400, "bad_request", f"the body is not JSON: {exc}")
 
 
-Handler = Callable[[web.Request], Awaitable[web.Response]]
-
-
-def _answer(handler: Handler) -> Handler:
-    async def run(request: web.Request) -> web.Response:
-        try:
-            return await handler(request)
-        except _Refused as exc:
-            return _error(exc.status, exc.error, str(exc))
-
-    return run
+def _off() -> web.Response:
+    return _error(409, "disabled", "the variables mirror is off ([variables].enabled = false)")
 
 
 def add_routes(app: web.Application, hub: Any) -> None:
@@ -256,12 +238,12 @@ def add_routes(app: web.Application, hub: Any) -> None:
 
     def mirror() -> Any:
         m = getattr(hub, "variables", None)
-        if m is None or not m.cfg.enabled:
-            raise _Refused(409, "disabled", "the variables mirror is off ([variables].enabled = false)")
-        return m
+        return m if m is not None and m.cfg.enabled else None
 
     async def list_(request: web.Request) -> web.Response:
         m = mirror()
+        if m is None:
+            return _off()
         cid = request.match_info["id"]
         q = request.query
         since = q.get("changed_since")
@@ -280,6 +262,8 @@ def add_routes(app: web.Application, hub: Any) -> None:
 
     async def one(request: web.Request) -> web.Response:
         m = mirror()
+        if m is None:
+            return _off()
         cid, name = request.match_info["id"], request.match_info["name"]
         found = await m.get(cid, name)
         if found is None:
@@ -288,8 +272,12 @@ def add_routes(app: web.Application, hub: Any) -> None:
 
     async def set_many(request: web.Request) -> web.Response:
         m = mirror()
+        if m is None:
+            return _off()
         cid = request.match_info["id"]
-        body = await _body(request)
+        body, bad = await _body(request)
+        if bad is not None:
+            return bad
         try:
             pairs = set_pairs(body if isinstance(body, dict) and "values" in body else {"values": None})
         except MirrorError as exc:
@@ -300,8 +288,12 @@ def add_routes(app: web.Application, hub: Any) -> None:
 
     async def set_one(request: web.Request) -> web.Response:
         m = mirror()
+        if m is None:
+            return _off()
         cid, name = request.match_info["id"], request.match_info["name"]
-        body = await _body(request)
+        body, bad = await _body(request)
+        if bad is not None:
+            return bad
         if not isinstance(body, dict) or "value" not in body:
             return _error(400, "bad_request", 'the body must be {"value": ...}')
         return await _set(m, cid, [(name, body["value"])])
@@ -315,6 +307,8 @@ def add_routes(app: web.Application, hub: Any) -> None:
 
     async def refresh(request: web.Request) -> web.Response:
         m = mirror()
+        if m is None:
+            return _off()
         cid = request.match_info["id"]
         wait: float | None = None
         if "wait" in request.query:
@@ -330,11 +324,14 @@ def add_routes(app: web.Application, hub: Any) -> None:
             return _error(_STATUS.get(exc.code, 400), exc.code, str(exc))
 
     async def environment(request: web.Request) -> web.Response:
-        return _ok(await mirror().environment(request.match_info["id"]))
+        m = mirror()
+        if m is None:
+            return _off()
+        return _ok(await m.environment(request.match_info["id"]))
 
-    app.router.add_get("/api/v1/chargers/{id}/variables", _answer(list_))
-    app.router.add_post("/api/v1/chargers/{id}/variables", _answer(set_many))
-    app.router.add_post("/api/v1/chargers/{id}/variables/refresh", _answer(refresh))
-    app.router.add_get("/api/v1/chargers/{id}/variables/{name:.+}", _answer(one))
-    app.router.add_put("/api/v1/chargers/{id}/variables/{name:.+}", _answer(set_one))
-    app.router.add_get("/api/v1/chargers/{id}/environment", _answer(environment))
+    app.router.add_get("/api/v1/chargers/{id}/variables", list_)
+    app.router.add_post("/api/v1/chargers/{id}/variables", set_many)
+    app.router.add_post("/api/v1/chargers/{id}/variables/refresh", refresh)
+    app.router.add_get("/api/v1/chargers/{id}/variables/{name:.+}", one)
+    app.router.add_put("/api/v1/chargers/{id}/variables/{name:.+}", set_one)
+    app.router.add_get("/api/v1/chargers/{id}/environment", environment)

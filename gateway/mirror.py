@@ -32,7 +32,8 @@ from gateway.ports import Exchange
 from gateway.variables import meaning as M
 from gateway.variables.model import (
     ACTUAL, Address, SetPolicy, Variable, VariablesChanged, address_of, from_change_configuration,
-    from_get_configuration, from_monitoring_report, from_notify_event, from_report_data, from_set_variables,
+    from_get_configuration, from_get_variables, from_monitoring_report, from_notify_event, from_report_data,
+    from_set_variables,
     ha_entity, parse_name_2x, set_variables_request, set_variables_statuses,
 )
 from gateway.variables.report import ReportAssembly
@@ -185,6 +186,10 @@ class VariablesMirror:
             elif action == "NotifyMonitoringReport":
                 self._apply(cid, from_monitoring_report(req, extra_secrets=self.secrets), "NotifyMonitoringReport",
                             value_given=False)
+        elif action == "GetVariables":
+            self._apply(cid, from_get_variables(resp, extra_secrets=self.secrets), "GetVariables")
+        elif action == "GetConfiguration" and ex.origin == "csms":  # the gateway's own reads are applied by _read
+            self._apply(cid, from_get_configuration(resp, extra_secrets=self.secrets), "GetConfiguration")
         elif action == "ChangeConfiguration":
             self._apply(cid, from_change_configuration(req, resp, extra_secrets=self.secrets), "ChangeConfiguration")
         elif action == "SetVariables":
@@ -207,6 +212,8 @@ class VariablesMirror:
         if not ch.small:
             await self._load_small(cid, ch)
         read = await self.store.variables_read(cid)
+        if ch.task is not None and not ch.task.done():
+            return  # a read is on its way already (the charger booted meanwhile): not a second one
         if read is None or read["protocol"] != protocol or read["state"] == "reading":
             self.schedule_read(cid, self.cfg.read_delay)  # never read (or cut off by a restart)
 

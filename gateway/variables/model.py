@@ -231,6 +231,18 @@ def from_monitoring_report(payload: dict[str, Any], *, extra_secrets: tuple[str,
     return out
 
 
+def from_get_variables(response: dict[str, Any], *, extra_secrets: tuple[str, ...] = ()) -> list[Variable]:
+    """2.x GetVariables answers (whoever asked): each accepted attribute's value as it is now."""
+    out: list[Variable] = []
+    for res in response.get("getVariableResult") or []:
+        if isinstance(res, dict) and res.get("attributeStatus") == "Accepted" and "attributeValue" in res:
+            v = variable_2x(res.get("component"), res.get("variable"), res.get("attributeType"),
+                            res.get("attributeValue"), extra_secrets=extra_secrets)
+            if v is not None:
+                out.append(v)
+    return out
+
+
 def from_change_configuration(request: dict[str, Any], response: dict[str, Any] | None, *,
                               extra_secrets: tuple[str, ...] = ()) -> list[Variable]:
     """1.6 ChangeConfiguration the charger accepted (or will apply after a reboot); a key it

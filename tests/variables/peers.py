@@ -190,6 +190,16 @@ class Charger201(v201.ChargePoint):
                             "variable": {"name": d["variable"]["name"]}})
         return v201.call_result.SetVariables(set_variable_result=results)
 
+    @on("GetVariables")
+    async def on_get_variables(self, get_variable_data: list[dict[str, Any]], **_: Any) -> Any:
+        results = []
+        for d in get_variable_data:
+            attr = self._find(d["component"], d["variable"], d.get("attribute_type", "Actual"))
+            results.append({"attributeStatus": "Accepted" if attr else "UnknownVariable",
+                            **({"attributeValue": attr.get("value", "")} if attr else {}),
+                            "component": d["component"], "variable": d["variable"]})
+        return v201.call_result.GetVariables(get_variable_result=results)
+
     @on("SetVariableMonitoring")
     async def on_set_monitoring(self, set_monitoring_data: list[dict[str, Any]], **_: Any) -> Any:
         self.commands.append(("SetVariableMonitoring", {"set_monitoring_data": set_monitoring_data}))

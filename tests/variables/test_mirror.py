@@ -242,6 +242,18 @@ async def test_201_report_in_parts_sets_csms_change_cut_short(gateway_factory: C
                 return v["value"] == "90" and v["source"] == "SetVariables"
 
             await until(changed, "the CSMS's SetVariables in the mirror")
+            # a value changed on the charger itself, seen when the CSMS reads it (GetVariables passing through)
+            param = next(it for it in cp.model if it["variable"]["name"] == "Param001")
+            param["variableAttribute"][0]["value"] = "changed-locally"
+            got = await up.cp.call(v201.call.GetVariables(get_variable_data=[
+                {"component": {"name": "VendorCtrlr", "instance": "block0"}, "variable": {"name": "Param001"}}]))
+            assert got.get_variable_result[0]["attribute_value"] == "changed-locally"
+
+            async def read_by_csms() -> Any:
+                v = await value(api, "M201", "VendorCtrlr[block0]/Param001")
+                return v["value"] == "changed-locally" and v["source"] == "GetVariables"
+
+            await until(read_by_csms, "the value the CSMS read, in the mirror")
 
             # local control: W for a charger that reports W only
             status, result, _ = await api.post("/api/v1/chargers/M201/pause", {"evse": 1})

@@ -109,6 +109,19 @@ def test_traffic_updates() -> None:
     assert [(v.name, v.value) for v in from_set_variables(req, resp)] == [("OCPPCommCtrlr/HeartbeatInterval", "30")]
 
 
+def test_get_variables_answers() -> None:
+    from gateway.variables.model import from_get_variables
+
+    got = from_get_variables({"getVariableResult": [
+        {"attributeStatus": "Accepted", "attributeValue": "60", "component": {"name": "OCPPCommCtrlr"},
+         "variable": {"name": "HeartbeatInterval"}},
+        {"attributeStatus": "UnknownVariable", "component": {"name": "X"}, "variable": {"name": "Y"}},
+        {"attributeStatus": "Accepted", "attributeValue": "pw-in-clear-1234", "component": {"name": "SecurityCtrlr"},
+         "variable": {"name": "BasicAuthPassword"}}]})
+    assert [(v.name, v.value, v.secret) for v in got] == [("OCPPCommCtrlr/HeartbeatInterval", "60", False),
+                                                          ("SecurityCtrlr/BasicAuthPassword", None, True)]
+
+
 def test_set_request_and_statuses() -> None:
     a = parse_name_2x("EVSE@1/Power#MaxSet")
     b = parse_name_2x("OCPPCommCtrlr/HeartbeatInterval")
