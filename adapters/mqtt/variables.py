@@ -56,9 +56,10 @@ def _discovery(entity: dict[str, Any], value: dict[str, Any], state_topic: str, 
     if kind == "number":
         config["mode"] = "box"
         config["step"] = entity.get("step", 1)
-        for k in ("min", "max"):
-            if k in entity:
-                config[k] = entity[k]
+        # Home Assistant's own range is 1-100: without the charger's limits, a wide one (an int32 for integers)
+        whole = config["step"] == 1
+        config["min"] = entity.get("min", 0 if whole else -1_000_000)
+        config["max"] = entity.get("max", 2_147_483_647 if whole else 1_000_000)
         if entity.get("unit"):
             config["unit_of_measurement"] = _unit(entity["unit"])
         return "number", config
