@@ -15,7 +15,7 @@ from gateway.variables.model import VariablesChanged
 from tests.telemetry import test_discovery as schema
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=timezone.utc)
-TEXT = {"command_template": schema.TEMPLATE, "command_topic": schema.STR, "max": schema.INT, "min": schema.INT,
+TEXT: dict[str, tuple[type, ...]] = {"command_template": schema.TEMPLATE, "command_topic": schema.STR, "max": schema.INT, "min": schema.INT,
         "mode": schema.STR, "pattern": schema.STR, "retain": schema.BOOL, "state_topic": schema.STR,
         "value_template": schema.TEMPLATE}
 
@@ -35,7 +35,7 @@ def test_variable_entities_follow_the_discovery_schema(monkeypatch: Any) -> None
               value("Vendor/Mode", "Fast", data_type="OptionList", values_list="Slow,Fast"),
               value("Vendor/Greeting", "hello", data_type="string"),
               value("TemperatureSensor[Body]/Temperature", "24.5", "ReadOnly", data_type="decimal", unit="Celsius"))
-    ha = {"OCPPCommCtrlr/HeartbeatInterval": {"kind": "number", "step": 1, "unit": "s"},
+    ha: dict[str, dict[str, Any]] = {"OCPPCommCtrlr/HeartbeatInterval": {"kind": "number", "step": 1, "unit": "s"},
           "EVSE@1/Power#MaxSet": {"kind": "number", "step": 0.1, "min": 0, "max": 22000, "unit": "W"},
           "AuthCtrlr/Enabled": {"kind": "select", "options": ["true", "false"]},
           "Vendor/Mode": {"kind": "select", "options": ["Slow", "Fast"]},
