@@ -33,6 +33,18 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"evse": {"type": "integer", "minimum": 0},
                        "transaction_id": {"type": ["string", "integer"]}},
     },
+    "LimitRequest": {
+        "type": "object", "required": ["limit_a"],
+        "description": "the operator's current limit of an EVSE (0 or absent = every EVSE); null lifts it",
+        "properties": {"evse": {"type": "integer", "minimum": 0},
+                       "limit_a": {"type": ["number", "null"], "minimum": 0, "description": "A per phase"}},
+    },
+    "SiteLimit": {
+        "type": "object", "required": ["limit_a"],
+        "properties": {"limit_a": {"type": ["number", "null"], "minimum": 0,
+                                   "description": "A per phase; null: no site limit"},
+                       "source": {"enum": ["operator", "config"]}},
+    },
     "ControlResult": {
         "type": "object",
         "required": ["charger_id", "evse", "state", "mechanism", "status"],
@@ -92,7 +104,36 @@ def _operation(verb: str) -> dict[str, Any]:
     }}
 
 
+_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 48},
+        "description": "the charger id (percent-encoded in the URL)"}]
+
+
 PATHS: dict[str, Any] = {
+    "/api/v1/chargers/{id}/limit": {"post": {
+        "summary": "Set or lift the operator's current limit of an EVSE (local control)",
+        "operationId": "limitCharging", "parameters": _ID,
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/LimitRequest"}}}},
+        "responses": {
+            "200": _json({"$ref": "#/components/schemas/ControlResult"}, "what the gateway applied"),
+            "400": _json(_ERROR, "the body is not {\"evse\": n, \"limit_a\": A or null}"),
+            "401": _json(_ERROR, "missing or wrong bearer token"),
+            "404": _json(_ERROR, "the charger is not connected"),
+            "409": _json(_ERROR, "operator control is switched off ([control].pause_enabled = false)"),
+        },
+    }},
+    "/api/v1/site/limit": {"post": {
+        "summary": "Set the site limit at run time (replaces [site]'s; kept across restarts)",
+        "operationId": "setSiteLimit",
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/SiteLimit"}}}},
+        "responses": {
+            "200": _json({"$ref": "#/components/schemas/SiteLimit"}, "the site limit now applied"),
+            "400": _json(_ERROR, "the body is not {\"limit_a\": A or null}"),
+            "401": _json(_ERROR, "missing or wrong bearer token"),
+            "409": _json(_ERROR, "operator control is switched off, or local control is not running"),
+        },
+    }},
     "/api/v1/chargers/{id}/pause": _operation("pause"),
     "/api/v1/chargers/{id}/resume": _operation("resume"),
     "/api/v1/chargers/{id}/control": {"get": {
@@ -121,14 +162,18 @@ def add_routes(app: web.Application, operator: Operator, control: Callable[[], A
     """`control()` is the control engine (for the view), or None when local control is not running."""
 
     async def handle(request: web.Request) -> web.Response:
-        charger_id = request.match_info["id"]
-        command = "Pause" if request.path.endswith("/pause") else "Resume"
+        charger_id = request.match_info.get("id", "")
+        verb = request.path.rsplit("/", 1)[1]
         try:
             body = parse_payload(await request.read())
-            result = await operator.local(charger_id, command, body, channel="api")
+            if request.path == "/api/v1/site/limit":
+                result = await operator.site_limit(body, channel="api")
+            else:
+                command = {"pause": "Pause", "resume": "Resume", "limit": "Limit"}[verb]
+                result = await operator.local(charger_id, command, body, channel="api")
         except OperatorError as exc:
             message = str(exc)
-            if exc.kind == "bad_payload":
+            if exc.kind == "bad_payload" and verb in ("pause", "resume"):
                 message = 'the body must be {"evse": n}, {"transaction_id": ...} or {} (the whole charger)'
             return _error(_STATUS.get(exc.kind, 400), "bad_request" if exc.kind.startswith("bad_") else exc.kind,
                           message)
@@ -143,3 +188,5 @@ def add_routes(app: web.Application, operator: Operator, control: Callable[[], A
     app.router.add_get("/api/v1/chargers/{id}/control", view)
     app.router.add_post("/api/v1/chargers/{id}/pause", handle)
     app.router.add_post("/api/v1/chargers/{id}/resume", handle)
+    app.router.add_post("/api/v1/chargers/{id}/limit", handle)
+    app.router.add_post("/api/v1/site/limit", handle)

@@ -48,6 +48,21 @@ async def test_pause_and_resume_through_the_rest_api(tmp_path: Path) -> None:
         status, body, _ = await api.post("/api/v1/chargers/CP1/resume", None)
         assert status == 200 and body["evse"] == 0 and body["state"] == "released"
         assert gw.control.want("CP1", 1).limit is None and gw.control.view("CP1")["paused_evses"] == []
+        # an operator limit, and the site limit at run time (the same operator code as MQTT's)
+        status, body, _ = await api.post("/api/v1/chargers/CP1/limit", {"evse": 1, "limit_a": 10})
+        assert status == 200 and body["state"] == "limited" and body["limit_a"] == 10.0
+        assert cp.limits()[-1] == ("TxProfile", 1, 10.0)
+        status, body, _ = await api.post("/api/v1/chargers/CP1/limit", {"evse": 1, "limit_a": None})
+        assert status == 200 and body["state"] == "released"
+        assert (await api.post("/api/v1/chargers/CP1/limit", {"evse": 1, "limit_a": "x"}))[0] == 400
+        assert (await api.post("/api/v1/chargers/CP1/limit", {"evse": 1}))[0] == 400
+        assert (await api.post("/api/v1/chargers/NOPE/limit", {"limit_a": 6}))[0] == 404
+        status, body, _ = await api.post("/api/v1/site/limit", {"limit_a": 8})
+        assert status == 200 and body == {"limit_a": 8.0, "source": "operator"}
+        await until(lambda: cp.limits()[-1] == ("TxProfile", 1, 8.0), STEP, "the site limit applied")
+        status, body, _ = await api.post("/api/v1/site/limit", {"limit_a": None})
+        assert status == 200 and body["limit_a"] is None and gw.control.site_limit() is None
+        assert (await api.post("/api/v1/site/limit", [8]))[0] == 400
         assert (await api.post("/api/v1/chargers/CP1/pause", {"evse": "x"}))[0] == 400
         assert (await api.post("/api/v1/chargers/CP1/pause", [1]))[0] == 400
         assert (await api.post("/api/v1/chargers/CP1/pause", {"transaction_id": 5}))[0] == 404
@@ -56,6 +71,8 @@ async def test_pause_and_resume_through_the_rest_api(tmp_path: Path) -> None:
             Connected(gw.url("CP1"), "ocpp1.6", "CP1"):
         status, body, _ = await api.post("/api/v1/chargers/CP1/pause", {"evse": 1})
         assert status == 409 and body["error"] == "disabled"
+        assert (await api.post("/api/v1/site/limit", {"limit_a": 8}))[0] == 409
+        assert (await api.post("/api/v1/chargers/CP1/limit", {"limit_a": 8}))[0] == 409
 
 
 def _sinks(gw: Any) -> list[Any]:
