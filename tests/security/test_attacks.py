@@ -294,14 +294,14 @@ async def test_hostile_soap_bodies_do_not_slow_the_relay(gateway_factory: Callab
     async with innocent(gw) as rtts:
         await asyncio.sleep(2.0)
         before = list(rtts)
-        async with attacker("soap", url, "16", "800000", "10") as proc:
+        async with attacker("soap", url, "16", "800000", "40") as proc:
             await said(proc, "started")
             rtts.clear()
             result = await said(proc, "statuses", 90)
             during = list(rtts)
-    figure(f"SOAP cost: 10 rounds of 16 concurrent 800 kB envelopes of 200 000 empty elements ({result['statuses']}); "
+    figure(f"SOAP cost: 40 rounds of 16 concurrent 800 kB envelopes of 200 000 empty elements ({result['statuses']}); "
            f"innocent charger before: {ms(before)}; during: {ms(during)}")
-    assert result["statuses"] == {"400": 160}
+    assert result["statuses"] == {"400": 640}
     # under 100 ms (it was 4 380 ms with decoding on the event loop); a loaded machine's own jitter
     # (before the attack) is not the attack's doing
     p95 = sorted(during)[int(len(during) * 0.95)]
