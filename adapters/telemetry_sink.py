@@ -165,7 +165,8 @@ class SpooledSink(Generic[Item]):
     async def stop_worker(self, grace: float = 5.0) -> None:
         """Deliver or spool what is queued, then stop."""
         deadline = time.monotonic() + grace
-        while (self._task is not None and not self._task.done() and (self.queue.qsize() or self._busy)
+        # polled, for at most `grace`: the condition spans the queue and the worker's write in flight
+        while (self._task is not None and not self._task.done() and (self.queue.qsize() or self._busy)  # noqa: ASYNC110
                and time.monotonic() < deadline):
             await asyncio.sleep(0.01)
         if self._task is not None:
