@@ -43,6 +43,15 @@ MAX_CALL_TIMEOUT = 300.0
 MAX_BODY = 1_048_576
 
 
+def _upstream_view(session: Any) -> dict[str, Any]:
+    """A charger's upstream link: its state since when, and when and why it was last declared dead."""
+    view: dict[str, Any] = {"state": session.upstream_state.value, "since": session.upstream_changed_at.isoformat()}
+    lost = getattr(session, "last_lost", None)
+    if lost is not None:
+        view["last_lost"] = {"at": lost[0].isoformat(), "reason": lost[1]}
+    return view
+
+
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
 
@@ -59,7 +68,7 @@ class ApiServer:
     `checks` name readiness conditions (callables returning bool). A charger's `outbox` comes
     from the store's `outbox_summary()` when the store has one."""
 
-    def __init__(self, settings: Settings, hub: Any, checks: dict[str, Callable[[], bool]] | None = None,
+    def __init__(self, settings: Settings, hub: Any, checks: dict[str, Callable[[], bool | str]] | None = None,
                  operator: Operator | None = None) -> None:
         self.settings = settings
         self.hub = hub
@@ -151,14 +160,22 @@ class ApiServer:
         return _json({"status": "ok", "chargers": connected, "version": __version__})
 
     async def readyz(self, request: web.Request) -> web.Response:
+        """Each check gives True (ready), False, or a text saying why it is not ready."""
         results: dict[str, bool] = {}
+        reasons: dict[str, str] = {}
         for name, check in self.checks.items():
             try:
-                results[name] = bool(check())
-            except Exception:  # noqa: BLE001 - a failing check means not ready
-                results[name] = False
+                outcome = check()
+            except Exception as exc:  # noqa: BLE001 - a failing check means not ready
+                outcome = f"check failed: {exc}"
+            results[name] = outcome is True
+            if isinstance(outcome, str):
+                reasons[name] = outcome
         ready = all(results.values())
-        return _json({"status": "ready" if ready else "not_ready", "checks": results}, 200 if ready else 503)
+        body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "checks": results}
+        if reasons:
+            body["reasons"] = reasons
+        return _json(body, 200 if ready else 503)
 
     async def outbox_summary(self) -> list[dict[str, Any]] | None:
         """The store's outbox per charger (depth, oldest, dead letters), or None without one."""
@@ -185,8 +202,7 @@ class ApiServer:
             "connected": bool(session is not None and session.connected),
             "transport": session.link.transport if session is not None and session.link is not None else None,
             "protocol": session.version.value if session is not None else (known.protocol if known else None),
-            "upstream": {"state": session.upstream_state.value, "since": session.upstream_changed_at.isoformat()}
-            if session is not None else {"state": "disconnected", "since": None},
+            "upstream": _upstream_view(session) if session is not None else {"state": "disconnected", "since": None},
             "queues": {"to_charger": len(session.to_charger) if session else 0,
                        "to_csms": len(session.to_upstream) if session else 0},
             "boot": None, "last_seen": None, "connectors": [], "open_transactions": [], "outbox": None,
@@ -213,6 +229,9 @@ class ApiServer:
                     pass
             view["outbox"] = {"depth": int(row.get("depth") or 0), "oldest_age_seconds": age,
                               "dead_letters": int(row.get("dead_letters") or 0)}
+            blocked = (getattr(self.hub, "blocked", None) or {}).get(charger_id)
+            if blocked is not None:  # a backlog in another OCPP version that the CSMS does not take now
+                view["outbox"]["waiting_for"] = dict(blocked)
         return view
 
     async def _outbox_by_charger(self) -> dict[str, dict[str, Any]] | None:

@@ -29,6 +29,7 @@ from gateway.ports import Exchange
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UPSTREAM_STATES = ("standalone", "connecting", "online", "offline")
+LOST_REASONS = ("silent", "closed", "lost")
 # Round trips: a charger on a site LAN answers in milliseconds; a CSMS over a mobile uplink in
 # tens to hundreds; timeouts are 30 s by default.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -71,6 +72,13 @@ class _LiveCollector:
         queued.add_metric(["to_csms"], sum(len(s.to_upstream) for s in sessions))
         yield queued
         yield from self._offline(sessions)
+        blocked = GaugeMetricFamily("ocppgw_outbox_blocked", "1 while a charger's backlog stored in another OCPP "
+                                    "version waits because the CSMS refuses that version (or cannot be reached in it)",
+                                    labels=["charger", "protocol"])
+        for cid, why in sorted((getattr(self.hub, "blocked", None) or {}).items()):
+            blocked.add_metric([cid, str(why.get("protocol"))], 1)
+        yield blocked
+        yield from self._store()
         yield from self._sinks()
         yield from self._tasks()
 
@@ -84,6 +92,20 @@ class _LiveCollector:
         tasks = GaugeMetricFamily("ocppgw_event_loop_tasks", "asyncio tasks alive on the gateway's event loop")
         tasks.add_metric([], n)
         yield tasks
+
+    def _store(self) -> Iterable[Any]:
+        """Whether the store can write (a full disk: 0) and the writes it refused since start."""
+        store = getattr(self.hub, "store", None)
+        if store is None or not hasattr(store, "write_failures"):
+            return
+        writable = GaugeMetricFamily("ocppgw_store_writable", "1 while the store can write, 0 while its writes fail "
+                                     "(disk full, I/O error): messages to keep for the CSMS are refused meanwhile")
+        writable.add_metric([], 1 if getattr(store, "write_failure", None) is None else 0)
+        yield writable
+        failures = CounterMetricFamily("ocppgw_store_write_failures", "Store writes that could not be kept (disk full, "
+                                       "I/O error) since start")
+        failures.add_metric([], int(store.write_failures))
+        yield failures
 
     def _offline(self, sessions: list[Any]) -> Iterable[Any]:
         totals = dict(self.owner.retired)
@@ -185,6 +207,11 @@ class Metrics:
                                            registry=registry)
         for state in UPSTREAM_STATES:
             self.upstream_changes.labels(state)
+        self.links_lost = Counter("ocppgw_upstream_links_lost", "Upstream links declared dead, by why: silent (no pong "
+                                  "within [upstream].ping_timeout), closed (by the CSMS), lost (the connection broke)",
+                                  ["reason"], registry=registry)
+        for reason in LOST_REASONS:
+            self.links_lost.labels(reason)
         self._seen: set[str] = set()
         self._was_online: set[str] = set()
 
@@ -232,6 +259,10 @@ class Metrics:
             self._was_online.discard(cid)
             for name, n in (getattr(session, "counters", None) or {}).items():
                 self.retired[name] = self.retired.get(name, 0) + n
+        elif event == "upstream_lost":
+            lost = getattr(session, "last_lost", None)
+            why = str(lost[1]) if lost else ""
+            self.links_lost.labels("silent" if "silent" in why else "closed" if why.startswith("closed") else "lost").inc()
         elif event == "upstream":
             state = session.upstream_state.value
             self.upstream_changes.labels(state).inc()

@@ -63,8 +63,11 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "status": {"enum": ["ready", "not_ready"]},
             "checks": {"type": "object", "additionalProperties": {"type": "boolean"},
-                       "description": "each check by name: store (the SQLite store is open), "
+                       "description": "each check by name: store (the SQLite store is open and can write), "
                                       "websocket (the charger listener accepts connections)"},
+            "reasons": {"type": "object", "additionalProperties": {"type": "string"},
+                        "description": "why a check failed, by name (e.g. the store's file and 'database or "
+                                       "disk is full')"},
         },
     },
     "Connector": {
@@ -153,6 +156,12 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {
                     "state": {"enum": ["standalone", "connecting", "online", "offline", "disconnected"]},
                     "since": _NULLABLE_STR,
+                    "last_lost": {"type": "object", "required": ["at", "reason"],
+                                  "description": "when and why the link to the CSMS was last declared dead",
+                                  "properties": {"at": {"type": "string", "format": "date-time"},
+                                                 "reason": {"type": "string", "description":
+                                                            "e.g. 'no pong within 10 s (silent link)', "
+                                                            "'closed by the CSMS (code 1001)'"}}},
                 },
             },
             "queues": {
@@ -182,7 +191,13 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {"depth": {"type": "integer", "minimum": 0},
                                "oldest_age_seconds": _NULLABLE_NUM,
                                "dead_letters": {"type": "integer", "minimum": 0,
-                                                "description": "messages the CSMS refused for good"}},
+                                                "description": "messages the CSMS refused for good"},
+                               "waiting_for": {
+                                   "type": "object", "required": ["protocol", "reason", "since"],
+                                   "description": "present while a backlog stored in another OCPP version "
+                                                  "waits for a link in that version (the CSMS refuses it now)",
+                                   "properties": {"protocol": {"type": "string"}, "reason": {"type": "string"},
+                                                  "since": {"type": "string", "format": "date-time"}}}},
             },
         },
     },

@@ -107,6 +107,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE transactions ADD COLUMN ts_clamped INTEGER NOT NULL DEFAULT 0;
     """,
+    # 8: finished 1.6 id mappings are kept for a grace period (late MeterValues, retried stops)
+    """
+    ALTER TABLE tx_map ADD COLUMN retired_at TEXT;
+    CREATE INDEX tx_map_retired ON tx_map (retired_at) WHERE retired_at IS NOT NULL;
+    """,
 ]
 
 

@@ -32,8 +32,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
+import time
+from datetime import datetime, timedelta, timezone
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
@@ -42,7 +45,7 @@ from adapters import sqlite_records as records
 from adapters.sqlite_schema import MIGRATIONS as _MIGRATIONS
 from adapters.sqlite_schema import schema_tables, schema_version
 from adapters.variables_store import VariablesStore
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, StoreWriteFailed
 from gateway.ports import OutboxRow
 
 T = TypeVar("T")
@@ -55,6 +58,12 @@ PURGE_CHUNK = 500
 PURGE_DUE = 20_000
 PURGE_QUIET = 0.5  # s without a replay commit before a finished replay's rows are deleted
 
+# SQLite result codes (primary, the low byte) that mean "this write could not be kept": the disk
+# is full, the file system failed or went read-only, a file could not be opened
+_WRITE_FAILURES = {13: "SQLITE_FULL", 10: "SQLITE_IOERR", 8: "SQLITE_READONLY", 14: "SQLITE_CANTOPEN"}
+PROBE_PERIOD = 1.0  # s between checks whether a store that could not write can again
+PROBE_FREE = 256 * 1024  # bytes free in data_dir before a write is tried again by the probe
+
 PROTECTED_KINDS = ("start", "stop")  # never refused at the outbox bounds
 
 
@@ -62,11 +71,42 @@ class StoreError(GatewayError):
     pass
 
 
+class StoreFull(StoreWriteFailed, StoreError):
+    """A write failed for lack of space or a failing disk (see `_WRITE_FAILURES`)."""
+
+
+def _write_failure(exc: sqlite3.Error) -> str | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and (code & 0xFF) in _WRITE_FAILURES:
+        return str(exc)
+    text = str(exc).lower()
+    if "disk is full" in text or "disk i/o error" in text or "readonly" in text:
+        return str(exc)
+    return None
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back what is open (SQLite may already have rolled back after a full disk)."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+
+
 class SqliteStore(VariablesStore):
     FILE_NAME = "gateway.sqlite3"
 
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | Path, *, status_history: bool = False, id_map_grace: float = 7 * 86_400.0,
+                 id_map_max: int = 10_000) -> None:
         self.path = Path(data_dir) / self.FILE_NAME
+        self.status_history = status_history  # keep every StatusNotification row (no coalescing)
+        self.id_map_grace = id_map_grace  # s a finished 1.6 id mapping is kept
+        self.id_map_max = id_map_max  # finished id mappings kept at most
+        # writes failing now (a full disk): (reason, wall-clock since, refused writes); one ERROR
+        # line per episode, `/readyz` and the metrics read it; a probe notices the space returning
+        self.write_failure: tuple[str, float, int] | None = None
+        self.write_failures = 0  # writes refused since start (a metric)
+        self._prober: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()  # the connection is used by the writer thread and, for replay steps, the loop
@@ -85,6 +125,7 @@ class SqliteStore(VariablesStore):
         self._replay_prefix = ""
 
     async def __aenter__(self) -> "SqliteStore":
+        self._loop = asyncio.get_running_loop()
         await self._run(self._open)
         return self
 
@@ -96,11 +137,81 @@ class SqliteStore(VariablesStore):
         try:
             return await loop.run_in_executor(self._executor, self._locked, fn, *args)
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
+            raise self._error(exc) from exc
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        """The core's error for a failed statement; a write that could not be kept starts (or
+        continues) a write-failure episode."""
+        reason = _write_failure(exc)
+        if reason is None:
+            return StoreError(f"{self.path}: {exc}")
+        self._failed(reason)
+        return StoreFull(f"the store cannot write ({reason}): {self.path}")
+
+    def _failed(self, reason: str) -> None:
+        self.write_failures += 1
+        failure = self.write_failure
+        if failure is not None:
+            self.write_failure = (failure[0], failure[1], failure[2] + 1)
+            return
+        self.write_failure = (reason, time.time(), 1)
+        _log.error("the store cannot write (%s): %s; messages that must be kept for the CSMS are refused with "
+                   "InternalError (the chargers retry them) until it can write again", reason, self.path)
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(self._start_probe)
+
+    def _recovered(self) -> None:
+        failure, self.write_failure = self.write_failure, None
+        if failure is not None:
+            _log.warning("the store writes again after %.0f s (%d writes refused meanwhile): %s",
+                         time.time() - failure[1], failure[2], self.path)
+
+    def _start_probe(self) -> None:
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.get_running_loop().create_task(self._probe(), name="store-probe")
+
+    async def _probe(self) -> None:
+        """While writes fail: once data_dir has room again, try a small write; its success ends
+        the episode (so does any other write that succeeds)."""
+        while self.write_failure is not None and self._db is not None:
+            await asyncio.sleep(PROBE_PERIOD)
+            try:
+                free = await asyncio.to_thread(self._free_bytes)
+                if free >= PROBE_FREE:
+                    await self._run(self._probe_write)
+            except (StoreError, OSError):
+                continue
+
+    def _free_bytes(self) -> int:
+        st = os.statvfs(self.path.parent)
+        return st.f_bavail * st.f_frsize
+
+    def _probe_write(self) -> None:
+        self.db.execute("INSERT OR REPLACE INTO counters (name, value) VALUES ('write_probe', ?)", (int(time.time()),))
+
+    @property
+    def writable(self) -> bool:
+        return self._db is not None and self.write_failure is None
+
+    def health(self) -> bool | str:
+        """For /readyz: True, or why the store is not ready."""
+        if self._db is None:
+            return f"store {self.path} is not open"
+        failure = self.write_failure
+        if failure is not None:
+            since = datetime.fromtimestamp(failure[1], timezone.utc).isoformat(timespec="seconds")
+            return f"store {self.path} cannot write since {since}: {failure[0]}"
+        return True
 
     def _locked(self, fn: Callable[..., T], *args: Any) -> T:
         with self._lock:
-            return fn(*args)
+            db = self._db
+            before = db.total_changes if db is not None and self.write_failure is not None else None
+            result = fn(*args)
+            if before is not None and self._db is not None and self._db.total_changes > before:
+                self._recovered()
+            return result
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +240,7 @@ class SqliteStore(VariablesStore):
                            (charger_id, acked))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         self._pending = {r[0]: r[1] for r in db.execute(
             "SELECT charger_id, COUNT(*) FROM outbox WHERE state = 'pending' GROUP BY charger_id")}
@@ -210,7 +321,7 @@ class SqliteStore(VariablesStore):
         coalesced = 0
         db.execute("BEGIN IMMEDIATE")
         try:
-            if row["kind"] == "status":
+            if row["kind"] == "status" and not self.status_history:
                 # coalesced: only the latest status per connector waits for the CSMS; never a row that
                 # was sent (it may have reached the CSMS) or handed to the replay already
                 cursor = self._cursor.get(charger_id)
@@ -235,15 +346,16 @@ class SqliteStore(VariablesStore):
                 local_tx = low + (n - 1) % span
                 db.execute("INSERT OR REPLACE INTO tx_map (charger_id, local_id, csms_id) VALUES (?, ?, NULL)",
                            (row["charger_id"], local_tx))
+            sent_id = row.get("sent_id")  # it is on its way to the CSMS already (answered after answer_within)
             cur = db.execute(
-                "INSERT INTO outbox (charger_id, protocol, action, payload, kind, connector, local_tx, received_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO outbox (charger_id, protocol, action, payload, kind, connector, local_tx, received_at, "
+                "attempts, sent_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (charger_id, row["protocol"], row["action"], row["payload"], row["kind"], row["connector"],
-                 local_tx, row["received_at"]),
+                 local_tx, row["received_at"], 1 if sent_id else 0, sent_id),
             )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         self._count(charger_id, 1 - coalesced)
         return cur.lastrowid, local_tx
@@ -266,7 +378,7 @@ class SqliteStore(VariablesStore):
         # (the rows are built here, on the store's thread, not on the event loop)
         cur = db.execute(
             "SELECT seq, action, payload, local_tx, attempts + (seq <= ?) AS attempts, "
-            "COALESCE(sent_id, ? || seq) AS message_id "
+            "COALESCE(sent_id, ? || seq) AS message_id, protocol "
             "FROM outbox WHERE charger_id = ? AND state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
             (sent, self._replay_prefix, charger_id, max(acked, after), limit))
         rows = [OutboxRow(*r) for r in cur.fetchall()]
@@ -340,8 +452,8 @@ class SqliteStore(VariablesStore):
                 db.execute("UPDATE tx_map SET csms_id = ?, auth_status = ? WHERE charger_id = ? AND local_id = ?",
                            (bind[2], bind[3], bind[0], bind[1]))
             if stopped is not None:
-                # the CSMS acknowledged the stop: the mapping has done its work
-                db.execute("DELETE FROM tx_map WHERE charger_id = ? AND local_id = ?", stopped)
+                # the CSMS acknowledged the stop: the mapping is kept for a grace period
+                self._retire_now(stopped[0], stopped[1])
         elif send is not None:
             db.execute("UPDATE replay_cursor SET sent = ? WHERE charger_id = ?", (send, charger_id))
 
@@ -368,7 +480,7 @@ class SqliteStore(VariablesStore):
                 db.executemany(move, moves)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         for charger_id, ack, send in batch:  # committed: the in-memory copies follow
             cursor = self._cursor.setdefault(charger_id, [0, 0])
@@ -386,7 +498,7 @@ class SqliteStore(VariablesStore):
         try:
             self._locked(self._steps, [(charger_id, ack, send) for charger_id, ack, send, _ in batch])
         except sqlite3.Error as exc:
-            error = StoreError(f"{self.path}: {exc}")
+            error = self._error(exc)
             for *_, future in batch:
                 if isinstance(future, asyncio.Future):
                     if not future.done():
@@ -448,11 +560,71 @@ class SqliteStore(VariablesStore):
     async def outbox_dead(self, seq: int, error: str) -> None:
         await self._run(self._dead, seq, error)
 
-    def _backlogs(self) -> list[tuple[str, str]]:
+    def _acknowledge(self, charger_id: str, seq: int, bind: tuple[str, int, int, Any] | None,
+                     stopped: tuple[str, int] | None) -> None:
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            gone = db.execute("DELETE FROM outbox WHERE seq = ? AND charger_id = ? AND state = 'pending'",
+                              (seq, charger_id)).rowcount
+            if bind is not None:
+                db.execute("UPDATE tx_map SET csms_id = ?, auth_status = ? WHERE charger_id = ? AND local_id = ?",
+                           (bind[2], bind[3], bind[0], bind[1]))
+            if stopped is not None:
+                self._retire_now(stopped[0], stopped[1])
+            db.execute("COMMIT")
+        except BaseException:
+            _rollback(db)
+            raise
+        cursor = self._cursor.get(charger_id)
+        if gone and not (cursor is not None and seq <= cursor[0]):
+            self._count(charger_id, -1)
+
+    async def outbox_acknowledge(self, charger_id: str, seq: int, bind: tuple[str, int, int, Any] | None = None,
+                                 stopped: tuple[str, int] | None = None) -> None:
+        """The CSMS answered row `seq` on the live link after the gateway had stored it (a late
+        answer beyond [upstream].answer_within): the row is done, wherever it is in the outbox,
+        with what the answer taught (`bind`, `stopped`: as for `outbox_step`), in one commit."""
+        await self._run(self._acknowledge, charger_id, seq, bind, stopped)
+
+    def _dead_append(self, row: dict[str, Any], error: str) -> int:
+        return self._durable(self._dead_append_now, row, error)
+
+    def _dead_append_now(self, row: dict[str, Any], error: str) -> int:
+        cur = self.db.execute(
+            "INSERT INTO outbox (charger_id, protocol, action, payload, kind, connector, local_tx, received_at, state, "
+            "error) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, 'dead', ?)",
+            (row["charger_id"], row["protocol"], row["action"], row["payload"], row["kind"], row.get("connector"),
+             row["received_at"], error[:500]))
+        return int(cur.lastrowid or 0)
+
+    async def outbox_dead_letter(self, row: dict[str, Any], error: str) -> int:
+        """Keep a message that must not go to the CSMS as it is (e.g. a 1.6 local transaction id
+        with no mapping to the CSMS's) as a dead letter with `error` as its reason, durably."""
+        return await self._run(self._dead_append, row, error)
+
+    def _protocols(self, charger_id: str) -> list[str]:
+        cursor = self._cursor.get(charger_id)
+        acked = cursor[0] if cursor else 0
         rows = self.db.execute(
-            "SELECT charger_id, protocol FROM outbox WHERE state = 'pending' AND seq > "
-            "COALESCE((SELECT acked FROM replay_cursor c WHERE c.charger_id = outbox.charger_id), 0) "
-            "UNION SELECT charger_id, protocol FROM pending_boot").fetchall()
+            "SELECT protocol, MIN(seq) AS first FROM outbox WHERE charger_id = ? AND state = 'pending' AND seq > ? "
+            "GROUP BY protocol ORDER BY first", (charger_id, acked)).fetchall()
+        return [r[0] for r in rows]
+
+    async def outbox_protocols(self, charger_id: str) -> list[str]:
+        """The protocols of the charger's pending rows, that of its oldest row first."""
+        return await self._run(self._protocols, charger_id)
+
+    def _backlogs(self) -> list[tuple[str, str]]:
+        # per charger, the protocol of its oldest pending row (a backlog is replayed in the
+        # protocol it was stored in, oldest first), else that of its boot to replay
+        rows = self.db.execute(
+            "SELECT charger_id, protocol FROM outbox o WHERE state = 'pending' AND seq = (SELECT MIN(seq) FROM outbox i "
+            "WHERE i.charger_id = o.charger_id AND i.state = 'pending' AND i.seq > "
+            "COALESCE((SELECT acked FROM replay_cursor c WHERE c.charger_id = o.charger_id), 0)) "
+            "UNION SELECT charger_id, protocol FROM pending_boot b WHERE NOT EXISTS (SELECT 1 FROM outbox i "
+            "WHERE i.charger_id = b.charger_id AND i.state = 'pending' AND i.seq > "
+            "COALESCE((SELECT acked FROM replay_cursor c WHERE c.charger_id = b.charger_id), 0))").fetchall()
         return [(r[0], r[1]) for r in rows]
 
     async def chargers_with_backlog(self) -> list[tuple[str, str]]:
@@ -498,8 +670,9 @@ class SqliteStore(VariablesStore):
         await self._run(self._boot_set, charger_id, protocol, payload, received_at)
 
     def _boot_get(self, charger_id: str) -> dict[str, Any] | None:
-        r = self.db.execute("SELECT payload, received_at FROM pending_boot WHERE charger_id = ?", (charger_id,)).fetchone()
-        return {"payload": r[0], "received_at": r[1]} if r else None
+        r = self.db.execute("SELECT payload, received_at, protocol FROM pending_boot WHERE charger_id = ?",
+                            (charger_id,)).fetchone()
+        return {"payload": r[0], "received_at": r[1], "protocol": r[2]} if r else None
 
     async def pending_boot(self, charger_id: str) -> dict[str, Any] | None:
         return await self._run(self._boot_get, charger_id)
@@ -519,9 +692,41 @@ class SqliteStore(VariablesStore):
         await self._run(lambda: self.db.execute(
             "UPDATE tx_map SET stopped = 1 WHERE charger_id = ? AND local_id = ?", (charger_id, local_id)))
 
+    def _retire_now(self, charger_id: str, local_id: int) -> None:
+        """The CSMS acknowledged the stop: the mapping stays `id_map_grace` seconds more (bounded
+        by `id_map_max` finished ones), for late MeterValues and retried StopTransactions."""
+        now = datetime.now(timezone.utc)
+        db = self.db
+        db.execute("UPDATE tx_map SET stopped = 1, retired_at = COALESCE(retired_at, ?) "
+                   "WHERE charger_id = ? AND local_id = ?", (now.isoformat(), charger_id, local_id))
+        db.execute("DELETE FROM tx_map WHERE retired_at IS NOT NULL AND retired_at < ?",
+                   ((now - timedelta(seconds=self.id_map_grace)).isoformat(),))
+        db.execute("DELETE FROM tx_map WHERE rowid IN (SELECT rowid FROM tx_map WHERE retired_at IS NOT NULL "
+                   "ORDER BY retired_at DESC, rowid DESC LIMIT -1 OFFSET ?)", (self.id_map_max,))
+
+    def _retire(self, charger_id: str, local_id: int) -> None:
+        self.db.execute("BEGIN")
+        try:
+            self._retire_now(charger_id, local_id)
+            self.db.execute("COMMIT")
+        except BaseException:
+            _rollback(self.db)
+            raise
+
+    async def tx_retire(self, charger_id: str, local_id: int) -> None:
+        """See `_retire_now`."""
+        await self._run(self._retire, charger_id, local_id)
+
     async def tx_forget(self, charger_id: str, local_id: int) -> None:
-        await self._run(lambda: self.db.execute(
-            "DELETE FROM tx_map WHERE charger_id = ? AND local_id = ?", (charger_id, local_id)))
+        """Kept for callers of the earlier API: the mapping is retired (kept for the grace period)."""
+        await self.tx_retire(charger_id, local_id)
+
+    async def tx_retired(self, charger_id: str) -> set[int]:
+        """Local ids of the charger whose mapping is finished (kept for the grace period)."""
+        def q() -> set[int]:
+            return {int(r[0]) for r in self.db.execute(
+                "SELECT local_id FROM tx_map WHERE charger_id = ? AND retired_at IS NOT NULL", (charger_id,))}
+        return await self._run(q)
 
     # -- authorization ----------------------------------------------------------------------------
 
@@ -559,7 +764,7 @@ class SqliteStore(VariablesStore):
                            (charger_id, version))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
 
     async def local_list_update(self, charger_id: str, full: bool, version: int | None,

@@ -15,9 +15,15 @@ CSMS that compares the hex text).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import socket
 import ssl
 import struct
+import time
+from urllib.parse import urlsplit
+
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +61,7 @@ def text_frame(data: bytes, key: bytes) -> bytes:
     return head + key + apply_mask(data, key)
 
 
+
 class _Connection(ClientConnection):
     """websockets' client connection with a synchronous lane for the replay's steady state.
 
@@ -90,10 +97,76 @@ class _Connection(ClientConnection):
 
 
 class WsUpstreamLink:
-    def __init__(self, ws: ClientConnection) -> None:
+    """One upstream WebSocket, with its own keepalive: a ping every `ping_interval` seconds (0 =
+    none) and at once on `probe()`; no pong within `ping_timeout` and the link is declared dead:
+    the socket is aborted (a silent link sends no FIN or RST, so no closing handshake is waited
+    for) and `recv` raises LinkClosed with the reason, which `dead` keeps with the time."""
+
+    def __init__(self, ws: ClientConnection, ping_interval: float = 0.0, ping_timeout: float = 10.0) -> None:
         self.ws = ws
         self._keys = b""
         self._key_at = 0
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.dead: tuple[float, str] | None = None  # (wall-clock time, why) once declared dead
+        self.latency: float | None = None  # seconds of the last ping's round trip
+        self._probe_now = asyncio.Event()
+        self._keepalive_task: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(
+            self._keepalive(), name="upstream-keepalive")
+
+    def probe(self) -> None:
+        """Ping now (a CALL got no answer in time): a silent link is declared dead within
+        `ping_timeout`. Nothing happens when a ping is already waiting for its pong."""
+        self._probe_now.set()
+
+    async def _keepalive(self) -> None:
+        while self.dead is None:
+            if self.ping_interval > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.ping_interval):
+                        await self._probe_now.wait()
+            else:
+                await self._probe_now.wait()
+            self._probe_now.clear()
+            if not await self._ping():
+                return
+
+    async def _ping(self) -> bool:
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.ping_timeout):
+                pong = await self.ws.ping()
+                await pong
+        except TimeoutError:
+            self._declare_dead(f"no pong within {self.ping_timeout:g} s (silent link)")
+            return False
+        except ConnectionClosed:
+            return False
+        self.latency = time.monotonic() - started
+        return True
+
+    def _declare_dead(self, why: str) -> None:
+        if self.dead is None:
+            self.dead = (time.time(), why)
+        transport = self.ws.transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                # discard what waits in the kernel's send queue instead of delivering it later on an
+                # orphaned connection: the message in flight is sent again (same message id) anyway
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+
+    def _closed(self, exc: ConnectionClosed) -> LinkClosed:
+        if self.dead is None:
+            rcvd = exc.rcvd
+            if rcvd is not None:
+                why = f"closed by the CSMS (code {rcvd.code}{', ' + rcvd.reason if rcvd.reason else ''})"
+            else:
+                why = f"connection lost ({exc.__cause__ or 'no close frame'})"
+            self.dead = (time.time(), why)
+        return LinkClosed(self.dead[1])
 
     def set_fast_reader(self, on_text: Callable[[str], bool] | None) -> None:
         """See `_Connection.on_text`."""
@@ -131,7 +204,7 @@ class WsUpstreamLink:
         try:
             await self.ws.send(text)
         except ConnectionClosed as exc:
-            raise LinkClosed(str(exc)) from exc
+            raise self._closed(exc) from exc
 
     async def recv(self) -> str:
         """The CSMS's next text frame (binary frames are not OCPP-J and are skipped)."""
@@ -139,11 +212,16 @@ class WsUpstreamLink:
             try:
                 message = await self.ws.recv()
             except ConnectionClosed as exc:
-                raise LinkClosed(str(exc)) from exc
+                raise self._closed(exc) from exc
             if isinstance(message, str):
                 return message
 
     async def close(self) -> None:
+        task, self._keepalive_task = self._keepalive_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.ws.close()
 
 
@@ -167,6 +245,22 @@ class WsUpstreamConnector:
     def url(self, charger_id: str) -> str:
         return f"{self.base}/{url_segment(charger_id)}"
 
+    async def probe(self) -> bool:
+        """A cheap check whether the CSMS is reachable again: a TCP connection to its host and
+        port, closed at once (no TLS, no WebSocket handshake, no charger identity)."""
+        parts = urlsplit(self.base)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+        try:
+            async with asyncio.timeout(self.settings.upstream.connect_timeout):
+                _, writer = await asyncio.open_connection(host, port)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
     async def connect(self, charger_id: str, version: OcppVersion, password: str | None) -> WsUpstreamLink:
         up = self.settings.upstream
         headers = {}
@@ -186,8 +280,8 @@ class WsUpstreamConnector:
                 open_timeout=up.connect_timeout,
                 compression="deflate" if up.compression else None,
                 max_size=self.settings.websocket.max_frame_size,
-                ping_interval=self.settings.websocket.ping_interval or None,
-                ping_timeout=self.settings.websocket.ping_timeout,
+                ping_interval=None,  # the link's own keepalive (WsUpstreamLink): it can probe at once
+                close_timeout=min(5.0, up.ping_timeout),  # a dead link sends no closing handshake
                 proxy=None,
                 user_agent_header="ocpp-site-gateway",
                 create_connection=_Connection,
@@ -197,4 +291,4 @@ class WsUpstreamConnector:
         if ws.subprotocol != version.value:
             await ws.close(1002, "subprotocol not accepted")
             raise LinkFailed(f"CSMS did not accept subprotocol {version.value}")
-        return WsUpstreamLink(ws)
+        return WsUpstreamLink(ws, up.ping_interval, up.ping_timeout)

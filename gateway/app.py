@@ -103,7 +103,9 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gatewa
     stack.enter_context(InstanceLock(settings.data_dir))
     # 2. the store: checked, opened; the install id once a store exists
     await asyncio.to_thread(startup_check, settings.data_dir)
-    store = await stack.enter_async_context(SqliteStore(settings.data_dir))
+    off = settings.offline
+    store = await stack.enter_async_context(SqliteStore(settings.data_dir, status_history=off.status_history,
+                                                        id_map_grace=off.id_map_grace, id_map_max=off.id_map_max))
     install = await asyncio.to_thread(install_id, settings.data_dir)
     # 3. the hub and the transaction log (behind /api/v1/transactions)
     connector = WsUpstreamConnector(settings) if settings.upstream.url else None
@@ -288,7 +290,7 @@ def _operations(settings: Settings, hub: Hub, store: SqliteStore, stack: context
     frames = FrameLog()
     if frames.enabled():
         hub.observers.append(frames)
-    api = ApiServer(settings, hub, checks={"store": store.is_open}, operator=operator)
+    api = ApiServer(settings, hub, checks={"store": store.health}, operator=operator)
     hub.observers.extend(api.observers)  # the status page and the metrics
     stack.callback(_unobserve, hub, api.observers)
     return api

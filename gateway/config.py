@@ -151,8 +151,23 @@ class UpstreamSettings(_Section):
     compression: bool = False
     connect_timeout: float = Field(10.0, gt=0)
     call_timeout: float = Field(30.0, gt=0)  # how long the CSMS has to answer
+    # A charger never waits longer than this for the answer to a CALL it sent: then the gateway
+    # answers as it would offline (committing first what the outbox keeps) and takes the CSMS's
+    # late answer as the answer to the stored message. 8 s: under the 10 s message timeout that
+    # the shortest common charger settings use (30 s is the usual one), with room for the local
+    # answer, a durable commit and a slow cellular round trip.
+    answer_within: float = Field(8.0, gt=0)
+    # Keepalive of each upstream link: a WebSocket ping every ping_interval, the link is declared
+    # dead when no pong came within ping_timeout (and at once probed like that when a CALL got no
+    # answer within answer_within). A silent link is noticed within ping_interval + ping_timeout
+    # (15 s) at most; 0 = no periodic pings (the probe after a late answer still runs).
+    ping_interval: float = Field(5.0, ge=0)
+    ping_timeout: float = Field(10.0, gt=0)
     reconnect_min: float = Field(1.0, gt=0)  # first retry delay, seconds
     reconnect_max: float = Field(120.0, gt=0)  # cap of the exponential backoff
+    # While a link waits out a backoff longer than this, it tries a cheap probe dial this often
+    # (jittered, within max_concurrent_dials): a site notices the CSMS's return within seconds.
+    probe_interval: float = Field(5.0, gt=0)
     max_concurrent_dials: int = Field(20, ge=1)  # site-wide cap on simultaneous upstream connects
     client_cert: str = ""  # PEM client certificate the gateway presents to a wss:// CSMS (profile 3)
     client_key: str = ""  # PEM private key of client_cert
@@ -191,6 +206,14 @@ class OfflineSettings(_Section):
     meter_values_without_transaction: Literal["replay", "drop"] = "replay"
     replay_actions: list[str] = Field(default_factory=lambda: ["SecurityEventNotification"])
     stop_on_invalid_replayed_start: bool = True
+    # keep every StatusNotification of an outage for the CSMS (bounded like the rest) instead of
+    # only the latest per connector: for a CSMS that keeps availability history
+    status_history: bool = False
+    # 1.6 id mappings (local id -> the CSMS's) are kept this long after the CSMS acknowledged the
+    # stop, so a late MeterValues or a retried StopTransaction still gets the CSMS's id; at most
+    # id_map_max such finished mappings are kept (the oldest go first)
+    id_map_grace: float = Field(7 * 86_400.0, ge=0)
+    id_map_max: int = Field(10_000, ge=10)
 
     @model_validator(mode="after")
     def _range(self) -> "OfflineSettings":

@@ -54,3 +54,10 @@ class SessionContext(Protocol):
 
     async def forget(self, session: ChargerSession) -> None:
         """The session ends on its own (outbox replayed without a charger; strict mode)."""
+
+    async def replay_in(self, session: ChargerSession, protocol: str) -> None:
+        """`session`'s next stored row was stored in `protocol`: replay it over a link of that
+        version (a replay-only session), then let `session` go on."""
+
+    def backlog_blocked(self, session: ChargerSession, reason: str | None) -> None:
+        """A replay-only session cannot open its link (`reason`; None: it could again)."""

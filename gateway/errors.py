@@ -31,6 +31,9 @@ lives in another module (it needs that module's types), it is named there and im
     ├── MirrorError                 a read or set of a charger's variables that cannot be done;
     │                               `code` says why (gateway.mirror)
     ├── StoreError                  the SQLite store failed an operation (adapters.sqlite_store)
+    ├── StoreWriteFailed            the store cannot write now (disk full, I/O error): nothing of that
+    │   │                           write was kept
+    │   └── StoreFull               ... as the SQLite store raises it (also a StoreError; adapters.sqlite_store)
     ├── RequestError                an HTTP request of a charger transport cannot be served
     │   ├── SoapError               answered with a SOAP Fault (adapters.soap.codec)
     │   ├── TooLarge                the body is over the limit (adapters.polled)
@@ -139,3 +142,8 @@ class RequestError(GatewayError):
 
 class OperatorClientError(GatewayError):
     """The operator client (`ocpp-gateway status|call|outbox|health`) failed."""
+
+
+class StoreWriteFailed(GatewayError):
+    """The store could not commit (disk full, I/O error, read-only file system): nothing of that
+    write was kept. Whoever asked for it answers with an error instead of an acknowledgement."""

@@ -53,9 +53,15 @@ class Hub:
         self.auth = LocalAuthorizer(settings, store)
         self.local = LocalCsms(settings, store, schemas, self.auth)
         self.ids = MessageIds(secrets.token_hex(6))
-        self.gate = DialGate(settings.upstream.max_concurrent_dials)
         self.rng = rng or random.Random()
+        self.gate = DialGate(settings.upstream.max_concurrent_dials, probe=getattr(connector, "probe", None),
+                             probe_interval=settings.upstream.probe_interval, rng=self.rng)
         self.sessions: dict[str, ChargerSession] = {}
+        # replay-only sessions: a backlog stored in another OCPP version than the charger's own
+        # session, replayed over a link of its version (one per charger at a time), and what
+        # such a backlog waits for when the CSMS refuses that version
+        self.replayers: dict[str, ChargerSession] = {}
+        self.blocked: dict[str, dict[str, str]] = {}
         self.observers: list[SessionObserver] = []
         self.control: Any = None  # gateway.control.engine.ControlEngine, when local control is wired
         self.variables: Any = None  # gateway.mirror.VariablesMirror (claims the NotifyReports it asked for)
@@ -98,10 +104,67 @@ class Hub:
         return await self.gate.dial(lambda: connector.connect(charger_id, version, password or None))
 
     async def forget(self, session: ChargerSession) -> None:
-        """A session ends on its own (outbox replayed without a charger; strict mode closed it)."""
-        if self.sessions.get(session.charger_id) is session:
-            del self.sessions[session.charger_id]
+        """A session ends on its own (outbox replayed without a charger; strict mode closed it; a
+        replay-only session whose rows are done)."""
+        cid = session.charger_id
+        if self.sessions.get(cid) is session:
+            del self.sessions[cid]
         await session.close()
+        if self.replayers.get(cid) is session:
+            del self.replayers[cid]
+            self.blocked.pop(cid, None)
+            main = self.sessions.get(cid)
+            if main is not None:
+                main.replay.start()  # its own rows are next
+
+    async def replay_in(self, session: ChargerSession, protocol: str) -> None:
+        """The next stored row of `session`'s charger was stored in `protocol`, which `session`
+        does not speak. Rows are replayed only over an upstream link of the version they were
+        stored in (a CSMS answers a 1.6 message on a 2.0.1 link with NotImplemented): the charger's
+        own session replays them if it speaks it, else a replay-only session does (same charger
+        id and credentials, no charger link) until they are done; the sessions hand over in the
+        order of the rows."""
+        cid = session.charger_id
+        if session.replay_only:
+            await self.forget(session)  # its version's rows are done for now; whoever comes next goes on
+        main = self.sessions.get(cid)
+        if main is not None and main.version.value == protocol:
+            main.replay.start()
+            return
+        current = self.replayers.get(cid)
+        if current is not None and not current.closed:
+            current.replay.start()  # it hands over when its rows are done
+            return
+        try:
+            version = OcppVersion(protocol)
+        except ValueError:
+            log.error("outbox of %s has rows of unknown protocol %r; left alone", cid, protocol,
+                      extra={"charger_id": cid})
+            return
+        replayer = ChargerSession(self, cid, version)
+        replayer.replay_only = True
+        self.replayers[cid] = replayer
+        await replayer.load()
+        log.info("the backlog of %s stored in %s is replayed over a link of that version before its %s messages",
+                 cid, protocol, session.version.value, extra={"charger_id": cid})
+        replayer.start_upstream()
+
+    def backlog_blocked(self, session: ChargerSession, reason: str | None) -> None:
+        cid = session.charger_id
+        if reason is None:
+            if self.blocked.pop(cid, None) is not None:
+                log.info("the CSMS takes %s again: the backlog of %s goes on", session.version.value, cid,
+                         extra={"charger_id": cid})
+            return
+        if cid in self.blocked:
+            self.blocked[cid]["reason"] = self.blocked[cid]["reason"].split(": ", 1)[0] + ": " + reason
+            return
+        protocol = session.version.value
+        self.blocked[cid] = {"protocol": protocol, "since": datetime.now(timezone.utc).isoformat(),
+                             "reason": f"the CSMS refuses {protocol} or cannot be reached in it: {reason}"}
+        log.warning("the backlog of %s stored in %s waits: the CSMS refuses %s or cannot be reached in it (%s); "
+                    "its messages are kept and sent once it takes that version again (never dead letters)",
+                    cid, protocol, protocol, reason, extra={"charger_id": cid})
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -155,11 +218,30 @@ class Hub:
                      upstream: UpstreamLink | None = None) -> ChargerSession:
         session = self.sessions.get(charger_id)
         if session is not None and session.version is not version:
-            # a new protocol version needs a new upstream link: end the old session entirely
+            # a new protocol version needs a new upstream link; a backlog stored in the old version
+            # stays with the old session, which goes on replaying it over a link of that version
             del self.sessions[charger_id]
-            await session.close()
+            replayer = self.replayers.get(charger_id)
+            if session.backlog and not session.strict and (replayer is None or replayer.closed):
+                session.replay_only = True
+                self.replayers[charger_id] = session
+                await session.drop_charger("the charger connected again in another OCPP version")
+                log.info("%s is back in %s; its %s backlog is replayed first over a %s link", charger_id,
+                         version.value, session.version.value, session.version.value,
+                         extra={"charger_id": charger_id})
+            else:
+                await session.close()
             self.notify(session, "disconnected")
             session = None
+        if session is None:
+            replayer = self.replayers.get(charger_id)
+            if replayer is not None and replayer.version is version and not replayer.closed:
+                # back in the version of the backlog being replayed: that session is the charger's again
+                del self.replayers[charger_id]
+                self.blocked.pop(charger_id, None)
+                replayer.replay_only = False
+                session = replayer
+                self.sessions[charger_id] = session
         if session is None:
             session = ChargerSession(self, charger_id, version)
             self.sessions[charger_id] = session
@@ -188,6 +270,10 @@ class Hub:
         status page). Its outbox and transaction log stay: nothing accepted is dropped, and a
         backlog is replayed after the next start. It comes back if it connects again."""
         session = self.sessions.pop(charger_id, None)
+        replayer = self.replayers.pop(charger_id, None)
+        self.blocked.pop(charger_id, None)
+        if replayer is not None:
+            await replayer.close()
         if session is not None:
             await session.close()
             self.notify(session, "disconnected")
@@ -195,6 +281,8 @@ class Hub:
 
     async def close(self) -> None:
         sessions, self.sessions = list(self.sessions.values()), {}
-        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        replayers, self.replayers = list(self.replayers.values()), {}
+        await asyncio.gather(*(s.close() for s in sessions + replayers), return_exceptions=True)
+        await self.gate.close()
         for session in sessions:  # observers (retained MQTT state, metrics) see every charger leave
             self.notify(session, "disconnected")

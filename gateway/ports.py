@@ -72,6 +72,7 @@ class OutboxRow:
     local_tx: int | None  # a 1.6 StartTransaction's local transaction id
     attempts: int  # > 0: it may have reached the CSMS already (sent before a link or gateway loss)
     message_id: str  # the id it is replayed with (the one it was already sent with, or one from its seq)
+    protocol: str = ""  # the OCPP version it was stored in (it is replayed only over a link of that version)
 
 
 # outbox_step's acknowledgement: (seq, bind, stopped); bind = (charger, local id, CSMS id, auth
@@ -108,6 +109,13 @@ class Store(Protocol):
 
     async def outbox_dead(self, seq: int, error: str) -> None: ...
 
+    async def outbox_dead_letter(self, row: dict[str, Any], error: str) -> int:
+        """Keep a message that must not reach the CSMS as it is as a dead letter, with its reason."""
+
+    async def outbox_acknowledge(self, charger_id: str, seq: int, bind: tuple[str, int, int, Any] | None = None,
+                                 stopped: tuple[str, int] | None = None) -> None:
+        """A stored row the CSMS answered late on the live link: done (with what it taught)."""
+
     async def has_backlog(self, charger_id: str) -> bool: ...
 
     async def chargers_with_backlog(self) -> list[tuple[str, str]]: ...
@@ -120,7 +128,8 @@ class Store(Protocol):
 
     async def tx_map(self, charger_id: str) -> list[tuple[int, int | None]]: ...
 
-    async def tx_forget(self, charger_id: str, local_id: int) -> None: ...
+    async def tx_forget(self, charger_id: str, local_id: int) -> None:
+        """The CSMS acknowledged the stop: the mapping is kept for [offline].id_map_grace (retired)."""
 
     async def auth_load(self) -> tuple[list[Any], list[Any]]: ...
 

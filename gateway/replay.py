@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from gateway.errors import Busy, CallFailed, CallTimeout, GatewayError, NotConnected
+from gateway.errors import Busy, CallFailed, CallTimeout, GatewayError, NotConnected, StoreWriteFailed
 from gateway.ports import Ack, FastUpstreamLane, OutboxRow, Store, UpstreamLink
 from gateway.protocol import frames as F
 from gateway.protocol import transactions as T
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 PAGE_FIRST = 50  # outbox rows in a replay's first page
 PAGE = 500  # ... and in each next one
+STORE_RETRY = 1.0  # s before a replay stopped by a store that cannot write tries again
 
 Outcome = tuple[str, Any] | None  # ("result", payload) | ("error", text) | None: no answer
 
@@ -88,6 +89,14 @@ class ReplayHost(Protocol):
 
     async def replay_finished(self) -> None:
         """The outbox is replayed (or the link went away); the session may end if the charger left."""
+
+    @property
+    def awaiting_late(self) -> bool:
+        """A stored row is still on its way to the CSMS on the live link: the replay waits."""
+
+    async def foreign_backlog(self, protocol: str) -> None:
+        """The next stored row was stored in another OCPP version: it goes over a link of that
+        version (the hub's replay-only session), this session's replay waits until then."""
 
 
 @dataclass(slots=True)
@@ -181,8 +190,12 @@ class Replayer:
 
     def start(self) -> None:
         relay = self.relay
-        if relay.backlog and relay.online and self._task is None and not self.closed:
+        if relay.backlog and relay.online and self._task is None and not self.closed and not self.host.awaiting_late:
             self._task = asyncio.create_task(self._replay(), name=f"replay:{self.charger_id}")
+
+    async def after_start(self, local_id: int, status: Any, request: dict[str, Any]) -> None:
+        """The CSMS answered a 1.6 StartTransaction the gateway had answered itself (see `_after_replayed_start`)."""
+        await self._after_replayed_start(local_id, status, request)
 
     async def stop(self) -> None:
         """The session closes: the replay ends where it is (the row in flight stays for next time)."""
@@ -198,22 +211,28 @@ class Replayer:
             t.cancel()
         await asyncio.gather(*sends, return_exceptions=True)
 
-    async def keep(self, frame: Call, kind: Kind, received: datetime, *, uncertain: bool = False) -> int | None:
+    async def keep(self, frame: Call, kind: Kind, received: datetime, *, uncertain: bool = False,
+                   sent_id: str | None = None) -> tuple[int | None, int | None]:
         """Commit what the gateway answers for the CSMS and must reach it later, before the charger
         gets the answer (invariant 1): a stored kind to the outbox, a BootNotification as the boot
-        to replay. Returns the local 1.6 transaction id issued for a StartTransaction.
+        to replay. Returns (the outbox row's seq, the local 1.6 transaction id issued for a
+        StartTransaction), each None when there is none. Raises StoreWriteFailed when the store
+        cannot write (nothing kept).
 
         `uncertain`: the message was sent to the CSMS and the link died before its answer; it is
-        stored as already attempted, so its replay is reported as a possible duplicate."""
+        stored as already attempted, so its replay is reported as a possible duplicate. `sent_id`:
+        it is still on its way to the CSMS (answered at [upstream].answer_within): stored as sent
+        with that message id in the same commit."""
         relay, store = self.relay, self.store
         version = relay.version
         tx_id: int | None = None
+        seq: int | None = None
         if kind.stored:
             off = self.ctx.settings.offline
             row = {"charger_id": self.charger_id, "protocol": version.value, "action": frame.action,
                    "payload": F.payload_text(frame.raw), "kind": kind.value,
                    "connector": T.status_key(version, frame.payload) if kind is Kind.STATUS else None,
-                   "received_at": received.isoformat()}
+                   "received_at": received.isoformat(), "sent_id": sent_id}
             id_range = (off.transaction_id_min, off.transaction_id_max) if (
                 version is OcppVersion.V16 and kind is Kind.START) else None
             relay.backlog = True
@@ -241,7 +260,7 @@ class Replayer:
             await store.pending_boot_set(self.charger_id, version.value, F.payload_text(frame.raw),
                                          received.isoformat())
             self.start()
-        return tx_id
+        return seq, tx_id
 
     def answer(self, frame: CallResult | CallError) -> bool:
         """The CSMS's reply, offered to the chain first: True when it took it."""
@@ -252,74 +271,104 @@ class Replayer:
 
     async def _replay(self) -> None:
         """Drain the outbox into the CSMS: the latest boot first, then FIFO, one CALL in flight."""
-        store, host, relay = self.store, self.host, self.relay
+        host = self.host
         try:
-            boot = await store.pending_boot(self.charger_id)
-            if boot is not None:
-                outcome = await self._replay_call("BootNotification", boot["payload"], self.ctx.ids.next())
-                if outcome is None:
-                    return
-                await store.pending_boot_clear(self.charger_id)
-                if outcome[0] == "result" and outcome[1].get("status") != ACCEPTED:
-                    self.log.warning("the CSMS answered the replayed BootNotification with %s", outcome[1].get("status"))
-            pending: Ack | None = None  # the answered row, acknowledged with the next step
-            ahead = _ReadAhead(store, self.charger_id)  # the next page, read while this one replays
-            self._ahead = ahead
-            # the link's synchronous lane, for the replay only (live traffic never uses it)
-            link = host.upstream
-            lane = self._lane = link if isinstance(link, FastUpstreamLane) else None
-            self._lane_link = link if lane is not None else None
-            if lane is not None:
-                lane.set_fast_reader(self._fast_from_upstream)
-            appends = self.appends
-            try:
-                while relay.online and not self.closed:
-                    gen = appends.gen
-                    if ahead.armed_at is not None:
-                        rows = await ahead.take()
-                    else:
-                        await self._flush(pending)  # before reading: the head must not hold an answered row
-                        pending = None
-                        gen = appends.gen
-                        # a short first page gets the replay going (the page reads of all chargers
-                        # share the store's one thread), the next ones are long and read ahead
-                        rows = await store.outbox_head(self.charger_id, PAGE_FIRST)
-                    if len(rows) >= PAGE_FIRST:
-                        # the next page (rows after this one's last) is read once half of this one
-                        # is sent: the replay never waits for it, and the chargers' reads (on the
-                        # store's one thread, under its lock) spread out instead of coming together
-                        ahead.arm(rows[len(rows) // 2].seq, rows[-1].seq)
-                    if not rows:
-                        if appends.active:
-                            await asyncio.sleep(0.005)
-                            continue
-                        if gen == appends.gen and not await store.has_backlog(self.charger_id) \
-                                and gen == appends.gen and not appends.active:
-                            relay.backlog = False
-                            self.log.info("outbox replayed")
-                            store.outbox_purge_later(self.charger_id)
-                            break
-                        continue
-                    i = 0
-                    while i < len(rows):
-                        ok, pending, i = await self._replay_row(rows, i, pending)
-                        if not ok:
-                            return
-            finally:
-                if lane is not None:
-                    lane.set_fast_reader(None)
-                self._lane = self._lane_link = None
-                self._ahead = None
-                await ahead.drop()
-                await self._flush(pending)
+            await self._replay_rows()
+        except StoreWriteFailed:
+            # the store cannot write (a full disk): nothing is lost, the rows stay; try again later
+            self.log.warning("replay paused: the store cannot write; retrying in %g s", STORE_RETRY)
+            self._retry_later()
         finally:
             self._task = None
             await host.replay_finished()
 
+    def _retry_later(self) -> None:
+        def again() -> None:
+            if not self.closed:
+                self.start()
+        self._loop.call_later(STORE_RETRY, again)
+
+    async def _replay_rows(self) -> None:
+        store, host, relay = self.store, self.host, self.relay
+        version = relay.version.value
+        boot = await store.pending_boot(self.charger_id)
+        if boot is not None and boot.get("protocol", version) != version:
+            # a boot in another version: never replayed over this link; a charger that returns in
+            # another version boots again in it (and a replay-only session never replays boots)
+            if host.connected:
+                await store.pending_boot_clear(self.charger_id)
+            boot = None
+        if boot is not None and getattr(host, "replay_only", False):
+            boot = None
+        if boot is not None:
+            outcome = await self._replay_call("BootNotification", boot["payload"], self.ctx.ids.next())
+            if outcome is None:
+                return
+            await store.pending_boot_clear(self.charger_id)
+            if outcome[0] == "result" and outcome[1].get("status") != ACCEPTED:
+                self.log.warning("the CSMS answered the replayed BootNotification with %s", outcome[1].get("status"))
+        pending: Ack | None = None  # the answered row, acknowledged with the next step
+        ahead = _ReadAhead(store, self.charger_id)  # the next page, read while this one replays
+        self._ahead = ahead
+        # the link's synchronous lane, for the replay only (live traffic never uses it)
+        link = host.upstream
+        lane = self._lane = link if isinstance(link, FastUpstreamLane) else None
+        self._lane_link = link if lane is not None else None
+        if lane is not None:
+            lane.set_fast_reader(self._fast_from_upstream)
+        appends = self.appends
+        try:
+            while relay.online and not self.closed:
+                gen = appends.gen
+                if ahead.armed_at is not None:
+                    rows = await ahead.take()
+                else:
+                    await self._flush(pending)  # before reading: the head must not hold an answered row
+                    pending = None
+                    gen = appends.gen
+                    # a short first page gets the replay going (the page reads of all chargers
+                    # share the store's one thread), the next ones are long and read ahead
+                    rows = await store.outbox_head(self.charger_id, PAGE_FIRST)
+                if len(rows) >= PAGE_FIRST:
+                    # the next page (rows after this one's last) is read once half of this one
+                    # is sent: the replay never waits for it, and the chargers' reads (on the
+                    # store's one thread, under its lock) spread out instead of coming together
+                    ahead.arm(rows[len(rows) // 2].seq, rows[-1].seq)
+                if not rows:
+                    if appends.active:
+                        await asyncio.sleep(0.005)
+                        continue
+                    if gen == appends.gen and not await store.has_backlog(self.charger_id) \
+                            and gen == appends.gen and not appends.active:
+                        relay.backlog = False
+                        self.log.info("outbox replayed")
+                        store.outbox_purge_later(self.charger_id)
+                        break
+                    continue
+                i = 0
+                while i < len(rows):
+                    foreign = rows[i].protocol
+                    if foreign and foreign != version:
+                        # stored in another OCPP version: replayed only over a link of that version
+                        await self._flush(pending)
+                        pending = None
+                        await host.foreign_backlog(foreign)
+                        return
+                    ok, pending, i = await self._replay_row(rows, i, pending)
+                    if not ok:
+                        return
+        finally:
+            if lane is not None:
+                lane.set_fast_reader(None)
+            self._lane = self._lane_link = None
+            self._ahead = None
+            await ahead.drop()
+            await self._flush(pending)
+
     def _acked(self, ack: Ack) -> None:
         stopped = ack[2]
         if stopped is not None:
-            self.relay.tx.unbind(stopped[1])
+            self.relay.tx.retire(stopped[1])
 
     async def _replay_row(self, rows: list[OutboxRow], i: int, pending: Ack | None
                           ) -> tuple[bool, Ack | None, int]:
@@ -333,9 +382,9 @@ class Replayer:
         row = rows[i]
         action = row.action
         replayed = relay.replay_text(action, row.payload)
-        if replayed is None:
+        if isinstance(replayed, str):
             await self._flush(pending)
-            await self._dead_letter(row, "its StartTransaction was not accepted by the CSMS")
+            await self._dead_letter(row, replayed)
             return True, None, i + 1
         text, local_tid = replayed
         message_id = row.message_id  # derived from the row's seq: the same when it is sent again
@@ -416,7 +465,7 @@ class Replayer:
         if i >= len(rows):
             return False
         row = rows[i]
-        if not self.relay.plain(row.action, row.attempts):
+        if not self.relay.plain(row.action, row.attempts) or (row.protocol and row.protocol != self.relay.version.value):
             return False
         done = rows[chain.i]
         chain.i = i

@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from gateway.auth import ACCEPTED, info_of, token_of
-from gateway.errors import Busy, CallTimeout, LinkClosed, LinkFailed, NotConnected
+from gateway.errors import Busy, CallTimeout, LinkClosed, LinkFailed, NotConnected, StoreWriteFailed
 from gateway.ports import ChargerLink, Exchange, UpstreamLink
 from gateway.protocol import frames as F
 from gateway.protocol.frames import Call, CallError, CallResult, ErrorCode, FrameError, OcppVersion
-from gateway.protocol.relay import (AnswerLocally, FailCaller, Forward, Origin, PassOn, Refuse, Relay,
-                                    ToCharger, ToCsms, UpstreamState)
+from gateway.protocol.relay import (SIGNED, AnswerLocally, FailCaller, Forward, Origin, PassOn, Refuse, Relay,
+                                    SetAside, ToCharger, ToCsms, UpstreamState)
 from gateway.protocol.rpc import PendingCall, QueueFull
 from gateway.protocol.transactions import Kind
 from gateway.replay import GatewayCall, Replayer, settle
@@ -55,6 +56,22 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# what the charger is told when the gateway cannot keep a message it must keep (a full disk)
+STORE_FAILED = ("the gateway cannot store this message now (its disk is full or failing: the store cannot write); "
+                "nothing was kept, send it again later")
+
+
+@dataclass(slots=True)
+class _Late:
+    """A charger CALL still on its way to the CSMS that the gateway answered itself when
+    [upstream].answer_within ran out: `seq` is its outbox row (None: a message that is not
+    stored), `local_id` the 1.6 transaction id the gateway gave a StartTransaction. The CSMS's
+    late answer is the answer to that row."""
+
+    seq: int | None
+    local_id: int | None
+
+
 class ChargerSession:
     def __init__(self, ctx: SessionContext, charger_id: str, version: OcppVersion) -> None:
         self.ctx = ctx
@@ -67,7 +84,9 @@ class ChargerSession:
                                    strict=settings.offline_mode(charger_id) == "strict",
                                    max_queued=settings.websocket.max_queued_calls,
                                    replay_actions=frozenset(off.replay_actions),
-                                   meter_values_without_transaction=off.meter_values_without_transaction)
+                                   meter_values_without_transaction=off.meter_values_without_transaction,
+                                   local_ids=(off.transaction_id_min, off.transaction_id_max),
+                                   max_retired=off.id_map_max)
         self.to_charger = relay.to_charger
         self.to_upstream = relay.to_upstream
         self.link: ChargerLink | None = None
@@ -80,6 +99,14 @@ class ChargerSession:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()  # timer expiries (kept referenced)
+        # the answer budget: charger CALLs on their way to the CSMS, by message id, each with the
+        # timer that answers it locally at [upstream].answer_within; and those so answered whose
+        # CSMS answer may still come on the live link
+        self._answer_within = settings.upstream.answer_within
+        self._budget: dict[str, asyncio.TimerHandle] = {}
+        self._late: dict[str, _Late] = {}
+        self.replay_only = False  # a session kept to replay a backlog stored in its (older) version
+        self.last_lost: tuple[datetime, str] | None = None  # when and why the upstream link was declared dead
         self._closed = False
         self._loop = asyncio.get_running_loop()
         self.log = logging.LoggerAdapter(log, {"charger_id": charger_id})
@@ -96,6 +123,10 @@ class ChargerSession:
         tx = self.relay.tx
         for local_id, csms_id in await store.tx_map(self.charger_id):
             tx.bind(local_id, csms_id)
+        retired = getattr(store, "tx_retired", None)
+        if retired is not None:
+            for local_id in await retired(self.charger_id):
+                tx.retire(local_id)
         self.relay.backlog = await store.has_backlog(self.charger_id)
 
     # -- state ----------------------------------------------------------------------------------
@@ -154,6 +185,16 @@ class ChargerSession:
             await self._send_charger(nxt.frame)
         self.start_upstream()
 
+    async def drop_charger(self, reason: str) -> None:
+        """The charger went on in another OCPP version: this session keeps only its backlog
+        (replay-only); a connection of the old version still open is closed."""
+        link, self.link = self.link, None
+        self.to_charger.pause()
+        for call in self.to_charger.drain():
+            await self._fail(call, ErrorCode.GENERIC_ERROR, reason)
+        if link is not None:
+            await link.close(1000, "replaced by a newer connection")
+
     def start_upstream(self) -> None:
         if self.relay.relaying and not self._closed:
             self.uplink.start()
@@ -184,6 +225,10 @@ class ChargerSession:
         self.replay.closed = True
         if self._timer is not None:
             self._timer.cancel()
+        for handle in self._budget.values():
+            handle.cancel()
+        self._budget.clear()
+        self._late.clear()
         await _cancel(self._tasks)  # timer expiries under way
         for call in self.to_charger.drain() + self.to_upstream.drain():
             if isinstance(call.origin, GatewayCall) and not call.origin.future.done():
@@ -225,7 +270,11 @@ class ChargerSession:
             call = PendingCall(message_id=frame.message_id, action=frame.action, frame=effect.text,
                                origin=Origin.CHARGER, timeout=self._upstream_timeout, request=frame.payload,
                                received_at=_utcnow(), source=frame)
+            if not self.relay.strict and not frame.action.endswith(SIGNED):  # only the CSMS answers those
+                self._budget[frame.message_id] = self._loop.call_later(self._answer_within, self._answer_due, call)
             await self.submit_upstream(call)
+        elif type(effect) is SetAside:
+            await self._set_aside(frame, effect.reason)
         elif type(effect) is AnswerLocally:
             await self._answer_locally(frame, effect.kind)
         elif type(effect) is Refuse:
@@ -243,16 +292,132 @@ class ChargerSession:
         elif type(effect) is ToCharger:
             await self._send_charger(effect.text)
 
-    async def _answer_locally(self, frame: Call, kind: Kind, *, uncertain: bool = False) -> None:
+    async def _answer_locally(self, frame: Call, kind: Kind, *, uncertain: bool = False,
+                              sent_id: str | None = None) -> tuple[int | None, int | None]:
         """The gateway answers; what must reach the CSMS later is committed first (invariant 1,
         `Replayer.keep`). `uncertain`: the message was sent to the CSMS and the link died before its
-        answer (its replay is reported as a possible duplicate)."""
+        answer (its replay is reported as a possible duplicate). `sent_id`: it is still on its way
+        (answered at [upstream].answer_within), stored as sent with that id in the same commit.
+        When the store cannot write (a full disk) the charger gets CALLERROR InternalError instead:
+        nothing was kept, its own retry applies. Returns (outbox seq, local 1.6 transaction id),
+        each None when there is none."""
+        try:
+            return await self._answer_locally_now(frame, kind, uncertain=uncertain, sent_id=sent_id)
+        except StoreWriteFailed:  # the store logs the episode once
+            await self._send_charger(F.call_error(self.version, frame.message_id, ErrorCode.INTERNAL_ERROR,
+                                                  STORE_FAILED))
+            self._emit(Origin.CHARGER, frame.action, frame.message_id, frame.payload, None,
+                       ErrorCode.INTERNAL_ERROR.spell(self.version), "gateway", _utcnow())
+            return None, None
+
+    async def _answer_locally_now(self, frame: Call, kind: Kind, *, uncertain: bool,
+                                  sent_id: str | None) -> tuple[int | None, int | None]:
         received = _utcnow()
         ctx = self.ctx
-        tx_id = await self.replay.keep(frame, kind, received, uncertain=uncertain) if self.relay.relaying else None
+        seq, tx_id = await self.replay.keep(frame, kind, received, uncertain=uncertain, sent_id=sent_id) \
+            if self.relay.relaying else (None, None)
         payload = await ctx.local.answer(self.version, frame, self.charger_id, transaction_id=tx_id)
         await self._send_charger(F.call_result(frame.message_id, payload))
         self._emit(Origin.CHARGER, frame.action, frame.message_id, frame.payload, payload, None, "gateway", received)
+        return seq, tx_id
+
+    async def _set_aside(self, frame: Call, reason: str) -> None:
+        """A message that must not reach the CSMS as it is: kept as a dead letter with `reason`,
+        the charger answered (it has nothing to correct)."""
+        row = {"charger_id": self.charger_id, "protocol": self.version.value, "action": frame.action,
+               "payload": F.payload_text(frame.raw), "kind": self.relay.kind(frame).value, "connector": None,
+               "received_at": _utcnow().isoformat()}
+        try:
+            seq = await self.ctx.store.outbox_dead_letter(row, reason)
+        except StoreWriteFailed:
+            await self._send_charger(F.call_error(self.version, frame.message_id, ErrorCode.INTERNAL_ERROR,
+                                                  STORE_FAILED))
+            return
+        self.counters["dead_letters"] += 1
+        self.log.error("outbox #%d %s set aside (dead letter): %s", seq, frame.action, reason)
+        await self._answer_locally(frame, Kind.LIVE)
+
+    # -- the answer budget ([upstream].answer_within) -------------------------------------------
+
+    def _answer_due(self, call: PendingCall) -> None:
+        if self._budget.pop(call.message_id, None) is None or self._closed:
+            return
+        task = self._loop.create_task(self._answer_in_time(call))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer_in_time(self, call: PendingCall) -> None:
+        """The CSMS has not answered a charger CALL within [upstream].answer_within: the gateway
+        answers as it would offline. A call still waiting for the line leaves the queue; the call
+        in flight stays in flight (its row stored as sent, with its message id) and the link is
+        probed at once: a silent link is declared dead within [upstream].ping_timeout."""
+        source = call.source
+        if not isinstance(source, Call):
+            return
+        queue = self.to_upstream
+        kind = self.relay.kind(source)
+        if queue.in_flight is call:
+            self.log.warning("%s %s: no answer from the CSMS within %g s; answered by the gateway, still waiting "
+                             "for the CSMS", call.action, call.message_id, self._answer_within)
+            self._probe_upstream()
+            late = _Late(None, None)
+            self._late[call.message_id] = late  # before the commit: the replay must not send it meanwhile
+            seq, local_id = await self._answer_locally(source, kind, sent_id=call.message_id)
+            if call.message_id in self._late:
+                late.seq, late.local_id = seq, local_id
+            elif seq is not None:  # the link went or the call timed out during the commit: replayed later
+                self.replay.start()
+            return
+        if queue.remove_queued(lambda c: c is call):
+            self.log.warning("%s %s: the line to the CSMS is busy beyond %g s; answered by the gateway",
+                             call.action, call.message_id, self._answer_within)
+            await self._answer_locally(source, kind)
+
+    def _probe_upstream(self) -> None:
+        probe = getattr(self._upstream, "probe", None)
+        if probe is not None:
+            probe()
+
+    @property
+    def awaiting_late(self) -> bool:
+        """A stored row is on its way to the CSMS on the live link (answered late): the replay waits."""
+        return bool(self._late)
+
+    async def _late_answer(self, call: PendingCall, frame: CallResult | CallError, late: _Late) -> None:
+        """The CSMS answered a charger CALL the gateway had answered itself: the charger is not
+        told again; the answer is that of the stored row (a 1.6 start's id is bound; the row is
+        done, or a dead letter for a CALLERROR), and the replay may go on."""
+        self.log.info("%s %s: the CSMS answered late; taken as the answer to %s", call.action, call.message_id,
+                      f"outbox #{late.seq}" if late.seq is not None else "the gateway's answer")
+        store = self.ctx.store
+        try:
+            if type(frame) is CallResult:
+                await self._learn(call, frame.payload)
+                if late.seq is not None:
+                    bind = stopped = None
+                    if late.local_id is not None:
+                        status = (frame.payload.get("idTagInfo") or {}).get("status")
+                        csms_id = frame.payload.get("transactionId")
+                        if isinstance(csms_id, int):
+                            self.relay.tx.bind(late.local_id, csms_id)
+                            bind = (self.charger_id, late.local_id, csms_id, status)
+                        request = call.source.payload if isinstance(call.source, Call) else {}
+                        await self.replay.after_start(late.local_id, status, request)
+                    elif self.version is V16 and call.action == "StopTransaction" and isinstance(call.source, Call):
+                        tid = call.source.payload.get("transactionId")
+                        if isinstance(tid, int) and tid in self.relay.tx:
+                            self.relay.tx.retire(tid)
+                            stopped = (self.charger_id, tid)
+                    await store.outbox_acknowledge(self.charger_id, late.seq, bind, stopped)
+                    self.counters["late_answers"] = self.counters.get("late_answers", 0) + 1
+            elif late.seq is not None and isinstance(frame, CallError):
+                self.counters["dead_letters"] += 1
+                self.log.error("outbox #%d %s set aside (dead letter): %s: %s", late.seq, call.action, frame.code,
+                               frame.description)
+                await store.outbox_dead(late.seq, f"{frame.code}: {frame.description}")
+        except StoreWriteFailed:
+            pass  # the row stays and is sent again (same message id) once the store writes again
+        self.replay.start()
 
     async def _charger_reply(self, frame: CallResult | CallError) -> None:
         done, nxt = self.to_charger.complete(frame.message_id, self._loop.time())
@@ -315,6 +480,13 @@ class ChargerSession:
                 self.log.warning("reply %s from CSMS matches no call in flight; dropped", frame.message_id)
             return
         if done.origin is Origin.CHARGER:
+            late = self._late.pop(done.message_id, None) if self._late else None
+            if late is not None:
+                await self._late_answer(done, frame, late)  # type: ignore[arg-type]
+                return
+            handle = self._budget.pop(done.message_id, None)
+            if handle is not None:
+                handle.cancel()
             await self._send_charger(frame.raw)
             if type(frame) is CallResult:
                 await self._learn(done, frame.payload)
@@ -323,7 +495,14 @@ class ChargerSession:
         self._emit_reply(done, frame, "csms")  # type: ignore[arg-type]
 
     async def _learn(self, call: PendingCall, response: dict[str, Any]) -> None:
-        """What a CSMS answer to a relayed charger message teaches the gateway."""
+        """What a CSMS answer to a relayed charger message teaches the gateway (nothing when the
+        store cannot write now: it is a cache, the answer is relayed all the same)."""
+        try:
+            await self._learn_now(call, response)
+        except StoreWriteFailed:
+            pass
+
+    async def _learn_now(self, call: PendingCall, response: dict[str, Any]) -> None:
         lesson = self.relay.lesson(call)
         if lesson is None:
             return
@@ -353,6 +532,8 @@ class ChargerSession:
         return await self.ctx.dial(self.charger_id, self.version)
 
     async def uplink_up(self, link: UpstreamLink) -> None:
+        if self.replay_only:
+            self.ctx.backlog_blocked(self, None)
         self._upstream = link
         self.set_upstream_state(UpstreamState.ONLINE)
         self.replay.start()
@@ -364,7 +545,17 @@ class ChargerSession:
         self._upstream = None
         self._lost = self.to_upstream.pause()
 
+    def link_declared_dead(self, reason: str) -> None:
+        self.last_lost = (_utcnow(), reason)
+        self.log.warning("upstream link declared dead: %s", reason)
+        self.ctx.notify(self, "upstream_lost")
+
+    async def foreign_backlog(self, protocol: str) -> None:
+        await self.ctx.replay_in(self, protocol)
+
     async def dial_failed(self, exc: LinkFailed) -> bool:
+        if self.replay_only:
+            self.ctx.backlog_blocked(self, str(exc))
         if self.relay.strict:
             await self._strict_close(f"CSMS unreachable ({exc})")
             return False
@@ -467,6 +658,16 @@ class ChargerSession:
     async def _fail(self, call: PendingCall, code: ErrorCode, description: str, *, timed_out: bool = False,
                     busy: bool = False, uncertain: bool = False) -> None:
         """A call that will get no answer from its peer: tell whoever made it."""
+        if call.origin is Origin.CHARGER:
+            handle = self._budget.pop(call.message_id, None)
+            if handle is not None:
+                handle.cancel()
+            if self._late.pop(call.message_id, None) is not None:
+                # answered already (answer_within); its row stays, sent again with the same message id
+                self.log.warning("%s %s: %s; it stays in the outbox and is sent again (same message id)",
+                                 call.action, call.message_id, description)
+                self.replay.start()
+                return
         self.log.warning("%s %s: %s", call.action, call.message_id, description)
         effect = self.relay.unanswered(call, code, description, timed_out=timed_out, busy=busy, uncertain=uncertain)
         if isinstance(effect, AnswerLocally):

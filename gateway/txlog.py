@@ -17,6 +17,7 @@ import asyncio
 import logging
 from typing import Any
 
+from gateway.errors import StoreWriteFailed
 from gateway.ports import Exchange
 from gateway.telemetry.normalise import Normaliser
 from gateway.telemetry.records import TransactionEvent
@@ -38,15 +39,19 @@ class TransactionLog:
             return
         if exchange.action not in ("StartTransaction", "StopTransaction", "TransactionEvent"):
             return
+        # `offline`: the charger said so (2.x), or the gateway answered the start or stop itself
+        # while relaying (the CSMS was away, or late beyond [upstream].answer_within)
+        by_gateway = exchange.answered_by == "gateway" and getattr(
+            getattr(session, "upstream_state", None), "value", "standalone") != "standalone"
         for rec in self.normaliser.records(exchange.charger_id, exchange.version.value, exchange.action,
                                            exchange.request, exchange.response, exchange.received_at):
             if isinstance(rec, TransactionEvent) and rec.transaction_id is not None:
-                self._put(rec)
+                self._put(rec, by_gateway and rec.event in ("started", "ended"))
 
     def session_event(self, session: Any, event: str) -> None:
         return
 
-    def _put(self, rec: TransactionEvent) -> None:
+    def _put(self, rec: TransactionEvent, offline: bool = False) -> None:
         self.events += 1
         if rec.ts_clamped:
             log.warning("transaction %s of %s: the charger's time is out of range; logged as %s",
@@ -56,7 +61,7 @@ class TransactionLog:
                "connector": rec.connector, "started_at": ts if rec.event == "started" else None,
                "ended_at": ts if rec.event == "ended" else None, "meter_start": rec.meter_start,
                "meter_stop": rec.meter_stop, "energy_wh": rec.energy_wh, "reason": rec.reason,
-               "offline": int(rec.offline), "ts_clamped": int(rec.ts_clamped), "ts": ts}
+               "offline": int(rec.offline or offline), "ts_clamped": int(rec.ts_clamped), "ts": ts}
         try:
             self.queue.put_nowait(row)
         except asyncio.QueueFull:
@@ -68,6 +73,9 @@ class TransactionLog:
             row = await self.queue.get()
             try:
                 await self.store.transaction_event(row)
+            except StoreWriteFailed as exc:  # the store logs the episode once
+                self.dropped += 1
+                log.debug("transaction event for %s not recorded: %s", row["charger_id"], exc)
             except Exception:  # noqa: BLE001 - the log is informative; keep going
                 log.exception("could not record a transaction event")
             finally:

@@ -41,11 +41,26 @@ def backoff_delay(attempt: int, minimum: float, maximum: float, rng: random.Rand
 
 class DialGate:
     """The site's gate for upstream dials: at most `limit` at a time (`[upstream].max_concurrent_dials`),
-    and the wake-up of the sessions waiting out a backoff when one of them reaches the CSMS."""
+    and the wake-up of the sessions waiting out a backoff when one of them reaches the CSMS.
 
-    def __init__(self, limit: int) -> None:
+    With a `probe` (a cheap reachability check: a TCP connection to the CSMS's host and port, see
+    adapters/upstream_ws.py), a site notices the CSMS's return within about `probe_interval`
+    whatever its backoff: while any session waits out a backoff longer than `probe_interval`, one
+    probe runs every `probe_interval` (jittered between half and all of it, through the same gate);
+    when it gets through, the session waiting longest dials at once, and if that dial reaches the
+    CSMS every waiting session follows (`reached`). A CSMS that accepts TCP but refuses the
+    WebSocket gets at most one real dial per probe period from the site, not one per charger."""
+
+    def __init__(self, limit: int, probe: Callable[[], Awaitable[bool]] | None = None, probe_interval: float = 5.0,
+                 rng: random.Random | None = None) -> None:
         self._slots = asyncio.Semaphore(limit)
-        self._back: asyncio.Event | None = None
+        self._waiting: list[asyncio.Event] = []  # sessions waiting out a backoff, oldest first
+        self._probing: list[asyncio.Event] = []  # ... of those, the ones with a backoff beyond probe_interval
+        self._probe = probe
+        self.probe_interval = probe_interval
+        self._rng = rng or random.Random()
+        self._prober: asyncio.Task[None] | None = None
+        self.probes = 0  # probe dials made (for tests and metrics)
 
     async def dial(self, connect: Callable[[], Awaitable[UpstreamLink]]) -> UpstreamLink:
         async with self._slots:
@@ -53,22 +68,50 @@ class DialGate:
 
     async def backoff(self, delay: float) -> None:
         """Wait out a session's backoff after a failed dial: `delay` seconds, or less if another
-        session reaches the CSMS meanwhile (`reached`)."""
-        if self._back is None:
-            self._back = asyncio.Event()
-        back = self._back
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await back.wait()
+        session reaches the CSMS meanwhile (`reached`) or a probe finds it back."""
+        mine = asyncio.Event()
+        self._waiting.append(mine)
+        probing = self._probe is not None and delay > self.probe_interval
+        if probing:
+            self._probing.append(mine)
+            if self._prober is None or self._prober.done():
+                self._prober = asyncio.get_running_loop().create_task(self._probe_loop(), name="upstream-probe")
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await mine.wait()
+        finally:
+            self._waiting.remove(mine)
+            if probing:
+                self._probing.remove(mine)
+
+    async def _probe_loop(self) -> None:
+        probe = self._probe
+        assert probe is not None
+        while self._probing:
+            await asyncio.sleep(self._rng.uniform(self.probe_interval / 2, self.probe_interval))
+            if not self._probing:
+                return
+            async with self._slots:
+                self.probes += 1
+                ok = await probe()
+            if ok and self._probing:
+                self._probing[0].set()  # the one waiting longest dials now; if it gets through, all follow
 
     def reached(self) -> None:
         """A dial got through: the CSMS is there. The sessions waiting out a backoff dial now
         (through the gate, `max_concurrent_dials` at a time) instead of each at its own timer,
         spread over up to `reconnect_max`: the outboxes start replaying together and the chargers
         are back online at the CSMS sooner."""
-        back, self._back = self._back, None
-        if back is not None:
-            back.set()
+        for waiting in self._waiting:
+            waiting.set()
+
+    async def close(self) -> None:
+        prober, self._prober = self._prober, None
+        if prober is not None:
+            prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await prober
 
 
 class UplinkHost(Protocol):
@@ -100,6 +143,10 @@ class UplinkHost(Protocol):
     async def uplink_lost(self) -> bool:
         """The link that was up dropped: tell whoever waits on the CSMS. False: the session is over
         (strict mode)."""
+
+    def link_declared_dead(self, reason: str) -> None:
+        """Why the link that was up is gone (a silent link, closed by the CSMS, ...), before the
+        state turns offline."""
 
 
 class UplinkKeeper:
@@ -154,15 +201,17 @@ class UplinkKeeper:
                 attempt = 0
                 await host.uplink_up(link)
                 recv, on_frame = link.recv, host.from_upstream
+                reason = "connection lost"
                 try:
                     while True:
                         await on_frame(await recv())
-                except LinkClosed:
-                    pass
+                except LinkClosed as exc:
+                    reason = str(exc) or reason
                 finally:
                     host.uplink_down()
                 if host.closed:
                     return
+                host.link_declared_dead(reason)
                 host.set_upstream_state(UpstreamState.OFFLINE)
                 await link.close()
                 if not await host.uplink_lost():

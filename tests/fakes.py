@@ -59,6 +59,7 @@ class MemoryStore:
         self.cursor: dict[str, list[int]] = {}  # charger -> [acked, sent]
         self.boots: dict[str, tuple[str, str, str]] = {}
         self.tx: dict[tuple[str, int], int | None] = {}
+        self.retired: set[tuple[str, int]] = set()  # finished mappings, kept (the grace period)
         self.seen: dict[str, tuple[str, str]] = {}
         self.auth_cache: dict[str, tuple[str, str | None]] = {}
         self.steps: list[tuple[str, Ack | None, int | None]] = []  # every cursor move, in order
@@ -94,8 +95,9 @@ class MemoryStore:
             local_tx = id_range[0] + (self._local_tx - 1) % (id_range[1] - id_range[0] + 1)
             self.tx[(charger_id, local_tx)] = None
         self._seq += 1
+        sent_id = row.get("sent_id")
         self.rows[self._seq] = _Row(self._seq, charger_id, row["protocol"], row["action"], row["payload"], row["kind"],
-                                    local_tx)
+                                    local_tx, attempts=1 if sent_id else 0, sent_id=sent_id)
         await asyncio.sleep(0)  # a real store answers from another thread: never synchronously
         return self._seq, local_tx
 
@@ -104,7 +106,7 @@ class MemoryStore:
         rows = [r for r in self.pending(charger_id) if r.seq > after][:limit]
         await asyncio.sleep(0)
         return [OutboxRow(r.seq, r.action, r.payload, r.local_tx, r.attempts + (r.seq <= sent),
-                          r.sent_id or f"replay-{r.seq}") for r in rows]
+                          r.sent_id or f"replay-{r.seq}", r.protocol) for r in rows]
 
     def _step(self, charger_id: str, ack: Ack | None, send: int | None) -> None:
         self.steps.append((charger_id, ack, send))
@@ -115,7 +117,7 @@ class MemoryStore:
             if bind is not None:
                 self.tx[(bind[0], bind[1])] = bind[2]
             if stopped is not None:
-                self.tx.pop(stopped, None)
+                self.retired.add(stopped)
         if send is not None:
             cursor[1] = send
 
@@ -143,6 +145,22 @@ class MemoryStore:
         row = self.rows[seq]
         row.state, row.error = "dead", error
 
+    async def outbox_dead_letter(self, row: dict[str, Any], error: str) -> int:
+        self._seq += 1
+        self.rows[self._seq] = _Row(self._seq, row["charger_id"], row["protocol"], row["action"], row["payload"],
+                                    row["kind"], None, state="dead", error=error)
+        await asyncio.sleep(0)
+        return self._seq
+
+    async def outbox_acknowledge(self, charger_id: str, seq: int, bind: tuple[str, int, int, Any] | None = None,
+                                 stopped: tuple[str, int] | None = None) -> None:
+        self.rows.pop(seq, None)
+        if bind is not None:
+            self.tx[(bind[0], bind[1])] = bind[2]
+        if stopped is not None:
+            self.retired.add(stopped)
+        await asyncio.sleep(0)
+
     async def has_backlog(self, charger_id: str) -> bool:
         return bool(self.pending(charger_id)) or charger_id in self.boots
 
@@ -155,7 +173,7 @@ class MemoryStore:
 
     async def pending_boot(self, charger_id: str) -> dict[str, Any] | None:
         boot = self.boots.get(charger_id)
-        return {"payload": boot[1], "received_at": boot[2]} if boot else None
+        return {"payload": boot[1], "received_at": boot[2], "protocol": boot[0]} if boot else None
 
     async def pending_boot_clear(self, charger_id: str) -> None:
         self.boots.pop(charger_id, None)
@@ -164,7 +182,11 @@ class MemoryStore:
         return [(local, csms) for (cid, local), csms in self.tx.items() if cid == charger_id]
 
     async def tx_forget(self, charger_id: str, local_id: int) -> None:
-        self.tx.pop((charger_id, local_id), None)
+        if (charger_id, local_id) in self.tx:
+            self.retired.add((charger_id, local_id))  # kept for the grace period, as the real store does
+
+    async def tx_retired(self, charger_id: str) -> set[int]:
+        return {local for (cid, local) in self.retired if cid == charger_id}
 
     # -- authorization ----------------------------------------------------------------------------
 
@@ -430,7 +452,7 @@ async def joined(*, charger_id: str = "CP1", version: OcppVersion = V16) -> tupl
     b = Hub(settings(upstream={"url": ""}), MemoryStore(), SCHEMAS, None)
     await b.start()
     store = MemoryStore()
-    a = Hub(settings(), store, SCHEMAS, BridgeConnector(b))  # type: ignore[arg-type]
+    a = Hub(settings(), store, SCHEMAS, BridgeConnector(b))
     await a.start()
     site = Site(a, store, MemoryConnector())
     site.session = await a.attach(charger_id, version, site.charger)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -80,6 +80,15 @@ class Refuse:
 
 
 @dataclass(slots=True, frozen=True)
+class SetAside:
+    """A charger CALL that must not reach the CSMS as it is (a 1.6 local transaction id the gateway
+    has no CSMS id for: the CSMS never issued it): answered by the gateway and kept as a dead
+    letter with `reason`, never sent upstream with the gateway's id (invariant 4)."""
+
+    reason: str
+
+
+@dataclass(slots=True, frozen=True)
 class PassOn:
     """A 2.1 SEND from the charger: to the CSMS when linked, never answered, exempt from the queue."""
 
@@ -108,7 +117,7 @@ class FailCaller:
     reason: FailReason
 
 
-ChargerCallEffect = Forward | AnswerLocally | Refuse | PassOn | ToCharger
+ChargerCallEffect = Forward | AnswerLocally | Refuse | PassOn | ToCharger | SetAside
 UnansweredEffect = AnswerLocally | ToCharger | ToCsms | FailCaller | None
 
 
@@ -142,17 +151,19 @@ class Relay:
     """The routing state of one charger's session and the decisions over it (see the module doc)."""
 
     __slots__ = ("version", "relaying", "strict", "schemas", "upstream", "backlog", "tx", "to_charger",
-                 "to_upstream", "replay_actions", "meter_values_without_transaction")
+                 "to_upstream", "replay_actions", "meter_values_without_transaction", "local_ids")
 
     def __init__(self, version: OcppVersion, schemas: SchemaRegistry, *, relaying: bool, strict: bool,
-                 max_queued: int, replay_actions: frozenset[str], meter_values_without_transaction: str) -> None:
+                 max_queued: int, replay_actions: frozenset[str], meter_values_without_transaction: str,
+                 local_ids: tuple[int, int] | None = None, max_retired: int = 10_000) -> None:
         self.version = version
         self.schemas = schemas
         self.relaying = relaying
         self.strict = relaying and strict
         self.upstream = UpstreamState.CONNECTING if relaying else UpstreamState.STANDALONE
         self.backlog = False  # the outbox (or a boot to replay) is not empty
-        self.tx = TxIdMap()
+        self.tx = TxIdMap(max_retired)
+        self.local_ids = local_ids  # [offline].transaction_id_min/max: the 1.6 ids the gateway issues
         self.to_charger = CallQueue(max_queued=max_queued, paused=True)
         self.to_upstream = CallQueue(max_queued=max_queued, paused=True)
         self.replay_actions = replay_actions
@@ -199,13 +210,17 @@ class Relay:
             return PassOn()
         if not self.relaying:
             return AnswerLocally(Kind.LIVE)
+        if self.local_ids is not None and self.version is V16 and frame.action in T.CHARGER_TX_ACTIONS:
+            reason = self.unknown_local_id(frame.action, frame.payload)
+            if reason is not None:
+                return SetAside(reason)
         upstream, backlog = self.upstream, self.backlog
         # classified only when it matters (a backlog, or the gateway answering): not on the live path
         kind = self.kind(frame) if backlog or upstream is not UpstreamState.ONLINE else Kind.LIVE
-        if upstream is UpstreamState.CONNECTING and not backlog:
-            # the link is being set up: wait for it (on failure the gateway answers, see `unanswered`)
-            return Forward(frame.raw)
-        if upstream is UpstreamState.ONLINE and not (backlog and kind is not Kind.LIVE):
+        connecting = upstream is UpstreamState.CONNECTING and not backlog
+        # connecting: the link is being set up: wait for it (on failure the gateway answers, see
+        # `unanswered`); a 1.6 local id is mapped as on a link that is up (invariant 4)
+        if connecting or upstream is UpstreamState.ONLINE and not (backlog and kind is not Kind.LIVE):
             text = frame.raw
             if self.version is V16:
                 tx = self.tx
@@ -221,6 +236,19 @@ class Relay:
             return ToCharger(F.call_error(self.version, frame.message_id, ErrorCode.INTERNAL_ERROR,
                                           "CSMS unreachable"))
         return AnswerLocally(kind)
+
+    def unknown_local_id(self, action: str, payload: dict[str, Any]) -> str | None:
+        """Why a 1.6 charger message must not go to the CSMS: it names a transaction id from the
+        gateway's own range that the gateway has no mapping for (never issued, or forgotten after
+        [offline].id_map_grace). None: it may go."""
+        if self.local_ids is None:
+            return None
+        tid = T.charger_tx_id(action, payload)
+        low, high = self.local_ids
+        if tid is None or not low <= tid <= high or tid in self.tx:
+            return None
+        return (f"no CSMS transaction id known for local id {tid} (not issued by this gateway, or its "
+                f"mapping expired after [offline].id_map_grace); not sent with the gateway's id")
 
     def stored(self, frame: Call) -> None:
         """A charger CALL was committed to the outbox."""
@@ -263,8 +291,9 @@ class Relay:
         if self.version is V16 and action == "StopTransaction" and isinstance(call.request, dict):
             tid = call.request.get("transactionId")
             if isinstance(tid, int) and tid in self.tx:
-                # the CSMS acknowledged the stop of a transaction that started offline: unmap it
-                self.tx.unbind(tid)
+                # the CSMS acknowledged the stop of a transaction that started offline: the mapping
+                # is kept (retired) for late MeterValues and retried stops
+                self.tx.retire(tid)
                 return Lesson(forget_tx=tid)
         return None
 
@@ -290,18 +319,21 @@ class Relay:
             return action != "StartTransaction" and not (action in T.CHARGER_TX_ACTIONS and self.tx.local_to_csms)
         return action != "TransactionEvent"
 
-    def replay_text(self, action: str, text: str) -> tuple[str, int | None] | None:
+    def replay_text(self, action: str, text: str) -> tuple[str, int | None] | str:
         """A stored payload as it is replayed to the CSMS, and the local 1.6 transaction id it names
-        (mapped to the CSMS's); None when its transaction's start was never accepted by the CSMS
-        (the row is set aside)."""
+        (mapped to the CSMS's); a text saying why, when it must be set aside instead (its
+        transaction's start was never accepted by the CSMS, or it names a local id with no mapping)."""
         if self.version is V16:
-            if action in T.CHARGER_TX_ACTIONS and self.tx.local_to_csms:
+            if action in T.CHARGER_TX_ACTIONS and (self.tx.local_to_csms or self.local_ids is not None):
                 payload = orjson.loads(text)
                 ids = self.tx.lookup(action, payload)
                 if ids is not None:
                     if ids[1] == UNSTARTED:
-                        return None
+                        return "its StartTransaction was not accepted by the CSMS"
                     return orjson.dumps(self.tx.for_csms(action, payload, ids[1])).decode(), ids[0]
+                reason = self.unknown_local_id(action, payload)
+                if reason is not None:
+                    return reason
             return text, None
         if action == "TransactionEvent":
             return orjson.dumps(T.mark_offline(orjson.loads(text))).decode(), None

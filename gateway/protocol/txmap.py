@@ -23,12 +23,17 @@ class TxIdMap:
     """Local 1.6 transaction ids <-> the CSMS's. `local_to_csms` maps each local id the gateway
     issued to the CSMS's id, or None while its StartTransaction waits in the outbox."""
 
-    __slots__ = ("local_to_csms", "csms_to_local", "stopped")
+    __slots__ = ("local_to_csms", "csms_to_local", "stopped", "retired", "max_retired")
 
-    def __init__(self) -> None:
+    def __init__(self, max_retired: int = 10_000) -> None:
         self.local_to_csms: dict[int, int | None] = {}
         self.csms_to_local: dict[int, int] = {}
         self.stopped: set[int] = set()  # local ids whose StopTransaction has been seen
+        # finished mappings (the CSMS acknowledged the stop), oldest first: kept so that a late
+        # MeterValues or a retried StopTransaction still goes out with the CSMS's id; at most
+        # `max_retired` ([offline].id_map_max; the store also drops them after id_map_grace)
+        self.retired: dict[int, None] = {}
+        self.max_retired = max_retired
 
     def __bool__(self) -> bool:
         return bool(self.local_to_csms)
@@ -45,12 +50,25 @@ class TxIdMap:
         if csms_id is not None:
             self.csms_to_local[csms_id] = local_id
 
+    def retire(self, local_id: int) -> None:
+        """The CSMS acknowledged the transaction's stop: keep the mapping (bounded), as finished."""
+        if local_id not in self.local_to_csms:
+            return
+        self.stopped.add(local_id)
+        self.retired.pop(local_id, None)
+        self.retired[local_id] = None
+        while len(self.retired) > self.max_retired:
+            oldest = next(iter(self.retired))
+            del self.retired[oldest]
+            self.unbind(oldest)
+
     def unbind(self, local_id: int) -> None:
         """The CSMS acknowledged the transaction's stop (or it was set aside): forget it."""
         csms_id = self.local_to_csms.pop(local_id, None)
         if csms_id is not None:
             self.csms_to_local.pop(csms_id, None)
         self.stopped.discard(local_id)
+        self.retired.pop(local_id, None)
 
     def running(self, local_id: int) -> bool:
         """No StopTransaction seen for this local id."""

@@ -10,8 +10,8 @@ import pytest
 
 from gateway.protocol import frames as F
 from gateway.protocol.frames import Call, ErrorCode, OcppVersion
-from gateway.protocol.relay import (AnswerLocally, FailCaller, Forward, Origin, PassOn, Refuse, Relay, ToCharger,
-                                    ToCsms, UpstreamState)
+from gateway.protocol.relay import (AnswerLocally, FailCaller, Forward, Origin, PassOn, Refuse, Relay, SetAside,
+                                    ToCharger, ToCsms, UpstreamState)
 from gateway.protocol.rpc import PendingCall
 from gateway.protocol.transactions import Kind
 from tests.fakes import SCHEMAS
@@ -191,7 +191,7 @@ def test_answers_teach_the_gateway() -> None:
                                                                    "timestamp": "2026-01-01T00:02:00Z"}))
     lesson = r.lesson(stop)
     assert lesson is not None and lesson.forget_tx == 2_000_000_000
-    assert 2_000_000_000 not in r.tx
+    assert 2_000_000_000 in r.tx.retired  # kept for [offline].id_map_grace: late messages get the CSMS's id
     auth = r.lesson(pending(Origin.CHARGER))
     assert auth is not None and auth.authorization
     boot = r.lesson(pending(Origin.CHARGER, frame("b", "BootNotification", {"chargePointVendor": "V",
@@ -206,11 +206,13 @@ def test_replayed_rows_are_rewritten_or_set_aside() -> None:
     assert r.replay_text("MeterValues", payload) == (payload, None)  # no map: as stored
 
     r.tx.bind(2_000_000_000, None)
-    assert r.replay_text("MeterValues", payload) is None  # its start was never accepted
+    assert r.replay_text("MeterValues", payload) == "its StartTransaction was not accepted by the CSMS"
     assert not r.plain("MeterValues", 0)  # a row that may need rewriting is not chained
 
     r.tx.bind(2_000_000_000, 9)
-    text, local = r.replay_text("MeterValues", payload) or ("", None)
+    replayed = r.replay_text("MeterValues", payload)
+    assert isinstance(replayed, tuple)
+    text, local = replayed
     assert orjson.loads(text)["transactionId"] == 9 and local == 2_000_000_000
     assert r.plain("StatusNotification", 0) and not r.plain("StatusNotification", 1)
     assert not r.plain("StartTransaction", 0)
@@ -218,6 +220,31 @@ def test_replayed_rows_are_rewritten_or_set_aside() -> None:
     r2 = relay(V201)
     event = '{"eventType":"Updated","timestamp":"2026-01-01T00:00:00Z","triggerReason":"MeterValuePeriodic",' \
             '"seqNo":3,"transactionInfo":{"transactionId":"t"}}'
-    marked, _ = r2.replay_text("TransactionEvent", event) or ("", None)
+    replayed = r2.replay_text("TransactionEvent", event)
+    assert isinstance(replayed, tuple)
+    marked, _ = replayed
     assert orjson.loads(marked)["offline"] is True
     assert not r2.plain("TransactionEvent", 0)
+
+
+def test_a_local_id_without_mapping_never_goes_upstream() -> None:
+    """Invariant 4: the CSMS never sees a gateway-local id. A 1.6 message naming an id from the
+    gateway's range that it has no mapping for is set aside, live and in the replay."""
+    r = Relay(V16, SCHEMAS, relaying=True, strict=False, max_queued=3, replay_actions=frozenset(),
+              meter_values_without_transaction="replay", local_ids=(2_000_000_000, 2_147_483_646))
+    r.upstream = UpstreamState.ONLINE
+    unknown = frame("mv", "MeterValues", {"connectorId": 1, "transactionId": 2_000_000_005, "meterValue": [
+        {"timestamp": "2026-01-01T00:00:00Z", "sampledValue": [{"value": "1"}]}]})
+    effect = r.charger_call(call(unknown))
+    assert isinstance(effect, SetAside) and "2000000005" in effect.reason
+    assert isinstance(r.replay_text("MeterValues", '{"connectorId":1,"transactionId":2000000005,"meterValue":[]}'), str)
+    csms_own = frame("mv2", "MeterValues", {"connectorId": 1, "transactionId": 1234, "meterValue": [
+        {"timestamp": "2026-01-01T00:00:00Z", "sampledValue": [{"value": "1"}]}]})
+    assert isinstance(r.charger_call(call(csms_own)), Forward)  # the CSMS's own ids pass
+    r.tx.bind(2_000_000_005, 77)
+    r.tx.retire(2_000_000_005)  # finished, within the grace period: still rewritten
+    effect = r.charger_call(call(unknown))
+    assert isinstance(effect, Forward) and orjson.loads(effect.text)[3]["transactionId"] == 77
+    r.upstream = UpstreamState.CONNECTING  # a charger back before its link: the same rewrite
+    effect = r.charger_call(call(unknown))
+    assert isinstance(effect, Forward) and orjson.loads(effect.text)[3]["transactionId"] == 77
