@@ -649,6 +649,8 @@ class ChargerSession:
             await self._fail(call, ErrorCode.GENERIC_ERROR, "charger did not answer in time", timed_out=True)
         if expired.charger_next is not None:
             await self._send_charger(expired.charger_next.frame)
+        if expired.to_upstream:
+            self._probe_upstream()  # a CALL timed out: is the link still there? (a silent one is dead within ping_timeout)
         for call in expired.to_upstream:
             await self._fail(call, ErrorCode.INTERNAL_ERROR, "CSMS did not answer in time", timed_out=True)
         if expired.upstream_next is not None:

@@ -244,6 +244,10 @@ class MemoryUpstream:
         self.reader_waiting = False
         self.sent_now = 0  # frames written through the synchronous lane
         self.taken_fast = 0  # answers taken by the fast reader
+        self.probes = 0  # keepalive probes the session asked for (a CALL got no answer in time)
+
+    def probe(self) -> None:
+        self.probes += 1
 
     async def send(self, text: str) -> None:
         if self.closed:

@@ -244,3 +244,50 @@ async def test_two_sessions_joined_in_memory() -> None:
     finally:
         await site.close()
         await b.close()
+
+
+async def test_the_answer_budget_answers_in_time_and_takes_the_late_answer_for_the_stored_row() -> None:
+    """[upstream].answer_within: the charger gets the gateway's answer when the CSMS is late, once;
+    the start stays in flight, the link is probed at once; the CSMS's late answer binds the local id
+    and is the stored row's acknowledgement (nothing is sent again)."""
+    site = await Site.start(settings(upstream={"answer_within": 0.2, "call_timeout": 5.0}))
+    try:
+        csms = await online(site)
+        await site.call("s1", "StartTransaction", START)
+        assert (await csms.next())[:3] == [2, "s1", "StartTransaction"]
+
+        answered = await site.charger.next()  # after answer_within, from the gateway
+        assert answered[:2] == [3, "s1"] and answered[2]["transactionId"] == LOCAL
+        assert csms.link.probes == 1 and site.s.awaiting_late
+        await site.call("m1", "MeterValues", meter(5, LOCAL))  # kept behind the start, answered at once
+        assert await site.charger.next() == [3, "m1", {}]
+
+        csms.result("s1", {"transactionId": 31, "idTagInfo": {"status": "Accepted"}})  # late
+        replayed = await csms.next()  # the meter value, under the CSMS's id; the start is not sent again
+        assert replayed[2] == "MeterValues" and replayed[3]["transactionId"] == 31
+        csms.result(replayed[1], {})
+        await until(lambda: not site.s.backlog, "the outbox is replayed")
+        assert site.store.tx == {("CP1", LOCAL): 31}
+        assert await quiet(site.charger) and await quiet(csms)  # one answer per charger CALL
+    finally:
+        await site.close()
+
+
+async def test_a_late_callerror_sets_the_stored_row_aside_and_a_timed_out_call_probes_the_link() -> None:
+    site = await Site.start(settings(upstream={"answer_within": 0.1, "call_timeout": 0.6}))
+    try:
+        csms = await online(site)
+        await site.call("m1", "MeterValues", meter(1, 7))
+        assert (await csms.next())[:2] == [2, "m1"]
+        assert await site.charger.next() == [3, "m1", {}]  # answer_within: the gateway's answer
+        csms.send([4, "m1", "InternalError", "no", {}])  # late CALLERROR: a dead letter, never sent again
+        await until(lambda: any(r.state == "dead" for r in site.store.rows.values()), "the row is set aside")
+        assert await quiet(csms) and await quiet(site.charger)
+
+        await site.call("h1", "Heartbeat", {})
+        assert (await csms.next())[:2] == [2, "h1"]
+        assert (await site.charger.next())[:2] == [3, "h1"]  # answer_within
+        probes = csms.link.probes
+        await until(lambda: csms.link.probes > probes, "call_timeout probes the link")
+    finally:
+        await site.close()
