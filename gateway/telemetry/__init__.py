@@ -1,6 +1,6 @@
 """The telemetry plane's pure part: normalised records, unit rules, OCPP payloads into records,
 vendor DataTransfer decoders, and the session observer that hands records to the sinks.
 
-Nothing here does I/O: the sinks (adapters/mqtt.py, adapters/influx.py) receive records through
+Nothing here does I/O: the sinks (adapters/mqtt/, adapters/influx.py) receive records through
 `TelemetrySink.offer`, which must return at once.
 """
