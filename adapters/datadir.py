@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import secrets
 from pathlib import Path
 from types import TracebackType
 
 from gateway.errors import AlreadyRunning, ConfigError
+
+log = logging.getLogger("gateway")
 
 LOCK_FILE = "gateway.lock"
 INSTALL_ID_FILE = "install-id"
@@ -49,9 +52,12 @@ class InstanceLock:
             who = f"pid {holder}" if holder else "another process"
             raise AlreadyRunning(f"another gateway ({who}) is running with data_dir {self.data_dir}; stop it first, "
                                  "or give this one its own data_dir") from exc
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # a full disk: the lock holds all the same; only the pid is not told
+            log.warning("cannot write the pid into %s (%s)", self.path, exc.strerror or exc)
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
@@ -96,11 +102,17 @@ def install_id(data_dir: str | Path) -> str:
     new = secrets.token_hex(4)
     path = install_id_path(data_dir)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write(new + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(new + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:  # a full disk must not stop the start: this run uses an id of its own
+        log.warning("cannot keep the install id in %s (%s): the MQTT client id changes at the next start",
+                    path, exc.strerror or exc)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
     return new
 
 
