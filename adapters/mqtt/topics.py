@@ -194,6 +194,7 @@ class Encoder:
                 out += self._discover(ch, ha.connected(f"{root}/state"))
                 out += self._discover(ch, ha.reset_button(root, record.protocol))
                 out += self._discover(ch, ha.availability_select(root, record.protocol))
+                out += self._evse_seen(ch, 0, None)  # the whole charger's pause switch and limit (2.x has no EVSE 0 status)
 
         elif isinstance(record, ControlChange):  # local control: every change, and the latest per EVSE
             body = _json(control_json(record))

@@ -198,6 +198,13 @@ def test_every_discovery_payload_follows_the_current_schema(protocol: str) -> No
             "operationalStatus": "Inoperative"}
 
 
+def test_a_charger_without_an_evse_0_status_still_gets_its_whole_charger_controls() -> None:
+    encoder = Encoder(MqttSettings(ha_discovery=True), "s")
+    out = encoder.encode(ChargerState(charger_id="X", connected=True, upstream="online", protocol="ocpp2.0.1", ts=T0))
+    keys = {t.split("/")[3] for t, _, _ in out if t.startswith("homeassistant/")}
+    assert {"evse0_pause", "evse0_limit"} <= keys and "evse0_unlock" not in keys
+
+
 def test_discovery_is_published_once_and_again_with_new_device_details() -> None:
     encoder = Encoder(MqttSettings(ha_discovery=True), "s")
     first = [t for t, _, _ in encode_all(encoder, session("A", "ocpp1.6")) if t.startswith("homeassistant/")]

@@ -247,6 +247,8 @@ async def test_home_assistant_discovery_and_removal(tmp_path: Path) -> None:
                             # controls (tests/telemetry/test_discovery.py checks them against the schema)
                             f"homeassistant/button/{node}/reset/config",
                             f"homeassistant/select/{node}/availability/config",
+                            f"homeassistant/switch/{node}/evse0_pause/config",
+                            f"homeassistant/number/{node}/evse0_limit/config",
                             f"homeassistant/switch/{node}/evse1_pause/config",
                             f"homeassistant/number/{node}/evse1_limit/config",
                             f"homeassistant/button/{node}/evse1_unlock/config"}
