@@ -31,11 +31,12 @@ from gateway.errors import Busy, CallFailed, CallTimeout, GatewayError, NotConne
 from gateway.ports import Exchange
 from gateway.variables import meaning as M
 from gateway.variables.model import (
-    ACTUAL, Address, SetPolicy, Variable, VariablesChanged, address_of, from_change_configuration,
+    Address, SetPolicy, Variable, VariablesChanged, address_of, from_change_configuration,
     from_get_configuration, from_get_variables, from_monitoring_report, from_notify_event, from_report_data,
     from_set_variables,
     ha_entity, parse_name_2x, set_variables_request, set_variables_statuses,
 )
+from gateway.environment import ensure_environment
 from gateway.variables.report import ReportAssembly
 
 log = logging.getLogger("gateway.variables")
@@ -132,7 +133,7 @@ class VariablesMirror:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
 
-    def _charger(self, cid: str) -> _Charger:
+    def state_of(self, cid: str) -> _Charger:
         ch = self.chargers.get(cid)
         if ch is None:
             ch = self.chargers[cid] = _Charger()
@@ -208,7 +209,7 @@ class VariablesMirror:
             self._spawn(self.store.variables_forget(cid))
 
     async def _on_connect(self, cid: str, protocol: str) -> None:
-        ch = self._charger(cid)
+        ch = self.state_of(cid)
         if not ch.small:
             await self._load_small(cid, ch)
         read = await self.store.variables_read(cid)
@@ -227,11 +228,11 @@ class VariablesMirror:
     def _apply(self, cid: str, variables: list[Variable], source: str, *, read_id: int | None = None,
                value_given: bool = True) -> None:
         if variables:
-            self._spawn(self._put(cid, variables, source, read_id, value_given))
+            self._spawn(self.put(cid, variables, source, read_id, value_given))
 
-    async def _put(self, cid: str, variables: list[Variable], source: str, read_id: int | None,
+    async def put(self, cid: str, variables: list[Variable], source: str, read_id: int | None,
                    value_given: bool = True) -> int:
-        ch = self._charger(cid)
+        ch = self.state_of(cid)
         when = _now()
         rows = [row_of(v, source, when, read_id, value_given) for v in variables]
         async with ch.lock:
@@ -297,7 +298,7 @@ class VariablesMirror:
         one is followed by another)."""
         if self._closed:
             return
-        ch = self._charger(cid)
+        ch = self.state_of(cid)
         if ch.task is not None and not ch.task.done():
             if not ch.waiting:
                 ch.again = True
@@ -345,12 +346,12 @@ class VariablesMirror:
         if state != "failed":
             await self._load_small(cid, ch)
             if self.env.ensure:
-                await self._ensure_environment(cid, session)
+                await ensure_environment(self, cid, session)
 
     async def _read_16(self, cid: str, session: Any, read_id: int) -> dict[str, Any]:
         response = await session.call_charger("GetConfiguration", {}, timeout=self.cfg.call_timeout)
         variables = from_get_configuration(response, extra_secrets=self.secrets)
-        dropped = await self._put(cid, variables, "GetConfiguration", read_id)
+        dropped = await self.put(cid, variables, "GetConfiguration", read_id)
         removed = await self.store.variables_prune(cid, read_id)
         detail: dict[str, Any] = {"state": "partial" if dropped else "complete", "variables": len(variables) - dropped}
         if dropped:
@@ -401,7 +402,7 @@ class VariablesMirror:
                            asyncio.get_running_loop().time())
         if take:
             task = asyncio.get_running_loop().create_task(
-                self._put(cid, variables[:take], "NotifyReport", report.read_id), name=f"part:{cid}:{seq}")
+                self.put(cid, variables[:take], "NotifyReport", report.read_id), name=f"part:{cid}:{seq}")
             ch.parts.add(task)
             task.add_done_callback(ch.parts.discard)
         ch.report_event.set()
@@ -412,7 +413,7 @@ class VariablesMirror:
         if session is None or not session.connected:
             raise MirrorError("not_connected", f"{cid} is not connected")
         self.schedule_read(cid, 0)
-        ch = self._charger(cid)
+        ch = self.state_of(cid)
         if wait:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
@@ -442,7 +443,7 @@ class VariablesMirror:
         return ch.caps if ch is not None else M.Capabilities()
 
     def warn_once(self, cid: str, text: str) -> None:
-        ch = self._charger(cid)
+        ch = self.state_of(cid)
         if text not in ch.warned:
             ch.warned.add(text)
             log.warning("%s: %s", cid, text, extra={"charger_id": cid})
@@ -491,7 +492,7 @@ class VariablesMirror:
                     results[i] = {"name": name, "status": _code(exc), "reason": str(exc)}
                     continue
                 results[i] = {"name": name, "status": str(response.get("status"))}
-                await self._put(cid, from_change_configuration(request, response, extra_secrets=self.secrets),
+                await self.put(cid, from_change_configuration(request, response, extra_secrets=self.secrets),
                                 "ChangeConfiguration", None)
         elif todo:
             addressed: list[tuple[int, str, str, Address]] = []
@@ -514,79 +515,14 @@ class VariablesMirror:
                     for i, name, _, _ in addressed:
                         status, reason = statuses.get(name, ("NoAnswer", "the charger's answer did not list it"))
                         results[i] = {"name": name, "status": status, **({"reason": reason} if reason else {})}
-                    await self._put(cid, from_set_variables(request, response, extra_secrets=self.secrets),
+                    await self.put(cid, from_set_variables(request, response, extra_secrets=self.secrets),
                                     "SetVariables", None)
         out = [results[i] for i in range(len(wanted))]
         for r in out:  # names and statuses only: a value may be a credential
             log.info("variable %s of %s set from outside: %s", r["name"], cid, r["status"], extra={"charger_id": cid})
         return out
 
-    # -- the environment ------------------------------------------------------------------------
-
-    async def _ensure_environment(self, cid: str, session: Any) -> None:
-        ch = self._charger(cid)
-        done = {r["target"] for r in await self.store.variable_requests(cid, "environment")
-                if r["status"] in ("Accepted", "RebootRequired")}
-        try:
-            if session.version.value == "ocpp1.6":
-                for change in M.environment_changes_16(ch.small):
-                    request = {"key": change.key, "value": change.value}
-                    try:
-                        response = await session.call_charger("ChangeConfiguration", request,
-                                                              timeout=self.cfg.call_timeout)
-                        status, info = str(response.get("status")), None
-                    except CallFailed as exc:
-                        status, info = exc.code, exc.description
-                    await self.store.variable_request_put(cid, "environment", change.key, request, status,
-                                                          info or change.why, _now())
-                    log.info("environment of %s: %s %s -> %s", cid, change.key, change.value, status,
-                             extra={"charger_id": cid})
-                    if status in ("Accepted", "RebootRequired"):
-                        await self._put(cid, from_change_configuration(request, response, extra_secrets=self.secrets),
-                                        "ChangeConfiguration", None)
-                return
-            monitors = [m for m in M.environment_monitors_2x(
-                ch.small, periodic=self.env.periodic, delta_temperature=self.env.delta_temperature,
-                delta_humidity=self.env.delta_humidity) if f"{m.name}#{m.type}" not in done]
-            if not monitors:
-                return
-            request = M.monitoring_request(monitors)
-            try:
-                response = await session.call_charger("SetVariableMonitoring", request, timeout=self.cfg.call_timeout)
-                results = response.get("setMonitoringResult") or []
-            except CallFailed as exc:
-                results = [{"status": exc.code, "type": m.type, "component": m.component, "variable": m.variable,
-                            "statusInfo": {"reasonCode": exc.description[:20]}} for m in monitors]
-            for m in monitors:
-                match = next((r for r in results if isinstance(r, dict) and r.get("type") == m.type
-                              and (r.get("component") or {}).get("name") == m.component.get("name")
-                              and (r.get("component") or {}).get("instance") == m.component.get("instance")
-                              and (r.get("component") or {}).get("evse") == m.component.get("evse")
-                              and (r.get("variable") or {}).get("name") == m.variable.get("name")
-                              and (r.get("variable") or {}).get("instance") == m.variable.get("instance")), None)
-                status = str(match.get("status")) if match else "NoAnswer"
-                info = (match.get("statusInfo") or {}).get("reasonCode") if match else None
-                await self.store.variable_request_put(
-                    cid, "environment", f"{m.name}#{m.type}",
-                    {"type": m.type, "value": m.value, "severity": m.severity, "component": m.component,
-                     "variable": m.variable}, status, info, _now())
-                if status == "Accepted":
-                    v = ch.small.get(m.name)
-                    monitors_now = list((v.monitors if v else None) or [])
-                    monitors_now.append({"id": match.get("id") if match else None, "type": m.type, "value": m.value,
-                                         "severity": m.severity})
-                    probe = Variable(name=m.name, variable=m.variable["name"], component=m.component["name"],
-                                     component_instance=m.component.get("instance"),
-                                     evse=(m.component.get("evse") or {}).get("id"),
-                                     connector=(m.component.get("evse") or {}).get("connectorId"),
-                                     variable_instance=m.variable.get("instance"), attribute=ACTUAL,
-                                     monitors=monitors_now)
-                    await self._put(cid, [probe], "SetVariableMonitoring", None, value_given=False)
-            log.info("environment of %s: %d monitors asked, %d accepted", cid, len(monitors),
-                     sum(1 for r in results if isinstance(r, dict) and r.get("status") == "Accepted"),
-                     extra={"charger_id": cid})
-        except (NotConnected, CallTimeout, Busy) as exc:
-            log.warning("environment of %s not asked for: %s", cid, exc, extra={"charger_id": cid})
+    # -- the environment ([environment].ensure: gateway/environment.py) ----------------------------
 
     async def environment(self, cid: str) -> dict[str, Any]:
         return {"charger_id": cid, "ensure": self.env.ensure,
