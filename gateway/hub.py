@@ -217,6 +217,14 @@ class Hub:
     async def attach(self, charger_id: str, version: OcppVersion, link: ChargerLink,
                      upstream: UpstreamLink | None = None) -> ChargerSession:
         session = self.sessions.get(charger_id)
+        while session is not None and session.closed:
+            # the charger is back while the session of its previous connection is still closing
+            # (it reconnected at once): that close ends first (its upstream link, the replay, its
+            # store writes), and the new connection gets a new session that reads the store after it
+            await session.wait_closed()
+            if self.sessions.get(charger_id) is session:
+                del self.sessions[charger_id]
+            session = self.sessions.get(charger_id)
         if session is not None and session.version is not version:
             # a new protocol version needs a new upstream link; a backlog stored in the old version
             # stays with the old session, which goes on replaying it over a link of that version
@@ -260,7 +268,8 @@ class Hub:
         if await session.detach(link):
             if self.sessions.get(session.charger_id) is session:
                 del self.sessions[session.charger_id]
-        self.notify(session, "disconnected")
+        if not session.connected:  # not when a newer connection of the charger holds the session
+            self.notify(session, "disconnected")
 
     # -- operations -------------------------------------------------------------------------------
 

@@ -109,6 +109,7 @@ class ChargerSession:
         self.last_lost: tuple[datetime, str] | None = None  # when and why the upstream link was declared dead
         self._closed = False
         self._loop = asyncio.get_running_loop()
+        self._ended = asyncio.Event()  # close() has finished (its upstream link, tasks and charger link ended)
         self.log = logging.LoggerAdapter(log, {"charger_id": charger_id})
         self.counters = {"buffered": 0, "dropped": 0, "replayed": 0, "dead_letters": 0, "possible_duplicates": 0,
                          "invalid_replayed_starts": 0}
@@ -166,7 +167,10 @@ class ChargerSession:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def attach(self, link: ChargerLink, upstream: UpstreamLink | None = None) -> None:
-        """A (new) connection from the charger. The newest connection wins."""
+        """A (new) connection from the charger. The newest connection wins. A session that is
+        closing is never taken over (the hub waits for `wait_closed` and makes a new one)."""
+        if self._closed:
+            raise RuntimeError(f"session of {self.charger_id} is closing; it takes no new connection")
         old, self.link = self.link, link
         if upstream is not None:
             if self._upstream is None and self._adopted is None:
@@ -210,6 +214,8 @@ class ChargerSession:
         self.to_charger.pause()
         for call in self.to_charger.drain():
             await self._fail(call, ErrorCode.GENERIC_ERROR, "charger disconnected")
+        if self.link is not None:
+            return False  # a newer connection took the session over meanwhile: it goes on with that one
         relay = self.relay
         if relay.relaying and not relay.strict and relay.backlog and not self._closed:
             self.log.info("charger left with %s; its outbox is replayed first", "a backlog")
@@ -218,10 +224,23 @@ class ChargerSession:
         return True
 
     async def close(self) -> None:
-        """End the session: J201 §6.3, when a charger drops, its upstream socket is closed too."""
+        """End the session: J201 §6.3, when a charger drops, its upstream socket is closed too.
+
+        Closes the charger connection the session held when the close began, and only that one."""
         if self._closed:
             return
         self._closed = True
+        link = self.link
+        try:
+            await self._close(link)
+        finally:
+            self._ended.set()
+
+    async def wait_closed(self) -> None:
+        """Return once a close under way (or done) has finished."""
+        await self._ended.wait()
+
+    async def _close(self, link: ChargerLink | None) -> None:
         self.replay.closed = True
         if self._timer is not None:
             self._timer.cancel()
@@ -239,7 +258,8 @@ class ChargerSession:
         if upstream is not None:
             await upstream.close()
         self._upstream = self._adopted = None
-        link, self.link = self.link, None
+        if self.link is link:
+            self.link = None
         if link is not None:
             await link.close(1001, "gateway closing the session")
 
