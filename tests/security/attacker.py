@@ -64,16 +64,20 @@ async def fat(prefix: str, count: int, sources: list[str], size: int, seconds: f
     message (so that every inflater is warm), then - on "go" from stdin - one compressed,
     fragmented message of `size` bytes inflated whose last fragment never comes."""
     connections: list[ClientConnection] = []
-    for i in range(count):
+
+    async def open_one(i: int) -> None:
         try:
             ws = await connect(f"{prefix}FAT{i}", subprotocols=["ocpp1.6"], compression="deflate",  # type: ignore[list-item]
                                max_size=None, open_timeout=20, local_addr=(sources[i % len(sources)], 0))
+            await ws.send(f'[2,"w{i}","Heartbeat",{{}}]')
+            await ws.recv()
         except Exception as exc:  # noqa: BLE001 - counted
             say(connect_failed=type(exc).__name__)
-            continue
-        await ws.send(f'[2,"w{i}","Heartbeat",{{}}]')
-        await ws.recv()
+            return
         connections.append(ws)
+
+    for batch in range(0, count, 20):  # 20 at a time: well within max_handshakes_per_address
+        await asyncio.gather(*(open_one(i) for i in range(batch, min(count, batch + 20))))
     say(warm=len(connections))
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     chunk = 65536
