@@ -294,11 +294,14 @@ class GuardedConnection(ServerConnection):
 
     def _wait(self, data: bytes) -> None:
         self._stash.append(data)  # raw bytes wait, uninflated (counted), with reading paused
+        # paused again each time: websockets' own flow control may have resumed reading meanwhile
+        self.transport.pause_reading()
         if not self._paused:
             self._paused = True
-            self.transport.pause_reading()
             self.budget.waiting.add(self)
         self._account()
+        if self.budget.room() < 0:
+            self.budget.must_wait(self)  # over the cap by waiting data: the fattest go
 
     def resume(self) -> None:
         """The budget has room again: inflate what waited, read on."""
