@@ -11,8 +11,10 @@ for everyone.
   the raw bytes of a frame still arriving, the (inflated) fragments of an unfinished message, and
   whole messages waiting for the relay. A connection's unfinished message is at most
   `max_frame_size` (websockets' `max_size`, checked on the inflated size); all connections
-  together hold at most `[websocket].max_buffered_bytes` (64 MiB): beyond it the connection holding
-  the most is closed with 1013 (try again later) until the total is under the cap again.
+  together hold at most `[websocket].max_buffered_bytes` (64 MiB). Data is fed to websockets in
+  4 KiB slices, each only while the budget has room for a whole message; otherwise the fattest
+  connection of the address holding the most is closed with 1013 and the data waits (reading
+  paused) until that memory is released. An address that holds nothing goes first.
 - **Deadline**: a message must be complete `message_timeout` seconds after its first byte
   (or after the previous message completed), else its connection is closed with 1008 - unless the
   relay itself is behind (messages of that connection are still waiting to be taken).
