@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-import atheris
+import atheris  # type: ignore[import-untyped]  # no type stubs
 
 with atheris.instrument_imports(include=["gateway.protocol", "adapters.soap"]):
     import orjson
