@@ -224,6 +224,7 @@ class GuardedConnection(ServerConnection):
         self._stash: list[bytes] = []  # data waiting for room in the budget (reading paused)
         self._paused = False
         self._releasing = 0  # what this connection held when it was closed, until released
+        self._refused = False  # dropped at once in connection_made
 
     # -- keepalive ---------------------------------------------------------------------------------
 
@@ -239,14 +240,17 @@ class GuardedConnection(ServerConnection):
     # -- admission ---------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
         peername = transport.get_extra_info("peername")
         self.peer = str(peername[0]) if peername else "?"
         self.group = address_group(self.peer)
-        if self.admission.start_handshake(self.group):
-            self._handshaking = True
-        else:
-            self.transport.abort()  # nothing read, nothing answered: the cheapest refusal
+        if not self.admission.start_handshake(self.group):
+            # the cheapest refusal, before websockets starts a handler for it: nothing read or answered
+            self._refused = True
+            assert isinstance(transport, asyncio.Transport)
+            transport.abort()
+            return
+        self._handshaking = True
+        super().connection_made(transport)
 
     def handshake_passed(self, charger_id: str) -> str | None:
         """Called by the server when the request is accepted; None, or why it must be refused."""
@@ -257,6 +261,8 @@ class GuardedConnection(ServerConnection):
         return why
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return  # dropped in connection_made: websockets never saw it
         if self._handshaking:
             self._handshaking = False
             self.admission.end_handshake(self.group)
