@@ -283,10 +283,6 @@ class WebSocketServer:
                 server_header="ocpp-site-gateway",
                 ssl=tls,
                 create_connection=self.connection_class,
-                # a deep accept queue: with the default (100) a flood of connections from one address
-                # fills it and other chargers' SYNs are dropped (retried after 1, 3, 7 s) before the
-                # gateway can refuse the flood (capped by the kernel's net.core.somaxconn)
-                backlog=4096,
             )
         except OSError as exc:
             raise listen.unavailable("websocket.listen", ws.listen, exc) from exc
