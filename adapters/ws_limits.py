@@ -51,6 +51,8 @@ from gateway.security import address_group
 log = logging.getLogger("gateway.websocket")
 
 _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
+TARPIT = 2.0  # s a connection refused at once is held (unread) before it is closed
+TARPIT_MAX = 2000  # connections held so at most; beyond, refused ones are closed at once
 SLICE = 4096  # bytes fed to websockets at a time (deflate inflates at most ~1000:1: a few MiB per slice)
 _jitter = random.Random()
 
@@ -69,6 +71,7 @@ class Admission:
         self.handshaking = 0
         self.open_unknown = 0
         self.refused = 0
+        self.tarpitted = 0
         self._logged = -1e9
 
     def start_handshake(self, group: str) -> bool:
@@ -84,6 +87,20 @@ class Admission:
         self.handshakes[group] = self.handshakes.get(group, 0) + 1
         self.handshaking += 1
         return True
+
+    def tarpit(self, transport: asyncio.Transport) -> None:
+        """Hold a refused connection (unread) for TARPIT seconds, at most TARPIT_MAX at once."""
+        if self.tarpitted >= TARPIT_MAX:
+            transport.abort()
+            return
+        self.tarpitted += 1
+        transport.pause_reading()
+
+        def release() -> None:
+            self.tarpitted -= 1
+            transport.abort()
+
+        asyncio.get_running_loop().call_later(TARPIT, release)
 
     def end_handshake(self, group: str) -> None:
         n = self.handshakes.get(group, 0) - 1
@@ -244,10 +261,12 @@ class GuardedConnection(ServerConnection):
         self.peer = str(peername[0]) if peername else "?"
         self.group = address_group(self.peer)
         if not self.admission.start_handshake(self.group):
-            # the cheapest refusal, before websockets starts a handler for it: nothing read or answered
+            # refused before websockets starts a handler for it: nothing read or answered. Held open
+            # (unread) for a while first, so that a flood re-opening whatever is closed cannot cycle
+            # connections fast enough to fill the accept queue and keep other chargers' SYNs out
             self._refused = True
             assert isinstance(transport, asyncio.Transport)
-            transport.abort()
+            self.admission.tarpit(transport)
             return
         self._handshaking = True
         super().connection_made(transport)
