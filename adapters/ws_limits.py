@@ -51,7 +51,7 @@ from gateway.security import address_group
 log = logging.getLogger("gateway.websocket")
 
 _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
-TARPIT = 2.0  # s a connection refused at once is held (unread) before it is closed
+TARPIT = 2.0  # s (on average) a connection refused at once is held (unread) before it is closed
 TARPIT_MAX = 2000  # connections held so at most; beyond, refused ones are closed at once
 SLICE = 4096  # bytes fed to websockets at a time (deflate inflates at most ~1000:1: a few MiB per slice)
 _jitter = random.Random()
@@ -89,7 +89,7 @@ class Admission:
         return True
 
     def tarpit(self, transport: asyncio.Transport) -> None:
-        """Hold a refused connection (unread) for TARPIT seconds, at most TARPIT_MAX at once."""
+        """Hold a refused connection (unread) for about TARPIT seconds, at most TARPIT_MAX at once."""
         if self.tarpitted >= TARPIT_MAX:
             transport.abort()
             return
@@ -100,7 +100,8 @@ class Admission:
             self.tarpitted -= 1
             transport.abort()
 
-        asyncio.get_running_loop().call_later(TARPIT, release)
+        # spread out: released together, a flood would re-open together and fill the accept queue again
+        asyncio.get_running_loop().call_later(_jitter.uniform(0.5, 1.5) * TARPIT, release)
 
     def end_handshake(self, group: str) -> None:
         n = self.handshakes.get(group, 0) - 1
