@@ -283,6 +283,9 @@ class WebSocketServer:
                 server_header="ocpp-site-gateway",
                 ssl=tls,
                 create_connection=self.connection_class,
+                # an accept queue deeper than asyncio's 100: a flood of connects must not overflow it,
+                # or other chargers' SYNs are dropped (and retried only after 1 s, 3 s, ...)
+                backlog=1024,
             )
         except OSError as exc:
             raise listen.unavailable("websocket.listen", ws.listen, exc) from exc
