@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,7 @@ from gateway.protocol.relay import (SIGNED, AnswerLocally, FailCaller, Forward, 
                                     SetAside, ToCharger, ToCsms, UpstreamState)
 from gateway.protocol.rpc import PendingCall, QueueFull
 from gateway.protocol.transactions import Kind
+from gateway.budget import AnswerBudget
 from gateway.replay import GatewayCall, Replayer, settle
 from gateway.uplink import UplinkKeeper, backoff_delay
 
@@ -59,17 +59,6 @@ def _utcnow() -> datetime:
 # what the charger is told when the gateway cannot keep a message it must keep (a full disk)
 STORE_FAILED = ("the gateway cannot store this message now (its disk is full or failing: the store cannot write); "
                 "nothing was kept, send it again later")
-
-
-@dataclass(slots=True)
-class _Late:
-    """A charger CALL still on its way to the CSMS that the gateway answered itself when
-    [upstream].answer_within ran out: `seq` is its outbox row (None: a message that is not
-    stored), `local_id` the 1.6 transaction id the gateway gave a StartTransaction. The CSMS's
-    late answer is the answer to that row."""
-
-    seq: int | None
-    local_id: int | None
 
 
 class ChargerSession:
@@ -102,9 +91,6 @@ class ChargerSession:
         # the answer budget: charger CALLs on their way to the CSMS, by message id, each with the
         # timer that answers it locally at [upstream].answer_within; and those so answered whose
         # CSMS answer may still come on the live link
-        self._answer_within = settings.upstream.answer_within
-        self._budget: dict[str, asyncio.TimerHandle] = {}
-        self._late: dict[str, _Late] = {}
         self.replay_only = False  # a session kept to replay a backlog stored in its (older) version
         self.last_lost: tuple[datetime, str] | None = None  # when and why the upstream link was declared dead
         self._closed = False
@@ -114,6 +100,7 @@ class ChargerSession:
         self.counters = {"buffered": 0, "dropped": 0, "replayed": 0, "dead_letters": 0, "possible_duplicates": 0,
                          "invalid_replayed_starts": 0}
         self.replay = Replayer(self, ctx)
+        self.budget = AnswerBudget(self, settings.upstream.answer_within, self._tasks)
         self.uplink = UplinkKeeper(self, ctx)
 
     async def load(self) -> None:
@@ -244,10 +231,7 @@ class ChargerSession:
         self.replay.closed = True
         if self._timer is not None:
             self._timer.cancel()
-        for handle in self._budget.values():
-            handle.cancel()
-        self._budget.clear()
-        self._late.clear()
+        self.budget.clear()
         await _cancel(self._tasks)  # timer expiries under way
         for call in self.to_charger.drain() + self.to_upstream.drain():
             if isinstance(call.origin, GatewayCall) and not call.origin.future.done():
@@ -291,12 +275,12 @@ class ChargerSession:
                                origin=Origin.CHARGER, timeout=self._upstream_timeout, request=frame.payload,
                                received_at=_utcnow(), source=frame)
             if not self.relay.strict and not frame.action.endswith(SIGNED):  # only the CSMS answers those
-                self._budget[frame.message_id] = self._loop.call_later(self._answer_within, self._answer_due, call)
+                self.budget.arm(call)
             await self.submit_upstream(call)
         elif type(effect) is SetAside:
             await self._set_aside(frame, effect.reason)
         elif type(effect) is AnswerLocally:
-            await self._answer_locally(frame, effect.kind)
+            await self.answer_locally(frame, effect.kind)
         elif type(effect) is Refuse:
             code, description = effect.code, effect.description
             self.log.warning("refused %s %s from charger: %s %s", frame.action, frame.message_id, code.value,
@@ -312,7 +296,7 @@ class ChargerSession:
         elif type(effect) is ToCharger:
             await self._send_charger(effect.text)
 
-    async def _answer_locally(self, frame: Call, kind: Kind, *, uncertain: bool = False,
+    async def answer_locally(self, frame: Call, kind: Kind, *, uncertain: bool = False,
                               sent_id: str | None = None) -> tuple[int | None, int | None]:
         """The gateway answers; what must reach the CSMS later is committed first (invariant 1,
         `Replayer.keep`). `uncertain`: the message was sent to the CSMS and the link died before its
@@ -355,45 +339,10 @@ class ChargerSession:
             return
         self.counters["dead_letters"] += 1
         self.log.error("outbox #%d %s set aside (dead letter): %s", seq, frame.action, reason)
-        await self._answer_locally(frame, Kind.LIVE)
+        await self.answer_locally(frame, Kind.LIVE)
 
-    # -- the answer budget ([upstream].answer_within) -------------------------------------------
-
-    def _answer_due(self, call: PendingCall) -> None:
-        if self._budget.pop(call.message_id, None) is None or self._closed:
-            return
-        task = self._loop.create_task(self._answer_in_time(call))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _answer_in_time(self, call: PendingCall) -> None:
-        """The CSMS has not answered a charger CALL within [upstream].answer_within: the gateway
-        answers as it would offline. A call still waiting for the line leaves the queue; the call
-        in flight stays in flight (its row stored as sent, with its message id) and the link is
-        probed at once: a silent link is declared dead within [upstream].ping_timeout."""
-        source = call.source
-        if not isinstance(source, Call):
-            return
-        queue = self.to_upstream
-        kind = self.relay.kind(source)
-        if queue.in_flight is call:
-            self.log.warning("%s %s: no answer from the CSMS within %g s; answered by the gateway, still waiting "
-                             "for the CSMS", call.action, call.message_id, self._answer_within)
-            self._probe_upstream()
-            late = _Late(None, None)
-            self._late[call.message_id] = late  # before the commit: the replay must not send it meanwhile
-            seq, local_id = await self._answer_locally(source, kind, sent_id=call.message_id)
-            if call.message_id in self._late:
-                late.seq, late.local_id = seq, local_id
-            elif seq is not None:  # the link went or the call timed out during the commit: replayed later
-                self.replay.start()
-            return
-        if queue.remove_queued(lambda c: c is call):
-            self.log.warning("%s %s: the line to the CSMS is busy beyond %g s; answered by the gateway",
-                             call.action, call.message_id, self._answer_within)
-            await self._answer_locally(source, kind)
-
-    def _probe_upstream(self) -> None:
+    def probe_upstream(self) -> None:
+        """Ask the live upstream link, if it can, to check at once that the CSMS is still there."""
         probe = getattr(self._upstream, "probe", None)
         if probe is not None:
             probe()
@@ -401,43 +350,7 @@ class ChargerSession:
     @property
     def awaiting_late(self) -> bool:
         """A stored row is on its way to the CSMS on the live link (answered late): the replay waits."""
-        return bool(self._late)
-
-    async def _late_answer(self, call: PendingCall, frame: CallResult | CallError, late: _Late) -> None:
-        """The CSMS answered a charger CALL the gateway had answered itself: the charger is not
-        told again; the answer is that of the stored row (a 1.6 start's id is bound; the row is
-        done, or a dead letter for a CALLERROR), and the replay may go on."""
-        self.log.info("%s %s: the CSMS answered late; taken as the answer to %s", call.action, call.message_id,
-                      f"outbox #{late.seq}" if late.seq is not None else "the gateway's answer")
-        store = self.ctx.store
-        try:
-            if type(frame) is CallResult:
-                await self._learn(call, frame.payload)
-                if late.seq is not None:
-                    bind = stopped = None
-                    if late.local_id is not None:
-                        status = (frame.payload.get("idTagInfo") or {}).get("status")
-                        csms_id = frame.payload.get("transactionId")
-                        if isinstance(csms_id, int):
-                            self.relay.tx.bind(late.local_id, csms_id)
-                            bind = (self.charger_id, late.local_id, csms_id, status)
-                        request = call.source.payload if isinstance(call.source, Call) else {}
-                        await self.replay.after_start(late.local_id, status, request)
-                    elif self.version is V16 and call.action == "StopTransaction" and isinstance(call.source, Call):
-                        tid = call.source.payload.get("transactionId")
-                        if isinstance(tid, int) and tid in self.relay.tx:
-                            self.relay.tx.retire(tid)
-                            stopped = (self.charger_id, tid)
-                    await store.outbox_acknowledge(self.charger_id, late.seq, bind, stopped)
-                    self.counters["late_answers"] = self.counters.get("late_answers", 0) + 1
-            elif late.seq is not None and isinstance(frame, CallError):
-                self.counters["dead_letters"] += 1
-                self.log.error("outbox #%d %s set aside (dead letter): %s: %s", late.seq, call.action, frame.code,
-                               frame.description)
-                await store.outbox_dead(late.seq, f"{frame.code}: {frame.description}")
-        except StoreWriteFailed:
-            pass  # the row stays and is sent again (same message id) once the store writes again
-        self.replay.start()
+        return self.budget.awaiting_late
 
     async def _charger_reply(self, frame: CallResult | CallError) -> None:
         done, nxt = self.to_charger.complete(frame.message_id, self._loop.time())
@@ -500,21 +413,20 @@ class ChargerSession:
                 self.log.warning("reply %s from CSMS matches no call in flight; dropped", frame.message_id)
             return
         if done.origin is Origin.CHARGER:
-            late = self._late.pop(done.message_id, None) if self._late else None
+            budget = self.budget
+            late = budget.late.pop(done.message_id, None) if budget.late else None
             if late is not None:
-                await self._late_answer(done, frame, late)  # type: ignore[arg-type]
+                await budget.late_answer(done, frame, late)  # type: ignore[arg-type]
                 return
-            handle = self._budget.pop(done.message_id, None)
-            if handle is not None:
-                handle.cancel()
+            budget.disarm(done.message_id)
             await self._send_charger(frame.raw)
             if type(frame) is CallResult:
-                await self._learn(done, frame.payload)
+                await self.learn(done, frame.payload)
         elif isinstance(done.origin, GatewayCall):
             settle(done.origin.future, frame)  # type: ignore[arg-type]  # never forwarded (J201 §6.4)
         self._emit_reply(done, frame, "csms")  # type: ignore[arg-type]
 
-    async def _learn(self, call: PendingCall, response: dict[str, Any]) -> None:
+    async def learn(self, call: PendingCall, response: dict[str, Any]) -> None:
         """What a CSMS answer to a relayed charger message teaches the gateway (nothing when the
         store cannot write now: it is a cache, the answer is relayed all the same)."""
         try:
@@ -670,7 +582,7 @@ class ChargerSession:
         if expired.charger_next is not None:
             await self._send_charger(expired.charger_next.frame)
         if expired.to_upstream:
-            self._probe_upstream()  # a CALL timed out: is the link still there? (a silent one is dead within ping_timeout)
+            self.probe_upstream()  # a CALL timed out: is the link still there? (a silent one is dead within ping_timeout)
         for call in expired.to_upstream:
             await self._fail(call, ErrorCode.INTERNAL_ERROR, "CSMS did not answer in time", timed_out=True)
         if expired.upstream_next is not None:
@@ -681,10 +593,8 @@ class ChargerSession:
                     busy: bool = False, uncertain: bool = False) -> None:
         """A call that will get no answer from its peer: tell whoever made it."""
         if call.origin is Origin.CHARGER:
-            handle = self._budget.pop(call.message_id, None)
-            if handle is not None:
-                handle.cancel()
-            if self._late.pop(call.message_id, None) is not None:
+            self.budget.disarm(call.message_id)
+            if self.budget.late.pop(call.message_id, None) is not None:
                 # answered already (answer_within); its row stays, sent again with the same message id
                 self.log.warning("%s %s: %s; it stays in the outbox and is sent again (same message id)",
                                  call.action, call.message_id, description)
@@ -694,7 +604,7 @@ class ChargerSession:
         effect = self.relay.unanswered(call, code, description, timed_out=timed_out, busy=busy, uncertain=uncertain)
         if isinstance(effect, AnswerLocally):
             assert isinstance(call.source, Call)
-            await self._answer_locally(call.source, effect.kind, uncertain=effect.uncertain)
+            await self.answer_locally(call.source, effect.kind, uncertain=effect.uncertain)
             return
         if isinstance(effect, ToCharger):
             await self._send_charger(effect.text)

@@ -10,7 +10,7 @@ from gateway.hub import Hub
 from gateway.ports import ChargerIngress
 
 ROOT = Path(__file__).resolve().parents[2]
-CORE = {"gateway.session", "gateway.hub", "gateway.replay", "gateway.uplink", "gateway.context"}
+CORE = {"gateway.session", "gateway.hub", "gateway.replay", "gateway.uplink", "gateway.context", "gateway.budget"}
 
 
 def _imported(path: Path) -> set[str]:
