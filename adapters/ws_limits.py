@@ -18,7 +18,9 @@ for everyone.
 - **Deadline**: a message must be complete `message_timeout` seconds after its first byte
   (or after the previous message completed), else its connection is closed with 1008 - unless the
   relay itself is behind (messages of that connection are still waiting to be taken).
-- **Per address** (`Admission`; an IPv6 address counts by its /64): at most
+- **Per address** (`Admission`; an IPv6 address counts by its /64; not for addresses in
+  `[websocket].unlimited_networks`, by default loopback: a reverse proxy on the gateway host, behind
+  which every charger has the proxy's address, and local tools): at most
   `max_handshakes_per_address` connections still in their opening handshake (more are dropped at
   once, before a byte is read), and at most `max_connections_per_address` open connections of
   charger ids without a `[chargers.ID]` entry (503). Configured charger ids are never refused for
@@ -35,6 +37,7 @@ Checked against websockets 17.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 from collections import deque
@@ -64,6 +67,7 @@ class Admission:
         ws = settings.websocket
         self.max_handshakes = ws.max_handshakes_per_address
         self.max_per_address = ws.max_connections_per_address
+        self.unlimited = [ipaddress.ip_network(n, strict=False) for n in ws.unlimited_networks]
         self.max_total = ws.max_connections
         self.configured = frozenset(settings.chargers)
         self.handshakes: dict[str, int] = {}
@@ -74,11 +78,21 @@ class Admission:
         self.tarpitted = 0
         self._logged = -1e9
 
-    def start_handshake(self, group: str) -> bool:
+    def exempt(self, peer: str) -> bool:
+        """Is `peer` in `[websocket].unlimited_networks` (not limited per address)?"""
+        try:
+            ip = ipaddress.ip_address(peer.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.unlimited)
+
+    def start_handshake(self, group: str, limited: bool = True) -> bool:
         """A TCP connection arrived: False when it must be dropped at once."""
         # open connections are counted once the id is known (503 then); room is kept for the
         # configured chargers, whose ids are known only once the request is read
-        if self.handshakes.get(group, 0) >= self.max_handshakes \
+        if limited and self.handshakes.get(group, 0) >= self.max_handshakes \
                 or self.handshaking >= self.max_total + len(self.configured):
             self.refused += 1
             self._log(f"{group} holds {self.handshakes.get(group, 0)} unfinished handshakes "
@@ -111,11 +125,11 @@ class Admission:
             self.handshakes.pop(group, None)
         self.handshaking -= 1
 
-    def may_open(self, group: str, charger_id: str) -> str | None:
+    def may_open(self, group: str, charger_id: str, limited: bool = True) -> str | None:
         """None when this id may open a connection from this address, else why not."""
         if charger_id in self.configured:
             return None  # reserved: configured chargers always get in
-        if self.unknown_open.get(group, 0) >= self.max_per_address:
+        if limited and self.unknown_open.get(group, 0) >= self.max_per_address:
             return f"max_connections_per_address ({self.max_per_address}) reached for {group}"
         if self.open_unknown + self.handshaking >= self.max_total:
             return f"max_connections ({self.max_total}) reached"
@@ -243,6 +257,7 @@ class GuardedConnection(ServerConnection):
         self._paused = False
         self._releasing = 0  # what this connection held when it was closed, until released
         self._refused = False  # dropped at once in connection_made
+        self._limited = True  # subject to the per-address limits (not in unlimited_networks)
 
     # -- keepalive ---------------------------------------------------------------------------------
 
@@ -261,7 +276,8 @@ class GuardedConnection(ServerConnection):
         peername = transport.get_extra_info("peername")
         self.peer = str(peername[0]) if peername else "?"
         self.group = address_group(self.peer)
-        if not self.admission.start_handshake(self.group):
+        self._limited = not self.admission.exempt(self.peer)
+        if not self.admission.start_handshake(self.group, self._limited):
             # refused before websockets starts a handler for it: nothing read or answered. Held open
             # (unread) for a while first, so that a flood re-opening whatever is closed cannot cycle
             # connections fast enough to fill the accept queue and keep other chargers' SYNs out
@@ -275,7 +291,7 @@ class GuardedConnection(ServerConnection):
     def handshake_passed(self, charger_id: str) -> str | None:
         """Called by the server when the request is accepted; None, or why it must be refused."""
         self._end_handshake()
-        why = self.admission.may_open(self.group, charger_id)
+        why = self.admission.may_open(self.group, charger_id, self._limited)
         if why is None:
             self._counted_open = self.admission.opened(self.group, charger_id)
         return why

@@ -75,6 +75,8 @@ class WebSocketSettings(_Section):
     message_timeout: float = Field(30.0, ge=0)  # s to finish a begun message, else 1008; 0 = no deadline
     max_handshakes_per_address: int = Field(20, ge=1)  # unfinished handshakes per address (IPv6: /64); more dropped
     max_connections_per_address: int = Field(100, ge=1)  # per address, ids without [chargers.ID]; more get 503
+    # not limited per address (handshakes, connections): loopback = a reverse proxy on this host, local tools
+    unlimited_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     compression: bool = True  # offer permessage-deflate (RFC 7692; required for a CSMS/LC in 2.0.1)
     handshake_timeout: float = Field(10.0, gt=0)
     call_timeout: float = Field(30.0, gt=0)  # how long a charger has to answer a CALL
@@ -96,6 +98,16 @@ class WebSocketSettings(_Section):
         if not v.startswith("/") or v.endswith("/") and v != "/":
             raise ValueError("must start with / and not end with / (e.g. /ocpp)")
         return v.rstrip("/")
+
+    @field_validator("unlimited_networks")
+    @classmethod
+    def _unlimited(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{net!r} is not a network (e.g. 127.0.0.0/8)") from exc
+        return v
 
     @field_validator("versions")
     @classmethod

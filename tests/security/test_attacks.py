@@ -127,7 +127,8 @@ async def said(proc: asyncio.subprocess.Process, key: str, timeout: float = 60) 
 
 async def test_unfinished_compressed_messages_hold_at_most_the_cap(gateway_factory: Callable[..., GatewayProcess]) -> None:
     cap = 64 * 1024 * 1024  # the default max_buffered_bytes
-    gw = gateway_factory({**QUIET, "chargers": {"INNOCENT": {}}, "websocket": {"max_connections": 1100}})
+    gw = gateway_factory({**QUIET, "chargers": {"INNOCENT": {}},
+                          "websocket": {"max_connections": 1100, "unlimited_networks": []}})
     assert gw.proc is not None
     sources = ",".join(f"127.0.1.{i}" for i in range(1, 11))  # 100 connections each (max_connections_per_address)
     async with innocent(gw) as rtts, attacker("fat", gw.url(""), "1000", sources, str(15 * 65536), "4") as proc:
@@ -160,7 +161,8 @@ async def test_unfinished_compressed_messages_hold_at_most_the_cap(gateway_facto
 
 async def test_a_known_charger_gets_in_while_one_address_holds_1000_handshakes(
         gateway_factory: Callable[..., GatewayProcess]) -> None:
-    gw = gateway_factory({**QUIET, "chargers": {"INNOCENT": {}, "RECONNECTS": {}}})
+    gw = gateway_factory({**QUIET, "chargers": {"INNOCENT": {}, "RECONNECTS": {}},
+                          "websocket": {"unlimited_networks": []}})  # the attacker is on loopback here
     async with innocent(gw) as rtts, attacker("handshakes", str(gw.ws_port), "1000", "127.0.0.2", "40") as proc:
         await said(proc, "started")
         await asyncio.sleep(3.0)  # the first 1000 connects have been refused (and are being re-opened)

@@ -87,7 +87,8 @@ async def test_a_message_must_be_finished_in_time(tmp_path: Path) -> None:
 
 async def test_handshakes_per_address_and_reserved_capacity(tmp_path: Path) -> None:
     async with gateway(tmp_path, websocket={"max_handshakes_per_address": 5, "max_connections": 8,
-                                            "max_connections_per_address": 3},
+                                            "max_connections_per_address": 3,
+                                            "unlimited_networks": []},  # loopback is limited too here
                        chargers={"KNOWN1": {}, "KNOWN2": {}}) as gw:
         held = []
         for _ in range(12):  # half-open handshakes from 127.0.0.2
@@ -135,6 +136,21 @@ async def test_ipv6_addresses_count_by_their_64() -> None:
     assert admission.start_handshake(address_group("2001:db8::ffff:2"))
     assert not admission.start_handshake(address_group("2001:db8::3"))  # the same /64
     assert admission.start_handshake(address_group("2001:db8:0:1::1"))
+
+
+async def test_loopback_is_not_limited_per_address_by_default(tmp_path: Path) -> None:
+    """A reverse proxy on the gateway host (or a local tool) brings every charger from one
+    loopback address: the per-address limits do not apply there unless unlimited_networks says so."""
+    async with gateway(tmp_path, websocket={"max_handshakes_per_address": 2, "max_connections_per_address": 2}) as gw:
+        async with contextlib.AsyncExitStack() as stack:
+            held = [await asyncio.open_connection("127.0.0.1", gw.ws_port) for _ in range(4)]  # half-open
+            for i in range(6):  # more connections than the per-address limit
+                await stack.enter_async_context(connect(gw.url(f"P{i}"), subprotocols=["ocpp1.6"]))  # type: ignore[list-item]
+            async with connect(gw.url("P9"), subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+                assert (await rpc(ws, BOOT16))[0] == 3
+            for _, writer in held:
+                writer.close()
+        assert (await asyncio.to_thread(health, gw))["dropped_handshakes"] == 0
 
 
 @pytest.mark.parametrize("evses", [4])
