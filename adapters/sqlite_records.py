@@ -1,11 +1,14 @@
-"""The SQLite store's records for the operations side: the known chargers (gateway/registry.py)
-and the transaction log (gateway/txlog.py, /api/v1/transactions). Plain functions over the
-store's connection, run on its writer thread by adapters/sqlite_store.py."""
+"""The SQLite store's records beside the outbox: the boot to replay, the 1.6 transaction-id map,
+the authorization cache and local lists, the known chargers (gateway/registry.py) and the
+transaction log (gateway/txlog.py, /api/v1/transactions). Plain functions over the store's
+connection, run on its writer thread by adapters/sqlite_store.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 
@@ -94,3 +97,60 @@ def transactions(db: sqlite3.Connection, charger_id: str | None, state: str | No
         row["offline"] = bool(row["offline"])
         row["ts_clamped"] = bool(row["ts_clamped"])
     return out
+
+
+def rollback(db: sqlite3.Connection) -> None:
+    """Roll back what is open (SQLite may already have rolled back after a full disk)."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+
+
+def pending_boot_set(db: sqlite3.Connection, charger_id: str, protocol: str, payload: str, received_at: str) -> None:
+    db.execute("INSERT OR REPLACE INTO pending_boot (charger_id, protocol, payload, received_at) "
+                    "VALUES (?, ?, ?, ?)", (charger_id, protocol, payload, received_at))
+
+
+def pending_boot(db: sqlite3.Connection, charger_id: str) -> dict[str, Any] | None:
+    r = db.execute("SELECT payload, received_at, protocol FROM pending_boot WHERE charger_id = ?",
+                        (charger_id,)).fetchone()
+    return {"payload": r[0], "received_at": r[1], "protocol": r[2]} if r else None
+
+
+def tx_retire(db: sqlite3.Connection, charger_id: str, local_id: int, grace: float, keep: int) -> None:
+    """The CSMS acknowledged the stop: the mapping stays `grace` seconds more (bounded by `keep`
+    finished ones), for late MeterValues and retried StopTransactions. In the caller's transaction."""
+    now = datetime.now(timezone.utc)
+    db.execute("UPDATE tx_map SET stopped = 1, retired_at = COALESCE(retired_at, ?) "
+               "WHERE charger_id = ? AND local_id = ?", (now.isoformat(), charger_id, local_id))
+    db.execute("DELETE FROM tx_map WHERE retired_at IS NOT NULL AND retired_at < ?",
+               ((now - timedelta(seconds=grace)).isoformat(),))
+    db.execute("DELETE FROM tx_map WHERE rowid IN (SELECT rowid FROM tx_map WHERE retired_at IS NOT NULL "
+               "ORDER BY retired_at DESC, rowid DESC LIMIT -1 OFFSET ?)", (keep,))
+
+
+def auth_load(db: sqlite3.Connection) -> tuple[list[tuple[str, str, str | None]], list[tuple[str, str, str, str | None]]]:
+    cache = [tuple(r) for r in db.execute("SELECT id_tag, status, expires_at FROM auth_cache")]
+    lists = [tuple(r) for r in db.execute("SELECT charger_id, id_tag, status, expires_at FROM local_list")]
+    return cache, lists
+
+
+def local_list_update(db: sqlite3.Connection, charger_id: str, full: bool, version: int | None,
+                 entries: list[tuple[str, str | None, str | None]]) -> None:
+    db.execute("BEGIN")
+    try:
+        if full:
+            db.execute("DELETE FROM local_list WHERE charger_id = ?", (charger_id,))
+        for id_tag, status, expires in entries:
+            if status is None:
+                db.execute("DELETE FROM local_list WHERE charger_id = ? AND id_tag = ?", (charger_id, id_tag))
+            else:
+                db.execute("INSERT OR REPLACE INTO local_list (charger_id, id_tag, status, expires_at) "
+                           "VALUES (?, ?, ?, ?)", (charger_id, id_tag, status, expires))
+        if version is not None:
+            db.execute("INSERT OR REPLACE INTO local_list_version (charger_id, version) VALUES (?, ?)",
+                       (charger_id, version))
+        db.execute("COMMIT")
+    except BaseException:
+        rollback(db)
+        raise

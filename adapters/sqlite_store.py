@@ -32,25 +32,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
 import threading
-import time
-from datetime import datetime, timedelta, timezone
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from adapters import sqlite_records as records
+from adapters.sqlite_health import StoreError, StoreFull, WriteHealth, write_failure_reason
+from adapters.sqlite_records import rollback as _rollback
 from adapters.sqlite_schema import MIGRATIONS as _MIGRATIONS
 from adapters.sqlite_schema import schema_tables, schema_version
 from adapters.variables_store import VariablesStore
-from gateway.errors import GatewayError, StoreWriteFailed
 from gateway.ports import OutboxRow
 
 T = TypeVar("T")
 _log = logging.getLogger("gateway.store")
-__all__ = ["SqliteStore", "StoreError", "schema_tables", "schema_version"]
+__all__ = ["SqliteStore", "StoreError", "StoreFull", "schema_tables", "schema_version"]
 
 # Acknowledged outbox rows are deleted behind the replay, not in its way: a chunk per writer-thread
 # job (so appends and commits interleave), once a charger's replay ends or when this many are due.
@@ -58,41 +56,10 @@ PURGE_CHUNK = 500
 PURGE_DUE = 20_000
 PURGE_QUIET = 0.5  # s without a replay commit before a finished replay's rows are deleted
 
-# SQLite result codes (primary, the low byte) that mean "this write could not be kept": the disk
-# is full, the file system failed or went read-only, a file could not be opened
-_WRITE_FAILURES = {13: "SQLITE_FULL", 10: "SQLITE_IOERR", 8: "SQLITE_READONLY", 14: "SQLITE_CANTOPEN"}
-PROBE_PERIOD = 1.0  # s between checks whether a store that could not write can again
-PROBE_FREE = 256 * 1024  # bytes free in data_dir before a write is tried again by the probe
-
 PROTECTED_KINDS = ("start", "stop")  # never refused at the outbox bounds
 
 
-class StoreError(GatewayError):
-    pass
-
-
-class StoreFull(StoreWriteFailed, StoreError):
-    """A write failed for lack of space or a failing disk (see `_WRITE_FAILURES`)."""
-
-
-def _write_failure(exc: sqlite3.Error) -> str | None:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if isinstance(code, int) and (code & 0xFF) in _WRITE_FAILURES:
-        return str(exc)
-    text = str(exc).lower()
-    if "disk is full" in text or "disk i/o error" in text or "readonly" in text:
-        return str(exc)
-    return None
-
-
-def _rollback(db: sqlite3.Connection) -> None:
-    """Roll back what is open (SQLite may already have rolled back after a full disk)."""
-    if db.in_transaction:
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("ROLLBACK")
-
-
-class SqliteStore(VariablesStore):
+class SqliteStore(WriteHealth, VariablesStore):
     FILE_NAME = "gateway.sqlite3"
 
     def __init__(self, data_dir: str | Path, *, status_history: bool = False, id_map_grace: float = 7 * 86_400.0,
@@ -142,67 +109,11 @@ class SqliteStore(VariablesStore):
     def _error(self, exc: sqlite3.Error) -> StoreError:
         """The core's error for a failed statement; a write that could not be kept starts (or
         continues) a write-failure episode."""
-        reason = _write_failure(exc)
+        reason = write_failure_reason(exc)
         if reason is None:
             return StoreError(f"{self.path}: {exc}")
         self._failed(reason)
         return StoreFull(f"the store cannot write ({reason}): {self.path}")
-
-    def _failed(self, reason: str) -> None:
-        self.write_failures += 1
-        failure = self.write_failure
-        if failure is not None:
-            self.write_failure = (failure[0], failure[1], failure[2] + 1)
-            return
-        self.write_failure = (reason, time.time(), 1)
-        _log.error("the store cannot write (%s): %s; messages that must be kept for the CSMS are refused with "
-                   "InternalError (the chargers retry them) until it can write again", reason, self.path)
-        loop = self._loop
-        if loop is not None and loop.is_running():
-            loop.call_soon_threadsafe(self._start_probe)
-
-    def _recovered(self) -> None:
-        failure, self.write_failure = self.write_failure, None
-        if failure is not None:
-            _log.warning("the store writes again after %.0f s (%d writes refused meanwhile): %s",
-                         time.time() - failure[1], failure[2], self.path)
-
-    def _start_probe(self) -> None:
-        if self._prober is None or self._prober.done():
-            self._prober = asyncio.get_running_loop().create_task(self._probe(), name="store-probe")
-
-    async def _probe(self) -> None:
-        """While writes fail: once data_dir has room again, try a small write; its success ends
-        the episode (so does any other write that succeeds)."""
-        while self.write_failure is not None and self._db is not None:
-            await asyncio.sleep(PROBE_PERIOD)
-            try:
-                free = await asyncio.to_thread(self._free_bytes)
-                if free >= PROBE_FREE:
-                    await self._run(self._probe_write)
-            except (StoreError, OSError):
-                continue
-
-    def _free_bytes(self) -> int:
-        st = os.statvfs(self.path.parent)
-        return st.f_bavail * st.f_frsize
-
-    def _probe_write(self) -> None:
-        self.db.execute("INSERT OR REPLACE INTO counters (name, value) VALUES ('write_probe', ?)", (int(time.time()),))
-
-    @property
-    def writable(self) -> bool:
-        return self._db is not None and self.write_failure is None
-
-    def health(self) -> bool | str:
-        """For /readyz: True, or why the store is not ready."""
-        if self._db is None:
-            return f"store {self.path} is not open"
-        failure = self.write_failure
-        if failure is not None:
-            since = datetime.fromtimestamp(failure[1], timezone.utc).isoformat(timespec="seconds")
-            return f"store {self.path} cannot write since {since}: {failure[0]}"
-        return True
 
     def _locked(self, fn: Callable[..., T], *args: Any) -> T:
         with self._lock:
@@ -662,20 +573,11 @@ class SqliteStore(VariablesStore):
 
     # -- the boot to replay -----------------------------------------------------------------------
 
-    def _boot_set(self, charger_id: str, protocol: str, payload: str, received_at: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO pending_boot (charger_id, protocol, payload, received_at) "
-                        "VALUES (?, ?, ?, ?)", (charger_id, protocol, payload, received_at))
-
     async def pending_boot_set(self, charger_id: str, protocol: str, payload: str, received_at: str) -> None:
-        await self._run(self._boot_set, charger_id, protocol, payload, received_at)
-
-    def _boot_get(self, charger_id: str) -> dict[str, Any] | None:
-        r = self.db.execute("SELECT payload, received_at, protocol FROM pending_boot WHERE charger_id = ?",
-                            (charger_id,)).fetchone()
-        return {"payload": r[0], "received_at": r[1], "protocol": r[2]} if r else None
+        await self._run(records.pending_boot_set, self.db, charger_id, protocol, payload, received_at)
 
     async def pending_boot(self, charger_id: str) -> dict[str, Any] | None:
-        return await self._run(self._boot_get, charger_id)
+        return await self._run(records.pending_boot, self.db, charger_id)
 
     async def pending_boot_clear(self, charger_id: str) -> None:
         await self._run(lambda: self.db.execute("DELETE FROM pending_boot WHERE charger_id = ?", (charger_id,)))
@@ -692,18 +594,6 @@ class SqliteStore(VariablesStore):
         await self._run(lambda: self.db.execute(
             "UPDATE tx_map SET stopped = 1 WHERE charger_id = ? AND local_id = ?", (charger_id, local_id)))
 
-    def _retire_now(self, charger_id: str, local_id: int) -> None:
-        """The CSMS acknowledged the stop: the mapping stays `id_map_grace` seconds more (bounded
-        by `id_map_max` finished ones), for late MeterValues and retried StopTransactions."""
-        now = datetime.now(timezone.utc)
-        db = self.db
-        db.execute("UPDATE tx_map SET stopped = 1, retired_at = COALESCE(retired_at, ?) "
-                   "WHERE charger_id = ? AND local_id = ?", (now.isoformat(), charger_id, local_id))
-        db.execute("DELETE FROM tx_map WHERE retired_at IS NOT NULL AND retired_at < ?",
-                   ((now - timedelta(seconds=self.id_map_grace)).isoformat(),))
-        db.execute("DELETE FROM tx_map WHERE rowid IN (SELECT rowid FROM tx_map WHERE retired_at IS NOT NULL "
-                   "ORDER BY retired_at DESC, rowid DESC LIMIT -1 OFFSET ?)", (self.id_map_max,))
-
     def _retire(self, charger_id: str, local_id: int) -> None:
         self.db.execute("BEGIN")
         try:
@@ -713,8 +603,12 @@ class SqliteStore(VariablesStore):
             _rollback(self.db)
             raise
 
+    def _retire_now(self, charger_id: str, local_id: int) -> None:
+        records.tx_retire(self.db, charger_id, local_id, self.id_map_grace, self.id_map_max)
+
     async def tx_retire(self, charger_id: str, local_id: int) -> None:
-        """See `_retire_now`."""
+        """The CSMS acknowledged the stop: the mapping is kept `id_map_grace` seconds more (see
+        `records.tx_retire`)."""
         await self._run(self._retire, charger_id, local_id)
 
     async def tx_forget(self, charger_id: str, local_id: int) -> None:
@@ -730,13 +624,8 @@ class SqliteStore(VariablesStore):
 
     # -- authorization ----------------------------------------------------------------------------
 
-    def _auth_load(self) -> tuple[list[tuple[str, str, str | None]], list[tuple[str, str, str, str | None]]]:
-        cache = [tuple(r) for r in self.db.execute("SELECT id_tag, status, expires_at FROM auth_cache")]
-        lists = [tuple(r) for r in self.db.execute("SELECT charger_id, id_tag, status, expires_at FROM local_list")]
-        return cache, lists
-
     async def auth_load(self) -> tuple[list[tuple[str, str, str | None]], list[tuple[str, str, str, str | None]]]:
-        return await self._run(self._auth_load)
+        return await self._run(records.auth_load, self.db)
 
     async def auth_cache_put(self, id_tag: str, status: str, expires_at: str | None) -> None:
         await self._run(lambda: self.db.execute(
@@ -746,30 +635,9 @@ class SqliteStore(VariablesStore):
     async def auth_cache_clear(self) -> None:
         await self._run(lambda: self.db.execute("DELETE FROM auth_cache"))
 
-    def _list_update(self, charger_id: str, full: bool, version: int | None,
-                     entries: list[tuple[str, str | None, str | None]]) -> None:
-        db = self.db
-        db.execute("BEGIN")
-        try:
-            if full:
-                db.execute("DELETE FROM local_list WHERE charger_id = ?", (charger_id,))
-            for id_tag, status, expires in entries:
-                if status is None:
-                    db.execute("DELETE FROM local_list WHERE charger_id = ? AND id_tag = ?", (charger_id, id_tag))
-                else:
-                    db.execute("INSERT OR REPLACE INTO local_list (charger_id, id_tag, status, expires_at) "
-                               "VALUES (?, ?, ?, ?)", (charger_id, id_tag, status, expires))
-            if version is not None:
-                db.execute("INSERT OR REPLACE INTO local_list_version (charger_id, version) VALUES (?, ?)",
-                           (charger_id, version))
-            db.execute("COMMIT")
-        except BaseException:
-            _rollback(db)
-            raise
-
     async def local_list_update(self, charger_id: str, full: bool, version: int | None,
                                 entries: list[tuple[str, str | None, str | None]]) -> None:
-        await self._run(self._list_update, charger_id, full, version, entries)
+        await self._run(records.local_list_update, self.db, charger_id, full, version, entries)
 
     # -- transaction log --------------------------------------------------------------------------
 
