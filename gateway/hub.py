@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import secrets
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -62,6 +63,8 @@ class Hub:
         # such a backlog waits for when the CSMS refuses that version
         self.replayers: dict[str, ChargerSession] = {}
         self.blocked: dict[str, dict[str, str]] = {}
+        # sessions an operator forgot: their late events (detach, upstream closing) reach no observer
+        self._forgotten: weakref.WeakSet[ChargerSession] = weakref.WeakSet()
         self.observers: list[SessionObserver] = []
         self.control: Any = None  # gateway.control.engine.ControlEngine, when local control is wired
         self.variables: Any = None  # gateway.mirror.VariablesMirror (claims the NotifyReports it asked for)
@@ -90,6 +93,8 @@ class Hub:
                 log.exception("observer %r failed on %s", observer, exchange.action)
 
     def notify(self, session: Any, event: str) -> None:
+        if session in self._forgotten:
+            return  # a forgotten session's late events (its detach, its upstream closing) would bring it back
         for observer in self.observers:
             try:
                 observer.session_event(session, event)
@@ -287,6 +292,9 @@ class Hub:
             await session.close()
             self.notify(session, "disconnected")
         self.notify(session or _Retired(charger_id), "forgotten")
+        for gone in (session, replayer):  # they say nothing more (a new connection is a new session)
+            if gone is not None:
+                self._forgotten.add(gone)
 
     async def close(self) -> None:
         sessions, self.sessions = list(self.sessions.values()), {}

@@ -303,6 +303,8 @@ class StatusBook:
         if event == "known":  # from an earlier run (gateway/registry.py): listed, not connected
             self._entry(session.charger_id).restore(session.row)
             return
+        if event not in ("connected", "known") and session.charger_id not in self.chargers:
+            return  # forgotten (or evicted) meanwhile: nothing to say about it
         entry = self._entry(session.charger_id)
         if event == "connected":
             entry.connected = True

@@ -38,12 +38,14 @@ from paho.mqtt.properties import Properties
 
 from adapters.mqtt.commands import Commands
 from adapters.mqtt.framing import FastLane, Message
+from adapters.mqtt.sweep import SWEEP_SECONDS, Sweeps
+from adapters.mqtt.sweep import filters as sweep_filters
 from adapters.mqtt.topics import Encoder
 from adapters.spool import Spool
 from adapters.telemetry_sink import SpooledSink
 from gateway.config import ConfigError
 from gateway.operator import Operator
-from gateway.telemetry.records import Record
+from gateway.telemetry.records import ChargerForgotten, Record
 
 log = logging.getLogger("gateway.telemetry.mqtt")
 
@@ -111,6 +113,12 @@ class MqttSink(SpooledSink[Message]):
         # QoS 2 always goes through paho; fast_publish = false sends QoS 0/1 through paho too
         self.lane = FastLane(self.client, self.qos, self.v5) if cfg.fast_publish and self.qos < 2 else None
         self.commands = Commands(self.base, cfg.command_actions, self._reply)
+        # a forgotten charger's retained topics from an earlier run (adapters/mqtt/sweep.py); cleared at
+        # QoS 0: a QoS 1 publish through paho while the fast lane has messages in flight upset the
+        # lane's acknowledgements (seen as the charger's state sent again after the forget)
+        self.sweeps = Sweeps(self._sweep_subscribe,
+                             lambda fs: self.client.unsubscribe(fs),
+                             lambda topic: self.client.publish(topic, b"", qos=0, retain=True))
         if url.username:
             self.client.username_pw_set(unquote(url.username), unquote(url.password) if url.password else None)
         if self._tls:
@@ -335,8 +343,22 @@ class MqttSink(SpooledSink[Message]):
         props = getattr(msg, "properties", None)
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
-        self._on_loop(self.commands.received, msg.topic, bytes(msg.payload), bool(msg.retain), response_topic,
-                      correlation)
+        self._on_loop(self._route, msg.topic, bytes(msg.payload), bool(msg.retain), response_topic, correlation)
+
+    def _sweep_subscribe(self, patterns: list[str]) -> None:
+        """QoS 0 (nothing to acknowledge) and, on MQTT 5, No Local: only the retained messages come,
+        not the gateway's own publishes echoed back."""
+        if self.v5:
+            from paho.mqtt.subscribeoptions import SubscribeOptions
+
+            self.client.subscribe([(f, SubscribeOptions(qos=0, noLocal=True)) for f in patterns])
+        else:
+            self.client.subscribe([(f, 0) for f in patterns])
+
+    def _route(self, topic: str, payload: bytes, retained: bool, response_topic: Any, correlation: Any) -> None:
+        if self.sweeps.active and self.sweeps.received(topic, payload, retained):
+            return  # a forgotten charger's retained value (cleared), never a command
+        self.commands.received(topic, payload, retained, response_topic, correlation)
 
     def _up(self, receive_maximum: int | None = None) -> None:
         if not self.connected:
@@ -389,6 +411,10 @@ class MqttSink(SpooledSink[Message]):
         return self.connected
 
     def encode(self, record: Record) -> list[Message]:
+        if type(record) is ChargerForgotten and self.connected:
+            patterns = sweep_filters(self.base, self.cfg.ha_prefix, self.encoder.site_id, record.charger_id)
+            self.sweeps.start(patterns)
+            self._loop.call_later(SWEEP_SECONDS, self.sweeps.stop, patterns)
         return self.encoder.encode(record)
 
     async def deliver(self, items: list[Message]) -> bool:

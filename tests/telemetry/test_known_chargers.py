@@ -47,6 +47,17 @@ async def until(condition: Callable[[], Any], timeout: float = 10.0, what: str =
         await asyncio.sleep(0.05)
 
 
+async def retained_of(mosquitto: Mosquitto, settle: float = 1.0) -> dict[str, bytes]:
+    """The retained messages about the charger a fresh subscriber gets (topic -> payload)."""
+    fresh = Subscriber(mosquitto.port, [f"ocpp/known/chargers/{CID}/#", "homeassistant/#"])
+    try:
+        await asyncio.sleep(settle)
+        return {m.topic: bytes(m.payload) for m in fresh.messages if m.retain and m.payload
+                and (m.topic.startswith("ocpp/") or "known_KNOWN" in m.topic)}
+    finally:
+        fresh.close()
+
+
 async def test_units_two_temperatures_and_a_charger_remembered_across_restarts(
         gateway_factory: Callable[..., GatewayProcess], mosquitto: Mosquitto, influx: Influx) -> None:
     db = db_name()
@@ -54,7 +65,8 @@ async def test_units_two_temperatures_and_a_charger_remembered_across_restarts(
     sub = Subscriber(mosquitto.port, ["ocpp/known/#"])
     try:
         gw = gateway_factory({"site_id": "known", "api": {"token": TOKEN},
-                              **telemetry_config(mosquitto, {"url": influx.url, "api": "v1", "database": db})})
+                              **telemetry_config(mosquitto, {"url": influx.url, "api": "v1", "database": db},
+                                                 ha_discovery=True)})
         async with charger(gw.url(CID), "1.6", CID) as cp:
             await cp.raw_call("BootNotification", {"chargePointVendor": "ACME", "chargePointModel": "Wall-1"})
             await cp.raw_call("StatusNotification", {"connectorId": 1, "status": "Charging", "errorCode": "NoError"})
@@ -135,6 +147,12 @@ async def test_units_two_temperatures_and_a_charger_remembered_across_restarts(
         gw.start()
         assert [c["id"] for c in api(gw, "GET", "/api/v1/chargers")[1]["chargers"]] == [CID]
 
+        # what the first run published for it is still retained on the broker (this run never saw it)
+        before = await retained_of(mosquitto)
+        assert {f"ocpp/known/chargers/{CID}/evse/1/status", f"ocpp/known/chargers/{CID}/environment/temperature_evse1",
+                f"ocpp/known/chargers/{CID}/evse/1/meter/Temperature/Body"} <= set(before)
+        assert [t for t in before if t.startswith("homeassistant/")], "its Home Assistant configs"
+
         # forgotten: gone from the list, and stays gone after the next restart
         status, body = api(gw, "DELETE", f"/api/v1/chargers/{CID}")
         assert (status, body) == (200, {"forgotten": CID})
@@ -143,6 +161,14 @@ async def test_units_two_temperatures_and_a_charger_remembered_across_restarts(
         # its retained state is cleared through the same forget path as a connected charger's
         await until(lambda: sub.on(f"ocpp/known/chargers/{CID}/state")[-1].payload == b"",
                     what="the state topic cleared")
+        # and every retained topic and discovery config of the earlier run too (adapters/mqtt/sweep.py)
+        left: list[str] = []
+        for _ in range(40):
+            left = sorted(await retained_of(mosquitto))
+            if not left:
+                break
+            await asyncio.sleep(0.25)
+        assert left == [], left
         assert gw.stop() == 0
         gw.start()
         assert api(gw, "GET", "/api/v1/chargers")[1]["chargers"] == []
