@@ -38,7 +38,7 @@ from paho.mqtt.properties import Properties
 
 from adapters.mqtt.commands import Commands
 from adapters.mqtt.framing import FastLane, Message
-from adapters.mqtt.sweep import SWEEP_SECONDS, Sweeps
+from adapters.mqtt.sweep import SWEEP_DELAY, SWEEP_SECONDS, Sweeps
 from adapters.mqtt.sweep import filters as sweep_filters
 from adapters.mqtt.topics import Encoder
 from adapters.spool import Spool
@@ -411,11 +411,18 @@ class MqttSink(SpooledSink[Message]):
         return self.connected
 
     def encode(self, record: Record) -> list[Message]:
-        if type(record) is ChargerForgotten and self.connected:
+        if type(record) is ChargerForgotten:
             patterns = sweep_filters(self.base, self.cfg.ha_prefix, self.encoder.site_id, record.charger_id)
-            self.sweeps.start(patterns)
-            self._loop.call_later(SWEEP_SECONDS, self.sweeps.stop, patterns)
+            # once the encoder's own clearing messages are out (they go first, through the worker)
+            self._loop.call_later(SWEEP_DELAY, self._sweep, patterns)
         return self.encoder.encode(record)
+
+    def _sweep(self, patterns: list[str]) -> None:
+        if not self.connected:
+            log.info("MQTT: not connected; retained topics of a forgotten charger from earlier runs stay")
+            return
+        self.sweeps.start(patterns)
+        self._loop.call_later(SWEEP_SECONDS, self.sweeps.stop, patterns)
 
     async def deliver(self, items: list[Message]) -> bool:
         if not self.connected:

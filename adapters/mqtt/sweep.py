@@ -2,9 +2,11 @@
 
 The encoder clears the retained topics and Home Assistant configs it published itself (topics.py
 `_forget`). A charger remembered from an earlier run (gateway/registry.py) and forgotten after a
-restart also has retained topics from that run the encoder never saw: the sweep subscribes, for a
-few seconds, to that charger's retained branches and its discovery configs, and clears every
-retained message the broker hands over (retained flag set, payload not empty).
+restart also has retained topics from that run the encoder never saw: a second after the forget
+(when the encoder's own clearing messages are out), the sweep subscribes for a few seconds to that
+charger's retained branches and its discovery configs, and clears every retained message the
+broker hands over (retained flag set, payload not empty). Only while connected: a forget while the
+broker is away leaves those older topics (the encoder's own are spooled and cleared as usual).
 
 The filters never overlap the command subscriptions (`…/cmd/+`, `…/evse/+/+/set`), so no command
 is delivered twice or taken for a retained value: a message on a sweep filter is never a command.
@@ -17,6 +19,7 @@ from typing import Callable
 from adapters.mqtt import discovery as ha
 from adapters.mqtt.topics import topic_level
 
+SWEEP_DELAY = 1.0  # s after the forget: the encoder's own clearing messages are out by then
 SWEEP_SECONDS = 5.0  # how long the broker has to hand over the retained messages
 
 
