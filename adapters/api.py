@@ -127,11 +127,7 @@ class ApiServer:
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-        for sock in self._sockets:  # bound, never served
-            sock.close()
-        self._sockets = []
+        await listen.release(runner, self._sockets)
 
     # -- middleware -----------------------------------------------------------------------------
 

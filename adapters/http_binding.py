@@ -261,8 +261,4 @@ class HttpBinding:
     async def stop(self) -> None:
         await self.registry.stop()
         runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-        for sock in self._sockets:  # bound, never served
-            sock.close()
-        self._sockets = []
+        await listen.release(runner, self._sockets)

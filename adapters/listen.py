@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from typing import Protocol
 
 from gateway.config import split_listen
 from gateway.errors import ListenerUnavailable
@@ -60,3 +61,17 @@ def bind(key: str, listen: str) -> list[socket.socket]:
             sock.close()
         raise unavailable(key, listen, exc) from exc
     return sockets
+
+
+class _Runner(Protocol):
+    async def cleanup(self) -> None: ...
+
+
+async def release(runner: _Runner | None, sockets: list[socket.socket]) -> None:
+    """Stop an aiohttp server: its runner when it served, then the sockets bound for it (a socket
+    bound but never served is still open). Empties `sockets`."""
+    if runner is not None:
+        await runner.cleanup()
+    for sock in sockets:
+        sock.close()
+    sockets.clear()

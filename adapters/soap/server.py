@@ -410,11 +410,7 @@ class SoapServer:
                 log.exception("loading the OCPP-S contracts failed")
         await self.registry.stop()
         runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-        for sock in self._sockets:  # bound, never served
-            sock.close()
-        self._sockets = []
+        await listen.release(runner, self._sockets)
         if self.http is not None:
             await self.http.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
