@@ -2,15 +2,19 @@
 has not answered in time is answered by the gateway as it would be offline, and the CSMS's late
 answer, when it comes on the live link, is taken as the answer to the stored row.
 
-`AnswerBudget` keeps one timer per charger CALL on its way to the CSMS (`arm` when it is
-queued, `disarm` when its answer comes or it fails) and the calls answered late (`late`), and
-talks to its session through `BudgetHost`.
+`AnswerBudget` keeps the charger CALLs on their way to the CSMS (`arm` when one is queued,
+`disarm` when its answer comes or it fails) and the calls answered late (`late`), and talks to its
+session through `BudgetHost`. The budget is the same for every call of a session, so the deadlines
+come in arrival order: they wait in a deque (the earliest first) behind one timer per session,
+armed for the earliest deadline and re-armed only when it has run out; a call disarmed is dropped
+from the deque once it reaches the front. A relayed call thus costs no timer handle of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -67,23 +71,38 @@ class AnswerBudget:
     def __init__(self, host: BudgetHost, within: float, tasks: set[asyncio.Task[None]]) -> None:
         self.host = host
         self.within = within
-        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.armed: dict[str, PendingCall] = {}  # by message id: the calls the budget may answer
         self.late: dict[str, Late] = {}
+        self._due_at: deque[tuple[float, PendingCall]] = deque()  # (deadline, call), earliest first
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._tasks = tasks
         self._loop = asyncio.get_running_loop()
 
     def arm(self, call: PendingCall) -> None:
-        self.timers[call.message_id] = self._loop.call_later(self.within, self._due, call)
+        deadline = self._loop.time() + self.within
+        self.armed[call.message_id] = call
+        self._due_at.append((deadline, call))
+        if self._timer is None:
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def disarm(self, message_id: str) -> None:
-        handle = self.timers.pop(message_id, None)
-        if handle is not None:
-            handle.cancel()
+        if self.armed.pop(message_id, None) is None:
+            return
+        due_at, armed = self._due_at, self.armed
+        while due_at:  # drop what is no longer armed from the front (usually the call just answered)
+            call = due_at[0][1]
+            if armed.get(call.message_id) is call:
+                break
+            due_at.popleft()
 
     def clear(self) -> None:
-        for handle in self.timers.values():
-            handle.cancel()
-        self.timers.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.armed.clear()
+        self._due_at.clear()
         self.late.clear()
 
     @property
@@ -91,12 +110,29 @@ class AnswerBudget:
         """A stored row is on its way to the CSMS on the live link (answered late): the replay waits."""
         return bool(self.late)
 
-    def _due(self, call: PendingCall) -> None:
-        if self.timers.pop(call.message_id, None) is None or self.host.closed:
-            return
-        task = self._loop.create_task(self._answer_in_time(call))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _on_timer(self) -> None:
+        """The earliest deadline has come: every armed call whose budget has run out is answered
+        (in arrival order); the timer is armed again for the next deadline, if any."""
+        self._timer = None
+        now = max(self._loop.time(), self._timer_at)  # the loop may run a timer up to its clock resolution early
+        due_at, armed = self._due_at, self.armed
+        closed = self.host.closed
+        while due_at:
+            deadline, call = due_at[0]
+            if armed.get(call.message_id) is not call:
+                due_at.popleft()
+                continue
+            if deadline > now:
+                self._timer_at = deadline
+                self._timer = self._loop.call_at(deadline, self._on_timer)
+                return
+            due_at.popleft()
+            del armed[call.message_id]
+            if closed:
+                continue
+            task = self._loop.create_task(self._answer_in_time(call))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _answer_in_time(self, call: PendingCall) -> None:
         """The CSMS has not answered a charger CALL within [upstream].answer_within: the gateway

@@ -88,9 +88,6 @@ class ChargerSession:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._tasks: set[asyncio.Task[None]] = set()  # timer expiries (kept referenced)
-        # the answer budget: charger CALLs on their way to the CSMS, by message id, each with the
-        # timer that answers it locally at [upstream].answer_within; and those so answered whose
-        # CSMS answer may still come on the live link
         self.replay_only = False  # a session kept to replay a backlog stored in its (older) version
         self.last_lost: tuple[datetime, str] | None = None  # when and why the upstream link was declared dead
         self._closed = False
