@@ -4,7 +4,10 @@
 - the relay's decisions (`gateway.protocol.relay.Relay`: routing, the one-CALL-in-flight queues of
   both directions, the 1.6 transaction-id map), which it applies as effects;
 - the upstream link keeper (`gateway.uplink.UplinkKeeper`: dial, read, reconnect);
-- the outbox replay (`gateway.replay.Replayer`).
+- the outbox replay (`gateway.replay.Replayer`);
+- the answer budget (`gateway.budget.AnswerBudget`);
+- the gateway's own answers, calls that get none, and the observers' exchanges (`gateway.answers.OwnAnswers`,
+  a mixin: the methods are the session's own).
 All traffic for the charger passes through it, so ordering is a property of one object
 (ARCHITECTURE.md): each frame's effects are applied (awaited) before the next frame of the same
 link is read. The session sees the site through a narrow context (`gateway.context.SessionContext`).
@@ -19,18 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from gateway.answers import OwnAnswers, utcnow
 from gateway.auth import ACCEPTED, info_of, token_of
-from gateway.errors import Busy, CallTimeout, LinkClosed, LinkFailed, NotConnected, StoreWriteFailed
-from gateway.ports import ChargerLink, Exchange, UpstreamLink
+from gateway.errors import LinkClosed, LinkFailed, NotConnected, StoreWriteFailed
+from gateway.ports import ChargerLink, UpstreamLink
 from gateway.protocol import frames as F
 from gateway.protocol.frames import Call, CallError, CallResult, ErrorCode, FrameError, OcppVersion
-from gateway.protocol.relay import (SIGNED, AnswerLocally, FailCaller, Forward, Origin, PassOn, Refuse, Relay,
-                                    SetAside, ToCharger, ToCsms, UpstreamState)
+from gateway.protocol.relay import (SIGNED, AnswerLocally, Forward, Origin, PassOn, Refuse, Relay,
+                                    SetAside, ToCharger, UpstreamState)
 from gateway.protocol.rpc import PendingCall, QueueFull
-from gateway.protocol.transactions import Kind
 from gateway.budget import AnswerBudget
 from gateway.replay import GatewayCall, Replayer, settle
 from gateway.uplink import UplinkKeeper, backoff_delay
@@ -52,16 +55,7 @@ async def _cancel(tasks: set[asyncio.Task[None]]) -> None:
     await asyncio.gather(*others, return_exceptions=True)
 
 
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-# what the charger is told when the gateway cannot keep a message it must keep (a full disk)
-STORE_FAILED = ("the gateway cannot store this message now (its disk is full or failing: the store cannot write); "
-                "nothing was kept, send it again later")
-
-
-class ChargerSession:
+class ChargerSession(OwnAnswers):
     def __init__(self, ctx: SessionContext, charger_id: str, version: OcppVersion) -> None:
         self.ctx = ctx
         self.charger_id = charger_id
@@ -79,7 +73,7 @@ class ChargerSession:
         self.to_charger = relay.to_charger
         self.to_upstream = relay.to_upstream
         self.link: ChargerLink | None = None
-        self.upstream_changed_at = _utcnow()
+        self.upstream_changed_at = utcnow()
         self._upstream: UpstreamLink | None = None
         self._adopted: UpstreamLink | None = None  # a link dialled before the charger was accepted (strict)
         self._lost: PendingCall | None = None  # the call in flight when the upstream link dropped
@@ -265,12 +259,12 @@ class ChargerSession:
                 and self.ctx.claims(self.charger_id, frame.action, frame.payload):
             # a part of the report the gateway asked for (gateway/mirror.py): answered here, never relayed
             await self._send_charger(F.call_result(frame.message_id, {}))
-            self._emit(Origin.CHARGER, frame.action, frame.message_id, frame.payload, {}, None, "gateway", _utcnow())
+            self._emit(Origin.CHARGER, frame.action, frame.message_id, frame.payload, {}, None, "gateway", utcnow())
             return
         if type(effect) is Forward:  # the live path first
             call = PendingCall(message_id=frame.message_id, action=frame.action, frame=effect.text,
                                origin=Origin.CHARGER, timeout=self._upstream_timeout, request=frame.payload,
-                               received_at=_utcnow(), source=frame)
+                               received_at=utcnow(), source=frame)
             if not self.relay.strict and not frame.action.endswith(SIGNED):  # only the CSMS answers those
                 self.budget.arm(call)
             await self.submit_upstream(call)
@@ -285,58 +279,13 @@ class ChargerSession:
             if not frame.send:
                 await self._send_charger(F.call_error(self.version, frame.message_id, code, description))
             self._emit(Origin.CHARGER, frame.action, frame.message_id, frame.payload, None, code.spell(self.version),
-                       "gateway", _utcnow())
+                       "gateway", utcnow())
         elif type(effect) is PassOn:  # 2.1 SEND: never answered, exempt from the one-CALL rule
             if self._upstream is not None:
                 await self.send_upstream_raw(frame.raw)
-            self._emit(Origin.CHARGER, frame.action, frame.message_id, frame.payload, None, None, "", _utcnow())
+            self._emit(Origin.CHARGER, frame.action, frame.message_id, frame.payload, None, None, "", utcnow())
         elif type(effect) is ToCharger:
             await self._send_charger(effect.text)
-
-    async def answer_locally(self, frame: Call, kind: Kind, *, uncertain: bool = False,
-                              sent_id: str | None = None) -> tuple[int | None, int | None]:
-        """The gateway answers; what must reach the CSMS later is committed first (invariant 1,
-        `Replayer.keep`). `uncertain`: the message was sent to the CSMS and the link died before its
-        answer (its replay is reported as a possible duplicate). `sent_id`: it is still on its way
-        (answered at [upstream].answer_within), stored as sent with that id in the same commit.
-        When the store cannot write (a full disk) the charger gets CALLERROR InternalError instead:
-        nothing was kept, its own retry applies. Returns (outbox seq, local 1.6 transaction id),
-        each None when there is none."""
-        try:
-            return await self._answer_locally_now(frame, kind, uncertain=uncertain, sent_id=sent_id)
-        except StoreWriteFailed:  # the store logs the episode once
-            await self._send_charger(F.call_error(self.version, frame.message_id, ErrorCode.INTERNAL_ERROR,
-                                                  STORE_FAILED))
-            self._emit(Origin.CHARGER, frame.action, frame.message_id, frame.payload, None,
-                       ErrorCode.INTERNAL_ERROR.spell(self.version), "gateway", _utcnow())
-            return None, None
-
-    async def _answer_locally_now(self, frame: Call, kind: Kind, *, uncertain: bool,
-                                  sent_id: str | None) -> tuple[int | None, int | None]:
-        received = _utcnow()
-        ctx = self.ctx
-        seq, tx_id = await self.replay.keep(frame, kind, received, uncertain=uncertain, sent_id=sent_id) \
-            if self.relay.relaying else (None, None)
-        payload = await ctx.local.answer(self.version, frame, self.charger_id, transaction_id=tx_id)
-        await self._send_charger(F.call_result(frame.message_id, payload))
-        self._emit(Origin.CHARGER, frame.action, frame.message_id, frame.payload, payload, None, "gateway", received)
-        return seq, tx_id
-
-    async def _set_aside(self, frame: Call, reason: str) -> None:
-        """A message that must not reach the CSMS as it is: kept as a dead letter with `reason`,
-        the charger answered (it has nothing to correct)."""
-        row = {"charger_id": self.charger_id, "protocol": self.version.value, "action": frame.action,
-               "payload": F.payload_text(frame.raw), "kind": self.relay.kind(frame).value, "connector": None,
-               "received_at": _utcnow().isoformat()}
-        try:
-            seq = await self.ctx.store.outbox_dead_letter(row, reason)
-        except StoreWriteFailed:
-            await self._send_charger(F.call_error(self.version, frame.message_id, ErrorCode.INTERNAL_ERROR,
-                                                  STORE_FAILED))
-            return
-        self.counters["dead_letters"] += 1
-        self.log.error("outbox #%d %s set aside (dead letter): %s", seq, frame.action, reason)
-        await self.answer_locally(frame, Kind.LIVE)
 
     def probe_upstream(self) -> None:
         """Ask the live upstream link, if it can, to check at once that the CSMS is still there."""
@@ -395,7 +344,7 @@ class ChargerSession:
                 return
             call = PendingCall(message_id=frame.message_id, action=frame.action, frame=self.relay.csms_call(frame),
                                origin=Origin.CSMS, timeout=self._charger_timeout, request=frame.payload,
-                               received_at=_utcnow())
+                               received_at=utcnow())
             await self._submit_charger(call)
             return
         if self.replay.answer(frame):  # type: ignore[arg-type]
@@ -450,7 +399,7 @@ class ChargerSession:
     def set_upstream_state(self, state: UpstreamState) -> None:
         if state is not self.relay.upstream:
             self.relay.upstream = state
-            self.upstream_changed_at = _utcnow()
+            self.upstream_changed_at = utcnow()
             self.log.info("upstream %s", state.value)
             self.ctx.notify(self, "upstream")
 
@@ -475,7 +424,7 @@ class ChargerSession:
         self._lost = self.to_upstream.pause()
 
     def link_declared_dead(self, reason: str) -> None:
-        self.last_lost = (_utcnow(), reason)
+        self.last_lost = (utcnow(), reason)
         self.log.warning("upstream link declared dead: %s", reason)
         self.ctx.notify(self, "upstream_lost")
 
@@ -529,7 +478,7 @@ class ChargerSession:
         message_id = self.ctx.ids.next()
         call = PendingCall(message_id=message_id, action=action, frame=F.call(message_id, action, payload),
                            origin=GatewayCall(future), timeout=timeout or self._charger_timeout,
-                           request=payload, received_at=_utcnow())
+                           request=payload, received_at=utcnow())
         await self._submit_charger(call)
         return await future
 
@@ -586,44 +535,6 @@ class ChargerSession:
             await self.send_upstream_raw(expired.upstream_next.frame)
         self._arm(self.relay.next_deadline())
 
-    async def _fail(self, call: PendingCall, code: ErrorCode, description: str, *, timed_out: bool = False,
-                    busy: bool = False, uncertain: bool = False) -> None:
-        """A call that will get no answer from its peer: tell whoever made it."""
-        if call.origin is Origin.CHARGER:
-            self.budget.disarm(call.message_id)
-            if self.budget.late.pop(call.message_id, None) is not None:
-                # answered already (answer_within); its row stays, sent again with the same message id
-                self.log.warning("%s %s: %s; it stays in the outbox and is sent again (same message id)",
-                                 call.action, call.message_id, description)
-                self.replay.start()
-                return
-        self.log.warning("%s %s: %s", call.action, call.message_id, description)
-        effect = self.relay.unanswered(call, code, description, timed_out=timed_out, busy=busy, uncertain=uncertain)
-        if isinstance(effect, AnswerLocally):
-            assert isinstance(call.source, Call)
-            await self.answer_locally(call.source, effect.kind, uncertain=effect.uncertain)
-            return
-        if isinstance(effect, ToCharger):
-            await self._send_charger(effect.text)
-        elif isinstance(effect, ToCsms):
-            if self._upstream is not None:
-                await self.send_upstream_raw(effect.text)
-        elif isinstance(effect, FailCaller) and isinstance(call.origin, GatewayCall) \
-                and not call.origin.future.done():
-            exc: Exception
-            if effect.reason == "timeout":
-                exc = CallTimeout(description)
-            elif effect.reason == "busy":
-                exc = Busy(description)
-            else:
-                exc = NotConnected(description)
-            call.origin.future.set_exception(exc)
-        if call.request is None:
-            return
-        origin = call.origin if isinstance(call.origin, Origin) else Origin.GATEWAY
-        self._emit(origin, call.action, call.message_id, call.request or {}, None,
-                   "timeout" if timed_out else code.value, "gateway", call.received_at or _utcnow())
-
     async def _send_charger(self, text: str) -> None:
         link = self.link
         if link is None:
@@ -642,29 +553,6 @@ class ChargerSession:
             await link.send(text)
         except LinkClosed:
             self.log.debug("upstream link closed while sending")
-
-    # -- observers ------------------------------------------------------------------------------
-
-    def _emit(self, origin: Origin, action: str, message_id: str, request: dict[str, Any],
-              response: dict[str, Any] | None, error: str | None, answered_by: str, received_at: datetime) -> None:
-        if not self.ctx.observed:
-            return
-        self.ctx.publish(self, Exchange(
-            charger_id=self.charger_id, version=self.version, origin=origin.value, action=action,
-            message_id=message_id, request=request, response=response, error=error, answered_by=answered_by,
-            received_at=received_at,
-        ))
-
-    def _emit_reply(self, call: PendingCall, frame: CallResult | CallError, answered_by: str) -> None:
-        if call.request is None or not self.ctx.observed:
-            return
-        origin = call.origin if isinstance(call.origin, Origin) else Origin.GATEWAY
-        if isinstance(frame, CallError):
-            self._emit(origin, call.action, call.message_id, call.request or {}, None, frame.code, answered_by,
-                       call.received_at or _utcnow())
-        else:
-            self._emit(origin, call.action, call.message_id, call.request or {}, frame.payload, None, answered_by,
-                       call.received_at or _utcnow())
 
     def snapshot(self) -> dict[str, Any]:
         return {
