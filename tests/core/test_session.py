@@ -273,6 +273,40 @@ async def test_the_answer_budget_answers_in_time_and_takes_the_late_answer_for_t
         await site.close()
 
 
+async def test_each_call_gets_its_own_budget_behind_the_sessions_one_timer() -> None:
+    """The budget's one timer per session: armed for the first call, which is answered in time; it
+    then runs out for nothing and is armed again for the next call's own deadline. Every call is
+    answered by the gateway no earlier than its own budget (the one in flight and the one queued
+    behind it alike), once, and the CSMS's late answers are never relayed."""
+    within = 0.3
+    site = await Site.start(settings(upstream={"answer_within": within, "call_timeout": 5.0}))
+    loop = asyncio.get_running_loop()
+    try:
+        csms = await online(site)
+        await site.call("h1", "Heartbeat", {})
+        assert (await csms.next())[:2] == [2, "h1"]
+        csms.result("h1", {"currentTime": "2026-01-01T00:00:00Z"})  # in time: relayed, its budget disarmed
+        assert (await site.charger.next())[:2] == [3, "h1"]
+        await asyncio.sleep(within / 2)
+
+        sent: dict[str, float] = {}
+        sent["h2"] = loop.time()
+        await site.call("h2", "Heartbeat", {})  # in flight, the CSMS silent
+        assert (await csms.next())[:2] == [2, "h2"]
+        await asyncio.sleep(within / 3)
+        sent["h3"] = loop.time()
+        await site.call("h3", "Heartbeat", {})  # queued behind h2
+        for message_id in ("h2", "h3"):  # the gateway's answers, in order, each at its own deadline
+            answer = await site.charger.next()
+            assert answer[:2] == [3, message_id]
+            assert loop.time() - sent[message_id] >= within - 0.01, f"{message_id} answered before its budget"
+        csms.result("h2", {"currentTime": "2026-01-01T00:00:00Z"})  # late: the charger is not told again
+        assert await quiet(site.charger)
+        assert not site.s.budget.armed
+    finally:
+        await site.close()
+
+
 async def test_a_late_callerror_sets_the_stored_row_aside_and_a_timed_out_call_probes_the_link() -> None:
     site = await Site.start(settings(upstream={"answer_within": 0.1, "call_timeout": 0.6}))
     try:
