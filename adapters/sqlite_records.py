@@ -1,7 +1,8 @@
 """The SQLite store's records beside the outbox: the boot to replay, the 1.6 transaction-id map,
 the authorization cache and local lists, the known chargers (gateway/registry.py) and the
 transaction log (gateway/txlog.py, /api/v1/transactions). Plain functions over the store's
-connection, run on its writer thread by adapters/sqlite_store.py."""
+connection, run on its writer thread, and `ChargerRecords`, the mixin of adapters/sqlite_store.py
+that offers them as the store's awaitable methods."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import contextlib
 import json
 import sqlite3
 from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -154,3 +156,91 @@ def local_list_update(db: sqlite3.Connection, charger_id: str, full: bool, versi
     except BaseException:
         rollback(db)
         raise
+
+
+class ChargerRecords:
+    """Mixin for SqliteStore (needs its `db`, `_run` and `_retire`): the records beside the outbox."""
+
+    _run: Callable[..., Any]
+    _retire: Callable[[str, int], None]
+
+    @property
+    def db(self) -> sqlite3.Connection:  # SqliteStore's own property comes first in the MRO
+        raise NotImplementedError
+
+    # -- known chargers (gateway/registry.py) ----------------------------------------------------
+
+    async def chargers_save(self, rows: list[dict[str, Any]], forget: Sequence[str] = (), keep: int = 5000) -> None:
+        """Upsert known chargers (`charger_id`, `protocol`, `transport`, `last_seen`, and JSON-able
+        `boot`, `connectors`, `state`) and delete the `forget` ones, in one transaction."""
+        await self._run(chargers_save, self.db, rows, list(forget), keep)
+
+    async def known_chargers(self) -> list[dict[str, Any]]:
+        """Every charger the store remembers, with what it last said (see chargers_save)."""
+        return await self._run(known_chargers, self.db)
+
+    # -- the boot to replay -----------------------------------------------------------------------
+
+    async def pending_boot_set(self, charger_id: str, protocol: str, payload: str, received_at: str) -> None:
+        await self._run(pending_boot_set, self.db, charger_id, protocol, payload, received_at)
+
+    async def pending_boot(self, charger_id: str) -> dict[str, Any] | None:
+        return await self._run(pending_boot, self.db, charger_id)
+
+    async def pending_boot_clear(self, charger_id: str) -> None:
+        await self._run(lambda: self.db.execute("DELETE FROM pending_boot WHERE charger_id = ?", (charger_id,)))
+
+    # -- 1.6 transaction-id map -------------------------------------------------------------------
+
+    async def tx_map(self, charger_id: str) -> list[tuple[int, int | None]]:
+        def q() -> list[tuple[int, int | None]]:
+            return [(r[0], r[1]) for r in self.db.execute(
+                "SELECT local_id, csms_id FROM tx_map WHERE charger_id = ?", (charger_id,)).fetchall()]
+        return await self._run(q)
+
+    async def tx_mark_stopped(self, charger_id: str, local_id: int) -> None:
+        await self._run(lambda: self.db.execute(
+            "UPDATE tx_map SET stopped = 1 WHERE charger_id = ? AND local_id = ?", (charger_id, local_id)))
+
+    async def tx_retire(self, charger_id: str, local_id: int) -> None:
+        """The CSMS acknowledged the stop: the mapping is kept `id_map_grace` seconds more (see
+        `tx_retire`)."""
+        await self._run(self._retire, charger_id, local_id)
+
+    async def tx_forget(self, charger_id: str, local_id: int) -> None:
+        """Kept for callers of the earlier API: the mapping is retired (kept for the grace period)."""
+        await self.tx_retire(charger_id, local_id)
+
+    async def tx_retired(self, charger_id: str) -> set[int]:
+        """Local ids of the charger whose mapping is finished (kept for the grace period)."""
+        def q() -> set[int]:
+            return {int(r[0]) for r in self.db.execute(
+                "SELECT local_id FROM tx_map WHERE charger_id = ? AND retired_at IS NOT NULL", (charger_id,))}
+        return await self._run(q)
+
+    # -- authorization ----------------------------------------------------------------------------
+
+    async def auth_load(self) -> tuple[list[tuple[str, str, str | None]], list[tuple[str, str, str, str | None]]]:
+        return await self._run(auth_load, self.db)
+
+    async def auth_cache_put(self, id_tag: str, status: str, expires_at: str | None) -> None:
+        await self._run(lambda: self.db.execute(
+            "INSERT OR REPLACE INTO auth_cache (id_tag, status, expires_at) VALUES (?, ?, ?)",
+            (id_tag, status, expires_at)))
+
+    async def auth_cache_clear(self) -> None:
+        await self._run(lambda: self.db.execute("DELETE FROM auth_cache"))
+
+    async def local_list_update(self, charger_id: str, full: bool, version: int | None,
+                                entries: list[tuple[str, str | None, str | None]]) -> None:
+        await self._run(local_list_update, self.db, charger_id, full, version, entries)
+
+    # -- transaction log --------------------------------------------------------------------------
+
+    async def transaction_event(self, ev: dict[str, Any]) -> None:
+        await self._run(transaction_event, self.db, ev)
+
+    async def transactions(self, *, charger_id: str | None = None, state: str | None = None, since: str | None = None,
+                           until: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Newest first. `state`: "open" | "ended" | None; `since`/`until`: ISO 8601 bounds on the start."""
+        return await self._run(transactions, self.db, charger_id, state, since, until, limit)

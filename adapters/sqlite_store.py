@@ -36,10 +36,11 @@ import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, TypeVar
 
 from adapters import sqlite_records as records
 from adapters.sqlite_health import StoreError, StoreFull, WriteHealth, write_failure_reason
+from adapters.sqlite_records import ChargerRecords
 from adapters.sqlite_records import rollback as _rollback
 from adapters.sqlite_schema import MIGRATIONS as _MIGRATIONS
 from adapters.sqlite_schema import schema_tables, schema_version
@@ -59,7 +60,7 @@ PURGE_QUIET = 0.5  # s without a replay commit before a finished replay's rows a
 PROTECTED_KINDS = ("start", "stop")  # never refused at the outbox bounds
 
 
-class SqliteStore(WriteHealth, VariablesStore):
+class SqliteStore(WriteHealth, VariablesStore, ChargerRecords):
     FILE_NAME = "gateway.sqlite3"
 
     def __init__(self, data_dir: str | Path, *, status_history: bool = False, id_map_grace: float = 7 * 86_400.0,
@@ -206,17 +207,6 @@ class SqliteStore(WriteHealth, VariablesStore):
 
     async def charger_seen(self, charger_id: str, version: str, transport: str, when: str) -> None:
         await self._run(self._seen, charger_id, version, transport, when)
-
-    # -- known chargers (gateway/registry.py) ----------------------------------------------------
-
-    async def chargers_save(self, rows: list[dict[str, Any]], forget: Sequence[str] = (), keep: int = 5000) -> None:
-        """Upsert known chargers (`charger_id`, `protocol`, `transport`, `last_seen`, and JSON-able
-        `boot`, `connectors`, `state`) and delete the `forget` ones, in one transaction."""
-        await self._run(records.chargers_save, self.db, rows, list(forget), keep)
-
-    async def known_chargers(self) -> list[dict[str, Any]]:
-        """Every charger the store remembers, with what it last said (see chargers_save)."""
-        return await self._run(records.known_chargers, self.db)
 
     # -- outbox ---------------------------------------------------------------------------------
 
@@ -571,28 +561,7 @@ class SqliteStore(WriteHealth, VariablesStore):
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         return await self._run(self._dead_letters, limit)
 
-    # -- the boot to replay -----------------------------------------------------------------------
-
-    async def pending_boot_set(self, charger_id: str, protocol: str, payload: str, received_at: str) -> None:
-        await self._run(records.pending_boot_set, self.db, charger_id, protocol, payload, received_at)
-
-    async def pending_boot(self, charger_id: str) -> dict[str, Any] | None:
-        return await self._run(records.pending_boot, self.db, charger_id)
-
-    async def pending_boot_clear(self, charger_id: str) -> None:
-        await self._run(lambda: self.db.execute("DELETE FROM pending_boot WHERE charger_id = ?", (charger_id,)))
-
-    # -- 1.6 transaction-id map -------------------------------------------------------------------
-
-    async def tx_map(self, charger_id: str) -> list[tuple[int, int | None]]:
-        def q() -> list[tuple[int, int | None]]:
-            return [(r[0], r[1]) for r in self.db.execute(
-                "SELECT local_id, csms_id FROM tx_map WHERE charger_id = ?", (charger_id,)).fetchall()]
-        return await self._run(q)
-
-    async def tx_mark_stopped(self, charger_id: str, local_id: int) -> None:
-        await self._run(lambda: self.db.execute(
-            "UPDATE tx_map SET stopped = 1 WHERE charger_id = ? AND local_id = ?", (charger_id, local_id)))
+    # -- retiring a 1.6 transaction-id mapping (also inside the outbox steps) -----------------------
 
     def _retire(self, charger_id: str, local_id: int) -> None:
         self.db.execute("BEGIN")
@@ -605,49 +574,6 @@ class SqliteStore(WriteHealth, VariablesStore):
 
     def _retire_now(self, charger_id: str, local_id: int) -> None:
         records.tx_retire(self.db, charger_id, local_id, self.id_map_grace, self.id_map_max)
-
-    async def tx_retire(self, charger_id: str, local_id: int) -> None:
-        """The CSMS acknowledged the stop: the mapping is kept `id_map_grace` seconds more (see
-        `records.tx_retire`)."""
-        await self._run(self._retire, charger_id, local_id)
-
-    async def tx_forget(self, charger_id: str, local_id: int) -> None:
-        """Kept for callers of the earlier API: the mapping is retired (kept for the grace period)."""
-        await self.tx_retire(charger_id, local_id)
-
-    async def tx_retired(self, charger_id: str) -> set[int]:
-        """Local ids of the charger whose mapping is finished (kept for the grace period)."""
-        def q() -> set[int]:
-            return {int(r[0]) for r in self.db.execute(
-                "SELECT local_id FROM tx_map WHERE charger_id = ? AND retired_at IS NOT NULL", (charger_id,))}
-        return await self._run(q)
-
-    # -- authorization ----------------------------------------------------------------------------
-
-    async def auth_load(self) -> tuple[list[tuple[str, str, str | None]], list[tuple[str, str, str, str | None]]]:
-        return await self._run(records.auth_load, self.db)
-
-    async def auth_cache_put(self, id_tag: str, status: str, expires_at: str | None) -> None:
-        await self._run(lambda: self.db.execute(
-            "INSERT OR REPLACE INTO auth_cache (id_tag, status, expires_at) VALUES (?, ?, ?)",
-            (id_tag, status, expires_at)))
-
-    async def auth_cache_clear(self) -> None:
-        await self._run(lambda: self.db.execute("DELETE FROM auth_cache"))
-
-    async def local_list_update(self, charger_id: str, full: bool, version: int | None,
-                                entries: list[tuple[str, str | None, str | None]]) -> None:
-        await self._run(records.local_list_update, self.db, charger_id, full, version, entries)
-
-    # -- transaction log --------------------------------------------------------------------------
-
-    async def transaction_event(self, ev: dict[str, Any]) -> None:
-        await self._run(records.transaction_event, self.db, ev)
-
-    async def transactions(self, *, charger_id: str | None = None, state: str | None = None, since: str | None = None,
-                           until: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Newest first. `state`: "open" | "ended" | None; `since`/`until`: ISO 8601 bounds on the start."""
-        return await self._run(records.transactions, self.db, charger_id, state, since, until, limit)
 
     def _close(self) -> None:
         if self._db is not None:

@@ -25,7 +25,7 @@ lives in another module (it needs that module's types), it is named there and im
     │   ├── CallTimeout             no answer in time
     │   └── Busy                    too many calls already wait for this charger
     ├── ControlError                a pause/resume that cannot be done; `code` says why
-    │                               (gateway.control.engine)
+    │                               (gateway.control.commands)
     ├── OperatorError               an operator request (REST, MQTT) not carried out; `kind` says why
     │                               (gateway.operator)
     ├── MirrorError                 a read or set of a charger's variables that cannot be done;

@@ -6,6 +6,8 @@ charging profiles through each charger's one-outstanding queue.
   charger reconciles what the gateway wants with what it last sent, one call at a time.
 - It works the same whether the CSMS is online, away or absent: it only needs the exchanges (which
   flow whoever answered) and the charger's queue.
+- The operator's commands (pause, resume, limits, the site limit) are in gateway.control.commands,
+  a mixin of the engine.
 - Every change of an EVSE's limit is logged with its reason and handed to the telemetry plane as a
   `ControlChange` record (`publish`: the telemetry observer's `records`), which reaches the sinks
   like every other record (MQTT `.../chargers/{id}/control`, InfluxDB measurement `control`).
@@ -23,29 +25,23 @@ from typing import Any, Callable, Sequence
 
 from gateway.control import decide as D
 from gateway.control import state
+from gateway.control.commands import ControlError, OperatorCommands
 from gateway.control.state import ACCEPTED, ChargerControl as _Charger, Sent as _Sent, Tx as _Tx
 from gateway.control.settings import DeratingRule
-from gateway.errors import Busy, CallFailed, CallTimeout, GatewayError, NotConnected
+from gateway.errors import Busy, CallFailed, CallTimeout, NotConnected
 from gateway.ports import Exchange
 from gateway.telemetry.normalise import Normaliser
-from gateway.telemetry.records import ControlChange, EnvironmentReading, Record, SiteLimit
+from gateway.telemetry.records import ControlChange, EnvironmentReading, Record
 from gateway.variables.meaning import Capabilities, choose_rate_unit, choose_stack_level
+
+__all__ = ["ControlChange", "ControlEngine", "ControlError"]  # ControlError lives in gateway.control.commands
 
 log = logging.getLogger("gateway.control")
 
 TRANSIENT = frozenset({"timeout", "NotConnected", "Busy"})  # no answer: the charger's state is unchanged
 
 
-class ControlError(GatewayError):
-    """A pause or resume that cannot be done; `code` names why (not_connected, unknown_transaction,
-    disabled, bad_request)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class ControlEngine:
+class ControlEngine(OperatorCommands):
     def __init__(self, settings: Any, hub: Any, publish: Callable[[Sequence[Record]], None] | None = None,
                  state_file: Path | None = None) -> None:
         self.settings = settings
@@ -470,125 +466,6 @@ class ControlEngine:
             except Exception:  # noqa: BLE001 - telemetry must never stop local control
                 log.exception("control: the telemetry plane refused a change")
 
-    # -- operator commands ----------------------------------------------------------------------
-
-    def _target(self, cid: str, body: dict[str, Any]) -> tuple[_Charger, int, str | None]:
-        if not self.control.pause_enabled:
-            raise ControlError("disabled", "pause and resume are switched off ([control].pause_enabled)")
-        session = self.hub.sessions.get(cid)
-        if session is None or not session.connected:
-            raise ControlError("not_connected", f"charger {cid!r} is not connected")
-        ch = self._charger(cid)
-        ch.version = session.version.value
-        evse, tid = body.get("evse"), body.get("transaction_id")
-        if evse is None and tid is None:
-            evse = 0  # {}: the whole charger
-        if tid is not None:
-            tx = ch.txs.get(str(tid))
-            if tx is None:
-                raise ControlError("unknown_transaction", f"no active transaction {tid!r} on {cid!r}")
-            return ch, tx.evse, tx.transaction_id
-        if isinstance(evse, bool) or not isinstance(evse, int) or evse < 0:
-            raise ControlError("bad_request",
-                               'the body needs {"evse": n} (n >= 0), {"transaction_id": ...} or {} (the whole charger)')
-        return ch, evse, None
-
-    async def pause(self, cid: str, body: dict[str, Any]) -> dict[str, Any]:
-        ch, evse, tid = self._target(cid, body)
-        if tid is not None:
-            ch.paused_txs.add(tid)
-        else:
-            ch.paused_evses.add(evse)
-        log.info("control: operator pause of %s EVSE %d%s", cid, evse, f" transaction {tid}" if tid else "",
-                 extra={"charger_id": cid})
-        return await self._result(cid, ch, evse)
-
-    async def resume(self, cid: str, body: dict[str, Any]) -> dict[str, Any]:
-        ch, evse, tid = self._target(cid, body)
-        # either form lifts the operator pauses of that EVSE and of its transaction (a pause of the
-        # whole charger, EVSE 0, is lifted only by resuming EVSE 0)
-        ch.paused_evses.discard(evse)
-        if tid is not None:
-            ch.paused_txs.discard(tid)
-        else:
-            tx = next((t for t in ch.txs.values() if t.evse == evse), None)
-            if tx is not None:
-                ch.paused_txs.discard(tx.transaction_id)
-        log.info("control: operator resume of %s EVSE %d", cid, evse, extra={"charger_id": cid})
-        return await self._result(cid, ch, evse)
-
-    async def limit(self, cid: str, body: dict[str, Any]) -> dict[str, Any]:
-        """An operator current limit on an EVSE (`{"evse": n, "limit_a": A}`, EVSE 0 or no EVSE = every
-        EVSE of the charger); `"limit_a": null` lifts it. A limit of 0 pauses."""
-        limit = _amperes(body)
-        ch, evse, _ = self._target(cid, {"evse": body.get("evse", 0)})
-        if limit is None:
-            ch.limits.pop(evse, None)
-        else:
-            ch.limits[evse] = limit
-        log.info("control: operator limit of %s EVSE %d: %s", cid, evse, "none" if limit is None else f"{limit:g} A",
-                 extra={"charger_id": cid})
-        return await self._result(cid, ch, evse)
-
-    async def set_site_limit(self, body: dict[str, Any]) -> dict[str, Any]:
-        """The operator's site limit (`{"limit_a": A}`; null: no site limit). It replaces `[site]`'s
-        (kept across restarts with the rest of control's state)."""
-        if not self.control.pause_enabled:
-            raise ControlError("disabled", "operator control is switched off ([control].pause_enabled)")
-        self.site_override, self.site_overridden = _amperes(body), True
-        log.info("control: operator site limit: %s",
-                 "none" if self.site_override is None else f"{self.site_override:g} A")
-        self._site_changed()
-        self._touch()
-        for cid, ch in self.chargers.items():
-            if ch.txs or ch.sent:
-                self._kick(cid)
-        await self.settled()
-        return {"limit_a": self.site_limit(), "source": "operator"}
-
-    def _site_changed(self) -> None:
-        if self.publish is None:
-            return
-        record = SiteLimit(limit_a=self.site_limit(), source="operator" if self.site_overridden else "config",
-                           ts=datetime.now(timezone.utc))
-        try:
-            self.publish((record,))
-        except Exception:  # noqa: BLE001 - telemetry must never stop local control
-            log.exception("control: the telemetry plane refused the site limit")
-
-    async def _result(self, cid: str, ch: _Charger, evse: int) -> dict[str, Any]:
-        self._recompute_site(except_for=cid)
-        await self.reconcile(cid)
-        sent = ch.sent.get(evse)
-        want = sent.want if sent is not None else D.NOTHING
-        if evse in ch.failing:  # not applied: the charger did not answer (it is tried again)
-            want = self.want(cid, evse)
-            sent = _Sent(want, None, "none", False, ch.failing[evse])
-        return {
-            "charger_id": cid, "evse": evse, "transaction_id": want.transaction_id,
-            "state": "released" if want.limit is None else ("paused" if want.limit == 0 else "limited"),
-            "limit_a": want.limit, "reason": want.reason or None,
-            "mechanism": sent.mechanism if sent is not None else "profile",
-            "status": sent.status if sent is not None else ACCEPTED,
-        }
-
-    def view(self, cid: str) -> dict[str, Any]:
-        """What local control knows and applies for one charger (REST GET .../control)."""
-        ch = self.chargers.get(cid)
-        if ch is None:
-            return {"charger_id": cid, "transactions": [], "evses": [], "temperature": None, "derating": "normal",
-                    "paused_evses": []}
-        return {
-            "charger_id": cid,
-            "transactions": [{"transaction_id": t.transaction_id, "evse": t.evse} for t in ch.txs.values()],
-            "evses": [{"evse": e, "transaction_id": s.want.transaction_id, "limit_a": s.want.limit,
-                       "reason": s.want.reason or None, "mechanism": s.mechanism, "status": s.status}
-                      for e, s in sorted(ch.sent.items())],
-            "temperature": ch.temperature, "derating": D.LEVEL_NAMES[ch.level],
-            "paused_evses": sorted(ch.paused_evses),
-            "limits": {str(e): a for e, a in sorted(ch.limits.items())},
-        }
-
     async def close(self) -> None:
         self._closed = True
         tasks = [t for t in self._workers.values() if not t.done()]
@@ -636,15 +513,3 @@ class ControlEngine:
         except (OSError, ValueError, TypeError, KeyError) as exc:
             log.error("control: %s unreadable (%s); starting without it", self.state_file, exc)
             self.chargers.clear()
-
-
-def _amperes(body: dict[str, Any]) -> float | None:
-    """`limit_a` of a limit command: a number >= 0 (A per phase) or null."""
-    if "limit_a" not in body:
-        raise ControlError("bad_request", 'the body needs "limit_a": a number of amperes >= 0, or null to lift it')
-    value = body["limit_a"]
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 10_000:
-        raise ControlError("bad_request", '"limit_a" must be a number of amperes >= 0, or null')
-    return float(value)
