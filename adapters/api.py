@@ -28,6 +28,8 @@ from aiohttp import web
 from gateway import __version__
 from gateway.config import Settings, split_listen
 from gateway.operator import Operator, OperatorError, parse_payload
+from gateway.ports import GatewayView, SessionView
+from gateway.protocol.frames import OcppVersion
 from gateway.registry import KnownChargers
 from gateway.status import StatusBook
 
@@ -43,7 +45,7 @@ MAX_CALL_TIMEOUT = 300.0
 MAX_BODY = 1_048_576
 
 
-def _upstream_view(session: Any) -> dict[str, Any]:
+def _upstream_view(session: SessionView) -> dict[str, Any]:
     """A charger's upstream link: its state since when, and when and why it was last declared dead."""
     view: dict[str, Any] = {"state": session.upstream_state.value, "since": session.upstream_changed_at.isoformat()}
     lost = getattr(session, "last_lost", None)
@@ -68,11 +70,11 @@ class ApiServer:
     `checks` name readiness conditions (callables returning bool). A charger's `outbox` comes
     from the store's `outbox_summary()` when the store has one."""
 
-    def __init__(self, settings: Settings, hub: Any, checks: dict[str, Callable[[], bool | str]] | None = None,
+    def __init__(self, settings: Settings, hub: GatewayView, checks: dict[str, Callable[[], bool | str]] | None = None,
                  operator: Operator | None = None) -> None:
         self.settings = settings
         self.hub = hub
-        self.operator = operator or Operator(hub.sessions, hub.schemas, getattr(hub, "control", None))
+        self.operator = operator or Operator(hub.sessions, hub.schemas, hub.control)
         self.checks = dict(checks or {})
         self.extra_views: dict[str, Callable[[str], Any]] = {}  # charger view key -> its value for an id
         self.status = StatusBook()
@@ -96,7 +98,7 @@ class ApiServer:
         self.app.router.add_post("/api/v1/chargers/{id}/calls/{action}", self.call)
         self.app.router.add_get("/api/v1/transactions", self.transactions)
         self.app.router.add_get("/api/v1/outbox", self.outbox_view)
-        control_api.add_routes(self.app, self.operator, lambda: self.operator.control)  # .../pause, .../resume
+        control_api.add_routes(self.app, self.operator, lambda: self.hub.control)  # .../pause, .../resume
         variables_api.add_routes(self.app, hub)  # .../variables, .../environment (the variables mirror)
         self._runner: web.AppRunner | None = None
         self._sockets: list[socket.socket] = []
@@ -206,7 +208,7 @@ class ApiServer:
         }
         if known is not None:
             view.update(known.view())
-        engine = getattr(self.hub, "control", None)  # local control: limits, pauses, derating per EVSE
+        engine = self.hub.control  # local control: limits, pauses, derating per EVSE
         view["control"] = engine.view(charger_id) if engine is not None else None
         for key, extra in self.extra_views.items():  # e.g. soap_endpoint (wired in app.py)
             value = extra(charger_id)
@@ -225,7 +227,7 @@ class ApiServer:
                     pass
             view["outbox"] = {"depth": int(row.get("depth") or 0), "oldest_age_seconds": age,
                               "dead_letters": int(row.get("dead_letters") or 0)}
-            blocked = (getattr(self.hub, "blocked", None) or {}).get(charger_id)
+            blocked = self.hub.blocked.get(charger_id)
             if blocked is not None:  # a backlog in another OCPP version that the CSMS does not take now
                 view["outbox"]["waiting_for"] = dict(blocked)
         return view
@@ -324,7 +326,7 @@ _CALL_ERRORS = {
 }
 
 
-def session_version(hub: Any, charger_id: str) -> Any:
+def session_version(hub: GatewayView, charger_id: str) -> OcppVersion | None:
     session = hub.sessions.get(charger_id)
     return session.version if session is not None else None
 

@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 
 from gateway.operator import Operator, OperatorError, parse_payload
+from gateway.ports import ControlView
 
 log = logging.getLogger("gateway.api")
 
@@ -158,7 +159,7 @@ def _error(status: int, error: str, message: str) -> web.Response:
                         content_type="application/json")
 
 
-def add_routes(app: web.Application, operator: Operator, control: Callable[[], Any]) -> None:
+def add_routes(app: web.Application, operator: Operator, control: Callable[[], ControlView | None]) -> None:
     """`control()` is the control engine (for the view), or None when local control is not running."""
 
     async def handle(request: web.Request) -> web.Response:

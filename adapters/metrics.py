@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
 from gateway import __version__
-from gateway.ports import Exchange
+from gateway.ports import Exchange, GatewayView, SessionView, SinkFigures, StoreWriteHealth
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UPSTREAM_STATES = ("standalone", "connecting", "online", "offline")
@@ -40,7 +41,7 @@ class _LiveCollector:
     for this scrape; the telemetry sinks' queues and spools; the sessions' offline counters (plus
     those of sessions already ended, kept by `Metrics`, so the totals never go down)."""
 
-    def __init__(self, hub: Any, owner: "Metrics") -> None:
+    def __init__(self, hub: GatewayView, owner: "Metrics") -> None:
         self.hub = hub
         self.owner = owner
 
@@ -75,7 +76,7 @@ class _LiveCollector:
         blocked = GaugeMetricFamily("ocppgw_outbox_blocked", "1 while a charger's backlog stored in another OCPP "
                                     "version waits because the CSMS refuses that version (or cannot be reached in it)",
                                     labels=["charger", "protocol"])
-        for cid, why in sorted((getattr(self.hub, "blocked", None) or {}).items()):
+        for cid, why in sorted(self.hub.blocked.items()):
             blocked.add_metric([cid, str(why.get("protocol"))], 1)
         yield blocked
         yield from self._store()
@@ -95,22 +96,22 @@ class _LiveCollector:
 
     def _store(self) -> Iterable[Any]:
         """Whether the store can write (a full disk: 0) and the writes it refused since start."""
-        store = getattr(self.hub, "store", None)
-        if store is None or not hasattr(store, "write_failures"):
+        store = self.hub.store
+        if not isinstance(store, StoreWriteHealth):
             return
         writable = GaugeMetricFamily("ocppgw_store_writable", "1 while the store can write, 0 while its writes fail "
                                      "(disk full, I/O error): messages to keep for the CSMS are refused meanwhile")
-        writable.add_metric([], 1 if getattr(store, "write_failure", None) is None else 0)
+        writable.add_metric([], 1 if store.write_failure is None else 0)
         yield writable
         failures = CounterMetricFamily("ocppgw_store_write_failures", "Store writes that could not be kept (disk full, "
                                        "I/O error) since start")
         failures.add_metric([], int(store.write_failures))
         yield failures
 
-    def _offline(self, sessions: list[Any]) -> Iterable[Any]:
+    def _offline(self, sessions: list[SessionView]) -> Iterable[Any]:
         totals = dict(self.owner.retired)
         for s in sessions:
-            for name, n in (getattr(s, "counters", None) or {}).items():
+            for name, n in s.counters.items():
                 totals[name] = totals.get(name, 0) + n
         events = CounterMetricFamily("ocppgw_outbox_messages", "Offline store-and-forward events: buffered "
                                      "(stored for the CSMS), dropped, replayed, dead_letters, possible_duplicates, "
@@ -139,7 +140,7 @@ class _LiveCollector:
         yield dead
 
     def _sinks(self) -> Iterable[Any]:
-        sinks = [sink for o in self.hub.observers for sink in (getattr(o, "sinks", None) or [])]
+        sinks = self.owner.sinks
         if not sinks:
             return
         backlog = GaugeMetricFamily("ocppgw_sink_backlog", "Telemetry items waiting for a sink (memory and disk)",
@@ -150,13 +151,12 @@ class _LiveCollector:
                                       labels=["sink"])
         delivered = CounterMetricFamily("ocppgw_sink_delivered", "Telemetry items delivered", labels=["sink"])
         for sink in sinks:
-            name = str(getattr(sink, "name", type(sink).__name__))
+            name = sink.name
             try:
-                backlog.add_metric([name], getattr(sink, "backlog", 0))
-                sp = getattr(sink, "spool", None)
-                spool.add_metric([name], getattr(sp, "count", 0))
-                dropped.add_metric([name], getattr(sink, "dropped", 0) + getattr(sp, "dropped", 0))
-                delivered.add_metric([name], getattr(sink, "delivered", 0))
+                backlog.add_metric([name], sink.backlog)
+                spool.add_metric([name], sink.spool.count)
+                dropped.add_metric([name], sink.dropped + sink.spool.dropped)
+                delivered.add_metric([name], sink.delivered)
             except Exception:  # noqa: BLE001 - a sink's internals changing must not break /metrics
                 continue
         yield from (backlog, spool, dropped, delivered)
@@ -173,9 +173,11 @@ def _parse_time(value: Any) -> datetime | None:
 
 
 class Metrics:
-    """The gateway's metrics; a session observer (append it to `hub.observers`)."""
+    """The gateway's metrics; a session observer (append it to `hub.observers`). `sinks`: the
+    telemetry sinks whose figures it shows, set by gateway/app.py once they run."""
 
-    def __init__(self, hub: Any) -> None:
+    def __init__(self, hub: GatewayView) -> None:
+        self.sinks: Sequence[SinkFigures] = ()
         self._call_children: dict[tuple[str, str, str, str], Any] = {}
         self._rtt_children: dict[tuple[str, str], Any] = {}
         self.registry = registry = CollectorRegistry(auto_describe=True)

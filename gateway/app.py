@@ -46,8 +46,10 @@ if TYPE_CHECKING:
     from adapters.api import ApiServer
     from adapters.charger_auth import ChargerAuth
     from adapters.http_binding import HttpBinding
+    from adapters.metrics import Metrics
     from adapters.soap.server import SoapServer
     from adapters.sqlite_store import SqliteStore
+    from adapters.telemetry_sink import SpooledSink
     from adapters.websocket_server import WebSocketServer
     from gateway.control.engine import ControlEngine
     from gateway.telemetry.observer import TelemetryObserver
@@ -135,7 +137,7 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gatewa
         api.extra_views["soap_endpoint"] = gw.soap.endpoints.view  # every endpoint change shows in the API
     # 5. outside connections: telemetry sinks (MQTT, InfluxDB), then local control
     mqtt_id = settings.mqtt.client_id or mqtt_client_id(settings.site_id, install)
-    telemetry = await _start_telemetry(settings, hub, stack, operator, mqtt_id)
+    telemetry = await _start_telemetry(settings, hub, stack, operator, mqtt_id, api.metrics)
     gw.control = operator.control = _start_control(settings, hub, stack, telemetry)
     # 5. the variables mirror (reads chargers after their boot; publishes through the telemetry plane)
     gw.variables = operator.variables = _start_variables(settings, hub, store, stack, telemetry)
@@ -220,12 +222,12 @@ def _freeze_heap(_: object = None) -> None:
 
 
 async def _start_telemetry(settings: Settings, hub: Hub, stack: contextlib.AsyncExitStack,
-                           operator: Operator, mqtt_client_id: str) -> TelemetryObserver | None:
+                           operator: Operator, mqtt_client_id: str, metrics: Metrics) -> TelemetryObserver | None:
     """MQTT and InfluxDB sinks when their url is set, fed by one observer of every session (which
-    it returns; None without sinks). MQTT commands are operator calls."""
+    it returns; None without sinks), their figures shown by `metrics`. MQTT commands are operator calls."""
     from gateway.telemetry.observer import GATHER, TelemetryObserver
 
-    sinks: list[Any] = []
+    sinks: list[SpooledSink[Any]] = []
     if settings.mqtt.url.get_secret_value():
         from adapters.mqtt import MqttSink
 
@@ -240,6 +242,7 @@ async def _start_telemetry(settings: Settings, hub: Hub, stack: contextlib.Async
     if sinks:
         observer = TelemetryObserver(sinks, gather=GATHER)
         hub.observers.append(observer)
+        metrics.sinks = tuple(sinks)
         stack.callback(observer.flush)  # on the way down: what it kept reaches the sinks before they stop
         return observer
     return None

@@ -1,20 +1,23 @@
 """The ports: the contract between the core and the adapters.
 
 What the core needs from the outside, as small protocols the adapters implement (`ChargerLink`,
-`UpstreamLink`, `FastUpstreamLane`, `UpstreamConnector`, `Store`, `SessionObserver`), and what a
-charger transport may ask of the core (`ChargerIngress`, handing out `ChargerHandle`s). Adapters
+`UpstreamLink`, `FastUpstreamLane`, `UpstreamConnector`, `Store`, `SessionObserver`), what a
+charger transport may ask of the core (`ChargerIngress`, handing out `ChargerHandle`s), and what
+the operations adapters (REST API, metrics) read of it (`GatewayView` of `SessionView`s, and the
+telemetry sinks' `SinkFigures`, handed to the metrics by gateway/app.py). Adapters
 import this module, never gateway.session or gateway.hub (tests/core/test_ports.py checks it);
 the composition root (gateway/app.py) wires the concrete hub into them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from gateway.protocol.frames import OcppVersion
+from gateway.protocol.relay import UpstreamState
 from gateway.protocol.schemas import SchemaRegistry
 
 
@@ -140,6 +143,19 @@ class Store(Protocol):
     async def local_list_update(self, charger_id: str, full: bool, version: int | None,
                                 entries: list[tuple[str, str | None, str | None]]) -> None: ...
 
+    # what the operations adapters read (REST API, metrics, the known chargers of gateway/registry.py)
+    async def outbox_summary(self) -> list[dict[str, Any]]:
+        """Per charger with rows: `charger_id`, `depth`, `oldest` (ISO 8601), `dead_letters`."""
+
+    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    async def transactions(self, *, charger_id: str | None = None, state: str | None = None, since: str | None = None,
+                           until: str | None = None, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    async def known_chargers(self) -> list[dict[str, Any]]: ...
+
+    async def chargers_save(self, rows: list[dict[str, Any]], forget: Sequence[str] = (), keep: int = 5000) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -209,3 +225,112 @@ class Exchange:
     error: str | None = None  # the error code (or "timeout") when there is no response
     answered_by: str = ""  # "csms", "gateway" (local answer) or "charger"
     received_at: datetime  # wall-clock time the request arrived at the gateway
+
+
+@runtime_checkable
+class StoreWriteHealth(Protocol):
+    """A store that tells whether it can write (adapters/sqlite_health.py), for the metrics."""
+
+    write_failure: tuple[str, float, int] | None  # (reason, wall-clock since, refused writes) while failing
+    write_failures: int  # writes refused since start
+
+
+class SessionView(Protocol):
+    """A charger's session as the operations adapters read it (REST API, metrics)."""
+
+    @property
+    def charger_id(self) -> str: ...
+
+    @property
+    def version(self) -> OcppVersion: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def link(self) -> ChargerLink | None: ...
+
+    @property
+    def upstream_state(self) -> UpstreamState: ...
+
+    @property
+    def upstream_changed_at(self) -> datetime: ...
+
+    @property
+    def to_charger(self) -> Sized:
+        """CALLs to the charger waiting or in flight."""
+
+    @property
+    def to_upstream(self) -> Sized:
+        """CALLs to the CSMS waiting or in flight."""
+
+    @property
+    def counters(self) -> Mapping[str, int]:
+        """Offline store-and-forward events (buffered, dropped, replayed, ...)."""
+
+
+class ControlView(Protocol):
+    """Local control as the REST API reads and commands it (gateway.control.engine.ControlEngine)."""
+
+    def view(self, cid: str) -> dict[str, Any]: ...
+
+    async def pause(self, cid: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def resume(self, cid: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def limit(self, cid: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def set_site_limit(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class GatewayView(Protocol):
+    """What the operations adapters (REST API, metrics) read of the core (gateway/hub.py)."""
+
+    @property
+    def sessions(self) -> Mapping[str, SessionView]: ...
+
+    @property
+    def schemas(self) -> SchemaRegistry: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def blocked(self) -> Mapping[str, Mapping[str, str]]:
+        """Chargers whose backlog in another OCPP version waits (the CSMS refuses that version)."""
+
+    @property
+    def control(self) -> ControlView | None: ...
+
+    def notify(self, session: Any, event: str) -> None:
+        """Hand a session event to every observer (gateway/registry.py: `known`)."""
+
+    async def forget_charger(self, charger_id: str) -> None: ...
+
+
+class SpoolFigures(Protocol):
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def dropped(self) -> int: ...
+
+
+class SinkFigures(Protocol):
+    """A telemetry sink's figures for the metrics (adapters/telemetry_sink.py)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def backlog(self) -> int:
+        """Items waiting (memory and disk)."""
+
+    @property
+    def dropped(self) -> int: ...
+
+    @property
+    def delivered(self) -> int: ...
+
+    @property
+    def spool(self) -> SpoolFigures: ...

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,7 +36,8 @@ class RegistryStore(Protocol):
 
 
 class Notifier(Protocol):
-    sessions: dict[str, Any]
+    @property
+    def sessions(self) -> Mapping[str, Any]: ...
 
     def notify(self, session: Any, event: str) -> None: ...
 
