@@ -62,3 +62,27 @@ def test_the_check_catches_an_import(tmp_path: Path) -> None:
     f = tmp_path / "x.py"
     f.write_text("import asyncio\nfrom websockets.asyncio import client\n")
     assert {"asyncio", "websockets"} <= _imports(f)
+
+
+# Modules outside gateway/protocol whose docstrings promise pure code: they turn data into data and
+# are tested without a socket. A monotonic clock read (the MQTT encoder thins retained topics by
+# time) is not I/O; gateway/protocol keeps its stricter no-clock rule above.
+PURE_MODULES = [
+    "gateway/control/decide.py",
+    "gateway/telemetry/normalise.py",
+    "gateway/telemetry/units.py",
+    "gateway/telemetry/records.py",
+    "gateway/telemetry/vendors.py",
+    "gateway/identity.py",
+    "adapters/mqtt/topics.py",
+    "adapters/mqtt/discovery.py",
+    "adapters/mqtt/variables.py",
+]
+
+
+def test_pure_modules_outside_the_protocol_package_do_no_io() -> None:
+    no_io = IO_MODULES - {"time"}
+    for name in PURE_MODULES:
+        path = ROOT / name
+        bad = _imports(path) & no_io
+        assert not bad, f"{name} imports {bad}: it promises pure code (data in, data out)"
