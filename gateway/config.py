@@ -28,6 +28,15 @@ CONFIG_ENV = "OCPPGW_CONFIG"
 DEFAULT_FILE = "gateway.toml"
 
 
+def _networks(v: list[str]) -> list[str]:
+    for net in v:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{net!r} is not a network (e.g. 127.0.0.0/8)") from exc
+    return v
+
+
 def _listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -99,15 +108,7 @@ class WebSocketSettings(_Section):
             raise ValueError("must start with / and not end with / (e.g. /ocpp)")
         return v.rstrip("/")
 
-    @field_validator("unlimited_networks")
-    @classmethod
-    def _unlimited(cls, v: list[str]) -> list[str]:
-        for net in v:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"{net!r} is not a network (e.g. 127.0.0.0/8)") from exc
-        return v
+    _v_unlimited = field_validator("unlimited_networks")(classmethod(lambda cls, v: _networks(v)))
 
     @field_validator("versions")
     @classmethod
@@ -129,16 +130,7 @@ class SoapSettings(_Section):
     trusted_endpoint_networks: list[str] = Field(default_factory=list)
     _v_listen = field_validator("listen")(classmethod(lambda cls, v: _listen(v)))
     _v_path = field_validator("path")(classmethod(lambda cls, v: _http_path(v)))
-
-    @field_validator("trusted_endpoint_networks")
-    @classmethod
-    def _networks(cls, v: list[str]) -> list[str]:
-        for net in v:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"{net!r} is not a network (e.g. 127.0.0.0/8)") from exc
-        return v
+    _v_networks = field_validator("trusted_endpoint_networks")(classmethod(lambda cls, v: _networks(v)))
 
 
 class HttpSettings(_Section):

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from adapters.mqtt.sweep import matches
 from gateway.config import Settings
 from adapters.mqtt.topics import Encoder
 from gateway.telemetry.records import (
@@ -69,15 +70,6 @@ def published() -> tuple[list[tuple[str, Any, bool]], str]:
     return out, command_filter
 
 
-def matches(pattern: str, topic: str) -> bool:
-    """MQTT topic filter matching (+ one level, # the rest)."""
-    p, t = pattern.split("/"), topic.split("/")
-    for i, level in enumerate(p):
-        if level == "#":
-            return True
-        if i >= len(t) or (level != "+" and level != t[i]):
-            return False
-    return len(p) == len(t)
 
 
 def test_topic_matching() -> None:
