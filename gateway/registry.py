@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gateway.errors import StoreWriteFailed
 from gateway.protocol.frames import OcppVersion
 from gateway.status import StatusBook
 
@@ -125,6 +126,12 @@ class KnownChargers:
                 rows.append(row)
         try:
             await self.store.chargers_save(rows, forget, MAX_KNOWN)
+        except StoreWriteFailed:
+            # a full or failing disk: the store reports the episode itself (one ERROR line); the
+            # list is saved with the next change after it recovers
+            self.failures += 1
+            self._dirty |= dirty
+            log.debug("known chargers not saved: the store cannot write")
         except Exception:  # noqa: BLE001 - informative; tried again with the next change
             self.failures += 1
             self._dirty |= dirty
