@@ -5,6 +5,11 @@
 Accepts websockets at {path}/{charger_id} with subprotocol ocpp1.6 (compression as the
 websockets default, i.e. permessage-deflate offered/accepted), and answers `/healthz`
 with 200. It never sends CALLs of its own. Answers for unknown actions are `{}`.
+
+Forwarding probe: a DataTransfer with vendorId "bench", messageId "probe" and data D is
+answered `{"status": "Accepted", "data": "MARKER:D"}`, MARKER being --marker (a secret the
+bench makes per run): only a relay that really forwarded the CALL here can return it.
+Other DataTransfers get `{"status": "Accepted"}`.
 """
 
 from __future__ import annotations
@@ -29,22 +34,34 @@ RESPONSES: dict[str, bytes] = {
     "Authorize": orjson.dumps({"idTagInfo": {"status": "Accepted"}}),
     "StartTransaction": orjson.dumps({"transactionId": 1, "idTagInfo": {"status": "Accepted"}}),
     "StopTransaction": b"{}",
-    "DataTransfer": orjson.dumps({"status": "Accepted"}),
     "DiagnosticsStatusNotification": b"{}",
     "FirmwareStatusNotification": b"{}",
 }
 EMPTY = b"{}"
+ACCEPTED = orjson.dumps({"status": "Accepted"})
+PROBE = ("bench", "probe")  # DataTransfer vendorId/messageId of the bench's forwarding probe
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.echo_csms", description=__doc__.splitlines()[0])
     ap.add_argument("--listen", default="127.0.0.1:9700")
     ap.add_argument("--path", default="/ocpp")
+    ap.add_argument("--marker", default="", help="secret put in the answer to the forwarding probe")
     args = ap.parse_args()
     raise_nofile()
     host, port = parse_hostport(args.listen)
     prefix = args.path.rstrip("/") + "/"
     stats = {"connections": 0, "calls": 0}
+    marker = args.marker
+
+    def other(action: str, payload: object) -> bytes:
+        """Answers not in RESPONSES (off the hot path)."""
+        if action != "DataTransfer":
+            return EMPTY
+        if (marker and type(payload) is dict and (payload.get("vendorId"), payload.get("messageId")) == PROBE
+                and isinstance(payload.get("data"), str)):
+            return orjson.dumps({"status": "Accepted", "data": f"{marker}:{payload['data']}"})
+        return ACCEPTED
 
     def process_request(connection, request):  # type: ignore[no-untyped-def]
         if request.path == "/healthz":
@@ -67,7 +84,10 @@ def main() -> None:
                     continue
                 if type(msg) is list and len(msg) == 4 and msg[0] == 2:
                     stats["calls"] += 1
-                    await send(b"[3," + orjson.dumps(msg[1]) + b"," + get(msg[2], EMPTY) + b"]", text=True)
+                    body = get(msg[2])
+                    if body is None:
+                        body = other(msg[2], msg[3])
+                    await send(b"[3," + orjson.dumps(msg[1]) + b"," + body + b"]", text=True)
         except ConnectionClosed:
             pass
 
