@@ -18,10 +18,12 @@ import argparse
 import signal
 import sys
 from http import HTTPStatus
+from typing import Any
 
 import orjson
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from bench._common import FIXED_TIME, loop_name, parse_hostport, raise_nofile, run_async
 
@@ -63,14 +65,14 @@ def main() -> None:
             return orjson.dumps({"status": "Accepted", "data": f"{marker}:{payload['data']}"})
         return ACCEPTED
 
-    def process_request(connection, request):  # type: ignore[no-untyped-def]
+    def process_request(connection: Any, request: Any) -> Any:
         if request.path == "/healthz":
             return connection.respond(HTTPStatus.OK, "ok\n")
         if not request.path.startswith(prefix) or len(request.path) == len(prefix):
             return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
         return None
 
-    async def handler(ws) -> None:  # type: ignore[no-untyped-def]
+    async def handler(ws: Any) -> None:
         stats["connections"] += 1
         recv = ws.recv
         send = ws.send
@@ -95,10 +97,15 @@ def main() -> None:
         import asyncio
 
         stop = asyncio.get_running_loop().create_future()
+
+        def on_signal() -> None:
+            if not stop.done():
+                stop.set_result(None)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+            asyncio.get_running_loop().add_signal_handler(sig, on_signal)
         async with serve(
-            handler, host, port, subprotocols=["ocpp1.6"], process_request=process_request, backlog=1024
+            handler, host, port, subprotocols=[Subprotocol("ocpp1.6")], process_request=process_request, backlog=1024
         ):
             print(f"echo_csms listening on {host}:{port} ({loop_name()})", file=sys.stderr, flush=True)
             await stop

@@ -105,9 +105,9 @@ def main() -> None:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    import uvicorn
-    from ocpp_broker import server  # sets the root logger to INFO as a side effect
-    from ocpp_broker.broker import OcppBroker
+    import uvicorn  # type: ignore[import-not-found]  # only in the peer's venv
+    from ocpp_broker import server  # type: ignore[import-not-found]  # only in the peer's venv; sets the root logger to INFO
+    from ocpp_broker.broker import OcppBroker  # type: ignore[import-not-found]  # only in the peer's venv
 
     logging.getLogger().setLevel(logging.WARNING)
     cfg = server.load_broker_config(str(cfg_path))
@@ -123,7 +123,7 @@ def main() -> None:
         await uvicorn.Server(config).serve()
 
     if args.loop == "uvloop":
-        import uvloop  # type: ignore[import-not-found]  # optional, only in the peer venv
+        import uvloop  # optional: only if installed in the peer's venv
 
         uvloop.run(serve())
     else:

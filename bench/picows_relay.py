@@ -41,7 +41,7 @@ DATA = (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION)
 PING_IDLE = 20.0  # s without incoming data before a ping, as websockets' ping_interval
 
 
-class Side(WSListener):  # type: ignore[misc]  # picows' base class is a Cython type without stubs for mypy
+class Side(WSListener):
     """One leg of a relayed pair: frames it receives go out on `peer`."""
 
     def __init__(self) -> None:
@@ -149,9 +149,14 @@ def main() -> None:
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
-        stop = loop.create_future()
+        stop: asyncio.Future[None] = loop.create_future()
+
+        def on_signal() -> None:
+            if not stop.done():
+                stop.set_result(None)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+            loop.add_signal_handler(sig, on_signal)
         server = await ws_create_server(route, host, port, backlog=1024, enable_auto_ping=True,
                                         auto_ping_idle_timeout=PING_IDLE, auto_ping_reply_timeout=PING_IDLE,
                                         auto_ping_strategy=WSAutoPingStrategy.PING_WHEN_IDLE)
