@@ -221,6 +221,7 @@ def probe(url: str, marker: str, timeout: float = 10.0, tries: int = 3) -> dict[
     give (the run's secret marker with a fresh nonce). A CALL the relay sends the probe charger
     itself is answered NotImplemented. A few tries (a relay may still be opening its link)."""
     from websockets.sync.client import connect
+    from websockets.typing import Subprotocol
 
     last = ""
     for attempt in range(tries):
@@ -229,7 +230,7 @@ def probe(url: str, marker: str, timeout: float = 10.0, tries: int = 3) -> dict[
         want = f"{marker}:{nonce}"
         t0 = time.perf_counter()
         try:
-            with connect(f"{url}/PROBE{attempt}", subprotocols=["ocpp1.6"], compression=None,  # type: ignore[list-item]  # websockets types subprotocols as Subprotocol
+            with connect(f"{url}/PROBE{attempt}", subprotocols=[Subprotocol("ocpp1.6")], compression=None,
                          proxy=None, open_timeout=timeout, close_timeout=2) as ws:
                 ws.send(json.dumps([2, mid, "DataTransfer", {"vendorId": "bench", "messageId": "probe", "data": nonce}]))
                 deadline = time.monotonic() + timeout
