@@ -310,7 +310,7 @@ def run_load(args: argparse.Namespace, name: str, url: str, n: int, pid: int, ec
         "--rate", str(rate_for(args, n)), "--max-secs", str(budget), "--seed", str(n),
         "--keepalive", str(args.keepalive),
     ]
-    if args.pyspy and name in args.pyspy:
+    if args.pyspy and (name in args.pyspy or (name.startswith("gw:") and "gateway" in args.pyspy)):
         prof = RESULTS / "profiles"
         prof.mkdir(parents=True, exist_ok=True)
         argv += ["--pyspy", str(prof), "--pyspy-tag", f"{safe(name)}{tag}-"]
