@@ -519,22 +519,22 @@ def print_table(n: int, agg: dict[str, Any], columns: list[str], gw_cols: list[s
     row("  RSS per charger, 2nd half only, KiB", "rss_per_charger_2nd_half_kib", ".1f")
     row("CPU/call closed Heartbeat, us", "cpu_us_per_call_hb", ".1f")
     row("CPU/call closed MeterValues, us", "cpu_us_per_call_mv", ".1f")
-    row(f"CPU/call open {rate:g} msg/s, us", "cpu_us_per_call_open", ".1f")
+    row(f"CPU/call open {rate:.3g} msg/s, us", "cpu_us_per_call_open", ".1f")
     row("throughput closed Heartbeat, rt/s", "throughput_hb", ".0f")
     row("throughput closed MeterValues, rt/s", "throughput_mv", ".0f")
     row("  measured process CPU util (HB)", "relay_util_hb", ".0%")
     row("  echo CSMS CPU util (HB)", "echo_util_hb", ".0%", direct=False)
     row("  load generator CPU util (HB)", "load_util_hb", ".0%")
     row("  other processes' CPU (HB), cores", "foreign_util_hb", ".2f")
-    row(f"RTT p50 open {rate:g} msg/s, ms", "rtt_p50_ms", ".3f")
-    row(f"RTT p99 open {rate:g} msg/s, ms", "rtt_p99_ms", ".3f")
+    row(f"RTT p50 open {rate:.3g} msg/s, ms", "rtt_p50_ms", ".3f")
+    row(f"RTT p99 open {rate:.3g} msg/s, ms", "rtt_p99_ms", ".3f")
     row("added p50 vs direct, ms", "added_p50_ms", ".3f", direct=False)
     row("added p99 vs direct, ms", "added_p99_ms", ".3f", direct=False)
     row("open-loop samples", "open_samples", "d" if repeat == 1 else ".0f")
     row("  other processes' CPU (open), cores", "foreign_util_open", ".2f")
     row("errors / timeouts / unexpected closes", "errors", "d" if repeat == 1 else ".0f")
     how = "one run" if repeat == 1 else f"median of {repeat} runs"
-    print(f"\n=== N = {n} chargers ({how}; open loop {rate:g} msg/s per charger) " + "=" * 30)
+    print(f"\n=== N = {n} chargers ({how}; open loop {rate:.3g} msg/s per charger) " + "=" * 30)
     print_rows(("", *cols), rows)
 
     t = TARGETS
@@ -552,7 +552,7 @@ def print_table(n: int, agg: dict[str, Any], columns: list[str], gw_cols: list[s
         hrows: list[tuple[str, ...]] = []
         for label, name, fig in (("CPU/call closed Heartbeat", "cpu_hb", "hb"),
                                  ("CPU/call closed MeterValues", "cpu_mv", "mv"),
-                                 (f"CPU/call open {rate:g} msg/s", "cpu_open", None),
+                                 (f"CPU/call open {rate:.3g} msg/s", "cpu_open", None),
                                  ("throughput closed Heartbeat", "throughput_hb", None),
                                  ("RSS per charger", "rss", None)):
             target = ""
