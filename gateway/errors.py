@@ -15,7 +15,9 @@ lives in another module (it needs that module's types), it is named there and im
     ├── ProtocolError               a peer broke OCPP-J, or a bound of the protocol core was hit
     │   ├── FrameError              a frame that cannot be accepted; carries the CALLERROR to send
     │   │                           (gateway.protocol.frames)
-    │   └── QueueFull               too many CALLs wait for one peer (gateway.protocol.rpc)
+    │   ├── QueueFull               too many CALLs wait for one peer (gateway.protocol.rpc)
+    │   └── MessageTooBig           a compressed WebSocket message inflates past the size limit
+    │                               (adapters.deflate)
     ├── LinkError                   a charger or upstream connection
     │   ├── LinkClosed              closed: nothing more can be sent or received on it
     │   ├── LinkFailed              an upstream dial failed (refused, TLS, HTTP status, timeout)

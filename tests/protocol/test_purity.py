@@ -77,6 +77,7 @@ PURE_MODULES = [
     "adapters/mqtt/topics.py",
     "adapters/mqtt/discovery.py",
     "adapters/mqtt/variables.py",
+    "adapters/deflate.py",
 ]
 
 
