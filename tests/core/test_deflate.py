@@ -23,8 +23,8 @@ from websockets.headers import build_extension, parse_extension
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from gateway.errors import ProtocolError
 from adapters.deflate import DeflateParams, MessageTooBig, PerMessageDeflate, negotiate
+from gateway.errors import ProtocolError
 
 MiB = 1 << 20
 
