@@ -6,6 +6,8 @@ reference in the same run); it is a check of a change to the core, not a replace
 
     python -m bench.session_path                 # best of 5 passes of each
     python -m bench.session_path --calls 50000 --replay 5000 --passes 7
+    python -m bench.session_path --observers default   # with the observers a running gateway has
+    python -m bench.session_path --once relay --calls 2000 --observers default   # one short run (for callgrind)
 
 Relay: one 1.6 charger, its CSMS link an echo that answers each CALL at once (the answer goes
 through the link's reader, as on a socket); the charger sends its next CALL when it has the
@@ -13,6 +15,15 @@ answer to the previous one. Replay: `--replay` MeterValues buffered while the CS
 replayed into an echo link that offers the fast lane (`FastUpstreamLane`), with the real
 SQLite store in a temporary directory; CPU of all threads (the store's writer included) from
 the link coming up to the outbox being empty. Needs only the gateway's own dependencies.
+
+`--observers default` adds the session observers a running gateway has (gateway/app.py): the
+transaction log, the credential book, local control, the variables mirror (its reads off), the
+status page, the metrics, and the telemetry observer (gathering, as with MQTT or InfluxDB
+configured) over a sink that takes the records and drops them (the encoders are
+`bench.telemetry_path`'s). `--once relay|replay` runs one pass of one figure without a warm-up
+pass of its own (the relay still warms up on a tenth of the calls): for instruction counts, e.g.
+`valgrind --tool=callgrind python -m bench.session_path --once relay --calls 2000`, whose total
+divided by the round trips of the run (the warm-up included) is instructions per relayed call.
 """
 
 from __future__ import annotations
@@ -25,10 +36,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 import orjson
 
 from bench._common import REPO
+
+if TYPE_CHECKING:
+    from gateway.hub import Hub
 
 NOW = "2026-01-01T00:00:00Z"
 METER = ('{"connectorId":1,"transactionId":5,"meterValue":[{"timestamp":"2026-01-01T00:00:00Z",'
@@ -106,7 +121,50 @@ class _Connector:
         return _Echo()
 
 
-async def relay(calls: int) -> dict[str, float]:
+class _DropSink:
+    """A telemetry sink that takes the records of an interval and drops them."""
+
+    def __init__(self) -> None:
+        self.records = 0
+
+    def offer(self, record: object) -> None:
+        self.records += 1
+
+    def offer_all(self, records: list[object]) -> None:
+        self.records += len(records)
+
+
+def _observe(hub: object, settings: object) -> None:
+    """The observers of a running gateway (gateway/app.py), in its order; no I/O of their own."""
+    from adapters.credentials import CredentialBook
+    from adapters.metrics import Metrics
+    from gateway.control.engine import ControlEngine
+    from gateway.mirror import VariablesMirror
+    from gateway.status import StatusBook
+    from gateway.telemetry.observer import GATHER, TelemetryObserver
+    from gateway.txlog import TransactionLog
+
+    from bench._memory_store import NullStore
+
+    observers = hub.observers  # type: ignore[attr-defined]
+    observers.append(TransactionLog(NullStore()))
+    observers.append(CredentialBook(settings))  # type: ignore[arg-type]
+    observers.extend((StatusBook(), Metrics(hub)))  # type: ignore[arg-type]
+    telemetry = TelemetryObserver([_DropSink()], gather=GATHER)
+    observers.append(telemetry)
+    engine = ControlEngine(settings, hub, telemetry.records)
+    observers.append(engine)
+    hub.control = engine  # type: ignore[attr-defined]
+    mirror = VariablesMirror(settings, hub, NullStore(), telemetry.records)
+    observers.append(mirror)
+    hub.variables = mirror  # type: ignore[attr-defined]
+
+
+ACTIONS = (("Heartbeat", "{}"), ("MeterValues", METER))
+
+
+async def relay(calls: int, observers: str = "none", actions: tuple[str, ...] = ("Heartbeat", "MeterValues")
+                ) -> dict[str, float]:
     """CPU µs per relayed round trip, per action (after a warm-up of a tenth as many)."""
     from gateway.config import Settings
     from gateway.hub import Hub
@@ -115,15 +173,27 @@ async def relay(calls: int) -> dict[str, float]:
 
     from bench._memory_store import NullStore
 
-    settings = Settings(upstream={"url": "ws://127.0.0.1:1/ocpp"})
-    hub = Hub(settings, NullStore(), SchemaRegistry([OcppVersion.V16]), _Connector())  # type: ignore[arg-type]
+    with tempfile.TemporaryDirectory(prefix="bench-session-path-") as tmp:
+        settings = Settings(upstream={"url": "ws://127.0.0.1:1/ocpp"}, data_dir=tmp, variables={"enabled": False})
+        hub = Hub(settings, NullStore(), SchemaRegistry([OcppVersion.V16]), _Connector())  # type: ignore[arg-type]
+        if observers == "default":
+            _observe(hub, settings)
+        return await _relay(hub, calls, actions)
+
+
+async def _relay(hub: object, calls: int, actions: tuple[str, ...]) -> dict[str, float]:
+    from gateway.protocol.frames import OcppVersion
+
+    hub = cast("Hub", hub)
     charger = _Charger()
     session = await hub.attach("CP1", OcppVersion.V16, charger)
     while not session.upstream_online:
         await asyncio.sleep(0.001)
     loop = asyncio.get_running_loop()
     out: dict[str, float] = {}
-    for action, payload in (("Heartbeat", "{}"), ("MeterValues", METER)):
+    for action, payload in ACTIONS:
+        if action not in actions:
+            continue
         for n in (calls // 10, calls):  # warm-up, then measured
             start = time.process_time()
             for i in range(n):
@@ -151,7 +221,7 @@ async def replay(messages: int) -> float:
         async with SqliteStore(tmp) as store:
             connector = _Connector()
             connector.up = False
-            hub = Hub(settings, store, SchemaRegistry([OcppVersion.V16]), connector)  # type: ignore[arg-type]
+            hub = Hub(settings, store, SchemaRegistry([OcppVersion.V16]), connector)
             await hub.start()
             charger = _Charger()
             session = await hub.attach("CP1", OcppVersion.V16, charger)
@@ -174,14 +244,25 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=20_000, help="relayed round trips per action and pass")
     ap.add_argument("--replay", type=int, default=3_000, help="outbox messages replayed per pass")
     ap.add_argument("--passes", type=int, default=5, help="passes; the best of each figure is printed")
+    ap.add_argument("--observers", choices=("none", "default"), default="none",
+                    help="session observers: none, or those of a running gateway (with telemetry)")
+    ap.add_argument("--once", choices=("relay", "replay"), help="one pass of one figure (for callgrind)")
+    ap.add_argument("--action", choices=[a for a, _ in ACTIONS], help="with --once relay: only this action")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     logging.basicConfig(level=logging.ERROR)
     gc.freeze()
+    if args.once == "relay":
+        actions = (args.action,) if args.action else tuple(a for a, _ in ACTIONS)
+        print(orjson.dumps(asyncio.run(relay(args.calls, args.observers, actions))).decode())
+        return
+    if args.once == "replay":
+        print(orjson.dumps({"replay MeterValues": asyncio.run(replay(args.replay))}).decode())
+        return
     relayed: dict[str, list[float]] = {}
     replayed: list[float] = []
     for _ in range(args.passes):
-        for action, us in asyncio.run(relay(args.calls)).items():
+        for action, us in asyncio.run(relay(args.calls, args.observers)).items():
             relayed.setdefault(action, []).append(us)
         replayed.append(asyncio.run(replay(args.replay)))
     result = {f"relay {a}": min(v) for a, v in relayed.items()} | {"replay MeterValues": min(replayed)}
