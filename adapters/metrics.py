@@ -17,13 +17,16 @@ Each gateway has its own CollectorRegistry (tests run several gateways in one pr
 from __future__ import annotations
 
 import asyncio
+import time
+from bisect import bisect_left
 from datetime import datetime, timezone
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.utils import floatToGoString
 
 from gateway import __version__
 from gateway.ports import Exchange, GatewayView, SessionView, SinkFigures, StoreWriteHealth
@@ -34,6 +37,56 @@ LOST_REASONS = ("silent", "closed", "lost")
 # Round trips: a charger on a site LAN answers in milliseconds; a CSMS over a mobile uplink in
 # tens to hundreds; timeouts are 30 s by default.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_BOUNDS = (*BUCKETS, float("inf"))
+_LE = tuple(floatToGoString(b) for b in _BOUNDS)
+CALLS_HELP = ("Finished CALLs by who sent them (charger, csms, gateway), action, who answered and outcome (result, "
+              "error, timeout, none for a 2.1 SEND)")
+ERRORS_HELP = "CALLERRORs (and timeouts) by origin, action and error code"
+ROUND_TRIP_HELP = ("Time from a CALL's arrival at the gateway to its answer, by origin and the peer that answered "
+                   "(csms: upstream round trip; charger: towards chargers)")
+
+
+class _CallFigures:
+    """The per-call figures (`ocppgw_calls`, `ocppgw_call_errors`, `ocppgw_call_round_trip_seconds`),
+    kept as plain numbers by `Metrics.exchange` and written out when scraped, with the names, labels
+    and samples prometheus_client's Counter and Histogram give (`_total` and `_created`; `_bucket`,
+    `_count`, `_sum` and `_created`). Every finished call updates them, on the relay's path:
+    Counter.inc and Histogram.observe take a lock and walk the buckets in Python each time; here a
+    call costs a dict look-up, a bisect and a few additions."""
+
+    def __init__(self) -> None:
+        # label values -> [count, created]; (origin, peer) -> [per-bucket counts..., sum, created]
+        self.calls: dict[tuple[str, str, str, str], list[float]] = {}
+        self.errors: dict[tuple[str, str, str], list[float]] = {}
+        self.round_trips: dict[tuple[str, str], list[float]] = {}
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        calls = CounterMetricFamily("ocppgw_calls", CALLS_HELP, labels=["origin", "action", "answered_by", "outcome"])
+        for key, (n, created) in list(self.calls.items()):
+            calls.add_metric(key, n, created=created)
+        yield calls
+        errors = CounterMetricFamily("ocppgw_call_errors", ERRORS_HELP, labels=["origin", "action", "code"])
+        for ekey, (n, created) in list(self.errors.items()):
+            errors.add_metric(ekey, n, created=created)
+        yield errors
+        name = "ocppgw_call_round_trip_seconds"
+        histogram = Metric(name, ROUND_TRIP_HELP, "histogram")
+        created_at = []
+        for (origin, peer), figures in list(self.round_trips.items()):
+            labels = {"origin": origin, "peer": peer}
+            total = 0.0
+            for le, n in zip(_LE, figures):
+                total += n
+                histogram.add_sample(name + "_bucket", {**labels, "le": le}, total)
+            histogram.add_sample(name + "_count", labels, total)
+            histogram.add_sample(name + "_sum", labels, figures[-2])
+            created_at.append((labels, figures[-1]))
+        for labels, created in created_at:
+            histogram.add_sample(name + "_created", labels, created)
+        yield histogram
 
 
 class _LiveCollector:
@@ -178,8 +231,6 @@ class Metrics:
 
     def __init__(self, hub: GatewayView) -> None:
         self.sinks: Sequence[SinkFigures] = ()
-        self._call_children: dict[tuple[str, str, str, str], Any] = {}
-        self._rtt_children: dict[tuple[str, str], Any] = {}
         self.registry = registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=registry)
         self.retired: dict[str, int] = {}  # offline counters of sessions that ended
@@ -188,15 +239,9 @@ class Metrics:
         Gauge("ocppgw_build_info", "The gateway's version", ["version"], registry=registry).labels(__version__).set(1)
         Gauge("ocppgw_start_time_seconds", "When the gateway started (Unix time)",
               registry=registry).set(datetime.now(timezone.utc).timestamp())
-        self.calls = Counter("ocppgw_calls", "Finished CALLs by who sent them (charger, csms, gateway), "
-                             "action, who answered and outcome (result, error, timeout, none for a 2.1 SEND)",
-                             ["origin", "action", "answered_by", "outcome"], registry=registry)
-        self.errors = Counter("ocppgw_call_errors", "CALLERRORs (and timeouts) by origin, action and error code",
-                              ["origin", "action", "code"], registry=registry)
-        self.round_trip = Histogram("ocppgw_call_round_trip_seconds",
-                                    "Time from a CALL's arrival at the gateway to its answer, by origin and "
-                                    "the peer that answered (csms: upstream round trip; charger: towards chargers)",
-                                    ["origin", "peer"], buckets=BUCKETS, registry=registry)
+        self.figures = figures = _CallFigures()  # ocppgw_calls, ocppgw_call_errors, ocppgw_call_round_trip_seconds
+        registry.register(figures)
+        self._calls, self._errors, self._round_trips = figures.calls, figures.errors, figures.round_trips
         self.connects = Counter("ocppgw_charger_connects", "Charger connections accepted", registry=registry)
         self.disconnects = Counter("ocppgw_charger_disconnects", "Charger sessions ended", registry=registry)
         self.reconnects = Counter("ocppgw_charger_reconnects",
@@ -223,30 +268,36 @@ class Metrics:
     # -- SessionObserver ------------------------------------------------------------------------
 
     def exchange(self, session: Any, ex: Exchange) -> None:
+        error = ex.error
         if ex.response is not None:
             outcome = "result"
-        elif ex.error == "timeout":
-            outcome = "timeout"
-        elif ex.error is not None:
-            outcome = "error"
-        else:
+        elif error is None:
             outcome = "none"
-        # label children are cached: prometheus_client's labels() costs ~1.5 us per call uncached,
-        # which shows on the relay path (bench/relay.py, py-spy)
-        key = (ex.origin, ex.action, ex.answered_by or "none", outcome)
-        counter = self._call_children.get(key)
-        if counter is None:
-            counter = self._call_children[key] = self.calls.labels(*key)
-        counter.inc()
-        if ex.error is not None:
-            self.errors.labels(ex.origin, ex.action, ex.error).inc()
+        else:
+            outcome = "timeout" if error == "timeout" else "error"
+        origin, action, answered_by = ex.origin, ex.action, ex.answered_by or "none"
+        now = time.time()
+        key = (origin, action, answered_by, outcome)
+        counted = self._calls.get(key)
+        if counted is None:
+            self._calls[key] = [1.0, now]
+        else:
+            counted[0] += 1
+        if error is not None:
+            ekey = (origin, action, error)
+            counted = self._errors.get(ekey)
+            if counted is None:
+                self._errors[ekey] = [1.0, now]
+            else:
+                counted[0] += 1
         if outcome != "none":
-            elapsed = (datetime.now(timezone.utc) - ex.received_at).total_seconds()
-            rkey = (ex.origin, ex.answered_by or "none")
-            histogram = self._rtt_children.get(rkey)
-            if histogram is None:
-                histogram = self._rtt_children[rkey] = self.round_trip.labels(*rkey)
-            histogram.observe(max(0.0, elapsed))
+            elapsed = max(0.0, now - ex.received_at.timestamp())
+            rkey = (origin, answered_by)
+            figures = self._round_trips.get(rkey)
+            if figures is None:
+                figures = self._round_trips[rkey] = [0.0] * len(_BOUNDS) + [0.0, now]
+            figures[bisect_left(_BOUNDS, elapsed)] += 1
+            figures[-2] += elapsed
 
     def session_event(self, session: Any, event: str) -> None:
         cid = session.charger_id
