@@ -172,7 +172,8 @@ def _error(version: OcppVersion, code: ErrorCode, description: str, message_id: 
 
 def parse(text: str | bytes, version: OcppVersion) -> Frame:
     """Parse one frame. Raises FrameError with the spec's answer for that version."""
-    if too_deep(text):
+    # nesting deeper than MAX_DEPTH needs more than MAX_DEPTH characters: short frames skip the look
+    if len(text) > MAX_DEPTH and too_deep(text):
         raise _error(version, ErrorCode.RPC_FRAMEWORK_ERROR, f"frame nests deeper than {MAX_DEPTH} levels", UNREADABLE_ID)
     try:
         data = orjson.loads(text)
@@ -181,15 +182,26 @@ def parse(text: str | bytes, version: OcppVersion) -> Frame:
         raise _error(version, ErrorCode.RPC_FRAMEWORK_ERROR, "frame is not valid JSON", UNREADABLE_ID) from exc
     if isinstance(text, bytes):
         text = text.decode()
-    if not isinstance(data, list) or len(data) < 3:
+    if type(data) is not list or len(data) < 3:
         raise _error(version, ErrorCode.RPC_FRAMEWORK_ERROR, "frame is not an OCPP-J array", UNREADABLE_ID)
     type_id, message_id = data[0], data[1]
-    if not isinstance(message_id, str):
+    if type(message_id) is not str:  # orjson gives exact types: no str subclass can come out of it
         raise _error(version, ErrorCode.RPC_FRAMEWORK_ERROR, "MessageId is not a string", UNREADABLE_ID)
     if len(message_id) > MAX_MESSAGE_ID_LENGTH or not message_id:
         # An id we cannot accept is one we must not echo either: it could be 1 MB long.
         shown = message_id if 0 < len(message_id) <= MAX_MESSAGE_ID_LENGTH else UNREADABLE_ID
         raise _error(version, ErrorCode.RPC_FRAMEWORK_ERROR, "MessageId must be 1 to 36 characters", shown)
+    # the literals are MessageType's values (CALL 2, CALLRESULT 3, CALLERROR 4, CALLRESULTERROR 5, SEND 6):
+    # compared as plain ints, the commonest first
+    if type_id == 2 and type(type_id) is int:
+        if len(data) != 4 or type(data[2]) is not str or type(data[3]) is not dict:
+            raise _error(version, ErrorCode.RPC_FRAMEWORK_ERROR if version.is_2x else ErrorCode.FORMAT_VIOLATION,
+                         "CALL must be [2, id, action, {payload}]", message_id)
+        return Call(message_id=message_id, action=data[2], payload=data[3], raw=text)
+    if type_id == 3 and type(type_id) is int:
+        if len(data) != 3 or type(data[2]) is not dict:
+            raise _error(version, ErrorCode.FORMAT_VIOLATION, "CALLRESULT must be [3, id, {payload}]", message_id, answer=False)
+        return CallResult(message_id=message_id, payload=data[2], raw=text)
     if type(type_id) is not int or type_id not in message_types(version):
         if version is OcppVersion.V201:
             # 2.0.1 Part 4 §4.4: answer MessageTypeNotSupported.
@@ -197,17 +209,13 @@ def parse(text: str | bytes, version: OcppVersion) -> Frame:
         # 1.6 §4.1.3 and 2.1 §4.4: ignore the message.
         raise _error(version, ErrorCode.MESSAGE_TYPE_NOT_SUPPORTED, f"MessageTypeId {type_id!r} ignored", message_id,
                      answer=False)
-    if type_id in (MessageType.CALL, MessageType.SEND):
-        if len(data) != 4 or not isinstance(data[2], str) or not isinstance(data[3], dict):
-            raise _error(version, ErrorCode.RPC_FRAMEWORK_ERROR if version.is_2x else ErrorCode.FORMAT_VIOLATION,
-                         "CALL must be [2, id, action, {payload}]", message_id, answer=type_id == MessageType.CALL)
-        return Call(message_id=message_id, action=data[2], payload=data[3], raw=text, send=type_id == MessageType.SEND)
-    if type_id == MessageType.CALLRESULT:
-        if len(data) != 3 or not isinstance(data[2], dict):
-            raise _error(version, ErrorCode.FORMAT_VIOLATION, "CALLRESULT must be [3, id, {payload}]", message_id, answer=False)
-        return CallResult(message_id=message_id, payload=data[2], raw=text)
+    if type_id == MessageType.SEND:
+        if len(data) != 4 or type(data[2]) is not str or type(data[3]) is not dict:
+            raise _error(version, ErrorCode.RPC_FRAMEWORK_ERROR, "CALL must be [2, id, action, {payload}]", message_id,
+                         answer=False)
+        return Call(message_id=message_id, action=data[2], payload=data[3], raw=text, send=True)
     # CALLERROR / CALLRESULTERROR
-    if len(data) != 5 or not isinstance(data[2], str) or not isinstance(data[3], str) or not isinstance(data[4], dict):
+    if len(data) != 5 or type(data[2]) is not str or type(data[3]) is not str or type(data[4]) is not dict:
         raise _error(version, ErrorCode.FORMAT_VIOLATION, "CALLERROR must be [4, id, code, description, {details}]",
                      message_id, answer=False)
     return CallError(message_id=message_id, code=data[2], description=data[3], details=data[4], raw=text,
