@@ -29,7 +29,7 @@ from gateway.protocol import frames as F
 from gateway.protocol import transactions as T
 from gateway.protocol.frames import Call, ErrorCode, OcppVersion
 from gateway.protocol.rpc import CallQueue, PendingCall
-from gateway.protocol.schemas import SchemaRegistry
+from gateway.protocol.schemas import Invalid, SchemaRegistry, violation
 from gateway.protocol.transactions import Kind
 from gateway.protocol.txmap import UNSTARTED, TxIdMap
 
@@ -151,13 +151,14 @@ class Relay:
     """The routing state of one charger's session and the decisions over it (see the module doc)."""
 
     __slots__ = ("version", "relaying", "strict", "schemas", "upstream", "backlog", "tx", "to_charger",
-                 "to_upstream", "replay_actions", "meter_values_without_transaction", "local_ids")
+                 "to_upstream", "replay_actions", "meter_values_without_transaction", "local_ids", "_validators")
 
     def __init__(self, version: OcppVersion, schemas: SchemaRegistry, *, relaying: bool, strict: bool,
                  max_queued: int, replay_actions: frozenset[str], meter_values_without_transaction: str,
                  local_ids: tuple[int, int] | None = None, max_retired: int = 10_000) -> None:
         self.version = version
         self.schemas = schemas
+        self._validators = schemas.charger_calls(version)  # action -> request validator, as they are used
         self.relaying = relaying
         self.strict = relaying and strict
         self.upstream = UpstreamState.CONNECTING if relaying else UpstreamState.STANDALONE
@@ -179,8 +180,16 @@ class Relay:
 
     def check_call(self, frame: Call) -> tuple[ErrorCode, str] | None:
         """Why a charger CALL is refused (error code, description), or None when it may go on."""
-        schemas = self.schemas
         action = frame.action
+        check = self._validators.get(action)  # an action the charger may send, with a schema: known, allowed
+        if check is not None:
+            try:
+                check(frame.payload)
+            except Invalid as exc:
+                found = violation(exc)
+                return found.code, found.description
+            return None
+        schemas = self.schemas
         version = self.version
         if version.is_2x and action.endswith(SIGNED):
             # J201 §7 signed message: the payload is a JWS for the CSMS, relayed untouched (not validated)
@@ -196,9 +205,8 @@ class Relay:
             return ErrorCode.NOT_IMPLEMENTED, f"action {action!r} is not known in {version.value}"
         if not schemas.charger_may_send(version, action):
             return ErrorCode.NOT_SUPPORTED, f"{action} is not sent by a charging station"
-        violation = schemas.validate(version, action, frame.payload)
-        if violation is not None:
-            return violation.code, violation.description
+        if schemas.charger_call_validator(version, action) is not None:  # kept for the next CALL of this action
+            return self.check_call(frame)
         return None
 
     def charger_call(self, frame: Call) -> ChargerCallEffect:

@@ -90,6 +90,9 @@ class SchemaViolation:
     description: str
 
 
+Invalid = fastjsonschema.JsonSchemaValueException  # what a compiled validator raises
+
+
 # fastjsonschema's failed rule -> the OCPP-J error code that names that kind of violation.
 _RULE_CODES = {
     "type": ErrorCode.TYPE_CONSTRAINT_VIOLATION,
@@ -111,6 +114,12 @@ _RULE_CODES = {
 }
 
 
+def violation(exc: Invalid) -> SchemaViolation:
+    """The violation (with the OCPP-J error code that names its kind) a validator raised."""
+    code = _RULE_CODES.get(exc.rule or "", ErrorCode.FORMAT_VIOLATION)
+    return SchemaViolation(code=code, description=str(exc.message)[:200])
+
+
 class SchemaRegistry:
     """Compiled validators for the versions in use, compiled once each and shared by all sessions."""
 
@@ -119,6 +128,7 @@ class SchemaRegistry:
         self._catalogues = {v: _Catalogue(v) for v in self._versions}
         self._validators: dict[tuple[OcppVersion, str], Callable[[Any], Any] | None] = {}
         self._lock = threading.Lock()
+        self._charger_calls: dict[OcppVersion, dict[str, Callable[[Any], Any]]] = {}
 
     def catalogue(self, version: OcppVersion) -> _Catalogue:
         cat = self._catalogues.get(version)
@@ -169,10 +179,29 @@ class SchemaRegistry:
             return None
         try:
             check(payload)
-        except fastjsonschema.JsonSchemaValueException as exc:
-            code = _RULE_CODES.get(exc.rule or "", ErrorCode.FORMAT_VIOLATION)
-            return SchemaViolation(code=code, description=str(exc.message)[:200])
+        except Invalid as exc:
+            return violation(exc)
         return None
+
+    def charger_calls(self, version: OcppVersion) -> dict[str, Callable[[Any], Any]]:
+        """The request validators of the actions a charger may send in `version`, by action, for the
+        relay's path (one look-up per CALL instead of the catalogue's two and the validator's key).
+        Filled by `charger_call_validator` as actions are first seen; shared by all sessions. A
+        validator raises `Invalid` (see `violation`)."""
+        found = self._charger_calls.get(version)
+        if found is None:
+            found = self._charger_calls[version] = {}
+        return found
+
+    def charger_call_validator(self, version: OcppVersion, action: str) -> Callable[[Any], Any] | None:
+        """The request validator of `action` when a charger may send it and it has a schema (kept
+        in `charger_calls(version)`), else None."""
+        if not self.charger_may_send(version, action):
+            return None
+        check = self.validator(version, action, False)
+        if check is not None:
+            self.charger_calls(version)[action] = check
+        return check
 
     def warm_up(self, versions: list[OcppVersion] | None = None, stop: Callable[[], bool] = lambda: False) -> int:
         """Compile every schema of the given versions; returns how many. Run it off the event loop;
