@@ -31,7 +31,7 @@ from gateway.errors import LinkClosed, LinkFailed, NotConnected, StoreWriteFaile
 from gateway.ports import ChargerLink, UpstreamLink
 from gateway.protocol import frames as F
 from gateway.protocol.frames import Call, CallError, CallResult, ErrorCode, FrameError, OcppVersion
-from gateway.protocol.relay import (SIGNED, AnswerLocally, Forward, Origin, PassOn, Refuse, Relay,
+from gateway.protocol.relay import (SIGNED, AnswerLocally, Forward, Lesson, Origin, PassOn, Refuse, Relay,
                                     SetAside, ToCharger, UpstreamState)
 from gateway.protocol.rpc import PendingCall, QueueFull
 from gateway.budget import AnswerBudget
@@ -367,21 +367,25 @@ class ChargerSession(OwnAnswers):
             budget.disarm(done.message_id)
             await self._send_charger(frame.raw)
             if type(frame) is CallResult:
-                await self.learn(done, frame.payload)
+                lesson = self.relay.lesson(done)
+                if lesson is not None:  # most answers teach nothing: no coroutine for them
+                    await self.learn(done, frame.payload, lesson)
         elif isinstance(done.origin, GatewayCall):
             settle(done.origin.future, frame)  # type: ignore[arg-type]  # never forwarded (J201 §6.4)
         self._emit_reply(done, frame, "csms")  # type: ignore[arg-type]
 
-    async def learn(self, call: PendingCall, response: dict[str, Any]) -> None:
+    async def learn(self, call: PendingCall, response: dict[str, Any], lesson: Lesson | None = None) -> None:
         """What a CSMS answer to a relayed charger message teaches the gateway (nothing when the
-        store cannot write now: it is a cache, the answer is relayed all the same)."""
+        store cannot write now: it is a cache, the answer is relayed all the same). `lesson`: what
+        `Relay.lesson` said of it, when the caller asked already."""
         try:
-            await self._learn_now(call, response)
+            await self._learn_now(call, response, lesson)
         except StoreWriteFailed:
             pass
 
-    async def _learn_now(self, call: PendingCall, response: dict[str, Any]) -> None:
-        lesson = self.relay.lesson(call)
+    async def _learn_now(self, call: PendingCall, response: dict[str, Any], lesson: Lesson | None) -> None:
+        if lesson is None:
+            lesson = self.relay.lesson(call)
         if lesson is None:
             return
         if lesson.authorization:
