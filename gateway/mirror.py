@@ -202,6 +202,12 @@ class VariablesMirror:
         cid = session.charger_id
         if event == "connected" and self.cfg.enabled:
             self._spawn(self._on_connect(cid, session.version.value))
+        elif event == "disconnected":
+            ch = self.chargers.get(cid)
+            if ch is not None and ch.task is not None and ch.waiting:
+                # a read still waiting out read_delay is for a charger that is gone: the next
+                # connect schedules one again (a read under way ends by itself: no session)
+                ch.task.cancel()
         elif event == "forgotten":
             ch = self.chargers.pop(cid, None)
             if ch is not None and ch.task is not None:

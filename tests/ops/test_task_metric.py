@@ -38,10 +38,10 @@ async def _settled(gw: GatewayProcess, want: Callable[[float], bool], timeout: f
 
 
 async def test_task_gauge_follows_chargers(tmp_path: Path) -> None:
-    """[variables].read_delay is 1 s here (default 10 s): a charger's delayed variables read is
-    one of its tasks and outlives the connection until that delay has passed, so the gauge
-    comes down 1 s after the chargers leave instead of 10 s."""
-    gw = GatewayProcess(tmp_path, {"logging": {"level": "INFO"}, "variables": {"read_delay": 1.0}}).start()
+    """[variables].read_delay is 60 s here: each charger's variables read waits that long after its
+    connect, and a read still waiting when its charger leaves is dropped with the connection, so
+    the gauge comes down when the chargers leave, not a minute later."""
+    gw = GatewayProcess(tmp_path, {"logging": {"level": "INFO"}, "variables": {"read_delay": 60.0}}).start()
     try:
         idle = await asyncio.to_thread(_tasks, gw)
         assert idle >= 1
