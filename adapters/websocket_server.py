@@ -24,12 +24,10 @@ refused, TCP back-pressure slows it down, other chargers are unaffected.
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
 import ssl
 from typing import Any, Sequence
 
-import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -39,9 +37,10 @@ from websockets.typing import Subprotocol
 from adapters import listen
 from adapters.charger_auth import ChargerAuth
 from adapters.credentials import CredentialBook
+from adapters.ws_handshake import SERVER_HEADER, Answer, ChargerDoor, offered_subprotocols, server_tls_context
 from adapters.ws_limits import GuardedConnection, connection_class
-from gateway.config import ConfigError, Settings, split_listen
-from gateway.errors import LinkClosed, LinkFailed
+from gateway.config import Settings, split_listen
+from gateway.errors import LinkClosed
 from gateway.identity import charger_id_from_path
 from gateway.protocol import frames as F
 from gateway.protocol.frames import ErrorCode, OcppVersion
@@ -79,36 +78,8 @@ class WsChargerLink:
         await self.ws.close(code, reason)
 
 
-def _text_response(status: http.HTTPStatus, body: dict[str, Any], **extra: str) -> Response:
-    data = orjson.dumps(body)
-    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(data))),
-                       ("Connection", "close"), *((k.replace("_", "-"), v) for k, v in extra.items())])
-    return Response(status.value, status.phrase, headers, data)
-
-
-def server_tls_context(settings: Settings) -> ssl.SSLContext:
-    """TLS >= 1.2 with the gateway's certificate; client certificates verified against `tls_ca`:
-    required when every charger is on profile 3, optional (checked per charger) otherwise."""
-    ws = settings.websocket
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # A00.FR.312-316
-    ctx.options |= ssl.OP_NO_COMPRESSION  # A00.FR.320
-    try:
-        ctx.load_cert_chain(ws.tls_cert, ws.tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"websocket.tls_cert / tls_key: cannot load them ({exc.strerror or exc})") from exc
-    if ws.tls_ca:
-        try:
-            ctx.load_verify_locations(cafile=ws.tls_ca)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"websocket.tls_ca: cannot load it ({exc.strerror or exc})") from exc
-        all_three = ws.security_profile == 3 and all(
-            c.security_profile in (None, 3) for c in settings.chargers.values())
-        ctx.verify_mode = ssl.CERT_REQUIRED if all_three else ssl.CERT_OPTIONAL
-    return ctx
-
-
-_AUTH_FAILED = {"error": "authentication failed"}  # one body for every failure: nothing to learn from it
+def _response(answer: Answer) -> Response:
+    return Response(answer.status, answer.phrase, Headers(answer.headers), answer.body)
 
 
 class WebSocketServer:
@@ -116,11 +87,9 @@ class WebSocketServer:
         self.settings = settings
         self.hub = hub
         self.path = settings.websocket.path
-        self.versions = [v.value for v in settings.websocket.versions]
         self._server: Server | None = None
         self._log = _ServerLog(logging.getLogger("websockets.server"), {})
         self._dialled: dict[int, Any] = {}  # strict mode: upstream links opened during the handshake
-        ws = settings.websocket
         self._buckets: dict[str, TokenBucket] = {}  # message rate per charger id
         # passwords changed by the CSMS since (adapters/credentials.py); app.py hands in the one it
         # wires to the hub's observers and the upstream connector
@@ -130,77 +99,27 @@ class WebSocketServer:
         self.tls: ssl.SSLContext | None = None
         # handshakes and connections per address, bytes held, message deadline (adapters/ws_limits.py)
         self.connection_class, self.admission, self.budget = connection_class(settings)
-        self.tls_problem: str | None = None
-        if ws.security_profile >= 2:
-            if not ws.tls_cert or not ws.tls_key:
-                self.tls_problem = "security_profile >= 2 needs [websocket].tls_cert and tls_key"
-            elif any(settings.security_profile(c) == 3 for c in [*settings.chargers, ""]) and not ws.tls_ca:
-                self.tls_problem = "security_profile 3 needs [websocket].tls_ca (the CA of the chargers' certificates)"
+        # the handshake's decisions, shared with the picows server (adapters/ws_handshake.py)
+        self.door = ChargerDoor(settings, hub, self.auth, self.admission, self.budget)
+        self.tls_problem = self.door.tls_problem
 
     # -- handshake ------------------------------------------------------------------------------
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = request.path.split("?", 1)[0]
-        if path == "/healthz":
-            return _text_response(http.HTTPStatus.OK, {
-                "status": "ok", "chargers": self.hub.charger_count,
-                # the hostile-input limits at work (adapters/ws_limits.py)
-                "buffered_bytes": self.budget.held, "buffered_peak": self.budget.peak,
-                "closed_for_buffering": self.budget.evicted, "dropped_handshakes": self.admission.refused})
-        if self.tls_problem is not None:  # fail closed: never serve a secured site without its TLS
-            log.error("refused connection: %s", self.tls_problem)
-            return _text_response(http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "not configured"})
-        charger_id, problem = charger_id_from_path(request.path, self.path)
-        if charger_id is None:
-            status = http.HTTPStatus.NOT_FOUND if problem == "not found" else http.HTTPStatus.BAD_REQUEST
-            log.warning("refused connection to %r from %s: %s", request.path[:100], connection.remote_address, problem)
-            return _text_response(status, {"error": problem})
-        # connections per address and in all (adapters/ws_limits.py); configured ids always get in
-        full = connection.handshake_passed(charger_id) if isinstance(connection, GuardedConnection) else None
-        if full is not None:
-            log.warning("refused %r from %s: %s", charger_id, connection.remote_address, full)
-            return _text_response(http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many connections"},
-                                  Retry_After="30")
-        offered = [p.strip() for p in ",".join(request.headers.get_all("Sec-WebSocket-Protocol")).split(",")]
-        chosen = self._select_subprotocol(connection, offered)  # type: ignore[arg-type]
-        refused = await self._authenticate(connection, request, charger_id, chosen)
-        if refused is not None:
-            return refused
-        if not self.hub.admits(charger_id):
-            log.warning("refused unknown charger %r from %s", charger_id, connection.remote_address)
-            return _text_response(http.HTTPStatus.NOT_FOUND, {"error": "unknown charger"})
-        if self.hub.needs_upstream_first(charger_id):
-            # strict offline mode: the charger is accepted only with its upstream link up
-            if chosen is not None:
-                try:
-                    self._dialled[id(connection)] = await self.hub.dial(charger_id, OcppVersion(chosen))
-                except LinkFailed as exc:
-                    log.warning("refused %s: strict mode and the CSMS is unreachable (%s)", charger_id, exc,
-                                extra={"charger_id": charger_id})
-                    return _text_response(http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": "CSMS unreachable"})
+        transport = connection.transport
+        verdict = await self.door.decide(
+            request.path, offered_subprotocols(request.headers.get_all("Sec-WebSocket-Protocol")),
+            request.headers.get("Authorization"), connection.remote_address,
+            lambda: transport.get_extra_info("peercert") if transport is not None else None,
+            connection.handshake_passed if isinstance(connection, GuardedConnection) else None)
+        if isinstance(verdict, Answer):
+            return _response(verdict)
+        if verdict.upstream is not None:
+            self._dialled[id(connection)] = verdict.upstream
         return None
-
-    async def _authenticate(self, connection: ServerConnection, request: Request, charger_id: str,
-                            chosen: str | None) -> Response | None:
-        """None when the charger may go on, else the refusal (401 / 429). Never says why."""
-        address = connection.remote_address[0] if connection.remote_address else "?"
-        peercert = None
-        if self.settings.security_profile(charger_id) == 3 and connection.transport is not None:
-            peercert = connection.transport.get_extra_info("peercert")
-        refusal = await self.auth.check(charger_id, address, request.headers.get("Authorization"),
-                                        version=OcppVersion(chosen) if chosen else OcppVersion.V201,
-                                        peercert=peercert, tls_client_auth=True, port="websocket")
-        if refusal is None:
-            return None
-        status = http.HTTPStatus(refusal.status)
-        body = _AUTH_FAILED if refusal.status == 401 else {"error": refusal.body}
-        return _text_response(status, body, **{k.replace("-", "_"): v for k, v in refusal.headers.items()})
 
     def _select_subprotocol(self, connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
-        for name in offered:  # the client lists its versions in order of preference
-            if name in self.versions:
-                return name
-        return None
+        return self.door.select_subprotocol(offered)  # type: ignore[return-value]  # one of the offered names
 
     # -- connection -----------------------------------------------------------------------------
 
@@ -280,7 +199,7 @@ class WebSocketServer:
                 ping_interval=ws.ping_interval or None,
                 ping_timeout=ws.ping_timeout,
                 open_timeout=ws.handshake_timeout,
-                server_header="ocpp-site-gateway",
+                server_header=SERVER_HEADER,
                 ssl=tls,
                 create_connection=self.connection_class,
                 # an accept queue deeper than asyncio's 100: a flood of connects must not overflow it,
