@@ -44,7 +44,6 @@ from gateway.errors import LinkClosed
 from gateway.identity import charger_id_from_path
 from gateway.protocol import frames as F
 from gateway.protocol.frames import ErrorCode, OcppVersion
-from gateway.security import TokenBucket
 from gateway.ports import ChargerIngress
 
 log = logging.getLogger("gateway.websocket")
@@ -90,7 +89,6 @@ class WebSocketServer:
         self._server: Server | None = None
         self._log = _ServerLog(logging.getLogger("websockets.server"), {})
         self._dialled: dict[int, Any] = {}  # strict mode: upstream links opened during the handshake
-        self._buckets: dict[str, TokenBucket] = {}  # message rate per charger id
         # passwords changed by the CSMS since (adapters/credentials.py); app.py hands in the one it
         # wires to the hub's observers and the upstream connector
         self.credentials = credentials if credentials is not None else CredentialBook(settings)
@@ -142,13 +140,7 @@ class WebSocketServer:
                  extra={"charger_id": charger_id})
         session = await self.hub.attach(charger_id, version, link, upstream)
         rate = self.settings.websocket.max_messages_per_second
-        bucket = None
-        if rate > 0:  # per charger id, not per connection: reconnecting does not refill it
-            bucket = self._buckets.get(charger_id)
-            if bucket is None:
-                if len(self._buckets) >= 10_000:
-                    self._buckets.clear()
-                bucket = self._buckets[charger_id] = TokenBucket(rate, self.settings.websocket.message_burst)
+        bucket = self.door.rate_bucket(charger_id)
         loop = asyncio.get_running_loop()
         throttled = False
         try:

@@ -33,6 +33,7 @@ from gateway.errors import LinkFailed
 from gateway.identity import charger_id_from_path
 from gateway.ports import ChargerIngress, UpstreamLink
 from gateway.protocol.frames import OcppVersion
+from gateway.security import TokenBucket
 
 log = logging.getLogger("gateway.websocket")
 
@@ -133,6 +134,20 @@ class ChargerDoor:
         self.path = settings.websocket.path
         self.versions = [v.value for v in settings.websocket.versions]
         self.tls_problem = tls_problem(settings)
+        self._buckets: dict[str, TokenBucket] = {}  # message rate per charger id
+
+    def rate_bucket(self, charger_id: str) -> TokenBucket | None:
+        """The charger's `max_messages_per_second` bucket (None: no limit). Per charger id, not
+        per connection: reconnecting does not refill it."""
+        ws = self.settings.websocket
+        if ws.max_messages_per_second <= 0:
+            return None
+        bucket = self._buckets.get(charger_id)
+        if bucket is None:
+            if len(self._buckets) >= 10_000:
+                self._buckets.clear()
+            bucket = self._buckets[charger_id] = TokenBucket(ws.max_messages_per_second, ws.message_burst)
+        return bucket
 
     def healthz(self) -> Answer:
         return json_answer(http.HTTPStatus.OK, {

@@ -41,7 +41,7 @@ import ipaddress
 import logging
 import random
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import CloseCode, Frame, Opcode
@@ -157,6 +157,21 @@ class Admission:
             log.warning("dropped a new connection: %s; %d dropped so far", what, self.refused)
 
 
+class Holder(Protocol):
+    """A connection as the `Budget` sees it (`GuardedConnection` here; the picows server's
+    connections in adapters/picows_link.py)."""
+
+    peer: str
+    group: str
+    held: int  # what it holds now (counted in the budget)
+
+    def drop(self, code: int, reason: str) -> None:
+        """Close now (aborted) and stop counting what it holds."""
+
+    def resume(self) -> None:
+        """The budget has room again: go on with what waited."""
+
+
 class Budget:
     """Bytes held by all connections together in messages the relay has not taken.
 
@@ -175,12 +190,12 @@ class Budget:
         self.releasing = 0
         self.peak = 0
         self.evicted = 0
-        self.by_group: dict[str, set[GuardedConnection]] = {}  # holders per address group
+        self.by_group: dict[str, set[Holder]] = {}  # holders per address group
         self.group_held: dict[str, int] = {}
-        self.waiting: set[GuardedConnection] = set()
+        self.waiting: set[Holder] = set()
         self._logged = -1e9
 
-    def change(self, connection: GuardedConnection, delta: int) -> None:
+    def change(self, connection: Holder, delta: int) -> None:
         self.held += delta
         group = connection.group
         left = self.group_held.get(group, 0) + delta
@@ -200,7 +215,7 @@ class Budget:
     def room(self) -> int:
         return self.cap - self.held - self.releasing
 
-    def must_wait(self, connection: GuardedConnection) -> bool:
+    def must_wait(self, connection: Holder) -> bool:
         """Before inflating new data: True when it must wait for memory to be released (the
         fattest connections of the fullest addresses are closed to make room)."""
         if self.room() >= self.max_frame:

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from adapters.soap.server import SoapServer
     from adapters.sqlite_store import SqliteStore
     from adapters.telemetry_sink import SpooledSink
+    from adapters.picows_server import PicowsServer
     from adapters.websocket_server import WebSocketServer
     from gateway.control.engine import ControlEngine
     from gateway.telemetry.observer import TelemetryObserver
@@ -123,7 +124,13 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gatewa
     hub.observers.append(credentials)
     if connector is not None:
         connector.credentials = credentials
-    server = WebSocketServer(settings, hub, credentials)
+    server: WebSocketServer | PicowsServer
+    if settings.websocket.transport == "picows":
+        from adapters.picows_server import PicowsServer
+
+        server = PicowsServer(settings, hub, credentials)
+    else:
+        server = WebSocketServer(settings, hub, credentials)
     stack.push_async_callback(server.stop)  # closes the bound socket if the start fails before serving
     await server.bind()
     gw.ws_port = server.port
@@ -180,7 +187,7 @@ def _warm_up(schemas: SchemaRegistry, stack: contextlib.AsyncExitStack) -> None:
     stack.push_async_callback(stop)
 
 
-async def _stop_serving(server: WebSocketServer, hub: Hub, legacy: list[_Listener], api: ApiServer | None) -> None:
+async def _stop_serving(server: WebSocketServer | PicowsServer, hub: Hub, legacy: list[_Listener], api: ApiServer | None) -> None:
     """The API and the SOAP/HTTP transports stop; then the charger listener: the server's stop
     waits for every connection handler to return, and a handler returns only when its charger's
     socket closes, so: stop listening, close the sessions (1001 to each charger), then wait. A
