@@ -23,8 +23,8 @@ It keeps every promise of adapters/websocket_server.py and adapters/ws_limits.py
   the budget lets it go on (and the fattest connections of the fullest addresses are closed with
   1013 to make room). `message_timeout`: a message unfinished that long closes with 1008, unless
   the relay or the budget is what holds it up.
-- **Keepalive**: a ping every `ping_interval` (the first after a random part of it: chargers that
-  reconnected together are not pinged together for ever); no pong within `ping_timeout` drops the
+- **Keepalive**: a ping every `ping_interval` (the first after one interval and a random part of
+  another: chargers that reconnected together are not pinged together for ever); no pong within `ping_timeout` drops the
   connection. Pings from the charger are answered.
 - **Sending** writes at once (`WSTransport.send`); `send` waits only while the socket's write
   buffer is over its high-water mark; `LinkClosed` once the connection is closed.
@@ -245,7 +245,7 @@ class ChargerConnection(WSListener, asyncio.BufferedProtocol):
         self._attaching = self._loop.create_task(self._attach(), name=f"charger:{self.charger_id}:attach")
         interval = self.server.ping_interval
         if interval > 0:
-            self._ping_timer = self._loop.call_later(_jitter.uniform(0, interval), self._ping)
+            self._ping_timer = self._loop.call_later(interval + _jitter.uniform(0, interval), self._ping)
 
     def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
         size = frame.payload_size

@@ -144,8 +144,7 @@ class _FrontDoor(asyncio.Protocol):
         self.done = False  # answered or handed over
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # a uvloop transport is not an asyncio.Transport subclass
         self.remote = transport.get_extra_info("peername")
         peer = str(self.remote[0]) if self.remote else "?"
         self.group = address_group(peer)
