@@ -81,7 +81,7 @@ class ChargerConnection(WSListener, asyncio.BufferedProtocol):
         "_attaching", "_bucket", "_throttled", "_held_back", "_release_timer", "_waiting", "_waiting_bytes",
         "_received", "_consumed", "_deferred", "_parts", "_partial", "_binary", "_compressed", "_pauses",
         "_closed", "_closing", "_dropped", "_lost", "_close_code", "_close_timer", "_gone", "_drain",
-        "_deadline", "_releasing", "_ping_timer", "_ping_data", "_ping_at",
+        "_deadline", "_releasing", "_ping_timer", "_ping_data", "_ping_at", "_task",
     )
 
     def __init__(self, server: PicowsServer, charger_id: str, subprotocol: str | None, upstream: UpstreamLink | None,
@@ -133,6 +133,7 @@ class ChargerConnection(WSListener, asyncio.BufferedProtocol):
         self._ping_timer: asyncio.TimerHandle | None = None
         self._ping_data: bytes | None = None
         self._ping_at = 0.0
+        self._task: asyncio.Task[None] | None = None  # the last background task of ours (kept by reference)
 
     @property
     def socket(self) -> asyncio.Transport | None:
@@ -224,7 +225,7 @@ class ChargerConnection(WSListener, asyncio.BufferedProtocol):
         if self._gone is not None and not self._gone.done():
             self._gone.set_result(None)
         if self._attaching is not None:
-            self._loop.create_task(self._detach(), name=f"charger:{self.charger_id}:detach")
+            self._task = self._loop.create_task(self._detach(), name=f"charger:{self.charger_id}:detach")
         else:
             self.server.finished(self)
 
@@ -235,7 +236,7 @@ class ChargerConnection(WSListener, asyncio.BufferedProtocol):
         if self.subprotocol is None:
             log.warning("charger %s offered no supported OCPP version (%s); closing", self.charger_id, self._offered)
             if self._upstream is not None:
-                self._loop.create_task(self._upstream.close())
+                self._task = self._loop.create_task(self._upstream.close())
                 self._upstream = None
             self._fail(1002, "no common OCPP subprotocol")
             return

@@ -41,6 +41,7 @@ from adapters.ws_handshake import (SERVER_HEADER, Admitted, Answer, ChargerDoor,
                                    plain_answer, server_tls_context)
 from adapters.ws_limits import Admission, Budget
 from gateway.config import Settings, split_listen
+from gateway.errors import RequestError
 from gateway.ports import ChargerIngress
 from gateway.security import address_group
 
@@ -67,7 +68,9 @@ class _PicowsLog(logging.LoggerAdapter[logging.Logger]):
             super().log(level, msg, *args, **kwargs)
 
 
-class BadRequest(Exception):
+class BadRequest(RequestError):
+    """The opening request is malformed; `answer` says so (400, 426, 431)."""
+
     def __init__(self, reason: str, status: http.HTTPStatus = http.HTTPStatus.BAD_REQUEST,
                  *headers: tuple[str, str]) -> None:
         super().__init__(reason)
@@ -118,8 +121,8 @@ def upgrade_key(headers: dict[str, list[str]]) -> str:
     try:
         if len(keys) != 1 or len(base64.b64decode(keys[0].encode("ascii"), validate=True)) != 16:
             raise ValueError
-    except (ValueError, UnicodeEncodeError, binascii.Error):
-        raise BadRequest("invalid Sec-WebSocket-Key header") from None
+    except (ValueError, UnicodeEncodeError, binascii.Error) as exc:
+        raise BadRequest("invalid Sec-WebSocket-Key header") from exc
     if headers.get("sec-websocket-version") != ["13"]:
         raise BadRequest("Sec-WebSocket-Version must be 13", http.HTTPStatus.UPGRADE_REQUIRED,
                          ("Sec-WebSocket-Version", "13"))

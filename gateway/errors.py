@@ -37,6 +37,7 @@ lives in another module (it needs that module's types), it is named there and im
     │   │                           write was kept
     │   └── StoreFull               ... as the SQLite store raises it (also a StoreError; adapters.sqlite_store)
     ├── RequestError                an HTTP request of a charger transport cannot be served
+    │   ├── BadRequest              a malformed WebSocket opening request (adapters.picows_server)
     │   ├── SoapError               answered with a SOAP Fault (adapters.soap.codec)
     │   ├── TooLarge                the body is over the limit (adapters.polled)
     │   └── TooSlow                 the body did not arrive in time (adapters.polled)
