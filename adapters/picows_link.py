@@ -551,6 +551,11 @@ class ChargerConnection(WSListener, asyncio.BufferedProtocol):
         """The budget has room again: parse what waited, read on."""
         if self._dropped or not self._pauses & _BUDGET:
             return
+        budget = self.server.budget
+        if budget.must_wait(self):  # others were let go on first: wait on
+            if not self._dropped:
+                budget.waiting.add(self)
+            return
         nbytes, self._deferred = self._deferred, 0
         self._pauses &= ~_BUDGET
         if nbytes and self._proto is not None:
