@@ -147,7 +147,7 @@ class _FrontDoor(asyncio.Protocol):
         self.done = False  # answered or handed over
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # a uvloop transport is not an asyncio.Transport subclass
+        self.transport = tr = transport  # type: ignore[assignment]  # a uvloop transport is not an asyncio.Transport subclass
         self.remote = transport.get_extra_info("peername")
         peer = str(self.remote[0]) if self.remote else "?"
         self.group = address_group(peer)
@@ -157,7 +157,7 @@ class _FrontDoor(asyncio.Protocol):
             # refused before a byte is read; held open (unread) a while, so that a flood re-opening
             # whatever is closed cannot cycle connections fast enough to fill the accept queue
             self.refused = True
-            admission.tarpit(transport)
+            admission.tarpit(tr)  # type: ignore[arg-type]  # as above
             return
         self.handshaking = True
         self.server.doors.add(self)

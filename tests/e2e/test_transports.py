@@ -47,7 +47,8 @@ async def gateway(tmp_path: Path, transport: str, **config: Any) -> AsyncIterato
         base[k] = {**base[k], **v} if isinstance(v, dict) and k in base else v
     settings = Settings(**base)
     scheme = "wss" if settings.websocket.security_profile >= 2 else "ws"
-    async with running(settings) as gw:
+    async with running(settings) as running_gw:
+        gw: Any = running_gw
         gw.url = lambda cid: f"{scheme}://127.0.0.1:{gw.ws_port}/ocpp/{cid}"
         yield gw
 
@@ -143,8 +144,8 @@ async def test_subprotocol_negotiation(tmp_path: Path, transport: str) -> None:
 async def test_basic_auth_refusals_and_the_failed_login_limit(tmp_path: Path, transport: str) -> None:
     async with gateway(tmp_path, transport, websocket={"security_profile": 1, "max_auth_failures": 2},
                        chargers={"CP1": {"password": PW}}) as gw:
-        good = {"additional_headers": {"Authorization": basic_header("CP1", PW)}}
-        async with connect(gw.url("CP1"), subprotocols=["ocpp1.6"], **good) as ws:  # type: ignore[list-item]
+        good = {"Authorization": basic_header("CP1", PW)}
+        async with connect(gw.url("CP1"), subprotocols=["ocpp1.6"], additional_headers=good) as ws:  # type: ignore[list-item]
             assert (await rpc(ws, BOOT16))[0] == 3
         statuses = []
         for _ in range(3):
