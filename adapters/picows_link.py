@@ -156,6 +156,8 @@ class ChargerConnection(WSListener, asyncio.BufferedProtocol):
             self._received += len(tail)
             self._feed(tail)
             self._account()
+        if not self._pauses and not self._lost:  # the front door paused reading while it decided
+            transport.resume_reading()
 
     def _feed(self, data: bytes) -> None:
         proto = self._proto

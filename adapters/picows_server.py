@@ -252,7 +252,6 @@ class _FrontDoor(asyncio.Protocol):
         self._finish()
         server.connections.add(connection)
         connection.take_over(transport, proto, head, tail)
-        transport.resume_reading()
 
     def _answer(self, answer: Answer) -> None:
         if self.done or self.transport is None:
