@@ -35,20 +35,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import zlib
 from collections import deque
 from typing import TYPE_CHECKING, Any, Coroutine
 
 from picows import WSCloseCode, WSListener, WSMsgType, WSTransport
 
+from adapters.deflate import MessageTooBig, PerMessageDeflate
 from adapters.inbox import Inbox
-from gateway.errors import LinkClosed
+from gateway.errors import LinkClosed, ProtocolError
 from gateway.protocol import frames as F
 from gateway.protocol.frames import ErrorCode, OcppVersion
 
 if TYPE_CHECKING:
     from picows.picows import WSProtocol  # type: ignore[attr-defined]  # not in picows' stubs
-    from adapters.deflate import PerMessageDeflate
     from adapters.picows_server import PicowsServer
     from gateway.ports import ChargerHandle, UpstreamLink
 
@@ -337,14 +336,12 @@ class ChargerConnection(WSListener, asyncio.BufferedProtocol):
         self._message(text, len(data))
 
     def _inflate(self, payload: bytes, fin: bool) -> bytes | None:
-        from adapters.deflate import MessageTooBig
-
         assert self._codec is not None
         try:
             return self._codec.decode(payload, fin)
         except MessageTooBig:
             self._fail(1009, "message too big")
-        except (zlib.error, ValueError):
+        except ProtocolError:  # corrupt compressed data
             self._fail(1002, "bad compressed data")
         return None
 

@@ -36,6 +36,7 @@ from picows.picows import WSProtocol  # type: ignore[attr-defined]  # not in pic
 from adapters import listen
 from adapters.charger_auth import ChargerAuth
 from adapters.credentials import CredentialBook
+from adapters.deflate import PerMessageDeflate, negotiate
 from adapters.picows_link import ChargerConnection
 from adapters.ws_handshake import (SERVER_HEADER, Admitted, Answer, ChargerDoor, http_date, offered_subprotocols,
                                    plain_answer, server_tls_context)
@@ -317,12 +318,8 @@ class PicowsServer:
         self._server: asyncio.Server | None = None
         self._idle: asyncio.Future[None] | None = None
 
-    def negotiate_deflate(self, headers: dict[str, list[str]]) -> tuple[str | None, Any]:
+    def negotiate_deflate(self, headers: dict[str, list[str]]) -> tuple[str | None, PerMessageDeflate | None]:
         """(Sec-WebSocket-Extensions of the 101, the connection's codec) or (None, None)."""
-        try:
-            from adapters.deflate import PerMessageDeflate, negotiate
-        except ImportError:  # TEMPORARY: until the deflate branch lands
-            return None, None
         offers = headers.get("sec-websocket-extensions")
         answer, params = negotiate(", ".join(offers) if offers else None, self.settings.websocket.compression)
         if answer is None or params is None:
