@@ -152,12 +152,19 @@ class OwnAnswers:
         ))
 
     def _emit_reply(self, call: PendingCall, frame: CallResult | CallError, answered_by: str) -> None:
-        if call.request is None or not self.ctx.observed:
+        """Once per relayed call: the Exchange is built here, in one step (no `_emit`)."""
+        request = call.request
+        if request is None or not self.ctx.observed:
             return
-        origin = call.origin if isinstance(call.origin, Origin) else Origin.GATEWAY
+        origin = call.origin
+        # `_value_`: what `.value` returns, without the enum property's descriptor call
+        name = origin._value_ if type(origin) is Origin else "gateway"
         if isinstance(frame, CallError):
-            self._emit(origin, call.action, call.message_id, call.request or {}, None, frame.code, answered_by,
-                       call.received_at or utcnow())
+            response, error = None, frame.code
         else:
-            self._emit(origin, call.action, call.message_id, call.request or {}, frame.payload, None, answered_by,
-                       call.received_at or utcnow())
+            response, error = frame.payload, None
+        self.ctx.publish(cast("ChargerSession", self), Exchange(
+            charger_id=self.charger_id, version=self.version, origin=name, action=call.action,
+            message_id=call.message_id, request=request or {}, response=response, error=error,
+            answered_by=answered_by, received_at=call.received_at or utcnow(),
+        ))
