@@ -268,6 +268,7 @@ class StatusBook:
         self.on_change: Callable[[str], None] | None = None
         self.normaliser = Normaliser()  # environment readings of the device-model and vendor messages
         self.failures = 0
+        self._handlers: dict[str, Callable[..., None] | None] = {}  # action -> its _on_ method (None: none)
 
     def row(self, charger_id: str) -> dict[str, Any] | None:
         entry = self.chargers.get(charger_id)
@@ -318,11 +319,11 @@ class StatusBook:
             self._changed(session.charger_id)
 
     def exchange(self, session: Any, ex: Exchange) -> None:
-        entry = self._entry(ex.charger_id)
+        entry = self.chargers.get(ex.charger_id) or self._entry(ex.charger_id)
         entry.last_seen_at = ex.received_at
         if ex.origin != "charger":
             return
-        version = ex.version.value
+        version = ex.version._value_  # `.value` without the enum property's descriptor call
         if ex.action in _ENV_ACTIONS:
             try:
                 records = self.normaliser.records(ex.charger_id, version, ex.action, ex.request, ex.response,
@@ -333,7 +334,10 @@ class StatusBook:
             for record in records:
                 if type(record) is EnvironmentReading:
                     entry.keep(record)
-        handler = getattr(self, "_on_" + ex.action, None)
+        try:
+            handler = self._handlers[ex.action]
+        except KeyError:  # once per action: a getattr that misses costs an AttributeError every time
+            handler = self._handlers[ex.action] = getattr(self, "_on_" + ex.action, None)
         if handler is not None:
             handler(entry, ex, ex.request, ex.response or {}, version == "ocpp1.6")
             if ex.action in ("BootNotification", "StatusNotification"):
@@ -390,7 +394,7 @@ class StatusBook:
     def _on_MeterValues(self, entry: ChargerStatus, ex: Exchange, req: dict, res: dict, v16: bool) -> None:
         evse = req.get("connectorId") if v16 else req.get("evseId")
         tid = req.get("transactionId")
-        self._meter(entry, evse, req.get("meterValue"), str(tid) if tid is not None else None, ex.version.value)
+        self._meter(entry, evse, req.get("meterValue"), str(tid) if tid is not None else None, ex.version._value_)
 
     def _open(self, entry: ChargerStatus, tid: str, evse: int, connector: int | None, started: str,
               meter_start: float | None) -> dict[str, Any]:
