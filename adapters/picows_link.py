@@ -5,7 +5,8 @@ ours: the asyncio protocol of the socket (in front of picows' `WSProtocol`, whic
 in its own buffer: this front counts the bytes that arrive, for the limits below), the picows
 listener (`on_ws_frame`), and the session's `ChargerLink` (`send`, `close`).
 
-It keeps every promise of adapters/websocket_server.py and adapters/ws_limits.py:
+It keeps every promise of adapters/websocket_server.py and adapters/ws_limits.py (reading paused,
+bytes held, the message deadline and the keepalive are in adapters/picows_limits.py, a mixin):
 
 - **Messages**: text frames, fragmented ones reassembled, go to `session.from_charger` through an
   `Inbox` (adapters/inbox.py: no task per message; more than 4 waiting pause the socket's reading).
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections import deque
 from typing import TYPE_CHECKING, Any, Coroutine
 
@@ -42,6 +42,7 @@ from picows import WSCloseCode, WSListener, WSMsgType, WSTransport
 
 from adapters.deflate import MessageTooBig, PerMessageDeflate
 from adapters.inbox import Inbox
+from adapters.picows_limits import HOLD, INBOX, ConnectionLimits, close_code, jitter
 from gateway.errors import LinkClosed, ProtocolError
 from gateway.protocol import frames as F
 from gateway.protocol.frames import ErrorCode, OcppVersion
@@ -57,19 +58,9 @@ CLOSE_TIMEOUT = 10.0  # s for the peer to answer our close frame before the sock
 WRITE_LIMIT = 32768  # the socket's write buffer high-water mark (as websockets' write_limit)
 _TEXT, _BINARY, _CONT = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
 _PING, _PONG, _CLOSE = WSMsgType.PING, WSMsgType.PONG, WSMsgType.CLOSE
-# why reading is paused (bits): the inbox is full, messages are held (rate, attach), the budget is full
-_INBOX, _HOLD, _BUDGET = 1, 2, 4
-_jitter = random.Random()
 
 
-def _code(code: int) -> WSCloseCode:
-    try:
-        return WSCloseCode(code)
-    except ValueError:
-        return WSCloseCode.POLICY_VIOLATION
-
-
-class ChargerConnection(WSListener, asyncio.BufferedProtocol):
+class ChargerConnection(ConnectionLimits, WSListener, asyncio.BufferedProtocol):
     """See the module docstring."""
 
     transport = "websocket"  # ChargerLink: what carries this charger
@@ -243,11 +234,11 @@ class ChargerConnection(WSListener, asyncio.BufferedProtocol):
             return
         log.info("charger %s connected from %s with %s", self.charger_id, self.remote, self.subprotocol,
                  extra={"charger_id": self.charger_id})
-        self._pause(_HOLD)  # until the session is attached
+        self._pause(HOLD)  # until the session is attached
         self._attaching = self._loop.create_task(self._attach(), name=f"charger:{self.charger_id}:attach")
         interval = self.server.ping_interval
         if interval > 0:
-            self._ping_timer = self._loop.call_later(interval + _jitter.uniform(0, interval), self._ping)
+            self._ping_timer = self._loop.call_later(interval + jitter.uniform(0, interval), self._ping)
 
     def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
         size = frame.payload_size
@@ -283,7 +274,7 @@ class ChargerConnection(WSListener, asyncio.BufferedProtocol):
             self._close_code = code or 1005
             if not self._closed:  # the peer's close: answered with its code, then the socket closes
                 self._closed = True
-                ws.send_close(_code(code) if code else WSCloseCode.OK)
+                ws.send_close(close_code(code) if code else WSCloseCode.OK)
             self._close_socket()
             return
         if self._closed:
@@ -365,7 +356,7 @@ class ChargerConnection(WSListener, asyncio.BufferedProtocol):
     def _hold(self, text: str, size: int) -> None:
         self._held_back.append((text, size))
         self._waiting_bytes += size
-        self._pause(_HOLD)
+        self._pause(HOLD)
         if self._inbox is not None and self._release_timer is None and self._bucket is not None:
             self._release_timer = self._loop.call_later(self._bucket.wait_time(self._loop.time()), self._release)
 
@@ -381,7 +372,7 @@ class ChargerConnection(WSListener, asyncio.BufferedProtocol):
             text, size = held.popleft()
             self._waiting_bytes -= size
             self._deliver(text, size)
-        self._resume(_HOLD)
+        self._resume(HOLD)
         self._account()
 
     def _deliver(self, text: str, size: int) -> None:
@@ -415,8 +406,8 @@ class ChargerConnection(WSListener, asyncio.BufferedProtocol):
             return
         self._session = session
         self._from_charger = session.from_charger
-        self._inbox = Inbox(self._handle, limit=4, pause=lambda: self._pause(_INBOX),
-                            resume=lambda: self._resume(_INBOX), on_error=self._handler_failed,
+        self._inbox = Inbox(self._handle, limit=4, pause=lambda: self._pause(INBOX),
+                            resume=lambda: self._resume(INBOX), on_error=self._handler_failed,
                             name=f"charger:{self.charger_id}")
         if not self._lost:
             self._release()
@@ -459,7 +450,7 @@ class ChargerConnection(WSListener, asyncio.BufferedProtocol):
         """A close frame; the socket closes when the peer answers it (or after CLOSE_TIMEOUT)."""
         if not self._closed and self._ws is not None:
             self._closed = self._closing = True
-            self._ws.send_close(_code(code), reason.encode())
+            self._ws.send_close(close_code(code), reason.encode())
             self._close_timer = self._loop.call_later(CLOSE_TIMEOUT, self._abort)
             if self._pauses and self._tr is not None:  # read on: the peer's close frame must get in
                 self._pauses = 0
@@ -476,7 +467,7 @@ class ChargerConnection(WSListener, asyncio.BufferedProtocol):
         if self._closed or self._ws is None:
             return
         self._closed = True
-        self._ws.send_close(_code(code), reason.encode())
+        self._ws.send_close(close_code(code), reason.encode())
         self._close_socket()
 
     def _close_socket(self) -> None:
@@ -489,115 +480,3 @@ class ChargerConnection(WSListener, asyncio.BufferedProtocol):
         self._close_timer = None
         if self._tr is not None:
             self._tr.abort()
-
-    def drop(self, code: int, reason: str) -> None:
-        """Close now (aborted), and stop counting what this connection holds (ws_limits.Budget)."""
-        if self._dropped:
-            return
-        if not self._closed and self._ws is not None:
-            self._ws.send_close(_code(code), reason.encode())  # out at once unless the peer's window is full
-        self._closed = True
-        if self._tr is not None:
-            self._tr.abort()
-        self._forget()
-
-    # -- keepalive -----------------------------------------------------------------------------------------
-
-    def _ping(self) -> None:
-        self._ping_timer = None
-        if self._closed or self._ws is None:
-            return
-        self._ping_data = _jitter.getrandbits(32).to_bytes(4, "big")
-        self._ping_at = self._loop.time()
-        self._ws.send_ping(self._ping_data)
-        self._ping_timer = self._loop.call_later(self.server.ping_timeout, self._no_pong)
-
-    def _pong(self) -> None:
-        self._ping_data = None
-        if self._ping_timer is not None:
-            self._ping_timer.cancel()
-        self._ping_timer = self._loop.call_at(self._ping_at + self.server.ping_interval, self._ping)
-
-    def _no_pong(self) -> None:
-        self._ping_timer = None
-        log.info("charger %s did not answer a ping within %g s; dropping the connection", self.charger_id,
-                 self.server.ping_timeout, extra={"charger_id": self.charger_id})
-        self.drop(1011, "keepalive ping timeout")
-
-    # -- reading paused, bytes held (ws_limits.Budget) --------------------------------------------------
-
-    def _pause(self, why: int) -> None:
-        if not self._pauses and self._tr is not None and not self._lost:
-            self._tr.pause_reading()
-        self._pauses |= why
-
-    def _resume(self, why: int) -> None:
-        if self._pauses & why:
-            self._pauses &= ~why
-            if not self._pauses and self._tr is not None and not self._lost:
-                self._tr.resume_reading()
-
-    def _defer(self, nbytes: int) -> None:
-        self._deferred += nbytes  # unparsed, uninflated (counted), with reading paused
-        if not self._pauses & _BUDGET:
-            self._pause(_BUDGET)
-            self.server.budget.waiting.add(self)
-        self._account()
-        if self.server.budget.room() < 0:
-            self.server.budget.must_wait(self)  # over the cap by waiting data: the fattest go
-
-    def resume(self) -> None:
-        """The budget has room again: parse what waited, read on."""
-        if self._dropped or not self._pauses & _BUDGET:
-            return
-        budget = self.server.budget
-        if budget.must_wait(self):  # others were let go on first: wait on
-            if not self._dropped:
-                budget.waiting.add(self)
-            return
-        nbytes, self._deferred = self._deferred, 0
-        self._pauses &= ~_BUDGET
-        if nbytes and self._proto is not None:
-            self._proto.buffer_updated(nbytes)
-        if not self._pauses and self._tr is not None and not self._lost:
-            self._tr.resume_reading()
-        self._account()
-
-    def _account(self) -> None:
-        unfinished = 0 if self._dropped else self._received - self._consumed + self._partial
-        held = unfinished + self._waiting_bytes
-        delta, self.held = held - self.held, held
-        timeout = self.server.message_timeout
-        if unfinished:
-            if self._deadline is None and timeout > 0:
-                self._deadline = self._loop.call_later(timeout, self._late)
-        elif self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-        if delta:
-            self.server.budget.change(self, delta)
-
-    def _late(self) -> None:
-        self._deadline = None
-        if self._waiting_bytes or self._pauses:  # the relay (or the budget) is behind, not the charger
-            self._deadline = self._loop.call_later(self.server.message_timeout, self._late)
-            return
-        log.warning("connection from %s: a message not finished within message_timeout (%g s); closing it",
-                    self.peer, self.server.message_timeout)
-        self.drop(1008, "message not finished in time")
-
-    def _forget(self) -> None:
-        """Stop counting what this connection holds as held: it is being released."""
-        self._dropped = True
-        budget = self.server.budget
-        budget.waiting.discard(self)
-        self._releasing += self.held
-        budget.releasing += self.held
-        self._parts = None
-        self._partial = 0
-        self._deferred = 0
-        self._consumed = self._received
-        self._waiting.clear()
-        self._held_back.clear()
-        self._waiting_bytes = 0
-        self._account()
