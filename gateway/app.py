@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from adapters.sqlite_store import SqliteStore
     from adapters.telemetry_sink import SpooledSink
     from adapters.picows_server import PicowsServer
+    from adapters.upstream_picows import PicowsUpstreamConnector
+    from adapters.upstream_ws import WsUpstreamConnector
     from adapters.websocket_server import WebSocketServer
     from gateway.control.engine import ControlEngine
     from gateway.telemetry.observer import TelemetryObserver
@@ -83,6 +85,22 @@ class _Listener(Protocol):
     async def stop(self) -> None: ...
 
 
+def upstream_connector(settings: Settings) -> WsUpstreamConnector | PicowsUpstreamConnector | None:
+    """The upstream leg's connector, by `[upstream].transport`: picows, unless compression is on
+    (picows has no permessage-deflate: websockets carries it then); None when no upstream is set."""
+    up = settings.upstream
+    if not up.url:
+        return None
+    if up.transport == "picows":
+        if not up.compression:
+            from adapters.upstream_picows import PicowsUpstreamConnector
+            return PicowsUpstreamConnector(settings)
+        log.info("upstream links on websockets, not picows: [upstream].compression is on and picows has no "
+                 "permessage-deflate")
+    from adapters.upstream_ws import WsUpstreamConnector
+    return WsUpstreamConnector(settings)
+
+
 @contextlib.asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Gateway]:
     async with contextlib.AsyncExitStack() as stack:
@@ -95,7 +113,6 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gatewa
     from adapters.credentials import CredentialBook
     from adapters.store_check import startup_check
     from adapters.systemd import Notifier
-    from adapters.upstream_ws import WsUpstreamConnector
     from adapters.websocket_server import WebSocketServer
     from gateway.txlog import TransactionLog
 
@@ -111,7 +128,7 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gatewa
                                                         id_map_grace=off.id_map_grace, id_map_max=off.id_map_max))
     install = await asyncio.to_thread(install_id, settings.data_dir)
     # 3. the hub and the transaction log (behind /api/v1/transactions)
-    connector = WsUpstreamConnector(settings) if settings.upstream.url else None
+    connector = upstream_connector(settings)
     hub = gw.hub = Hub(settings, store, schemas, connector)
     txlog = gw.txlog = TransactionLog(store)
     txlog.start()

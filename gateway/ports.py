@@ -1,7 +1,7 @@
 """The ports: the contract between the core and the adapters.
 
 What the core needs from the outside, as small protocols the adapters implement (`ChargerLink`,
-`UpstreamLink`, `FastUpstreamLane`, `UpstreamConnector`, `Store`, `SessionObserver`), what a
+`UpstreamLink`, `FastUpstreamLane`, `PushUpstreamLink`, `UpstreamConnector`, `Store`, `SessionObserver`), what a
 charger transport may ask of the core (`ChargerIngress`, handing out `ChargerHandle`s), and what
 the operations adapters (REST API, metrics) read of it (`GatewayView` of `SessionView`s, and the
 telemetry sinks' `SinkFigures`, handed to the metrics by gateway/app.py). Adapters
@@ -11,7 +11,7 @@ the composition root (gateway/app.py) wires the concrete hub into them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence, Sized
+from collections.abc import Callable, Coroutine, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -58,6 +58,20 @@ class FastUpstreamLane(Protocol):
     def set_fast_reader(self, on_text: Callable[[str], bool] | None) -> None:
         """Offer each text message to `on_text(text) -> bool` as it arrives while the link's reader
         waits idle; what it does not take goes to `recv`, in order. None: stop offering."""
+
+
+@runtime_checkable
+class PushUpstreamLink(Protocol):
+    """An upstream link that delivers the CSMS's messages itself, eagerly (adapters/upstream_picows.py):
+    the link keeper (gateway/uplink.py) calls `pump` instead of looping on `recv`."""
+
+    async def pump(self, on_frame: Callable[[str], Coroutine[Any, Any, None]]) -> None:
+        """Hand each CSMS message to `on_frame` (an async function), in order, one at a time, until the link ends;
+        then raise LinkClosed (after the messages that came before the end were handled). A
+        message whose handling never waits may be handled inside the transport's callback (no task
+        per message); while messages wait, the link stops reading (back-pressure). What `on_frame`
+        raises ends the link and is raised here. The fast reader (`FastUpstreamLane`) is offered a
+        message before `on_frame` when no message is being handled."""
 
 
 class UpstreamConnector(Protocol):

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.errors import LinkClosed, LinkFailed
-from gateway.ports import UpstreamLink
+from gateway.ports import PushUpstreamLink, UpstreamLink
 from gateway.protocol.relay import UpstreamState
 
 if TYPE_CHECKING:
@@ -200,11 +200,14 @@ class UplinkKeeper:
                 ctx.csms_reached()
                 attempt = 0
                 await host.uplink_up(link)
-                recv, on_frame = link.recv, host.from_upstream
                 reason = "connection lost"
                 try:
-                    while True:
-                        await on_frame(await recv())
+                    if isinstance(link, PushUpstreamLink):  # the link delivers each message itself
+                        await link.pump(host.from_upstream)
+                    else:
+                        recv, on_frame = link.recv, host.from_upstream
+                        while True:
+                            await on_frame(await recv())
                 except LinkClosed as exc:
                     reason = str(exc) or reason
                 finally:
