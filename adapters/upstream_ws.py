@@ -10,7 +10,7 @@ adapters/credentials.py).
 
 For a 1.6 charger an `upstream_password` that is an AuthorizationKey (32-40 hex digits) is sent as
 its raw bytes, as OCPP-J 1.6 §6.2.2 says, unless `[upstream].authorization_key_bytes` is false (for a
-CSMS that compares the hex text).
+CSMS that compares the hex text). No redirect is followed: a 3xx answer fails the dial.
 """
 
 from __future__ import annotations
@@ -94,6 +94,14 @@ class _Connection(ClientConnection):
             return bool(messages.get_in_progress and not frames.queue and waiter is not None and not waiter.done())
         except AttributeError:  # another websockets release: the lane stays shut
             return False
+
+
+class _Dial(connect):
+    """websockets' `connect` without following redirects: a CSMS's answer 3xx fails the dial (the
+    charger's Basic credentials go to the configured CSMS only, never where an answer points)."""
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
 
 
 class WsUpstreamLink:
@@ -272,7 +280,7 @@ class WsUpstreamConnector:
                 raw = bytes.fromhex(password)
             headers["Authorization"] = basic_header(charger_id, raw)
         try:
-            ws = await connect(
+            ws = await _Dial(
                 self.url(charger_id),
                 subprotocols=[version.value],  # type: ignore[list-item]
                 additional_headers=headers,
