@@ -120,6 +120,7 @@ class PicowsUpstreamLink(WSListener):
         self._ping_payload = b""
         self._pings = 0
         self._close_timer: asyncio.TimerHandle | None = None
+        self._closing = False  # close() was called
 
     # -- picows' callbacks ------------------------------------------------------------------------
 
@@ -147,7 +148,9 @@ class PicowsUpstreamLink(WSListener):
             timer.cancel()
         handshake = transport.close_handshake
         received = handshake.recv if handshake is not None else None
-        if received is not None:
+        if handshake is not None and handshake.sent is not None and not handshake.recv_then_sent:
+            self._end(self._own_close())
+        elif received is not None:
             self._end(_closed_by(received.code, received.reason))
         else:
             self._end("connection lost (no close frame)")
@@ -228,13 +231,22 @@ class PicowsUpstreamLink(WSListener):
         assert transport is not None
         code, reason = frame.get_close_code(), frame.get_close_reason() or ""
         if transport.is_close_frame_sent:  # the answer to our own close: the handshake is over
-            self._end("closed by the gateway")
+            self._end(self._own_close())
             transport.disconnect()
         else:  # answer it; the CSMS then closes the TCP connection
             self._end(_closed_by(code, reason))
             echo = code if code not in (WSCloseCode.NO_INFO, WSCloseCode.ABNORMAL_CLOSURE) else WSCloseCode.OK
             transport.send_close(echo)
             self._close_timer = self._loop.call_later(self.close_timeout, self._abort)
+
+    def _own_close(self) -> str:
+        """Why the gateway's side closed: close() was called, or picows found the CSMS breaking
+        the protocol (a frame over max_frame_size, a bad opcode, ...) and closed with a code."""
+        handshake = self.transport.close_handshake if self.transport is not None else None
+        sent = handshake.sent if handshake is not None else None
+        if self._closing or sent is None:
+            return "closed by the gateway"
+        return f"{sent.reason or 'protocol error'} (closed with {sent.code.value})"
 
     def _fail(self, code: WSCloseCode, why: str) -> None:
         """The CSMS broke the protocol: close with `code` and drop the connection."""
@@ -468,6 +480,7 @@ class PicowsUpstreamLink(WSListener):
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the link: a close frame, then the CSMS's answer awaited up to `close_timeout`."""
+        self._closing = True
         self._stop_keepalive()
         transport = self.transport
         if transport is None:

@@ -171,6 +171,8 @@ class WsUpstreamLink:
             rcvd = exc.rcvd
             if rcvd is not None:
                 why = f"closed by the CSMS (code {rcvd.code}{', ' + rcvd.reason if rcvd.reason else ''})"
+            elif exc.sent is not None:  # the gateway's side closed: the CSMS broke the protocol
+                why = f"{exc.__cause__ or exc.sent.reason or 'protocol error'} (closed with {exc.sent.code})"
             else:
                 why = f"connection lost ({exc.__cause__ or 'no close frame'})"
             self.dead = (time.time(), why)

@@ -346,7 +346,7 @@ async def test_a_message_over_max_frame_size_is_closed_1009(transport: str, csms
     await ws.send("x" * 4096)  # at the cap: fine
     assert len(await read_next(link)) == 4096
     await ws.send(["y" * 2000, "y" * 2000, "y" * 2000] if fragmented else "y" * 4097)
-    await ended(link)
+    assert "1009" in await ended(link)
     await until(lambda: csms.closed)
     assert csms.closed[0][0] == 1009
     await link.close()
@@ -358,7 +358,7 @@ async def test_invalid_utf8_is_closed_1007(transport: str, raw: RawCsms) -> None
     raw.send(0x1, b'["ok"]')
     assert await read_next(link) == '["ok"]'
     raw.send(0x1, b'["\xff\xfe"]')
-    await ended(link)
+    assert "1007" in await ended(link)
     await until(raw.closes)
     assert raw.closes() == [1007]
     await link.close()
@@ -368,7 +368,7 @@ async def test_reserved_bits_without_an_extension_are_closed_1002(transport: str
     link = await connector(transport, raw.url).connect("CP1", OcppVersion.V16, None)
     await raw.connected.wait()
     raw.send(0x1, b'["compressed?"]', rsv=0x40)
-    await ended(link)
+    assert "1002" in await ended(link)
     await until(raw.closes)
     assert raw.closes() == [1002]
     await link.close()
