@@ -545,3 +545,18 @@ async def test_a_failing_handler_ends_the_pump_with_its_error(csms: Csms) -> Non
     assert csms.closed[0][0] == 1011
     await link.close()
 
+
+
+def test_the_composition_root_picks_picows_unless_compression_is_on(monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    from gateway.app import upstream_connector
+
+    monkeypatch.delenv("OCPPGW_UPSTREAM__TRANSPORT", raising=False)
+    url = "ws://127.0.0.1:1/ocpp"
+    assert upstream_connector(Settings(upstream={"url": ""})) is None
+    assert type(upstream_connector(Settings(upstream={"url": url}))) is WsUpstreamConnector  # the default
+    assert type(upstream_connector(Settings(upstream={"url": url, "transport": "picows"}))) is PicowsUpstreamConnector
+    with caplog.at_level("INFO", logger="gateway"):
+        chosen = upstream_connector(Settings(upstream={"url": url, "transport": "picows", "compression": True}))
+    assert type(chosen) is WsUpstreamConnector
+    assert "compression is on" in caplog.text
