@@ -565,7 +565,10 @@ class PicowsUpstreamConnector:
                                  websocket_handshake_timeout=up.connect_timeout, logger_name=_WIRE_LOG,
                                  enable_auto_ping=False, enable_auto_pong=True,
                                  max_frame_size=self.settings.websocket.max_frame_size, extra_headers=headers,
-                                 max_redirects=0, proxy=None, read_buffer_init_size=_READ_BUFFER)
+                                 max_redirects=0, proxy=None, read_buffer_init_size=_READ_BUFFER,
+                                 # the event loop's own transports (uvloop's where installed) and the
+                                 # ssl module's TLS, as the charger port and the websockets links use
+                                 use_aiofastnet=False)
         except BaseException as exc:
             link._abandoned = True  # a handshake that completes after all is dropped at once
             if link.transport is not None:
