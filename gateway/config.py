@@ -89,7 +89,7 @@ class WebSocketSettings(_Section):
     compression: bool = True  # offer permessage-deflate (RFC 7692; required for a CSMS/LC in 2.0.1)
     # what carries the frames on the charger port: "picows" (Cython framing, the cheaper per frame)
     # or "websockets" (the pure-Python reference); both keep every promise of this section
-    transport: Literal["picows", "websockets"] = "websockets"
+    transport: Literal["picows", "websockets"] = "picows"
     handshake_timeout: float = Field(10.0, gt=0)
     call_timeout: float = Field(30.0, gt=0)  # how long a charger has to answer a CALL
     max_queued_calls: int = Field(100, ge=1)  # CALLs waiting for the charger's line; more are refused
@@ -156,7 +156,7 @@ class UpstreamSettings(_Section):
     # offer permessage-deflate to the CSMS: saves uplink bytes but costs ~40 KiB of memory per
     # charger (zlib state on both directions; measured with bench/relay.py), so it is off by default
     compression: bool = False
-    transport: Literal["picows", "websockets"] = "websockets"  # what carries the frames to the CSMS (see [websocket])
+    transport: Literal["picows", "websockets"] = "picows"  # what carries the frames to the CSMS (see [websocket])
     connect_timeout: float = Field(10.0, gt=0)
     call_timeout: float = Field(30.0, gt=0)  # how long the CSMS has to answer
     # A charger never waits longer than this for the answer to a CALL it sent: then the gateway
