@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from gateway.context import SessionContext
 
 __all__ = ["DialGate", "UplinkHost", "UplinkKeeper", "UpstreamState", "backoff_delay"]
+
+FAILURE_REPORT_EVERY = 900  # s between the WARNING lines of one charger's failing dials
 
 
 def backoff_delay(attempt: int, minimum: float, maximum: float, rng: random.Random) -> float:
@@ -157,6 +160,8 @@ class UplinkKeeper:
         self.ctx = ctx
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
+        self._failing_since: float | None = None  # monotonic time of the first failed dial of this episode
+        self._reported_at = 0.0
 
     @property
     def running(self) -> bool:
@@ -174,6 +179,23 @@ class UplinkKeeper:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+    def _report_failure(self, exc: LinkFailed, attempt: int, delay: float) -> None:
+        """One WARNING when dials start failing, then one every FAILURE_REPORT_EVERY seconds while
+        they go on (each with the count), the rest at DEBUG: a site of 200 chargers through a long
+        outage logs a line per charger every quarter of an hour, not one per dial."""
+        now = time.monotonic()
+        log = self.host.log
+        if self._failing_since is None:
+            self._failing_since = self._reported_at = now
+            log.warning("upstream connect failed (%s); retry in %.1f s (while it keeps failing: a line every "
+                        "%d min)", exc, delay, FAILURE_REPORT_EVERY // 60)
+        elif now - self._reported_at >= FAILURE_REPORT_EVERY:
+            self._reported_at = now
+            log.warning("upstream connect still failing after %d attempts over %.0f s (%s); retry in %.1f s",
+                        attempt, now - self._failing_since, exc, delay)
+        else:
+            log.debug("upstream connect failed (%s); retry in %.1f s", exc, delay)
 
     def _delay(self, attempt: int) -> float:
         up = self.ctx.settings.upstream
@@ -194,10 +216,14 @@ class UplinkKeeper:
                         return
                     attempt += 1
                     delay = self._delay(attempt)
-                    host.log.warning("upstream connect failed (%s); retry in %.1f s", exc, delay)
+                    self._report_failure(exc, attempt, delay)
                     await ctx.backoff(delay)
                     continue
                 ctx.csms_reached()
+                if self._failing_since is not None:
+                    host.log.info("upstream connected after %d failed attempts over %.0f s", attempt,
+                                  time.monotonic() - self._failing_since)
+                    self._failing_since = None
                 attempt = 0
                 await host.uplink_up(link)
                 reason = "connection lost"

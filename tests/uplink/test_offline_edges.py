@@ -281,3 +281,30 @@ async def test_a_site_notices_the_csms_return_within_seconds_whatever_its_backof
         assert took <= bound, took
     finally:
         await csms.stop()
+
+
+def _dial_failures(gw: GatewayProcess, level: str) -> int:
+    return sum(1 for line in gw.logs().splitlines() if f" {level} " in line and "upstream connect failed" in line)
+
+
+async def test_failing_dials_make_one_warning_per_outage_and_the_reconnect_says_how_many(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    """A CSMS that is away from the start: the charger's dials fail every 0.2-0.5 s, the operator's
+    log gets one WARNING for it (the rest at DEBUG; a line per charger every 15 min while it goes
+    on), and the reconnection says how many dials failed."""
+    csms = LoopbackCsms()  # not started yet: its port refuses
+    gw = gateway_factory({"upstream": {"url": csms.url, **FAST, "connect_timeout": 1.0}})
+    cid = "AWAY1"
+    try:
+        async with Connected(gw.url(cid), "ocpp1.6", cid) as cp:
+            await boot16(cp)  # answered by the gateway
+            await until(lambda: _dial_failures(gw, "DEBUG") >= 5, 30, "several failed dials")
+            assert _dial_failures(gw, "WARNING") == 1, gw.logs()[-3000:]
+            await csms.start()
+            await until(lambda: "upstream connected after" in gw.logs(), 30, "the reconnection")
+            line = next(x for x in gw.logs().splitlines() if "upstream connected after" in x)
+            failed = int(line.split("upstream connected after ", 1)[1].split(" ")[0])
+            assert failed >= 6, line  # the WARNING, the DEBUG ones, and any after them
+    finally:
+        await csms.stop()
