@@ -381,7 +381,7 @@ class StatusBook:
             if ENERGY in samples:
                 c["energy_wh"] = samples[ENERGY]
         tx = entry.transactions.get(transaction_id) if transaction_id is not None else None
-        if tx is None:
+        if tx is None and entry.transactions:
             tx = next((t for t in entry.transactions.values() if t["evse"] == evse), None)
         if tx is not None:
             if POWER in samples:

@@ -134,8 +134,8 @@ class ControlEngine(OperatorCommands):
 
     def _learn(self, ex: Exchange) -> None:
         cid, action, req, resp = ex.charger_id, ex.action, ex.request, ex.response or {}
-        ch = self._charger(cid)
-        ch.version = ex.version.value
+        ch = self.chargers.get(cid) or self._charger(cid)
+        ch.version = ex.version._value_  # `.value` without the enum property's descriptor call
         v16 = ch.version == "ocpp1.6"
         if ex.origin == "csms":
             self._learn_csms(cid, ch, action, req, resp)
