@@ -57,11 +57,35 @@ log = logging.getLogger(__name__)
 
 # picows logs every connection and disconnection at INFO; the gateway says what matters itself
 # (a line per charger per reconnect would drown a site's log). Warnings and errors still show.
-_WIRE_LOG = logging.getLogger("picows.upstream")
-if _WIRE_LOG.level == logging.NOTSET:
-    _WIRE_LOG.setLevel(logging.WARNING)
+_wire = logging.getLogger("picows.upstream")
+if _wire.level == logging.NOTSET:
+    _wire.setLevel(logging.WARNING)
+# an adapter, not the logger: given a Logger, picows makes a child Logger per connection (about
+# 1.5 KiB for as long as the link lives); given an adapter it logs through it
+_WIRE_LOG = logging.LoggerAdapter(_wire, {})
 
 _KEYS = 1024  # masking keys drawn from the kernel's CSPRNG per read (one read per 1024 frames)
+
+
+class _MaskingKeys:
+    """Masking keys for every link of the process, from one pool (RFC 6455 §5.3: from the
+    kernel's CSPRNG; 4 KiB per link when each kept its own pool)."""
+
+    __slots__ = ("keys", "at")
+
+    def __init__(self) -> None:
+        self.keys = b""
+        self.at = 0
+
+    def next(self) -> bytes:
+        at = self.at
+        if at >= len(self.keys):
+            self.keys, at = os.urandom(4 * _KEYS), 0
+        self.at = at + 4
+        return self.keys[at:at + 4]
+
+
+_MASKS = _MaskingKeys()
 _READ_BUFFER = 4096  # picows' initial read buffer per link (it grows for larger messages)
 _BACKLOG = 4  # messages waiting for the reader beyond which the socket stops reading
 
@@ -111,8 +135,6 @@ class PicowsUpstreamLink(WSListener):
         self._paused = False
         self._writers: deque[asyncio.Future[None]] = deque()
         self._turns = 0  # senders waiting or woken but not yet written
-        self._keys = b""
-        self._key_at = 0
         # keepalive
         self._ping_timer: asyncio.TimerHandle | None = None
         self._pong_timer: asyncio.TimerHandle | None = None
@@ -352,11 +374,7 @@ class PicowsUpstreamLink(WSListener):
     # -- writing ----------------------------------------------------------------------------------
 
     def _frame(self, text: str) -> bytes:
-        at = self._key_at
-        if at >= len(self._keys):
-            self._keys, at = os.urandom(4 * _KEYS), 0
-        self._key_at = at + 4
-        return text_frame(text.encode(), self._keys[at:at + 4])
+        return text_frame(text.encode(), _MASKS.next())
 
     def _writable(self) -> bool:
         transport = self.transport

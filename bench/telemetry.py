@@ -76,6 +76,7 @@ max_messages_per_second = 0
 url = "ws://127.0.0.1:{csms_port}/ocpp"
 [api]
 listen = "127.0.0.1:{api}"
+token = ""  # loopback only: /metrics without a bearer token (none is generated)
 [logging]
 level = "WARNING"
 {extra}

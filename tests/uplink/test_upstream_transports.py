@@ -554,8 +554,8 @@ def test_the_composition_root_picks_picows_unless_compression_is_on(monkeypatch:
     monkeypatch.delenv("OCPPGW_UPSTREAM__TRANSPORT", raising=False)
     url = "ws://127.0.0.1:1/ocpp"
     assert upstream_connector(Settings(upstream={"url": ""})) is None
-    assert type(upstream_connector(Settings(upstream={"url": url}))) is WsUpstreamConnector  # the default
-    assert type(upstream_connector(Settings(upstream={"url": url, "transport": "picows"}))) is PicowsUpstreamConnector
+    assert type(upstream_connector(Settings(upstream={"url": url}))) is PicowsUpstreamConnector  # the default
+    assert type(upstream_connector(Settings(upstream={"url": url, "transport": "websockets"}))) is WsUpstreamConnector
     with caplog.at_level("INFO", logger="gateway"):
         chosen = upstream_connector(Settings(upstream={"url": url, "transport": "picows", "compression": True}))
     assert type(chosen) is WsUpstreamConnector
