@@ -39,7 +39,7 @@ from adapters.credentials import CredentialBook
 from adapters.deflate import PerMessageDeflate, negotiate
 from adapters.picows_link import ChargerConnection
 from adapters.ws_handshake import (SERVER_HEADER, Admitted, Answer, ChargerDoor, http_date, offered_subprotocols,
-                                   plain_answer, server_tls_context)
+                                   listening_tls, plain_answer)
 from adapters.ws_limits import Admission, Budget
 from gateway.config import Settings, split_listen
 from gateway.errors import RequestError
@@ -356,11 +356,7 @@ class PicowsServer:
         return self._server is not None and self._server.is_serving()
 
     def _tls_context(self) -> ssl.SSLContext | None:
-        if self.settings.websocket.security_profile < 2 or self.tls_problem is not None:
-            if self.tls_problem:
-                log.error("WebSocket server refuses every charger: %s", self.tls_problem)
-            return None
-        self.tls = server_tls_context(self.settings)
+        self.tls = listening_tls(self.settings, self.tls_problem)
         return self.tls
 
     @property

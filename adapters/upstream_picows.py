@@ -29,29 +29,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
-import ssl
 import struct
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any
 
 from picows import (WSCloseCode, WSError, WSFrame, WSHandshakeError, WSInvalidStatusError, WSListener, WSMsgType,
                     WSTransport, ws_connect)
 
 from adapters.inbox import Inbox
-from adapters.upstream_ws import text_frame
-from gateway.config import ConfigError, Settings
+from adapters.upstream_dial import UpstreamDialer, masked_text_frame
 from gateway.errors import LinkClosed, LinkFailed
-from gateway.identity import url_segment
 from gateway.protocol.frames import OcppVersion
-from gateway.security import basic_header, is_hex_key
-
-if TYPE_CHECKING:
-    from adapters.credentials import CredentialBook
 
 log = logging.getLogger(__name__)
 
@@ -64,28 +55,6 @@ if _wire.level == logging.NOTSET:
 # 1.5 KiB for as long as the link lives); given an adapter it logs through it
 _WIRE_LOG = logging.LoggerAdapter(_wire, {})
 
-_KEYS = 1024  # masking keys drawn from the kernel's CSPRNG per read (one read per 1024 frames)
-
-
-class _MaskingKeys:
-    """Masking keys for every link of the process, from one pool (RFC 6455 §5.3: from the
-    kernel's CSPRNG; 4 KiB per link when each kept its own pool)."""
-
-    __slots__ = ("keys", "at")
-
-    def __init__(self) -> None:
-        self.keys = b""
-        self.at = 0
-
-    def next(self) -> bytes:
-        at = self.at
-        if at >= len(self.keys):
-            self.keys, at = os.urandom(4 * _KEYS), 0
-        self.at = at + 4
-        return self.keys[at:at + 4]
-
-
-_MASKS = _MaskingKeys()
 _READ_BUFFER = 4096  # picows' initial read buffer per link (it grows for larger messages)
 _BACKLOG = 4  # messages waiting for the reader beyond which the socket stops reading
 
@@ -374,7 +343,7 @@ class PicowsUpstreamLink(WSListener):
     # -- writing ----------------------------------------------------------------------------------
 
     def _frame(self, text: str) -> bytes:
-        return text_frame(text.encode(), _MASKS.next())
+        return masked_text_frame(text)
 
     def _writable(self) -> bool:
         transport = self.transport
@@ -526,54 +495,15 @@ def _closed_by(code: Any, reason: str) -> str:
     return f"closed by the CSMS (code {number}{', ' + reason if reason else ''})"
 
 
-class PicowsUpstreamConnector:
+class PicowsUpstreamConnector(UpstreamDialer):
     """Dials upstream links on picows (see the module doc)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        up = settings.upstream
-        self.base = up.url
-        self.ssl: ssl.SSLContext | None = None
-        self.credentials: CredentialBook | None = None  # passwords the CSMS changed; wired by gateway/app.py
-        if up.url.startswith("wss://"):
-            try:
-                self.ssl = ssl.create_default_context(cafile=up.ca_file or None)
-                self.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
-                if up.client_cert:
-                    self.ssl.load_cert_chain(up.client_cert, up.client_key)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"upstream.ca_file / client_cert / client_key: cannot load them "
-                                  f"({exc.strerror or exc})") from exc
-
-    def url(self, charger_id: str) -> str:
-        return f"{self.base}/{url_segment(charger_id)}"
-
-    async def probe(self) -> bool:
-        """A cheap check whether the CSMS is reachable again: a TCP connection to its host and
-        port, closed at once (no TLS, no WebSocket handshake, no charger identity)."""
-        parts = urlsplit(self.base)
-        host = parts.hostname or ""
-        port = parts.port or (443 if parts.scheme == "wss" else 80)
-        try:
-            async with asyncio.timeout(self.settings.upstream.connect_timeout):
-                _, writer = await asyncio.open_connection(host, port)
-        except (OSError, TimeoutError):
-            return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True
 
     async def connect(self, charger_id: str, version: OcppVersion, password: str | None) -> PicowsUpstreamLink:
         up = self.settings.upstream
         headers = {"User-Agent": "ocpp-site-gateway", "Sec-WebSocket-Protocol": version.value}
-        if self.credentials is not None:
-            password = self.credentials.upstream_password(charger_id, password)
-        if password:
-            raw = password.encode("utf-8")
-            if version is OcppVersion.V16 and up.authorization_key_bytes and is_hex_key(password):
-                raw = bytes.fromhex(password)
-            headers["Authorization"] = basic_header(charger_id, raw)
+        authorization = self.authorization(charger_id, version, password)
+        if authorization is not None:
+            headers["Authorization"] = authorization
         link = PicowsUpstreamLink(ping_interval=up.ping_interval, ping_timeout=up.ping_timeout,
                                   max_size=self.settings.websocket.max_frame_size,
                                   close_timeout=min(5.0, up.ping_timeout))

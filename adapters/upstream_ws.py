@@ -17,49 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
-import ssl
 import struct
 import time
-from urllib.parse import urlsplit
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from gateway.config import ConfigError, Settings
+from adapters.upstream_dial import UpstreamDialer, masked_text_frame
 from gateway.errors import LinkClosed, LinkFailed
-from gateway.identity import url_segment
 from gateway.protocol.frames import OcppVersion
-from gateway.security import basic_header, is_hex_key
-
-if TYPE_CHECKING:
-    from adapters.credentials import CredentialBook
-
-try:  # websockets' C helper where it was built
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover
-    from websockets.utils import apply_mask
-
-_KEYS = 1024  # masking keys drawn from the kernel's CSPRNG per read (one read per 1024 frames)
-
-
-def text_frame(data: bytes, key: bytes) -> bytes:
-    """One unfragmented, masked client text frame (RFC 6455 §5.2), no extension."""
-    n = len(data)
-    if n < 126:
-        head = struct.pack("!BB", 0x81, 0x80 | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", 0x81, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
-    return head + key + apply_mask(data, key)
-
 
 
 class _Connection(ClientConnection):
@@ -112,8 +84,6 @@ class WsUpstreamLink:
 
     def __init__(self, ws: ClientConnection, ping_interval: float = 0.0, ping_timeout: float = 10.0) -> None:
         self.ws = ws
-        self._keys = b""
-        self._key_at = 0
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.dead: tuple[float, str] | None = None  # (wall-clock time, why) once declared dead
@@ -197,13 +167,7 @@ class WsUpstreamLink:
             ws.protocol.send_text(text.encode())
             frame = b"".join(ws.protocol.data_to_send())
         else:
-            # framed here: websockets draws each masking key with its own urandom call, which
-            # cost as much as the rest of the frame; keys are still the kernel's random bytes
-            at = self._key_at
-            if at >= len(self._keys):
-                self._keys, at = os.urandom(4 * _KEYS), 0
-            self._key_at = at + 4
-            frame = text_frame(text.encode(), self._keys[at:at + 4])
+            frame = masked_text_frame(text)  # framed here: keys from one pool (adapters/upstream_dial.py)
         try:
             ws.transport.write(frame)
         except Exception:  # noqa: BLE001 - the socket failed: the link is lost, as `send` would find
@@ -235,52 +199,13 @@ class WsUpstreamLink:
         await self.ws.close()
 
 
-class WsUpstreamConnector:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        up = settings.upstream
-        self.base = up.url
-        self.ssl: ssl.SSLContext | None = None
-        self.credentials: CredentialBook | None = None  # passwords the CSMS changed; wired by gateway/app.py
-        if up.url.startswith("wss://"):
-            try:
-                self.ssl = ssl.create_default_context(cafile=up.ca_file or None)
-                self.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
-                if up.client_cert:
-                    self.ssl.load_cert_chain(up.client_cert, up.client_key)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"upstream.ca_file / client_cert / client_key: cannot load them "
-                                  f"({exc.strerror or exc})") from exc
-
-    def url(self, charger_id: str) -> str:
-        return f"{self.base}/{url_segment(charger_id)}"
-
-    async def probe(self) -> bool:
-        """A cheap check whether the CSMS is reachable again: a TCP connection to its host and
-        port, closed at once (no TLS, no WebSocket handshake, no charger identity)."""
-        parts = urlsplit(self.base)
-        host = parts.hostname or ""
-        port = parts.port or (443 if parts.scheme == "wss" else 80)
-        try:
-            async with asyncio.timeout(self.settings.upstream.connect_timeout):
-                _, writer = await asyncio.open_connection(host, port)
-        except (OSError, TimeoutError):
-            return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True
-
+class WsUpstreamConnector(UpstreamDialer):
     async def connect(self, charger_id: str, version: OcppVersion, password: str | None) -> WsUpstreamLink:
         up = self.settings.upstream
         headers = {}
-        if self.credentials is not None:
-            password = self.credentials.upstream_password(charger_id, password)
-        if password:
-            raw = password.encode("utf-8")
-            if version is OcppVersion.V16 and up.authorization_key_bytes and is_hex_key(password):
-                raw = bytes.fromhex(password)
-            headers["Authorization"] = basic_header(charger_id, raw)
+        authorization = self.authorization(charger_id, version, password)
+        if authorization is not None:
+            headers["Authorization"] = authorization
         try:
             ws = await _Dial(
                 self.url(charger_id),

@@ -37,7 +37,7 @@ from websockets.typing import Subprotocol
 from adapters import listen
 from adapters.charger_auth import ChargerAuth
 from adapters.credentials import CredentialBook
-from adapters.ws_handshake import SERVER_HEADER, Answer, ChargerDoor, offered_subprotocols, server_tls_context
+from adapters.ws_handshake import SERVER_HEADER, Answer, ChargerDoor, listening_tls, offered_subprotocols
 from adapters.ws_limits import GuardedConnection, connection_class
 from gateway.config import Settings, split_listen
 from gateway.errors import LinkClosed
@@ -212,11 +212,7 @@ class WebSocketServer:
         return self._server is not None and self._server.is_serving()
 
     def _tls_context(self) -> ssl.SSLContext | None:
-        if self.settings.websocket.security_profile < 2 or self.tls_problem is not None:
-            if self.tls_problem:
-                log.error("WebSocket server refuses every charger: %s", self.tls_problem)
-            return None
-        self.tls = server_tls_context(self.settings)
+        self.tls = listening_tls(self.settings, self.tls_problem)
         return self.tls
 
     @property

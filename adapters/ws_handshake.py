@@ -105,6 +105,16 @@ def server_tls_context(settings: Settings) -> ssl.SSLContext:
     return ctx
 
 
+def listening_tls(settings: Settings, problem: str | None) -> ssl.SSLContext | None:
+    """The charger port's TLS context: None below profile 2, and None (logged: every charger is
+    then refused by `ChargerDoor`) when the TLS configuration has a problem."""
+    if settings.websocket.security_profile < 2 or problem is not None:
+        if problem:
+            log.error("WebSocket server refuses every charger: %s", problem)
+        return None
+    return server_tls_context(settings)
+
+
 def tls_problem(settings: Settings) -> str | None:
     """Why a secured site cannot serve (its TLS files are not configured), or None."""
     ws = settings.websocket

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import serve
 
-from adapters.upstream_ws import WsUpstreamConnector, text_frame
+from adapters.upstream_dial import text_frame
+from adapters.upstream_ws import WsUpstreamConnector
 from gateway.config import Settings
 from gateway.protocol.frames import OcppVersion
 from tests.harness import free_port
