@@ -391,6 +391,7 @@ class Settings(BaseSettings):
 
     site_id: str = "site"
     data_dir: str = "./data"
+    cache_dir: str = ""
     websocket: WebSocketSettings = WebSocketSettings()
     soap: SoapSettings = SoapSettings()
     http: HttpSettings = HttpSettings()

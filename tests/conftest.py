@@ -1,11 +1,22 @@
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.harness import GatewayProcess
+from tests.harness import SHARED_CACHE, GatewayProcess
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    SHARED_CACHE.append(Path(tempfile.mkdtemp(prefix="ocppgw-test-cache-")))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    while SHARED_CACHE:
+        shutil.rmtree(SHARED_CACHE.pop(), ignore_errors=True)
 
 
 @pytest.fixture

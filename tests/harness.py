@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+# compiled schema validators shared by the gateways of one test run (set by tests/conftest.py; each
+# would otherwise compile ~390 schemas, seconds of CPU beside the test, in its own data_dir/cache)
+SHARED_CACHE: list[Path] = []
 
 
 def free_port() -> int:
@@ -75,6 +78,8 @@ class GatewayProcess:
             "api": {"listen": f"127.0.0.1:{free_port()}"},
             "logging": {"level": "DEBUG", "format": "text"},
         }
+        if SHARED_CACHE:
+            base["cache_dir"] = str(SHARED_CACHE[0])
         for key, value in (config or {}).items():
             if isinstance(value, dict) and isinstance(base.get(key), dict):
                 base[key] = {**base[key], **value}

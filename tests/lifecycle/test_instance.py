@@ -4,6 +4,7 @@ quiet clean stop, all with real gateway processes and a real Mosquitto."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import time
@@ -193,3 +194,22 @@ async def test_a_broker_that_says_session_taken_over_is_named_at_once(tmp_path: 
                       "gateway, or a copy of this data_dir, uses the same id; set [mqtt].client_id, or delete "
                       "data_dir/install-id on the copy so it draws its own"]
     await sink.spool.close()
+
+
+def test_a_restart_loads_the_compiled_schemas_instead_of_compiling_them(
+        gateways: Callable[..., GatewayProcess]) -> None:
+    """cache_dir unset: data_dir/cache. The first start compiles and keeps the validators; the
+    second compiles none."""
+    gw = gateways({"cache_dir": ""})
+    ready = re.compile(r"schemas ready after \d+ ms: (\d+) validators, (\d+) from the cache, (\d+) compiled")
+    counts = []
+    for _ in range(2):
+        gw.start()
+        found = wait_for(lambda: ready.search(gw.logs().split("gateway: stopped")[-1]), what="schemas ready")
+        counts.append(tuple(int(x) for x in found.groups()))
+        assert gw.stop() == 0
+    (n, cached, compiled), (n2, cached2, compiled2) = counts
+    assert n == n2 > 100
+    assert cached == 0 and compiled > 100
+    assert compiled2 == 0 and cached2 == compiled
+    assert len(list((Path(gw.config["data_dir"]) / "cache").glob("validators-*.bin"))) == 1
