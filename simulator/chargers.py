@@ -28,6 +28,7 @@ log = logging.getLogger("simulator")
 
 VOLTAGE = 230.0
 STEP_TIMEOUT = 30.0  # s a peer has to answer one CALL
+FINISH_WITHIN = 10.0  # s on Ctrl-C for a charger to end its transaction and have its calls answered
 
 
 def utcnow() -> str:
@@ -149,6 +150,7 @@ class _Sim:
         self.max_a = max_a
         self.heartbeat_interval = 60.0
         self.wake = asyncio.Event()  # something for the life loop to do (remote start/stop, reset, trigger)
+        self.stop_at = float("inf")  # the loop's time to end this charger's run (sooner on Ctrl-C: finish)
         self.remote_start: str | None = None  # id tag of a remote start to run
         self.remote_stop = False
         self.reset_requested = False
@@ -274,24 +276,25 @@ class _Sim:
     # -- the life of a connection: version-specific pieces are below -------------------------
     async def life(self, stop_at: float, rate: float) -> None:
         loop = asyncio.get_running_loop()
+        self.stop_at = stop_at
         while not await self.boot():  # Pending / Rejected: ask again after the interval it gave
-            if loop.time() + self.heartbeat_interval >= stop_at:
+            if loop.time() + self.heartbeat_interval >= self.stop_at:
                 return
             await asyncio.sleep(self.heartbeat_interval)
         self.stats.booted.add(self.id)
         await self.status("Available")
         last_heartbeat = loop.time()
-        while loop.time() < stop_at and not self.reset_requested:
+        while loop.time() < self.stop_at and not self.reset_requested:
             # idle between sessions; answer triggers, heartbeat when due
-            idle_until = min(stop_at, loop.time() + self.rng.uniform(3.0, 10.0))
-            while loop.time() < idle_until and not self.reset_requested and self.remote_start is None:
+            idle_until = min(self.stop_at, loop.time() + self.rng.uniform(3.0, 10.0))
+            while loop.time() < min(idle_until, self.stop_at) and not self.reset_requested and self.remote_start is None:
                 await self._handle_triggers()
                 if loop.time() - last_heartbeat >= self.heartbeat_interval:
                     await self.try_req("Heartbeat", {})
                     last_heartbeat = loop.time()
                 self.wake.clear()
                 await self.pause(min(idle_until, last_heartbeat + self.heartbeat_interval) - loop.time())
-            if loop.time() >= stop_at or self.reset_requested or not self.available:
+            if loop.time() >= self.stop_at or self.reset_requested or not self.available:
                 continue
             tag = self.remote_start or self.id_tag or f"SIM{self.rng.randint(1000, 9999)}"
             remote = self.remote_start is not None
@@ -302,13 +305,13 @@ class _Sim:
             if not await self.start_transaction(tag, remote):
                 continue
             self.stats.transactions_started += 1
-            end = min(stop_at, loop.time() + self.rng.uniform(0.5, 1.5) * self.session)
+            end = min(self.stop_at, loop.time() + self.rng.uniform(0.5, 1.5) * self.session)
             tick = 1.0 / rate
             n = 0
             last = loop.time()
             next_tick = last + tick
             reason = "Local"
-            while loop.time() < end:
+            while loop.time() < min(end, self.stop_at):
                 self.wake.clear()
                 await self.pause(min(next_tick, end) - loop.time())
                 now = loop.time()
@@ -337,6 +340,12 @@ class _Sim:
             await self.status("Finishing")
             await self.status("Available")
         await self._handle_triggers()
+
+    def finish(self) -> None:
+        """End the run now as at its end: the transaction under way stops with its StopTransaction
+        (or TransactionEvent Ended) and the call in flight gets its answer (Ctrl-C)."""
+        self.stop_at = min(self.stop_at, asyncio.get_running_loop().time())
+        self.wake.set()
 
     async def _handle_triggers(self) -> None:
         while self.triggers:
@@ -842,6 +851,9 @@ async def _connected(cp: _Sim, charger_id: str, stats: Stats, stop_at: float, st
     stop_wait = asyncio.create_task(stopping.wait())
     try:
         done, _ = await asyncio.wait({serve, life, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if done == {stop_wait}:  # Ctrl-C: finish what is under way, as at the end of --duration
+            cp.finish()
+            await asyncio.wait({serve, life}, timeout=FINISH_WITHIN, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for t in (serve, life, stop_wait):
             t.cancel()
