@@ -50,7 +50,7 @@ log = logging.getLogger("gateway.websocket")
 
 MAX_HEAD = 16384  # bytes of a request head (as picows' own limit)
 MAX_HEADERS = 128
-READ_BUFFER = 4096  # picows' first read buffer per connection (it doubles when a read fills it)
+READ_BUFFER = 2048  # picows' first read buffer per connection, its minimum (it doubles when a message needs more)
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 

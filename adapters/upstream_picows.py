@@ -55,7 +55,7 @@ if _wire.level == logging.NOTSET:
 # 1.5 KiB for as long as the link lives); given an adapter it logs through it
 _WIRE_LOG = logging.LoggerAdapter(_wire, {})
 
-_READ_BUFFER = 4096  # picows' initial read buffer per link (it grows for larger messages)
+_READ_BUFFER = 2048  # picows' initial read buffer per link, its minimum (it doubles when a message needs more)
 _BACKLOG = 4  # messages waiting for the reader beyond which the socket stops reading
 
 _TEXT = WSMsgType.TEXT
@@ -441,9 +441,9 @@ class PicowsUpstreamLink(WSListener):
         and is raised here."""
         inbox = Inbox(on_frame, limit=_BACKLOG, pause=self._pause_reading, resume=self._resume_reading,
                       on_error=self._handler_failed, name="upstream-inbox")
-        queue, self._queue = self._queue, deque()
-        for text in queue:  # what arrived before the pump started, first
+        for text in self._queue:  # what arrived before the pump started, first
             inbox.deliver(text)
+        self._queue.clear()  # (kept: a second deque would cost 600 bytes per link)
         self._inbox = inbox
         self._resume_reading()
         try:

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import fnmatch
 import logging
@@ -28,6 +27,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Sequence
 
 from gateway.errors import Busy, CallFailed, CallTimeout, GatewayError, NotConnected
+from gateway.flag import Flag
 from gateway.ports import Exchange
 from gateway.variables import meaning as M
 from gateway.variables.model import (
@@ -107,11 +107,11 @@ class _Charger:
         self.waiting = False  # the task still waits out its delay
         self.again = False  # a read was asked for while one ran
         self.report: ReportAssembly | None = None
-        self.report_event = asyncio.Event()
+        self.report_event = Flag()
         self.lock = asyncio.Lock()  # store writes of this charger, in order
         self.parts: set[asyncio.Task[int]] = set()  # writes of report parts under way
-        self.request_ids: collections.deque[int] = collections.deque(maxlen=8)  # the gateway's recent GetBaseReports
-        self.read_done = asyncio.Event()
+        self.request_ids: list[int] = []  # the gateway's 8 most recent GetBaseReports (a list: a deque is 600 bytes)
+        self.read_done = Flag()
         self.warned: set[str] = set()
 
 
@@ -372,6 +372,7 @@ class VariablesMirror:
         report = ReportAssembly(request_id, loop.time(), self.cfg.report_timeout, self.cfg.max_per_charger, read_id)
         ch.report = report
         ch.request_ids.append(request_id)  # claimed from now on, also parts that come after the read ended
+        del ch.request_ids[:-8]
         ch.report_event.clear()
         try:
             response = await session.call_charger("GetBaseReport", {"requestId": request_id,

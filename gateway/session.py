@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.answers import OwnAnswers, utcnow
 from gateway.auth import ACCEPTED, info_of, token_of
 from gateway.errors import LinkClosed, LinkFailed, NotConnected, StoreWriteFailed
+from gateway.flag import Flag
 from gateway.ports import ChargerLink, UpstreamLink
 from gateway.protocol import frames as F
 from gateway.protocol.frames import Call, CallError, CallResult, ErrorCode, FrameError, OcppVersion
@@ -86,7 +87,7 @@ class ChargerSession(OwnAnswers):
         self.last_lost: tuple[datetime, str] | None = None  # when and why the upstream link was declared dead
         self._closed = False
         self._loop = asyncio.get_running_loop()
-        self._ended = asyncio.Event()  # close() has finished (its upstream link, tasks and charger link ended)
+        self._ended = Flag()  # close() has finished (its upstream link, tasks and charger link ended)
         self.log = logging.LoggerAdapter(log, {"charger_id": charger_id})
         self.counters = {"buffered": 0, "dropped": 0, "replayed": 0, "dead_letters": 0, "possible_duplicates": 0,
                          "invalid_replayed_starts": 0}
