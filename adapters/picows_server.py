@@ -39,7 +39,7 @@ from adapters.credentials import CredentialBook
 from adapters.deflate import PerMessageDeflate, negotiate
 from adapters.picows_link import ChargerConnection
 from adapters.ws_handshake import (SERVER_HEADER, Admitted, Answer, ChargerDoor, http_date, offered_subprotocols,
-                                   listening_tls, plain_answer)
+                                   ListeningPort, plain_answer)
 from adapters.ws_limits import Admission, Budget
 from gateway.config import Settings, split_listen
 from gateway.errors import RequestError
@@ -289,7 +289,7 @@ class _FrontDoor(asyncio.Protocol):
         self._finish()
 
 
-class PicowsServer:
+class PicowsServer(ListeningPort):
     """The charger port on picows; the same surface as adapters/websocket_server.WebSocketServer."""
 
     def __init__(self, settings: Settings, hub: ChargerIngress, credentials: CredentialBook | None = None) -> None:
@@ -350,19 +350,6 @@ class PicowsServer:
     async def serve(self) -> None:
         assert self._server is not None, "bind() first"
         await self._server.start_serving()
-
-    def serving(self) -> bool:
-        """Accepting chargers (for /readyz and the watchdog)."""
-        return self._server is not None and self._server.is_serving()
-
-    def _tls_context(self) -> ssl.SSLContext | None:
-        self.tls = listening_tls(self.settings, self.tls_problem)
-        return self.tls
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
 
     def finished(self, connection: ChargerConnection) -> None:
         """A connection is over and its session let go of it."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import ssl
 import struct
 from typing import TYPE_CHECKING
@@ -29,6 +30,17 @@ except ImportError:  # pragma: no cover
     from websockets.utils import apply_mask
 
 _KEYS = 1024  # masking keys drawn from the kernel's CSPRNG per read (one read per 1024 frames)
+
+
+def abort_discarding(transport: asyncio.Transport) -> None:
+    """Drop a dead link at once, discarding what waits in the kernel's send queue (SO_LINGER 0: an
+    RST, not a FIN after the queue drained) instead of delivering it later on an orphaned
+    connection: the message in flight is sent again (same message id) on the next link anyway."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def text_frame(data: bytes, key: bytes) -> bytes:

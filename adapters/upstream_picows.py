@@ -29,8 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -40,7 +38,7 @@ from picows import (WSCloseCode, WSError, WSFrame, WSHandshakeError, WSInvalidSt
                     WSTransport, ws_connect)
 
 from adapters.inbox import Inbox
-from adapters.upstream_dial import UpstreamDialer, masked_text_frame
+from adapters.upstream_dial import UpstreamDialer, abort_discarding, masked_text_frame
 from gateway.errors import LinkClosed, LinkFailed
 from gateway.protocol.frames import OcppVersion
 
@@ -273,15 +271,8 @@ class PicowsUpstreamLink(WSListener):
     def _declare_dead(self, why: str) -> None:
         if self.dead is None:
             self.dead = (time.time(), why)
-        raw = self._raw
-        if raw is not None:
-            sock = raw.get_extra_info("socket")
-            if sock is not None:
-                # discard what waits in the kernel's send queue instead of delivering it later on an
-                # orphaned connection: the message in flight is sent again (same message id) anyway
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            raw.abort()
+        if self._raw is not None:
+            abort_discarding(self._raw)
         self._end(why)
 
     @property

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import struct
 import time
 
 from collections.abc import Callable
@@ -29,7 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from adapters.upstream_dial import UpstreamDialer, masked_text_frame
+from adapters.upstream_dial import UpstreamDialer, abort_discarding, masked_text_frame
 from gateway.errors import LinkClosed, LinkFailed
 from gateway.protocol.frames import OcppVersion
 
@@ -126,15 +124,8 @@ class WsUpstreamLink:
     def _declare_dead(self, why: str) -> None:
         if self.dead is None:
             self.dead = (time.time(), why)
-        transport = self.ws.transport
-        if transport is not None:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                # discard what waits in the kernel's send queue instead of delivering it later on an
-                # orphaned connection: the message in flight is sent again (same message id) anyway
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
+        if self.ws.transport is not None:
+            abort_discarding(self.ws.transport)
 
     def _closed(self, exc: ConnectionClosed) -> LinkClosed:
         if self.dead is None:

@@ -37,7 +37,7 @@ from websockets.typing import Subprotocol
 from adapters import listen
 from adapters.charger_auth import ChargerAuth
 from adapters.credentials import CredentialBook
-from adapters.ws_handshake import SERVER_HEADER, Answer, ChargerDoor, listening_tls, offered_subprotocols
+from adapters.ws_handshake import SERVER_HEADER, Answer, ChargerDoor, ListeningPort, offered_subprotocols
 from adapters.ws_limits import GuardedConnection, connection_class
 from gateway.config import Settings, split_listen
 from gateway.errors import LinkClosed
@@ -81,7 +81,7 @@ def _response(answer: Answer) -> Response:
     return Response(answer.status, answer.phrase, Headers(answer.headers), answer.body)
 
 
-class WebSocketServer:
+class WebSocketServer(ListeningPort):
     def __init__(self, settings: Settings, hub: ChargerIngress, credentials: CredentialBook | None = None) -> None:
         self.settings = settings
         self.hub = hub
@@ -206,19 +206,6 @@ class WebSocketServer:
         assert self._server is not None, "bind() first"
         self._log.quiet = False
         await self._server.start_serving()
-
-    def serving(self) -> bool:
-        """Accepting chargers (for /readyz and the watchdog)."""
-        return self._server is not None and self._server.is_serving()
-
-    def _tls_context(self) -> ssl.SSLContext | None:
-        self.tls = listening_tls(self.settings, self.tls_problem)
-        return self.tls
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return int(next(iter(self._server.sockets)).getsockname()[1])
 
     async def stop(self) -> None:
         if self._server is not None:

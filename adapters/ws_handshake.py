@@ -105,6 +105,29 @@ def server_tls_context(settings: Settings) -> ssl.SSLContext:
     return ctx
 
 
+class ListeningPort:
+    """What both charger-port servers (websockets, picows) share about their listening socket;
+    each sets `settings`, `tls_problem` and, once bound, `_server` (an asyncio or websockets server)."""
+
+    settings: Settings
+    tls_problem: str | None
+    tls: ssl.SSLContext | None
+    _server: Any
+
+    def serving(self) -> bool:
+        """Accepting chargers (for /readyz and the watchdog)."""
+        return self._server is not None and bool(self._server.is_serving())
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        self.tls = listening_tls(self.settings, self.tls_problem)
+        return self.tls
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(next(iter(self._server.sockets)).getsockname()[1])
+
+
 def listening_tls(settings: Settings, problem: str | None) -> ssl.SSLContext | None:
     """The charger port's TLS context: None below profile 2, and None (logged: every charger is
     then refused by `ChargerDoor`) when the TLS configuration has a problem."""
