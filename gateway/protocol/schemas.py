@@ -9,6 +9,10 @@ the next start loads the compiled code (tens of milliseconds) instead of generat
 cache file is named by everything its content depends on (this format, Python, fastjsonschema and
 the `ocpp` package's version), carries a digest of its content, and is rebuilt when damaged.
 
+Beside each reference validator sits a compact accept test for the same schema
+(gateway/protocol/quickcheck.py): a conforming payload is passed by it alone; any other runs the
+reference, whose exception names the broken rule as before.
+
 Also here: which actions each version knows and which side may initiate them, so that an unknown
 action gets NotImplemented and a known one sent the wrong way gets NotSupported (J16 Table 7).
 """
@@ -32,6 +36,7 @@ from typing import Any, Callable
 import fastjsonschema
 
 from gateway.protocol.frames import ErrorCode, OcppVersion
+from gateway.protocol.quickcheck import accept_source
 
 log = logging.getLogger("gateway.schemas")
 
@@ -134,7 +139,14 @@ def violation(exc: Invalid) -> SchemaViolation:
     return SchemaViolation(code=code, description=str(exc.message)[:200])
 
 
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: each schema's code has the quick accept test beside the reference validator
+
+# the validator of a schema with a quick test: the reference runs only when the quick test is not sure
+_CHECK = """
+def check(data, _accept=accept, _validate=validate):
+    if not _accept(data):
+        _validate(data)
+"""
 _CACHE_MAGIC = b"ocpp-gateway validators\n"
 
 
@@ -215,12 +227,16 @@ class SchemaRegistry:
             # use_default=False: validating must not write the schemas' defaults into the payload
             # (observers see what the charger sent; a 2.x unitOfMeasure without unit would turn
             # into "Wh", which is the default of energy measurands only)
-            code = compile(fastjsonschema.compile_to_code(schema, use_default=False), f"<schema {name}>", "exec")
+            source = fastjsonschema.compile_to_code(schema, use_default=False)
+            quick = accept_source(schema, "accept")
+            if quick is not None:  # the quick yes first; the reference decides the rest (quickcheck.py)
+                source += "\n" + quick + _CHECK
+            code = compile(source, f"<schema {name}>", "exec")
             self.compiled += 1
         self._codes[name] = code
         namespace: dict[str, Any] = {}
         exec(code, namespace)  # noqa: S102 - fastjsonschema's generated validator (ours, or our cache's)
-        check: Callable[[Any], Any] = namespace["validate"]
+        check: Callable[[Any], Any] = namespace.get("check") or namespace["validate"]
         return check
 
     def _cache(self) -> dict[str, CodeType]:
