@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from gateway.errors import GatewayError
+
 # keywords that say nothing about validity
 _ANNOTATIONS = frozenset({"$schema", "$id", "id", "title", "description", "comment", "$comment", "javaType",
                           "default", "definitions", "tsEnumNames", "examples"})
@@ -34,7 +36,7 @@ _KNOWN = frozenset({"type", "properties", "required", "additionalProperties", "i
 DATE_TIME = 'REGEX_PATTERNS["date-time_re_pattern"].match'
 
 
-class Unsupported(Exception):
+class _Unsupported(GatewayError):
     """The schema uses something the quick test does not know: no quick test for it."""
 
 
@@ -52,30 +54,30 @@ class _Writer:
 
     def resolve(self, ref: str) -> dict[str, Any]:
         if not ref.startswith("#/"):
-            raise Unsupported(f"$ref {ref}")
+            raise _Unsupported(f"$ref {ref}")
         node: Any = self.root
         for part in ref[2:].split("/"):
             if not isinstance(node, dict) or part not in node:
-                raise Unsupported(f"$ref {ref}")
+                raise _Unsupported(f"$ref {ref}")
             node = node[part]
         if not isinstance(node, dict):
-            raise Unsupported(f"$ref {ref}")
+            raise _Unsupported(f"$ref {ref}")
         return node
 
     def check(self, node: Any, var: str) -> str:
         """An expression that is True when `var` conforms to `node` (False: not sure)."""
         if not isinstance(node, dict):
-            raise Unsupported("boolean schema")
+            raise _Unsupported("boolean schema")
         unknown = set(node) - _KNOWN - _ANNOTATIONS
         if unknown:
-            raise Unsupported(", ".join(sorted(unknown)))
+            raise _Unsupported(", ".join(sorted(unknown)))
         parts: list[str] = []
         if "$ref" in node:  # the target's check, inline (an object's or array's is a function of its own)
             parts.append(self.check(self.resolve(node["$ref"]), var))
         kind = node.get("type")
         if kind is None:
             if set(node) & (_KNOWN - {"$ref"}):
-                raise Unsupported("keywords without a type")
+                raise _Unsupported("keywords without a type")
         elif kind == "object":
             parts.append(self.function(node, self._object) + f"({var})")
         elif kind == "array":
@@ -87,11 +89,11 @@ class _Writer:
             if "enum" in node:
                 values = node["enum"]
                 if not values or not all(type(v) is str for v in values):
-                    raise Unsupported("enum of other than strings")
+                    raise _Unsupported("enum of other than strings")
                 parts.append(f"{var} in " + self.const("frozenset(" + repr(sorted(set(values))) + ")"))
             if "format" in node:
                 if node["format"] != "date-time":
-                    raise Unsupported(f"format {node['format']}")
+                    raise _Unsupported(f"format {node['format']}")
                 self.uses_date_time = True
                 parts.append(f"_QC_DT({var}) is not None")
         elif kind in ("integer", "number"):
@@ -100,16 +102,16 @@ class _Writer:
                 if key in node:
                     bound = node[key]
                     if type(bound) not in (int, float):
-                        raise Unsupported(f"{key} {bound!r}")
+                        raise _Unsupported(f"{key} {bound!r}")
                     parts.append(f"{var} {op} {bound!r}")
         elif kind == "boolean":
             parts.append(f"type({var}) is bool")
         else:
-            raise Unsupported(f"type {kind!r}")
+            raise _Unsupported(f"type {kind!r}")
         if kind != "string" and ("enum" in node or "format" in node or "maxLength" in node):
-            raise Unsupported("string keywords on another type")
+            raise _Unsupported("string keywords on another type")
         if kind not in ("integer", "number") and ("minimum" in node or "maximum" in node):
-            raise Unsupported("number keywords on another type")
+            raise _Unsupported("number keywords on another type")
         return " and ".join(f"({p})" for p in parts) if parts else "True"
 
     def function(self, node: dict[str, Any], write: Callable[[dict[str, Any]], list[str]]) -> str:
@@ -127,7 +129,7 @@ class _Writer:
         props = node.get("properties") or {}
         closed = node.get("additionalProperties", True)
         if closed not in (True, False) or not isinstance(props, dict):
-            raise Unsupported("additionalProperties other than false")
+            raise _Unsupported("additionalProperties other than false")
         body = ["    if type(v) is not dict:", "        return False"]
         required = node.get("required") or []
         if len(set(required)) <= 4:  # a few `in` tests cost less than a set comparison
@@ -158,7 +160,7 @@ class _Writer:
             body += [f"    if len(v) > {int(node['maxItems'])}:", "        return False"]
         if items is not None:
             if not isinstance(items, dict):
-                raise Unsupported("items other than one schema")
+                raise _Unsupported("items other than one schema")
             body += ["    for x in v:", f"        if not ({self.check(items, 'x')}):", "            return False"]
         body.append("    return True")
         return body
@@ -171,7 +173,7 @@ def accept_source(schema: dict[str, Any], name: str = "accept") -> str | None:
     writer = _Writer(schema)
     try:
         top = writer.check(schema, "v")
-    except (Unsupported, RecursionError, TypeError, ValueError):
+    except (_Unsupported, RecursionError, TypeError, ValueError):
         return None
     out = [f"_QC{i} = {literal}" for i, literal in enumerate(writer.consts)]
     if writer.uses_date_time:
