@@ -104,6 +104,7 @@ class PicowsUpstreamLink(WSListener):
         self._turns = 0  # senders waiting or woken but not yet written
         # keepalive
         self._ping_timer: asyncio.TimerHandle | None = None
+        self._heard = 0.0  # loop time of the last frame from the CSMS
         self._pong_timer: asyncio.TimerHandle | None = None
         self._ping_sent: float | None = None  # monotonic time of the ping waiting for its pong
         self._ping_payload = b""
@@ -120,6 +121,7 @@ class PicowsUpstreamLink(WSListener):
             transport.disconnect(False)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        self._heard = self._loop.time()  # the CSMS is there: no keepalive ping needed for a while
         msg_type = frame.msg_type
         if msg_type == _TEXT and frame.fin and self._parts is None and not (frame.rsv1 or frame.rsv2 or frame.rsv3):
             try:
@@ -287,7 +289,20 @@ class PicowsUpstreamLink(WSListener):
 
     def _arm_ping(self) -> None:
         if self.ping_interval > 0 and not self._ended.done():
-            self._ping_timer = self._loop.call_later(self.ping_interval, self._ping)
+            self._ping_timer = self._loop.call_at(max(self._heard, self._loop.time()) + self.ping_interval,
+                                                  self._ping_if_idle)
+
+    def _ping_if_idle(self) -> None:
+        """The keepalive pings a link that has been quiet for `ping_interval`: a frame from the
+        CSMS says as much as a pong, so while it talks no ping goes out (with many links, pings
+        every few seconds cost as much as the traffic). A silent link is still declared dead within
+        ping_interval + ping_timeout of the last frame it carried."""
+        self._ping_timer = None
+        heard_at = self._heard + self.ping_interval
+        if heard_at > self._loop.time() and not self._ended.done():
+            self._ping_timer = self._loop.call_at(heard_at, self._ping_if_idle)
+            return
+        self._ping()
 
     def _ping(self) -> None:
         self._ping_timer = None

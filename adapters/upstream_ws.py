@@ -41,8 +41,10 @@ class _Connection(ClientConnection):
     goes through websockets' own queue to `recv()` as usual, so messages never change order."""
 
     on_text: Callable[[str], bool] | None = None
+    heard = 0.0  # loop time of the last frame from the CSMS (the keepalive pings only a quiet link)
 
     def process_event(self, event: Any) -> None:
+        self.heard = self.loop.time()
         on_text = self.on_text
         if on_text is not None and type(event) is Frame and event.opcode is Opcode.TEXT and event.fin \
                 and self._reader_waiting():
@@ -96,14 +98,23 @@ class WsUpstreamLink:
         self._probe_now.set()
 
     async def _keepalive(self) -> None:
+        """A ping once the link has been quiet for `ping_interval` (a frame from the CSMS says as
+        much as a pong: while it talks, no ping goes out), or at once on `probe()`."""
+        loop = asyncio.get_running_loop()
+        since = loop.time()  # the link's start, then each ping's
         while self.dead is None:
             if self.ping_interval > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.ping_interval):
-                        await self._probe_now.wait()
+                while not self._probe_now.is_set():
+                    quiet_at = max(getattr(self.ws, "heard", 0.0), since) + self.ping_interval
+                    if quiet_at <= loop.time():
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout_at(quiet_at):
+                            await self._probe_now.wait()
             else:
                 await self._probe_now.wait()
             self._probe_now.clear()
+            since = loop.time()
             if not await self._ping():
                 return
 

@@ -165,10 +165,12 @@ class UpstreamSettings(_Section):
     # the shortest common charger settings use (30 s is the usual one), with room for the local
     # answer, a durable commit and a slow cellular round trip.
     answer_within: float = Field(8.0, gt=0)
-    # Keepalive of each upstream link: a WebSocket ping every ping_interval, the link is declared
-    # dead when no pong came within ping_timeout (and at once probed like that when a CALL got no
-    # answer within answer_within). A silent link is noticed within ping_interval + ping_timeout
-    # (15 s) at most; 0 = no periodic pings (the probe after a late answer still runs).
+    # Keepalive of each upstream link: a WebSocket ping once the link has carried nothing from the
+    # CSMS for ping_interval (a frame from it proves the link as a pong does, so a busy link is not
+    # pinged), the link is declared dead when no pong came within ping_timeout (and at once probed
+    # like that when a CALL got no answer within answer_within). A silent link is noticed within
+    # ping_interval + ping_timeout (15 s) of the last frame at most; 0 = no periodic pings (the
+    # probe after a late answer still runs).
     ping_interval: float = Field(5.0, ge=0)
     ping_timeout: float = Field(10.0, gt=0)
     reconnect_min: float = Field(1.0, gt=0)  # first retry delay, seconds

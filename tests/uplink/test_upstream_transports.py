@@ -390,6 +390,30 @@ async def test_ping_pong_latency_and_probe(transport: str, csms: Csms) -> None:
     await link.close()
 
 
+async def test_no_keepalive_ping_while_the_csms_talks(transport: str, raw: RawCsms) -> None:
+    """A frame from the CSMS proves the link as a pong would: while frames come at least every
+    ping_interval no ping goes out (with a thousand links, pings every 5 s cost as much as the
+    traffic and came in bursts); once it is quiet for ping_interval the pings come back."""
+    interval = 0.4
+    link = await connector(transport, raw.url, ping_interval=interval, ping_timeout=5).connect(
+        "CP1", OcppVersion.V16, None)
+    await raw.connected.wait()
+    talking_until = time.monotonic() + 6 * interval
+    sent = 0
+    while time.monotonic() < talking_until:  # bounded: a frame every interval / 4 for 6 intervals
+        raw.send(0x1, f'[2,"{sent}","Heartbeat",{{}}]'.encode())
+        sent += 1
+        assert await read_next(link) == f'[2,"{sent - 1}","Heartbeat",{{}}]'
+        await asyncio.sleep(interval / 4)
+    pings = sum(op == 0x9 for op, _ in raw.got)
+    assert pings == 0, raw.got
+    quiet = time.monotonic()
+    assert await until(lambda: any(op == 0x9 for op, _ in raw.got))  # quiet now: the keepalive pings
+    assert time.monotonic() - quiet >= interval * 0.5  # not before the link was quiet for a while
+    assert await until(lambda: link.latency is not None)
+    await link.close()
+
+
 async def test_a_silent_csms_is_declared_dead_and_its_socket_reset(transport: str, raw: RawCsms) -> None:
     interval, timeout = 0.3, 0.6
     link = await connector(transport, raw.url, ping_interval=interval, ping_timeout=timeout).connect(
