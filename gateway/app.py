@@ -40,6 +40,7 @@ from gateway.config import Settings
 from gateway.errors import ListenerUnavailable
 from gateway.operator import Operator
 from gateway.protocol.schemas import SchemaRegistry
+from gateway.heap import HeapKeeper
 from gateway.hub import Hub
 
 if TYPE_CHECKING:
@@ -130,6 +131,8 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gatewa
     # 3. the hub and the transaction log (behind /api/v1/transactions)
     connector = upstream_connector(settings)
     hub = gw.hub = Hub(settings, store, schemas, connector)
+    hub.heap = HeapKeeper()  # sessions out of the collector's full passes once they settle
+    stack.callback(hub.heap.close)
     txlog = gw.txlog = TransactionLog(store)
     txlog.start()
     stack.push_async_callback(txlog.stop)

@@ -21,6 +21,7 @@ from typing import Any
 from gateway.auth import LocalAuthorizer
 from gateway.config import Settings
 from gateway.errors import LinkFailed
+from gateway.heap import HeapKeeper
 from gateway.local import LocalCsms
 from gateway.ports import ChargerHandle, ChargerLink, Exchange, SessionObserver, Store, UpstreamConnector, UpstreamLink
 from gateway.protocol.frames import OcppVersion
@@ -68,6 +69,7 @@ class Hub:
         self.observers: list[SessionObserver] = []
         self.control: Any = None  # gateway.control.engine.ControlEngine, when local control is wired
         self.variables: Any = None  # gateway.mirror.VariablesMirror (claims the NotifyReports it asked for)
+        self.heap: HeapKeeper | None = None  # keeps long-lived sessions out of full collections (gateway/app.py)
 
     # -- SessionContext ---------------------------------------------------------------------------
 
@@ -95,6 +97,8 @@ class Hub:
     def notify(self, session: Any, event: str) -> None:
         if session in self._forgotten:
             return  # a forgotten session's late events (its detach, its upstream closing) would bring it back
+        if self.heap is not None and (event == "connected" or event == "disconnected"):
+            self.heap.changed(len(self.sessions))
         for observer in self.observers:
             try:
                 observer.session_event(session, event)
