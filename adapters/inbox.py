@@ -15,7 +15,6 @@ back-pressure slows the sender down), and `resume()` once the queue is empty aga
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
@@ -65,7 +64,7 @@ class Inbox:
         self._pause = pause
         self._resume = resume
         self._on_error = on_error
-        self._queue: deque[str] = deque()
+        self._queue: list[str] = []
         self._task: asyncio.Task[None] | None = None
         self._paused = False
         self._closed = False
@@ -107,7 +106,7 @@ class Inbox:
             await resume
             queue, handler = self._queue, self._handler
             while queue and not self._closed:
-                text = queue.popleft()
+                text = queue.pop(0)
                 if self._paused and not queue:
                     self._paused = False
                     if self._resume is not None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import deque
 from typing import TYPE_CHECKING
 
 from picows import WSCloseCode, WSTransport
@@ -56,9 +55,9 @@ class ConnectionLimits:
     _deferred: int
     _partial: int
     _parts: list[bytes] | None
-    _waiting: deque[int]
+    _waiting: list[int]
     _waiting_bytes: int
-    _held_back: deque[tuple[str, int]]
+    _held_back: list[tuple[str, int]]
     _deadline: asyncio.TimerHandle | None
     _releasing: int
     _ping_timer: asyncio.TimerHandle | None

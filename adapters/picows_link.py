@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import TYPE_CHECKING, Any, Coroutine
 
 from picows import WSCloseCode, WSListener, WSMsgType, WSTransport
@@ -98,9 +97,9 @@ class ChargerConnection(ConnectionLimits, WSListener, asyncio.BufferedProtocol):
         self._attaching: asyncio.Task[None] | None = None
         self._bucket = server.door.rate_bucket(charger_id)
         self._throttled = False
-        self._held_back: deque[tuple[str, int]] = deque()  # messages waiting for the attach or the rate
+        self._held_back: list[tuple[str, int]] = []  # messages waiting for the attach or the rate
         self._release_timer: asyncio.TimerHandle | None = None
-        self._waiting: deque[int] = deque()  # sizes of the messages queued in the inbox
+        self._waiting: list[int] = []  # sizes of the messages queued in the inbox
         self._waiting_bytes = 0  # held back + queued
         self._received = 0  # bytes of frames the socket delivered
         self._consumed = 0  # ... and of the frames picows handed over
@@ -369,7 +368,7 @@ class ChargerConnection(ConnectionLimits, WSListener, asyncio.BufferedProtocol):
             if bucket is not None and not bucket.take(now):
                 self._release_timer = self._loop.call_later(bucket.wait_time(now), self._release)
                 return
-            text, size = held.popleft()
+            text, size = held.pop(0)
             self._waiting_bytes -= size
             self._deliver(text, size)
         self._resume(HOLD)
@@ -386,7 +385,7 @@ class ChargerConnection(ConnectionLimits, WSListener, asyncio.BufferedProtocol):
     def _handle(self, text: str) -> Coroutine[Any, Any, None]:
         """The inbox's handler: a queued message is taken (no longer held), the session gets it."""
         if self._waiting:
-            self._waiting_bytes -= self._waiting.popleft()
+            self._waiting_bytes -= self._waiting.pop(0)
             self._account()
         return self._from_charger(text)
 

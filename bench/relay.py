@@ -155,9 +155,10 @@ class Child:
 
 
 def gateway_config(listen_port: int, csms_port: int, data_dir: Path, n: int, rate_limit: bool,
-                   extras: list[str]) -> dict[str, Any]:
+                   extras: list[str], cache_dir: Path | None = None) -> dict[str, Any]:
     """The gateway's config for one run: the bench's settings, then each TOML text of `extras`
-    merged in (tables merge key by key, so `[websocket]` in an extra adds to the bench's)."""
+    merged in (tables merge key by key, so `[websocket]` in an extra adds to the bench's).
+    `cache_dir`: the compiled schema validators, shared by the run's gateways (see warm_cache)."""
     ws: dict[str, Any] = {"listen": f"127.0.0.1:{listen_port}", "path": "/ocpp"}
     if not rate_limit:
         ws["max_messages_per_second"] = 0
@@ -170,9 +171,22 @@ def gateway_config(listen_port: int, csms_port: int, data_dir: Path, n: int, rat
         "upstream": {"url": f"ws://127.0.0.1:{csms_port}/ocpp"},
         "logging": {"level": "WARNING"},
     }
+    if cache_dir is not None:
+        cfg["cache_dir"] = cache_dir.as_posix()
     for text in extras:
         merge(cfg, tomllib.loads(text))
     return cfg
+
+
+def warm_cache(cache_dir: Path) -> None:
+    """Compile the schema validators into `cache_dir` once, before any gateway column runs: every
+    gateway of the run then loads them as a production gateway does at each start after its
+    first. Without this each run's gateway compiled ~270 schemas right before the chargers
+    connected, and the memory that work freed was reused by the connections: RSS per charger
+    read 5 KiB lower than a restarted gateway's."""
+    code = ("import sys; from pathlib import Path; from gateway.protocol.schemas import SchemaRegistry; "
+            "r = SchemaRegistry(cache_dir=Path(sys.argv[1])); r.warm_up()")
+    subprocess.run([sys.executable, "-c", code, str(cache_dir)], cwd=str(REPO), check=True, timeout=300)
 
 
 def merge(into: dict[str, Any], more: dict[str, Any]) -> None:
@@ -786,11 +800,13 @@ def main() -> None:
             (ddir / "data").mkdir(parents=True, exist_ok=True)
             cfg = ddir / "gateway.toml"
             cfg.write_text(toml_text(gateway_config(port, csms_port, ddir / "data", n, args.gateway_rate_limit,
-                                                    extras[col])))
+                                                    extras[col], tmp / "validators")))
             argv = [sys.executable, "-m", "gateway", "run", "-c", str(cfg)]
         return Child(col, argv, logs / f"{safe(col)}-N{n}-r{rep}.log", relay_cpus), "/healthz"
 
     try:
+        if gw_cols and args.gateway_impl == "gateway":
+            warm_cache(tmp / "validators")
         echo.wait_ready("127.0.0.1", csms_port, args.startup_timeout)
         log(f"echo CSMS pid {echo.pid} on :{csms_port}; pinning relay={relay_cpus} others={other_cpus}; "
             f"columns {', '.join(columns)}")

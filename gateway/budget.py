@@ -5,16 +5,15 @@ answer, when it comes on the live link, is taken as the answer to the stored row
 `AnswerBudget` keeps the charger CALLs on their way to the CSMS (`arm` when one is queued,
 `disarm` when its answer comes or it fails) and the calls answered late (`late`), and talks to its
 session through `BudgetHost`. The budget is the same for every call of a session, so the deadlines
-come in arrival order: they wait in a deque (the earliest first) behind one timer per session,
+come in arrival order: they wait in a list (the earliest first) behind one timer per session,
 armed for the earliest deadline and re-armed only when it has run out; a call disarmed is dropped
-from the deque once it reaches the front. A relayed call thus costs no timer handle of its own.
+from the list once it reaches the front. A relayed call thus costs no timer handle of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -73,7 +72,7 @@ class AnswerBudget:
         self.within = within
         self.armed: dict[str, PendingCall] = {}  # by message id: the calls the budget may answer
         self.late: dict[str, Late] = {}
-        self._due_at: deque[tuple[float, PendingCall]] = deque()  # (deadline, call), earliest first
+        self._due_at: list[tuple[float, PendingCall]] = []  # (deadline, call), earliest first
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._tasks = tasks
@@ -95,7 +94,7 @@ class AnswerBudget:
             call = due_at[0][1]
             if armed.get(call.message_id) is call:
                 break
-            due_at.popleft()
+            due_at.pop(0)
 
     def clear(self) -> None:
         if self._timer is not None:
@@ -120,13 +119,13 @@ class AnswerBudget:
         while due_at:
             deadline, call = due_at[0]
             if armed.get(call.message_id) is not call:
-                due_at.popleft()
+                due_at.pop(0)
                 continue
             if deadline > now:
                 self._timer_at = deadline
                 self._timer = self._loop.call_at(deadline, self._on_timer)
                 return
-            due_at.popleft()
+            due_at.pop(0)
             del armed[call.message_id]
             if closed:
                 continue

@@ -16,6 +16,7 @@ charging profiles through each charger's one-outstanding queue.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -322,7 +323,13 @@ class ControlEngine(OperatorCommands):
         self._touch()
         task = self._workers.get(cid)
         if task is None or task.done():
-            self._workers[cid] = asyncio.get_running_loop().create_task(self._worker(cid), name=f"control:{cid}")
+            task = self._workers[cid] = asyncio.get_running_loop().create_task(self._worker(cid), name=f"control:{cid}")
+            task.add_done_callback(functools.partial(self._worker_done, cid))
+
+    def _worker_done(self, cid: str, task: asyncio.Task[None]) -> None:
+        """A finished worker is not kept (a done task per charger cost about 1 KiB each)."""
+        if self._workers.get(cid) is task:
+            del self._workers[cid]
 
     def _retry(self, cid: str) -> None:
         loop = asyncio.get_running_loop()
