@@ -91,3 +91,25 @@ async def test_a_small_site_gets_no_pass_and_no_timer_left_running() -> None:
     keeper.close()
     keeper.changed(6)
     assert keeper._timer is None  # closed: nothing more is scheduled
+
+
+async def test_a_connect_burst_is_frozen_as_it_comes_and_its_garbage_freed_by_the_pass() -> None:
+    keeper = HeapKeeper(settle=0.05, longest=10, min_changes=5, min_interval=0, burst=10)
+    frozen_before = gc.get_freeze_count()
+    gc.disable()  # no automatic collection may free the cycle before the freeze
+    try:
+        garbage = _Session()
+        gone = weakref.ref(garbage)
+        del garbage  # a cycle nobody holds, frozen with the burst
+        for n in range(1, 10):
+            keeper.changed(n)
+        assert gc.get_freeze_count() == frozen_before  # not yet: fewer than `burst` came
+        keeper.changed(10)
+    finally:
+        gc.enable()
+    assert gc.get_freeze_count() > frozen_before and keeper.passes == 0  # frozen at once, no collection
+    gc.collect()
+    assert gone() is not None  # frozen: skipped by the collector until the pass
+    await _settle(keeper)
+    assert keeper.passes == 1 and gone() is None
+    keeper.close()
