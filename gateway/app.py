@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import threading
@@ -39,9 +38,9 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Protocol
 from gateway.config import Settings
 from gateway.errors import ListenerUnavailable
 from gateway.operator import Operator
-from gateway.protocol.schemas import SchemaRegistry
 from gateway.heap import HeapKeeper
 from gateway.hub import Hub
+from gateway.protocol.schemas import SchemaRegistry
 
 if TYPE_CHECKING:
     from adapters.api import ApiServer
@@ -188,11 +187,11 @@ async def _start(settings: Settings, stack: contextlib.AsyncExitStack) -> Gatewa
              settings.websocket.path, mode, (time.monotonic() - started) * 1000)
     systemd.ready(f"serving chargers on {settings.websocket.listen}")
     systemd.start_watchdog(lambda: server.serving() and store.is_open())
-    _warm_up(schemas, stack)
+    _warm_up(schemas, stack, hub.heap)
     return gw
 
 
-def _warm_up(schemas: SchemaRegistry, stack: contextlib.AsyncExitStack) -> None:
+def _warm_up(schemas: SchemaRegistry, stack: contextlib.AsyncExitStack, heap: HeapKeeper) -> None:
     """Compile every schema in a worker thread now that the ports are open; until a schema is
     compiled, its first use compiles it on demand. Stopped (between two schemas) on the way down."""
     stopping = threading.Event()
@@ -203,7 +202,7 @@ def _warm_up(schemas: SchemaRegistry, stack: contextlib.AsyncExitStack) -> None:
         if not done.cancelled() and done.exception() is None:
             log.info("schemas ready after %.0f ms: %d validators, %d from the cache, %d compiled",
                      (time.monotonic() - began) * 1000, done.result(), schemas.from_cache, schemas.compiled)
-        _freeze_heap()
+        heap.started()
 
     warm.add_done_callback(ready)
 
@@ -250,15 +249,6 @@ def _warn(settings: Settings) -> None:
 
     for warning in configuration_warnings(settings):
         log.warning("configuration: %s", warning)
-
-
-def _freeze_heap(_: object = None) -> None:
-    """Once started (modules, settings, every compiled schema: tens of thousands of objects that
-    live as long as the process), move what exists into the collector's permanent generation, so
-    its full collections stop scanning it again and again while frames flow (gc.freeze). No
-    gc.collect() first: that full pass would stall the event loop for as long as the heap is big
-    (an embedding process, such as the test runner, may hold a large one)."""
-    gc.freeze()
 
 
 async def _start_telemetry(settings: Settings, hub: Hub, stack: contextlib.AsyncExitStack,

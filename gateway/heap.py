@@ -7,7 +7,8 @@ it holds, and it walks every one of them. With a thousand chargers that walk tak
 small box, and it comes every few seconds to minutes while frames flow: every message that
 arrives meanwhile waits for it (the tail of the relay's added latency).
 
-`HeapKeeper` moves the sessions out of its way. Once the chargers that came (or went) have
+`HeapKeeper` moves the long-lived objects out of its way: what the start made (`started()`), then
+the sessions. Once the chargers that came (or went) have
 settled (`settle` seconds without one coming or going, or `longest` seconds after the first one
 when they never stop), it makes one full pass (`gc.unfreeze(); gc.collect(); gc.freeze()`): the
 garbage is freed, and what lives on (the sessions) goes to the permanent generation, which later
@@ -64,12 +65,22 @@ class HeapKeeper:
             self._timer.cancel()
             self._timer = None
 
+    def started(self) -> None:
+        """The gateway is up (modules, settings, every compiled schema: tens of thousands of
+        objects that live as long as the process): into the permanent generation with them. No
+        gc.collect() first: that full pass would stall the event loop for as long as the heap is
+        big (an embedding process, such as the test runner, may hold a large one)."""
+        self._freeze()
+
+    def _freeze(self) -> None:
+        gc.freeze()
+        self._unfrozen = 0
+
     def changed(self, sessions: int) -> None:
         if sessions > self.sessions:
             self._unfrozen += sessions - self.sessions
             if self._unfrozen >= self.burst:  # a connect burst: see the module doc
-                gc.freeze()
-                self._unfrozen = 0
+                self._freeze()
         self.sessions = sessions
         now = time.monotonic()
         if not self.changes:
@@ -104,8 +115,7 @@ class HeapKeeper:
         began = time.perf_counter()
         gc.unfreeze()
         freed = gc.collect()
-        gc.freeze()
-        self._unfrozen = 0
+        self._freeze()
         self.last_pause_ms = (time.perf_counter() - began) * 1000
         self._last_pass = time.monotonic()
         self.passes += 1
