@@ -292,6 +292,9 @@ def wait_quiet(max_wait: float, max_busy: float = 0.2, window: float = 1.0) -> d
             return {"quiet": False, "waited_s": time.perf_counter() - t0, "busy_cores": last_busy}
 
 
+GATEWAY_READS_WAIT = 40.0  # s: the gateway's read_delay (10 s) and the reads of N = 5000 chargers
+
+
 def load_budget(args: argparse.Namespace, n: int) -> float:
     closed = len(args.closed_actions) * (args.warmup + args.closed_secs + 2.0)
     connect = 10.0 + n * 0.05
@@ -310,7 +313,10 @@ def settle_for(args: argparse.Namespace, n: int) -> float:
 
 def run_load(args: argparse.Namespace, name: str, url: str, n: int, pid: int, echo_pid: int,
              cpus: list[int] | None, logs: Path, tag: str = "") -> dict[str, Any]:
-    budget = load_budget(args, n)
+    # a gateway reads every charger's variables once, [variables].read_delay (10 s) after it
+    # came: the load waits for those reads before it measures (bench/README.md, "What runs")
+    reads = GATEWAY_READS_WAIT if (name == "gateway" or name.startswith("gw:")) else 0.0
+    budget = load_budget(args, n) + reads
     # bounded per run and over the whole bench (2x --quiet-wait in total)
     allowance = min(args.quiet_wait, args.quiet_budget)
     quiet = wait_quiet(allowance) if allowance > 0 else None
@@ -322,7 +328,7 @@ def run_load(args: argparse.Namespace, name: str, url: str, n: int, pid: int, ec
         "--warmup", str(args.warmup), "--closed-secs", str(args.closed_secs),
         "--closed-actions", ",".join(args.closed_actions), "--open-secs", str(args.open_secs),
         "--rate", str(rate_for(args, n)), "--max-secs", str(budget), "--seed", str(n),
-        "--keepalive", str(args.keepalive),
+        "--keepalive", str(args.keepalive), "--await-server-calls", str(reads),
     ]
     if args.pyspy and (name in args.pyspy or (name.startswith("gw:") and "gateway" in args.pyspy)):
         prof = RESULTS / "profiles"
@@ -364,6 +370,7 @@ def summarize(r: dict[str, Any] | None, direct: dict[str, Any] | None) -> dict[s
         "connected": r.get("connected"),
         "connect_failures": r.get("connect_failures"),
         "connect_secs": r.get("connect_secs"),
+        "reads_waited_s": (r.get("server_calls_awaited") or {}).get("waited_s"),
         "rss_per_charger_kib": (r["rss_per_charger"] / 1024) if r.get("rss_per_charger") is not None else None,
         "rss_per_charger_2nd_half_kib": (r["rss_per_charger_2nd_half"] / 1024)
         if r.get("rss_per_charger_2nd_half") is not None else None,
@@ -526,6 +533,7 @@ def print_table(n: int, agg: dict[str, Any], columns: list[str], gw_cols: list[s
 
     row("chargers connected", "connected", "d" if repeat == 1 else ".0f")
     row("connect all, s", "connect_secs", ".2f")
+    row("  variables reads awaited, s", "reads_waited_s", ".1f", direct=False)
     row("start to listening, s", "start_to_listening_s", ".3f", direct=False)
     row("  start to idle (warm-up done), s", "start_to_idle_s", ".2f", direct=False)
     row("RSS idle with N chargers, MiB", "rss_idle_mib", ".1f")
