@@ -63,6 +63,7 @@ class ConnectionLimits:
     _ping_timer: asyncio.TimerHandle | None
     _ping_data: bytes | None
     _ping_at: float
+    _heard: float
 
     def drop(self, code: int, reason: str) -> None:
         """Close now (aborted), and stop counting what this connection holds (ws_limits.Budget)."""
@@ -78,8 +79,16 @@ class ConnectionLimits:
     # -- keepalive -----------------------------------------------------------------------------------------
 
     def _ping(self) -> None:
+        """Ping a charger that has sent nothing for `ping_interval`: any frame from it proves the
+        link as a pong does, so a charger that talks is not pinged (no timers, syscalls and bytes
+        on its cellular link for nothing). One that went silent is still dropped within
+        ping_interval + ping_timeout of its last frame."""
         self._ping_timer = None
         if self._closed or self._ws is None:
+            return
+        due = self._heard + self.server.ping_interval
+        if due > self._loop.time():
+            self._ping_timer = self._loop.call_at(due, self._ping)
             return
         self._ping_data = jitter.getrandbits(32).to_bytes(4, "big")
         self._ping_at = self._loop.time()
@@ -90,7 +99,7 @@ class ConnectionLimits:
         self._ping_data = None
         if self._ping_timer is not None:
             self._ping_timer.cancel()
-        self._ping_timer = self._loop.call_at(self._ping_at + self.server.ping_interval, self._ping)
+        self._ping_timer = self._loop.call_at(max(self._heard, self._ping_at) + self.server.ping_interval, self._ping)
 
     def _no_pong(self) -> None:
         self._ping_timer = None

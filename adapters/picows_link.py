@@ -24,9 +24,10 @@ bytes held, the message deadline and the keepalive are in adapters/picows_limits
   the budget lets it go on (and the fattest connections of the fullest addresses are closed with
   1013 to make room). `message_timeout`: a message unfinished that long closes with 1008, unless
   the relay or the budget is what holds it up.
-- **Keepalive**: a ping every `ping_interval` (the first after one interval and a random part of
-  another: chargers that reconnected together are not pinged together for ever); no pong within `ping_timeout` drops the
-  connection. Pings from the charger are answered.
+- **Keepalive**: a charger that sent nothing for `ping_interval` is pinged (a frame from it proves
+  the link as a pong does; the first check after one interval and a random part of another:
+  chargers that reconnected together are not pinged together for ever); no pong within
+  `ping_timeout` drops the connection. Pings from the charger are answered.
 - **Sending** writes at once (`WSTransport.send`); `send` waits only while the socket's write
   buffer is over its high-water mark; `LinkClosed` once the connection is closed.
 """
@@ -70,7 +71,7 @@ class ChargerConnection(ConnectionLimits, WSListener, asyncio.BufferedProtocol):
         "_attaching", "_bucket", "_throttled", "_held_back", "_release_timer", "_waiting", "_waiting_bytes",
         "_received", "_consumed", "_deferred", "_parts", "_partial", "_binary", "_compressed", "_pauses",
         "_closed", "_closing", "_dropped", "_lost", "_close_code", "_close_timer", "_gone", "_drain",
-        "_deadline", "_releasing", "_ping_timer", "_ping_data", "_ping_at", "_task",
+        "_deadline", "_releasing", "_ping_timer", "_ping_data", "_ping_at", "_heard", "_task",
     )
 
     def __init__(self, server: PicowsServer, charger_id: str, subprotocol: str | None, upstream: UpstreamLink | None,
@@ -122,6 +123,7 @@ class ChargerConnection(ConnectionLimits, WSListener, asyncio.BufferedProtocol):
         self._ping_timer: asyncio.TimerHandle | None = None
         self._ping_data: bytes | None = None
         self._ping_at = 0.0
+        self._heard = 0.0  # loop time of the charger's last frame (the keepalive pings only a quiet link)
         self._task: asyncio.Task[None] | None = None  # the last background task of ours (kept by reference)
 
     @property
@@ -240,6 +242,7 @@ class ChargerConnection(ConnectionLimits, WSListener, asyncio.BufferedProtocol):
             self._ping_timer = self._loop.call_later(interval + jitter.uniform(0, interval), self._ping)
 
     def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
+        self._heard = self._loop.time()
         size = frame.payload_size
         self._consumed += size + (6 if size < 126 else 8 if size < 65536 else 14)  # masked frame headers
         if frame.msg_type is _TEXT and frame.fin and self._parts is None and not self._closed \

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import struct
 import urllib.request
@@ -241,6 +242,50 @@ async def test_keepalive_both_ways_and_the_dead_peer(tmp_path: Path, transport: 
         raw.close()
         assert opcodes[0] == 0x9 and opcodes[-1] == -1, opcodes
         assert 0x8 in opcodes, opcodes
+
+
+async def test_a_charger_that_talks_is_not_pinged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """picows: any frame from a charger proves the link as a pong does, so a charger that talks is
+    never pinged; one quiet for ping_interval is, and if it then answers nothing it is dropped
+    within ping_interval + ping_timeout of its last frame."""
+    interval, timeout = 0.4, 0.6
+    caplog.set_level(logging.INFO, logger="gateway")
+    async with gateway(tmp_path, "picows", websocket={"ping_interval": interval, "ping_timeout": timeout,
+                                                      "max_messages_per_second": 0}) as gw:
+        loop = asyncio.get_running_loop()
+        # the schemas compile in a worker thread at the start, in this test's process: the event
+        # loop (the test's and the gateway's) may stall meanwhile, longer than an interval
+        until = loop.time() + 30
+        while not any("schemas ready" in r.getMessage() for r in caplog.records) and loop.time() < until:
+            await asyncio.sleep(0.05)
+        raw = await RawCharger.open(gw.ws_port, "/ocpp/TALKS")
+        assert raw.response.startswith(b"HTTP/1.1 101")
+        talked: list[int] = []
+        until = loop.time() + 5 * interval  # the first check comes after one to two intervals
+        for i in range(100):  # bounded: one Heartbeat every 0.1 s for 2 s
+            if loop.time() >= until:
+                break
+            try:
+                raw.writer.write(client_frame(0x1, f'[2,"h{i}","Heartbeat",{{}}]'.encode()))
+                last_sent = loop.time()
+                talked.append((await raw.frame())[0])
+            except ConnectionError:
+                pytest.fail(f"a charger that talked was dropped (frames it got: {talked})")
+            await asyncio.sleep(0.1)
+        assert len(talked) >= 10 and 0x9 not in talked, talked
+        quiet: list[tuple[int, float]] = []
+        for _ in range(20):
+            opcode, _ = await raw.frame(timeout=5)
+            quiet.append((opcode, loop.time() - last_sent))
+            if opcode == -1:
+                break
+        raw.close()
+        opcodes = [op for op, _ in quiet]
+        assert 0x9 in opcodes and opcodes[-1] == -1 and 0x8 in opcodes, quiet
+        pinged_after = quiet[opcodes.index(0x9)][1]
+        assert interval - 0.05 <= pinged_after <= 2 * interval + 0.5, quiet  # quiet for an interval, not before
+        closed_after = quiet[opcodes.index(0x8)][1]
+        assert pinged_after + timeout - 0.05 <= closed_after <= interval + timeout + 1.0, quiet
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
