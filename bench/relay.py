@@ -19,6 +19,7 @@ See bench/README.md. Results: tables on stdout and bench/results/latest.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -27,6 +28,7 @@ import secrets
 import shutil
 import statistics
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -293,6 +295,48 @@ def wait_quiet(max_wait: float, max_busy: float = 0.2, window: float = 1.0) -> d
 
 
 GATEWAY_READS_WAIT = 40.0  # s: the gateway's read_delay (10 s) and the reads of N = 5000 chargers
+
+
+def wake_probe(cpu_a: int, cpu_b: int, rounds: int = 2000) -> dict[str, float]:
+    """What the machine alone adds to an open-loop round trip: a 1-byte ping-pong over a socket
+    pair between a process on `cpu_a` and one on `cpu_b`, 1 per ms (as the open loop at N = 1000
+    offers them); on a VM an idle core's wake-up can take a millisecond. Its p99 bounds from below
+    what any relay on `cpu_b` adds (each relayed call crosses between the cores four times)."""
+    a, b = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the child: echoes on cpu_b until told to stop
+        try:
+            os.sched_setaffinity(0, {cpu_b})
+            while True:
+                d = b.recv(16)
+                if not d or d == b"q":
+                    break
+                b.send(d)
+        finally:
+            os._exit(0)
+    rtts: list[int] = []
+    try:
+        prev = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {cpu_a})
+        try:
+            a.settimeout(5)
+            for _ in range(rounds):
+                t = time.perf_counter_ns()
+                a.send(b"x")
+                a.recv(16)
+                rtts.append(time.perf_counter_ns() - t)
+                time.sleep(0.001)
+        finally:
+            os.sched_setaffinity(0, prev)
+    finally:
+        with contextlib.suppress(OSError):
+            a.send(b"q")
+        os.waitpid(pid, 0)
+        a.close()
+        b.close()
+    rtts.sort()
+    return {f"{k}_ms": rtts[min(len(rtts) - 1, int(len(rtts) * q))] / 1e6
+            for k, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999))}
 
 
 def load_budget(args: argparse.Namespace, n: int) -> float:
@@ -592,9 +636,12 @@ def print_table(n: int, agg: dict[str, Any], columns: list[str], gw_cols: list[s
               + ("; median, the runs in brackets)" if repeat > 1 else ")"))
         print_rows(("", "vs limit", "vs peer", "vs bare", "target"), hrows, left=(0, 4))
         p99 = c.get("p99_added_ms")
+        lp99 = (summ.get("limit") or {}).get("added_p99_ms")
+        limit_p99 = f"; the limit adds {lp99:.3f} ms on this machine" if lp99 is not None else ""
         rss = c.get("rss_per_charger_kib")
         print(f"{g}: p99 added latency {fmt(p99, '.3f')} ms (target <= {t['p99_added_ms_max']:g} ms at "
-              f"N={t['p99_added_at_n']} x 1 msg/s: {verdict(chk.get('p99_added_le_1ms_at_1000')) or 'not judged here'}); "
+              f"N={t['p99_added_at_n']} x 1 msg/s: {verdict(chk.get('p99_added_le_1ms_at_1000')) or 'not judged here'}"
+              f"{limit_p99}); "
               f"RSS per charger {fmt(rss)} KiB (target <= {t['rss_per_charger_kib_max']:g} KiB: "
               f"{verdict(chk.get('rss_per_charger_le_40KiB')) or 'not judged at N < 100'}); "
               f"start to listening {fmt(c.get('start_to_listening_s'), '.3f')} s "
@@ -813,6 +860,11 @@ def main() -> None:
         return Child(col, argv, logs / f"{safe(col)}-N{n}-r{rep}.log", relay_cpus), "/healthz"
 
     try:
+        if relay_cpus and other_cpus:
+            meta["wake_probe"] = wake_probe(other_cpus[0], relay_cpus[0])
+            w = meta["wake_probe"]
+            log(f"machine: a ping-pong between the load's core and the relay's takes p50 {w['p50_ms']:.3f} ms, "
+                f"p99 {w['p99_ms']:.3f} ms, p99.9 {w['p999_ms']:.3f} ms (each open-loop call crosses cores 4 times)")
         if gw_cols and args.gateway_impl == "gateway":
             warm_cache(tmp / "validators")
         echo.wait_ready("127.0.0.1", csms_port, args.startup_timeout)
