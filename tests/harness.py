@@ -22,10 +22,42 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_CACHE: list[Path] = []
 
 
+def _port_range() -> tuple[int, int]:
+    """Ports the kernel never hands out on its own: below its ephemeral range (Linux: 32768-60999)
+    or, when that leaves too few, above it."""
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    if low - 1 - 10_000 >= 1024:
+        return low - 1 - 10_000, low - 1
+    return high + 1, 65535
+
+
+_PORTS = _port_range()
+_next_port = [_PORTS[0] + (os.getpid() * 7919) % (_PORTS[1] - _PORTS[0])]
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port on 127.0.0.1 that nothing listens on now, for a server a test is about to start.
+
+    Not one the kernel picks (bind to port 0): the kernel gives the same ports to outgoing
+    connections, and the tests open thousands, so between this call and the server's bind one of
+    them could take it (EADDRINUSE at listen). These come from outside the ephemeral range, in
+    turn (a port is not given twice in a run until the range wraps), each checked by a bind and
+    listen here."""
+    low, high = _PORTS
+    for _ in range(high - low):
+        port = _next_port[0]
+        _next_port[0] = low + (port + 1 - low) % (high - low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                s.listen(1)
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}-{high}")
 
 
 def _toml_value(value: Any) -> str:
