@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import orjson
 import pytest
+from websockets.asyncio.client import connect
 
 from gateway.heap import HeapKeeper
+from tests.harness import GatewayProcess
 
 
 class _Session:
@@ -113,3 +116,29 @@ async def test_a_connect_burst_is_frozen_as_it_comes_and_its_garbage_freed_by_th
     await _settle(keeper)
     assert keeper.passes == 1 and gone() is None
     keeper.close()
+
+
+async def test_a_running_gateway_freezes_the_sessions_that_came(
+        gateway_factory: Callable[..., GatewayProcess]) -> None:
+    """The keeper wired into the gateway process (Hub.notify): 20 chargers come, settle, and one
+    pass runs (logged at DEBUG), after which the relay goes on as before."""
+    gw = gateway_factory()
+    chargers = []
+    try:
+        for i in range(20):
+            ws = await connect(gw.url(f"HEAP{i:02d}"), subprotocols=["ocpp1.6"])  # type: ignore[list-item]
+            chargers.append(ws)
+            await ws.send('[2,"b","BootNotification",{"chargePointVendor":"V","chargePointModel":"M"}]')
+            assert orjson.loads(await asyncio.wait_for(ws.recv(), 10))[:2] == [3, "b"]
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 30  # the pass comes 5 s after the last one settled
+        while "one full collection" not in gw.logs() and loop.time() < until:
+            await asyncio.sleep(0.2)
+        line = next((x for x in gw.logs().splitlines() if "heap:" in x and "one full collection" in x), "")
+        assert "20 sessions came or went" in line and "for 20 sessions" in line, gw.logs()[-3000:]
+        for i, ws in enumerate(chargers):
+            await ws.send(f'[2,"h{i}","Heartbeat",{{}}]')
+            assert orjson.loads(await asyncio.wait_for(ws.recv(), 10))[:2] == [3, f"h{i}"]
+    finally:
+        for ws in chargers:
+            await ws.close()
