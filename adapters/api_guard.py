@@ -61,6 +61,10 @@ def api_token(settings: Settings) -> str:
         log.info("REST API token: kept in %s (the CLI reads it from there)", path.resolve())
         return token
     token = secrets.token_urlsafe(32)
+    for _ in range(100):  # one in 64 begins with "-", which `--token VALUE` on a command line takes for an option
+        if not token.startswith("-"):
+            break
+        token = secrets.token_urlsafe(32)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -232,6 +232,18 @@ async def test_a_token_is_generated_kept_and_logged(tmp_path: Path, caplog: pyte
             assert (await anon.get("/api/v1/chargers"))[0] == 200
 
 
+def test_a_generated_token_never_begins_with_a_dash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ocpp-gateway variables --token VALUE`: a value that begins with "-" is taken for an option
+    (one URL-safe token in 64 does). The draw is replaced: randomness cannot be made to do it."""
+    from adapters import api_guard
+
+    drawn = iter(["-looks-like-an-option", "-again", "Fine_token-with-a-dash-inside"])
+    monkeypatch.setattr(api_guard.secrets, "token_urlsafe", lambda n: next(drawn))
+    token = api_guard.api_token(Settings(data_dir=str(tmp_path / "data")))
+    assert token == "Fine_token-with-a-dash-inside"
+    assert (tmp_path / "data" / "api-token").read_text().strip() == token
+
+
 async def test_a_browser_page_cannot_use_the_api(tmp_path: Path) -> None:
     """Cross-site writes (a form or a no-cors fetch: text/plain, no preflight) and DNS rebinding (a
     foreign Host) are refused even with authentication off (token = "" on loopback)."""
