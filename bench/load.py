@@ -16,8 +16,9 @@ one JSON object on stdout when done. Phases, in order:
            CALL as soon as the CALLRESULT of the previous one arrives; warm-up, then a
            measured window: round trips completed and relay CPU time in the window
   open     open loop: every charger sends 1 Heartbeat per 1/--rate seconds at a random
-           phase offset, for --open-secs; RTT of every call (still one at a time: if an
-           answer is late the next call waits for it and is counted as `late`)
+           phase offset, for --warmup (not recorded) and then --open-secs; RTT of every
+           recorded call (still one at a time: if an answer is late the next call waits
+           for it and is counted as `late`)
 
 Every loop that sends is bounded in count and in time.
 """
@@ -425,9 +426,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     # -- open loop -----------------------------------------------------------------------
     if args.open_secs > 0 and chargers:
-        await avoid_keepalive(args.open_secs + 1.0 / args.rate + 0.5, "open_Heartbeat")
+        # the first `warmup` seconds are sent and not recorded, as in the closed loop: the load
+        # generator starting its N senders at once is not the relay's latency (that first second
+        # held the tail of every column alike, the direct one included)
+        warm = args.warmup
+        await avoid_keepalive(warm + args.open_secs + 1.0 / args.rate + 0.5, "open_Heartbeat")
         period = 1.0 / args.rate
-        count = max(1, int(round(args.open_secs * args.rate)))
+        count = max(1, int(round((warm + args.open_secs) * args.rate)))
         rng = random.Random(args.seed)
         rtts: list[int] = []
         errors0 = stats.errors
@@ -435,6 +440,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         timeouts = 0
         lost = 0
         t_start = time.monotonic() + 0.2
+        rec_from = t_start + warm
 
         async def sender(ch: Charger, offset: float) -> None:
             nonlocal late, timeouts, lost
@@ -447,10 +453,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     late += 1
                 try:
                     rtt = await ch.call("Heartbeat", args.call_timeout)
-                    rtts.append(rtt)
-                    sec = int(due - t_start)
-                    if 0 <= sec < len(per_second):
-                        per_second[sec].append(rtt)
+                    if due >= rec_from:
+                        rtts.append(rtt)
+                        sec = int(due - rec_from)
+                        if 0 <= sec < len(per_second):
+                            per_second[sec].append(rtt)
                 except asyncio.TimeoutError:
                     timeouts += 1
                     return
@@ -461,11 +468,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         per_second: list[list[int]] = [[] for _ in range(int(args.open_secs) + 2)]
         offsets = [rng.random() * period for _ in chargers]
         await asyncio.sleep(max(0.0, t_start - time.monotonic()))
-        b0, c0, n0, e0, s0, w0 = system_busy(), relay.cpu(), relay.cpu_ns(), echo.cpu(), self_cpu(), time.perf_counter()
-        await asyncio.wait_for(
+        senders = asyncio.ensure_future(asyncio.wait_for(
             asyncio.gather(*(sender(ch, off) for ch, off in zip(chargers, offsets))),
-            timeout=min(left(), args.open_secs + period + args.call_timeout + 5),
-        )
+            timeout=min(left(), warm + args.open_secs + period + args.call_timeout + 5),
+        ))
+        await asyncio.sleep(max(0.0, rec_from - time.monotonic()))
+        b0, c0, n0, e0, s0, w0 = system_busy(), relay.cpu(), relay.cpu_ns(), echo.cpu(), self_cpu(), time.perf_counter()
+        await senders
         b1, c1, n1, e1, s1, w1 = system_busy(), relay.cpu(), relay.cpu_ns(), echo.cpu(), self_cpu(), time.perf_counter()
         wall = w1 - w0
         done = len(rtts)

@@ -342,7 +342,7 @@ def wake_probe(cpu_a: int, cpu_b: int, rounds: int = 2000) -> dict[str, float]:
 def load_budget(args: argparse.Namespace, n: int) -> float:
     closed = len(args.closed_actions) * (args.warmup + args.closed_secs + 2.0)
     connect = 10.0 + n * 0.05
-    return 10.0 + 2 * settle_for(args, n) + 2 * args.keepalive + connect + closed + args.open_secs + 1.0 / rate_for(args, n) + 15.0
+    return 10.0 + 2 * settle_for(args, n) + 2 * args.keepalive + connect + closed + args.warmup + args.open_secs + 1.0 / rate_for(args, n) + 15.0
 
 
 def rate_for(args: argparse.Namespace, n: int) -> float:
