@@ -62,7 +62,6 @@ class ConnectionLimits:
     _releasing: int
     _ping_timer: asyncio.TimerHandle | None
     _ping_data: bytes | None
-    _ping_at: float
     _heard: float
 
     def drop(self, code: int, reason: str) -> None:
@@ -91,7 +90,6 @@ class ConnectionLimits:
             self._ping_timer = self._loop.call_at(due, self._ping)
             return
         self._ping_data = jitter.getrandbits(32).to_bytes(4, "big")
-        self._ping_at = self._loop.time()
         self._ws.send_ping(self._ping_data)
         self._ping_timer = self._loop.call_later(self.server.ping_timeout, self._no_pong)
 
@@ -99,7 +97,8 @@ class ConnectionLimits:
         self._ping_data = None
         if self._ping_timer is not None:
             self._ping_timer.cancel()
-        self._ping_timer = self._loop.call_at(max(self._heard, self._ping_at) + self.server.ping_interval, self._ping)
+        # the pong is a frame: `_heard` is its arrival, the next check one interval after it
+        self._ping_timer = self._loop.call_at(self._heard + self.server.ping_interval, self._ping)
 
     def _no_pong(self) -> None:
         self._ping_timer = None

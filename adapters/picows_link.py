@@ -71,7 +71,7 @@ class ChargerConnection(ConnectionLimits, WSListener, asyncio.BufferedProtocol):
         "_attaching", "_bucket", "_throttled", "_held_back", "_release_timer", "_waiting", "_waiting_bytes",
         "_received", "_consumed", "_deferred", "_parts", "_partial", "_binary", "_compressed", "_pauses",
         "_closed", "_closing", "_dropped", "_lost", "_close_code", "_close_timer", "_gone", "_drain",
-        "_deadline", "_releasing", "_ping_timer", "_ping_data", "_ping_at", "_heard", "_task",
+        "_deadline", "_releasing", "_ping_timer", "_ping_data", "_heard", "_task",
     )
 
     def __init__(self, server: PicowsServer, charger_id: str, subprotocol: str | None, upstream: UpstreamLink | None,
@@ -122,7 +122,6 @@ class ChargerConnection(ConnectionLimits, WSListener, asyncio.BufferedProtocol):
         self._releasing = 0
         self._ping_timer: asyncio.TimerHandle | None = None
         self._ping_data: bytes | None = None
-        self._ping_at = 0.0
         self._heard = 0.0  # loop time of the charger's last frame (the keepalive pings only a quiet link)
         self._task: asyncio.Task[None] | None = None  # the last background task of ours (kept by reference)
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import peer_broker
-from bench._common import REPO, child_setup, free_port, http_get_status, raise_nofile, tcp_accepts
+from bench._common import REPO, child_setup, free_port, http_get_status, percentiles, raise_nofile, tcp_accepts
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
@@ -334,9 +334,8 @@ def wake_probe(cpu_a: int, cpu_b: int, rounds: int = 2000) -> dict[str, float]:
         os.waitpid(pid, 0)
         a.close()
         b.close()
-    rtts.sort()
-    return {f"{k}_ms": rtts[min(len(rtts) - 1, int(len(rtts) * q))] / 1e6
-            for k, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999))}
+    pct = percentiles(rtts, (50, 99, 99.9))
+    return {"p50_ms": (pct["p50"] or 0) / 1e6, "p99_ms": (pct["p99"] or 0) / 1e6, "p999_ms": (pct["p99.9"] or 0) / 1e6}
 
 
 def load_budget(args: argparse.Namespace, n: int) -> float:
