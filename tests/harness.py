@@ -34,7 +34,18 @@ def _port_range() -> tuple[int, int]:
     return high + 1, 65535
 
 
-_PORTS = _port_range()
+def _worker_slice(low: int, high: int) -> tuple[int, int]:
+    """With the suite spread over processes (pytest-xdist: PYTEST_XDIST_WORKER "gw0", "gw1", ...),
+    each takes its own slice of the range, so two never check and hand out the same port."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 1):
+        return low, high
+    size = (high - low) // int(count)
+    start = low + size * (int(worker[2:]) % int(count))
+    return start, start + size
+
+
+_PORTS = _worker_slice(*_port_range())
 _next_port = [_PORTS[0] + (os.getpid() * 7919) % (_PORTS[1] - _PORTS[0])]
 
 
