@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import re
 import ssl
 import struct
 from typing import Any, Callable
@@ -49,10 +50,16 @@ def _topic_field(topic: str) -> bytes:
     return len(data).to_bytes(2, "big") + data
 
 
-@functools.lru_cache(maxsize=512)
-def _pubacks_format(count: int) -> struct.Struct:
-    """`count` PUBACKs with just a packet id each (4 bytes: 0x40, 0x02, id): their ids."""
-    return struct.Struct(">" + "2xH" * count)
+# A read that holds nothing but PUBACKs that succeeded: each just a packet id (4 bytes: 0x40, 0x02,
+# id), or an id and a reason code below 0x80 (5 bytes: MQTT 5; Mosquitto answers 0x10, "no matching
+# subscribers", for a topic nobody subscribes to, which is most of the telemetry on a quiet site)
+_ACKS_ONLY = re.compile(rb"(?:\x40\x02..|\x40\x03..[\x00-\x7f])+", re.S)
+
+
+@functools.lru_cache(maxsize=1024)
+def _pubacks_format(count: int, size: int) -> struct.Struct:
+    """`count` PUBACKs of `size` bytes each (4: 0x40, 0x02, id; 5: 0x40, 0x03, id, reason): their ids."""
+    return struct.Struct(">" + ("2xH" if size == 4 else "2xHx") * count)
 
 
 def remaining_length(n: int) -> bytes:
@@ -153,16 +160,42 @@ class BatchedSocket:
         consumed here (paho never sent it and would ignore it); everything else goes to paho whole."""
         raw = self._raw
         raw += data
-        take = self._take_puback
-        n, i = len(raw), 0
-        count = n >> 2
-        if (not n & 3 and self._take_pubacks is not None and raw[0::4].count(0x40) == count
-                and raw[1::4].count(2) == count):
+        take = self._take_pubacks
+        if take is not None and raw[0] == 0x40 and _ACKS_ONLY.fullmatch(raw):
             # nothing but successful PUBACKs, as behind a steady stream of QoS 1 telemetry: in one go
-            for mid in self._take_pubacks(_pubacks_format(count).unpack(raw)):
-                self.incoming += b"\x40\x02" + mid.to_bytes(2, "big")  # paho's own
+            self._acks_only(raw, take)
             raw.clear()
             return
+        self._packets(raw)
+
+    def _acks_only(self, raw: bytearray, take: Callable[[tuple[int, ...]], list[int]]) -> None:
+        """A read of successful PUBACKs only (`_ACKS_ONLY`): the sink takes its own in one call,
+        paho gets the others whole."""
+        n = len(raw)
+        for size in (4, 5):  # all of one size (every packet's second byte 2, or every one 3): one struct call
+            count = n // size
+            if count * size == n and raw[1::size].count(size - 2) == count:
+                mids = _pubacks_format(count, size).unpack(raw)
+                break
+        else:  # both sizes (MQTT 5 with some topics subscribed to): walk the lengths
+            found, i = [], 0
+            while i < n:
+                found.append(raw[i + 2] << 8 | raw[i + 3])
+                i += raw[i + 1] + 2
+            mids = tuple(found)
+        others = take(mids)
+        if others:  # paho's own: the packets as they came (its QoS 1 messages, rare)
+            wanted, i = set(others), 0
+            while i < n:
+                end = i + raw[i + 1] + 2
+                if raw[i + 2] << 8 | raw[i + 3] in wanted:
+                    self.incoming += raw[i:end]
+                i = end
+
+    def _packets(self, raw: bytearray) -> None:
+        """Packet by packet: a PUBACK of the sink's own taken here, everything else kept for paho."""
+        take = self._take_puback
+        n, i = len(raw), 0
         while i + 2 <= n:
             if raw[i] == 0x40 and raw[i + 1] == 2 and i + 4 <= n and take is not None:
                 # the common packet by far: a PUBACK with just its packet id (success)

@@ -111,6 +111,45 @@ def test_a_read_of_nothing_but_pubacks_is_taken_in_one_go() -> None:
         b.close()
 
 
+def test_mqtt5_pubacks_with_a_reason_code_are_taken_in_one_go_too() -> None:
+    """MQTT 5: Mosquitto acknowledges a message to a topic nobody subscribes to with reason code
+    0x10 ("no matching subscribers", 5 bytes), and the others with the 4-byte PUBACK: reads of
+    either, or of both mixed, are taken in one call; paho gets its own packets as they came; a
+    refusal (0x80 and up) goes packet by packet, so the sink counts and logs it."""
+    window = {1, 2, 3, 4, 5, 6}
+    calls: list[tuple[int, ...]] = []
+    single: list[tuple[int, int]] = []
+
+    def take_many(mids: tuple[int, ...]) -> list[int]:
+        calls.append(mids)
+        others = [m for m in mids if m not in window]
+        window.difference_update(mids)
+        return others
+
+    def take_one(mid: int, reason: int) -> bool:
+        single.append((mid, reason))
+        return mid in window and not window.discard(mid)
+
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+        sock = _BatchedSocket(a, take_one, take_many)
+        b.sendall(b"\x40\x03\x00\x01\x10" b"\x40\x03\x00\x63\x10" b"\x40\x03\x00\x02\x00")  # all 5 bytes
+        assert sock.fill()
+        assert calls == [(1, 99, 2)] and single == []
+        assert sock.recv(16) == b"\x40\x03\x00\x63\x10" and not sock.pending()  # paho's, whole, reason and all
+        b.sendall(b"\x40\x02\x00\x03" b"\x40\x03\x00\x04\x10" b"\x40\x02\x00\x64" b"\x40\x03\x00\x05\x10")  # mixed
+        assert sock.fill()
+        assert calls[1] == (3, 4, 100, 5) and single == []
+        assert sock.recv(16) == b"\x40\x02\x00\x64" and not sock.pending()
+        b.sendall(b"\x40\x03\x00\x06\x87")  # refused: not the bulk path
+        assert sock.fill()
+        assert len(calls) == 2 and single == [(6, 0x87)] and not window
+    finally:
+        a.close()
+        b.close()
+
+
 async def test_packet_ids_are_taken_from_pahos_sequence_and_wrap_past_65535(tmp_path: Any) -> None:
     from gateway.config import MqttSettings
     from adapters.mqtt import MqttSink
