@@ -262,6 +262,7 @@ class FastLane:
         self.published = 0
         self.acked = 0
         self.refused = 0  # PUBLISHes the broker acknowledged with an error reason code (MQTT 5)
+        self._heads: dict[str, tuple[bytes, int, bytes]] = {}  # topic -> `_head`
 
     def attach(self, sock: Any) -> BatchedSocket | None:
         """Wrap the socket paho just opened; None when paho closed it again meanwhile."""
@@ -351,14 +352,35 @@ class FastLane:
             room = min(self.limit - len(self.client._out_messages) - len(window), len(backlog))
             if room > 0:
                 sent = 0
+                heads = self._heads
                 for mid in self.next_mids(room):
                     m = backlog.popleft()
-                    try:
-                        write_publish(out, m[0], m[1], 1, m[2], mid, v5)
-                    except ValueError as exc:  # (that id goes unused)
-                        log.warning("MQTT: not published: %s", exc)
-                        continue
+                    topic, payload, retain = m
+                    head = heads.get(topic)
+                    if head is None:
+                        try:
+                            head = self._head(topic)
+                        except ValueError as exc:  # (that id goes unused)
+                            log.warning("MQTT: not published: %s", exc)
+                            continue
+                    size = head[1] + len(payload)
+                    if 128 <= size < 16384:  # the usual telemetry message: write_publish's framing, inline
+                        out += b"%c%c%c%s%c%c%s" % (0x32 | retain, size & 0x7F | 0x80, size >> 7, head[0],
+                                                    mid >> 8, mid & 0xFF, head[2])
+                        out += payload
+                    else:
+                        write_publish(out, topic, payload, 1, retain, mid, v5)
                     window[mid] = m
                     sent += 1
                 self.published += sent
         return bool(out)
+
+    def _head(self, topic: str) -> tuple[bytes, int, bytes]:
+        """What a QoS 1 PUBLISH to `topic` starts with (remembered per topic): the topic field, the
+        bytes of the remaining length that are not payload, the property list (MQTT 5: empty)."""
+        heads = self._heads
+        if len(heads) >= 65536:
+            heads.clear()
+        tf = _topic_field(topic)  # ValueError: not a topic a client may publish to
+        head = heads[topic] = (tf, len(tf) + 2 + self.v5, b"\x00" if self.v5 else b"")
+        return head

@@ -38,6 +38,33 @@ def test_publish_packets_match_the_specification() -> None:
             publish_packet(bad, b"", 1, False, 1, False)
 
 
+@pytest.mark.parametrize("v5", [False, True])
+def test_the_window_frames_every_message_as_publish_packet_does(v5: bool) -> None:
+    """The fast lane frames the usual message inline (a two-byte remaining length); every size
+    around the bounds of that form, both retain flags, and a topic no client may publish to."""
+    import types
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from adapters.mqtt.framing import FastLane
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="t", protocol=paho.MQTTv5 if v5 else paho.MQTTv311)
+    lane = FastLane(client, 1, v5)
+    lane.sock = types.SimpleNamespace(out=bytearray())  # type: ignore[assignment]
+    topic = "gw/site/chargers/CP%201/evse/1/meter"
+    messages = [(topic, b"x" * (size - len(topic) - 4 - v5), retain)
+                for size in (100, 127, 128, 129, 300, 16383, 16384, 20000) for retain in (False, True)]
+    messages.insert(3, ("a/+/b", b"never", True))
+    lane.backlog.extend(messages)
+    client._last_mid = 65530  # the ids wrap past 65535 on the way
+    assert lane.pump()
+    mids = [(65530 + j) % 65535 + 1 for j in range(len(messages))]
+    expected = b"".join(publish_packet(t, p, 1, r, mid, v5) for (t, p, r), mid in zip(messages, mids) if "+" not in t)
+    assert bytes(lane.sock.out) == expected
+    assert len(lane.window) == len(messages) - 1 and not lane.backlog
+
+
 def test_the_sinks_acknowledgements_are_taken_off_the_stream_and_the_rest_reaches_paho_whole() -> None:
     ours = {5, 6, 300}
     taken: list[tuple[int, int]] = []
