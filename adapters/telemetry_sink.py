@@ -142,8 +142,15 @@ class SpooledSink(Generic[Item]):
                 self._drop()
             return
         items: list[Item] = []
-        for record in records:
-            items += self._encode(record)
+        encode = self.encode
+        pending = iter(records)
+        while True:  # one loop for all of them; a record that fails is logged and the next one goes on
+            try:
+                for record in pending:
+                    items += encode(record)
+                break
+            except Exception:  # noqa: BLE001 - one odd record must not stop the sink (nor reach the relay)
+                self.log.exception("%s could not encode %r", self.name, record)
         if items:
             queue.put_nowait(tuple(items), len(records))
 
@@ -197,13 +204,6 @@ class SpooledSink(Generic[Item]):
             except IndexError:
                 break
         return items
-
-    def _encode(self, record: Record) -> list[Item]:
-        try:
-            return self.encode(record)
-        except Exception:  # noqa: BLE001 - one odd record must not stop the sink (nor reach the relay)
-            self.log.exception("%s could not encode %r", self.name, record)
-            return []
 
     async def _collect(self) -> list[Item]:
         """Wait for a first record, then gather a batch: what is queued already, and if that is not

@@ -179,6 +179,7 @@ class Normaliser:
         out: list[Record] = []
         plans = self._plans
         new = tuple.__new__
+        tidy = units.tidy
         for mv in meter_values or ():
             ts = parse_time(mv.get("timestamp"), now)
             samples: list[MeterSample] = []
@@ -216,10 +217,10 @@ class Normaliser:
                         continue
                 measurand, unit, phase, location, context, factor, kind, env = plan  # type: ignore[misc]
                 if factor is not None:
-                    value = raw if factor == 1.0 else round(raw * factor, 6)
+                    value = raw if factor == 1.0 else tidy(raw * factor)
                 elif kind is not None:
                     # units.to_celsius, inline
-                    value = round(raw if kind == "C" else (raw - 32.0) * 5.0 / 9.0 if kind == "F" else raw - 273.15, 6)
+                    value = tidy(raw if kind == "C" else (raw - 32.0) * 5.0 / 9.0 if kind == "F" else raw - 273.15)
                 else:
                     try:
                         value, unit = units.canonical(raw, unit, measurand=measurand)

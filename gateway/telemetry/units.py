@@ -109,8 +109,15 @@ def to_celsius(value: float, unit: str | None) -> float:
 
 
 def tidy(value: float) -> float:
-    """Round away binary noise from conversions (6 decimals), keep it a float."""
-    return float(round(value, 6))
+    """Round away binary noise from conversions (6 decimals), keep it a float.
+
+    Below 1e9 in size through `round(value * 1e6) / 1e6` (a quarter of the cost of `round(value,
+    6)`, which goes through decimal text; it runs for most sampled values). The two agree but where
+    the seventh decimal is a 5 (a value with more decimals than any meter sends): then they may
+    round it to opposite sides, both within 1e-6."""
+    if -1e9 < value < 1e9:
+        return round(value * 1e6) / 1e6
+    return float(round(value, 6))  # larger, and inf or NaN
 
 
 def canonical(value: float, unit: str | None, *, measurand: str = "", multiplier: int = 0) -> tuple[float, str]:

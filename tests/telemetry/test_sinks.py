@@ -449,3 +449,25 @@ async def test_plain_paho_publishing_delivers_in_order_and_spools_while_the_brok
     finally:
         sub.close()
         broker.stop()
+
+
+def test_a_record_a_sink_cannot_encode_is_logged_and_the_others_of_its_hand_off_go_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The records of many exchanges go to a sink in one hand-off: one that its encoder fails on
+    (a bug, or a record it never expected) costs that record only."""
+    from adapters.telemetry_sink import SpooledSink
+
+    class Picky(SpooledSink[str]):
+        name = "picky"
+
+        def encode(self, record: Any) -> list[str]:
+            if record == "bad":
+                raise ValueError("cannot")
+            return [record.upper(), record]
+
+    sink = Picky(Spool(tmp_path / "s.sqlite3", max_items=5), queue_size=10, batch_size=10, flush_interval=0)
+    with caplog.at_level("ERROR", logger="gateway.telemetry.picky"):
+        sink.offer_all(["a", "bad", "b", "bad"])  # type: ignore[list-item]
+    assert sink.queue.get_nowait() == ("A", "a", "B", "b")
+    assert sink.queue.qsize() == 0 and sink.dropped == 0
+    assert [r.getMessage() for r in caplog.records] == ["picky could not encode 'bad'"] * 2

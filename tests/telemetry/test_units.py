@@ -183,3 +183,27 @@ def test_a_multiplier_out_of_range_drops_that_sample_only() -> None:
     meter = [r for r in records if isinstance(r, MeterReading)][0]
     assert [(s.measurand, s.value, s.unit) for s in meter.samples] == [("Voltage", 0.0, "V"),
                                                                        ("Current.Import", 16.0, "A")]
+
+
+def test_converted_values_are_rounded_to_six_decimals_at_every_size() -> None:
+    """units.tidy: the binary noise of a conversion goes (16.1 kW is 16100 W, not 16100.000000000002),
+    values keep six decimals, and every size rounds as round(value, 6) does where the seventh
+    decimal is not a tie, including values too large for the fast form and inf / NaN."""
+    import math
+    import random
+
+    from gateway.telemetry import units
+
+    assert 16.1 * 1000 != 16100.0 and units.tidy(16.1 * 1000) == 16100.0 and units.tidy(9.87 * 0.001) == 0.00987
+    assert units.tidy((100.4 - 32.0) * 5.0 / 9.0) == 38.0
+    assert units.tidy(0.1234567) == 0.123457 and units.tidy(-2.5e-7) == 0.0
+    assert units.tidy(123456789012.3456789) == round(123456789012.3456789, 6)  # above 1e9: round itself
+    assert units.tidy(math.inf) == math.inf and math.isnan(units.tidy(math.nan))
+    rng = random.Random(7)
+    for _ in range(20_000):
+        raw = round(rng.uniform(-1e6, 1e6), rng.randint(0, 4))  # what a meter sends: a few decimals
+        for factor in (1000.0, 0.001, 1.0, 5.0 / 9.0):
+            value = raw * factor
+            assert abs(units.tidy(value) - value) <= 5e-7 + abs(value) * 1e-15
+            if abs(value * 1e7 % 10 - 5) > 1e-3:  # no tie at the seventh decimal
+                assert units.tidy(value) == round(value, 6), value
