@@ -58,6 +58,7 @@ async def main() -> None:
                 messages = [m for r in records for m in sink.encode(r)]
                 times["MQTT messages"] = time.perf_counter() - t
                 lane = sink.lane  # framed as the sink does: the fast lane's window, onto a buffer
+                assert lane is not None  # QoS 1 with fast_publish (the defaults)
                 lane.sock, lane.limit = SimpleNamespace(out=bytearray()), len(messages) + 1
                 lane.window.clear()
                 t = time.perf_counter()
