@@ -263,3 +263,27 @@ async def test_each_acknowledgement_refills_a_small_window_at_once(tmp_path: Any
         sink._detach_socket()
         a.close()
         b.close()
+
+
+def test_times_are_written_in_utc_with_milliseconds_whatever_the_second() -> None:
+    """adapters.mqtt.topics.iso: the text up to the second is kept per second; every instant of a
+    second, both ends of it, other offsets and years outside 1970-2096 read as isoformat says."""
+    import random
+    from datetime import datetime, timedelta, timezone
+
+    from adapters.mqtt.topics import iso
+
+    def reference(ts: datetime) -> str:
+        return ts.astimezone(timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+    rng = random.Random(3)
+    base = datetime(2026, 12, 7, 11, 59, 59, tzinfo=timezone.utc)
+    cases = [base, base.replace(microsecond=999_999), base + timedelta(microseconds=1_000_000),
+             datetime(1970, 1, 1, tzinfo=timezone.utc), datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=timezone.utc),
+             datetime(2096, 1, 1, 0, 0, 0, 999_999, tzinfo=timezone.utc), datetime(9999, 12, 31, 23, 59, 59, 999_999,
+                                                                                  tzinfo=timezone.utc),
+             datetime(2026, 6, 1, 2, 0, 0, 500, tzinfo=timezone(timedelta(hours=2)))]
+    cases += [base + timedelta(microseconds=rng.randrange(-10**13, 10**13)) for _ in range(5000)]
+    for ts in cases:
+        assert iso(ts) == reference(ts), ts
+    assert iso(datetime(2026, 6, 1, 2, 0, 0, 500, tzinfo=timezone(timedelta(hours=2)))) == "2026-06-01T00:00:00.000Z"
