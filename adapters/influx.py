@@ -72,6 +72,21 @@ def ns(ts: datetime) -> int:
     return out if NS_MIN <= out <= NS_MAX else (NS_MIN if out < 0 else NS_MAX)
 
 
+_last_stamp: tuple[datetime | None, str] = (None, "")
+
+
+def _stamp(ts: datetime) -> str:
+    """`ns(ts)` as text; the last instant's is kept (a MeterValues' meter and environment records
+    share theirs)."""
+    global _last_stamp
+    last = _last_stamp
+    if ts is last[0]:
+        return last[1]
+    text = str(ns(ts))
+    _last_stamp = (ts, text)  # one assignment: a reader in another thread sees a whole pair
+    return text
+
+
 @functools.lru_cache(maxsize=8192)
 def _series(measurement: str, tags: tuple[tuple[str, Any], ...]) -> str:
     """`measurement,tag=value,...` (sorted, escaped, empty tags left out): cached, because a site
@@ -103,14 +118,14 @@ def _meter_series(site: str, charger: str, evse: int, connector: int | None, mea
 def _meter_lines(record: MeterReading, site: str) -> list[str]:
     """The hot path (a line per sample of every MeterValues): the series text comes from a cache
     keyed by the tag values, the timestamp is converted once per reading."""
-    stamp = f" {ns(record.ts)}"
+    stamp = _stamp(record.ts)
     charger, evse, connector = record.charger_id, record.evse, record.connector
     out = []
     for measurand, value, unit, phase, location, context in record.samples:
         if value - value != 0.0:  # inf or nan (the normaliser lets none through; a decoder might)
             continue
         out.append(f"{_meter_series(site, charger, evse, connector, measurand, phase, location, unit, context)}"
-                   f" value={float(value)!r}{stamp}")
+                   f" value={float(value)!r} {stamp}")
     return out
 
 
@@ -121,8 +136,21 @@ def _environment_series(site: str, charger: str, name: str, unit: str, source: s
                                    ("source", source), ("component", component)))
 
 
+def _environment_lines(record: EnvironmentReading, site: str) -> list[str]:
+    value = float(record.value)
+    if value - value != 0.0:  # inf or nan
+        return []
+    series = _environment_series(site, record.charger_id, record.name, record.unit, record.source, record.component)
+    return [f"{series} value={value!r} {_stamp(record.ts)}"]
+
+
 def encode(record: Record, site: str) -> list[str]:
     """The lines for one record (PRODUCT.md measurements, plus `charger_state`)."""
+    kind = type(record)
+    if kind is MeterReading:  # the hot path: every MeterValues of every charger
+        return _meter_lines(record, site)  # type: ignore[arg-type]
+    if kind is EnvironmentReading:  # with most 1.6 MeterValues (a temperature sample)
+        return _environment_lines(record, site)  # type: ignore[arg-type]
     out: list[str | None] = []
     if isinstance(record, MeterReading):
         return _meter_lines(record, site)
@@ -137,12 +165,8 @@ def encode(record: Record, site: str) -> list[str]:
                          "meter_start": _f(record.meter_start), "meter_stop": _f(record.meter_stop),
                          "offline": bool(record.offline), "ts_clamped": True if record.ts_clamped else None},
                         record.ts))
-    elif isinstance(record, EnvironmentReading):  # one with most 1.6 MeterValues (a temperature sample)
-        value = float(record.value)
-        if value - value == 0.0:  # finite
-            series = _environment_series(site, record.charger_id, record.name, record.unit, record.source,
-                                         record.component)
-            out.append(f"{series} value={value!r} {ns(record.ts)}")
+    elif isinstance(record, EnvironmentReading):
+        return _environment_lines(record, site)
     elif isinstance(record, ChargerState):
         out.append(line("charger_state", {"site": site, "charger": record.charger_id},
                         {"connected": record.connected, "upstream": record.upstream, "protocol": record.protocol},

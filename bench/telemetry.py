@@ -274,6 +274,9 @@ def main() -> None:
                         "on-mqtt311": mqtt + "protocol_version = 4\n" + inf,
                         "on-thin": mqtt + "retained_min_interval = 10.0\n" + inf}
             names = args.variants.split(",")
+            for name in names:  # `off-b`, `on-b`: a second gateway set up as `off`, `on` (A against A)
+                if name.endswith("-b") and name[:-2] in variants:
+                    variants[name] = variants[name[:-2]]
             for name in names:
                 influx.create_db(_db(name))
 

@@ -43,25 +43,36 @@ def topic_level(text: str) -> str:
 
 
 _SECONDS: dict[int, str] = {}  # whole seconds since 1970 -> "YYYY-MM-DDTHH:MM:SS" (UTC)
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))  # what follows the second
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_last: tuple[datetime | None, str] = (None, "")  # the last instant written and its text
 
 
-@functools.lru_cache(maxsize=1024)  # the records of one exchange share their timestamp
 def iso(ts: datetime) -> str:
     """ISO 8601 in UTC with milliseconds and "Z". `isoformat(timespec=...)` costs about a
     microsecond, once per MeterValues; the text up to the second is kept per second instead (the
-    readings of a site's chargers fall in few of them)."""
+    readings of a site's chargers fall in few of them), and the last instant's whole text is kept
+    (a MeterValues' meter and environment records share theirs)."""
+    global _last
+    last = _last
+    if ts is last[0]:
+        return last[1]
+    given = ts
     if ts.tzinfo is not timezone.utc:
         ts = ts.astimezone(timezone.utc)
-    t = ts.timestamp()
-    if not 0.0 <= t < 4e9:  # outside 1970-2096 a float's fraction of a second is too coarse to cut at
-        return ts.isoformat(timespec="milliseconds")[:-6] + "Z"  # records carry aware UTC times: "+00:00" -> "Z"
-    second = int(t)
-    head = _SECONDS.get(second)
-    if head is None:
-        if len(_SECONDS) >= 4096:
-            _SECONDS.clear()
-        head = _SECONDS[second] = ts.isoformat()[:19]
-    return f"{head}.{ts.microsecond // 1000:03d}Z"
+    delta = ts - _EPOCH
+    second = delta.days * 86_400 + delta.seconds
+    if not 0 <= second < 4_000_000_000:  # 1970-2096: the table's range
+        text = ts.isoformat(timespec="milliseconds")[:-6] + "Z"  # records carry aware UTC times: "+00:00" -> "Z"
+    else:
+        head = _SECONDS.get(second)
+        if head is None:
+            if len(_SECONDS) >= 4096:
+                _SECONDS.clear()
+            head = _SECONDS[second] = ts.isoformat()[:19]
+        text = head + _MILLIS[delta.microseconds // 1000]
+    _last = (given, text)  # one assignment: a reader in another thread sees a whole pair
+    return text
 
 
 def _json(data: Any) -> bytes:

@@ -37,6 +37,7 @@ from gateway.telemetry import units
 from gateway.telemetry.records import (
     ChargerInfo, ConnectorStatus, EnvironmentReading, MeterReading, MeterSample, Record, TransactionEvent,
 )
+from gateway.telemetry.units import ROUNDER
 from gateway.telemetry.vendors import DECODERS, DecoderRegistry, is_clamped, parse_time
 
 log = logging.getLogger("gateway.telemetry")
@@ -217,10 +218,14 @@ class Normaliser:
                         continue
                 measurand, unit, phase, location, context, factor, kind, env = plan  # type: ignore[misc]
                 if factor is not None:
-                    value = raw if factor == 1.0 else tidy(raw * factor)
-                elif kind is not None:
-                    # units.to_celsius, inline
-                    value = tidy(raw if kind == "C" else (raw - 32.0) * 5.0 / 9.0 if kind == "F" else raw - 273.15)
+                    if factor == 1.0:
+                        value = raw
+                    else:  # units.tidy, inline (as below)
+                        value = raw * factor
+                        value = (value * 1e6 + ROUNDER - ROUNDER) / 1e6 if -1e9 < value < 1e9 else tidy(value)
+                elif kind is not None:  # units.to_celsius, inline
+                    value = raw if kind == "C" else (raw - 32.0) * 5.0 / 9.0 if kind == "F" else raw - 273.15
+                    value = (value * 1e6 + ROUNDER - ROUNDER) / 1e6 if -1e9 < value < 1e9 else tidy(value)
                 else:
                     try:
                         value, unit = units.canonical(raw, unit, measurand=measurand)

@@ -287,3 +287,32 @@ def test_times_are_written_in_utc_with_milliseconds_whatever_the_second() -> Non
     for ts in cases:
         assert iso(ts) == reference(ts), ts
     assert iso(datetime(2026, 6, 1, 2, 0, 0, 500, tzinfo=timezone(timedelta(hours=2)))) == "2026-06-01T00:00:00.000Z"
+    # the last instant's text is kept: the same instant twice, then others, never an earlier text
+    for ts in [cases[8], cases[8], cases[9], cases[8], base, base.replace(microsecond=1_000), base]:
+        assert iso(ts) == reference(ts), ts
+
+
+def test_influx_times_are_the_instants_nanoseconds_whichever_came_before() -> None:
+    """adapters.influx keeps the last instant's nanoseconds as text (a MeterValues' meter and
+    environment records share their time): each line still carries its own record's time."""
+    from datetime import datetime, timedelta, timezone
+
+    from adapters.influx import encode
+    from gateway.telemetry.records import EnvironmentReading, MeterReading, MeterSample
+
+    def meter(ts: datetime) -> MeterReading:
+        return MeterReading(charger_id="CP1", evse=1, connector=1, ts=ts, transaction_id=None, source="MeterValues",
+                            samples=(MeterSample("Power.Active.Import", 7200.0, "W", None, "Outlet",
+                                                 "Sample.Periodic"),))
+
+    def environment(ts: datetime) -> EnvironmentReading:
+        return EnvironmentReading(charger_id="CP1", name="temperature", value=25.0, unit="Celsius", ts=ts,
+                                  source="MeterValues")
+
+    base = datetime(2026, 12, 7, 10, 0, 0, tzinfo=timezone.utc)
+    times = [base, base, base + timedelta(microseconds=1), base, datetime(1969, 12, 31, 23, 59, 59, tzinfo=timezone.utc)]
+    for ts in times:
+        want = int((ts - datetime(1970, 1, 1, tzinfo=timezone.utc)) / timedelta(microseconds=1)) * 1000
+        for record in (meter(ts), environment(ts), meter(ts)):
+            (line,) = encode(record, "site")
+            assert line.rsplit(" ", 1)[1] == str(want), (ts, line)

@@ -207,3 +207,35 @@ def test_converted_values_are_rounded_to_six_decimals_at_every_size() -> None:
             assert abs(units.tidy(value) - value) <= 5e-7 + abs(value) * 1e-15
             if abs(value * 1e7 % 10 - 5) > 1e-3:  # no tie at the seventh decimal
                 assert units.tidy(value) == round(value, 6), value
+
+
+def test_the_fast_rounding_is_round_itself_below_1e9_ties_and_signs_included() -> None:
+    """units.tidy below 1e9 computes round(value * 1e6) / 1e6 with a float addition instead of
+    round's integer: the same float for every value, ties (half to even) and the sign of zero
+    included; the normaliser's inline copy of it gives what units.tidy gives."""
+    import math
+    import random
+
+    from gateway.telemetry import units
+
+    rng = random.Random(11)
+    values = [rng.uniform(-1e9, 1e9) for _ in range(50_000)] + [rng.uniform(-10.0, 10.0) for _ in range(50_000)]
+    values += [k / 2e6 for k in range(-20_000, 20_000)]  # exact ties at the seventh decimal
+    values += [k * 0.1 for k in range(-20_000, 20_000)] + [0.0, -0.0, 5e-7, -5e-7, 2.5e-6, 999_999_999.9999995]
+    for value in values:
+        want = round(value * 1e6) / 1e6
+        got = units.tidy(value)
+        assert got == want and math.copysign(1.0, got) == math.copysign(1.0, want), value
+
+    normaliser = Normaliser()
+    now = datetime(2026, 12, 7, tzinfo=timezone.utc)
+    raws = [f"{rng.uniform(-1e5, 1e5):.{rng.randint(0, 7)}f}" for _ in range(2000)] + ["16.1", "0.0000005", "-0.0"]
+    for unit, measurand, convert in (("kW", "Power.Active.Import", lambda v: v * 1000.0),
+                                     ("Fahrenheit", "Temperature", lambda v: (v - 32.0) * 5.0 / 9.0),
+                                     ("K", "Temperature", lambda v: v - 273.15),
+                                     ("Celsius", "Temperature", lambda v: v)):
+        request = {"connectorId": 1, "meterValue": [{"timestamp": "2026-12-07T10:00:00Z", "sampledValue": [
+            {"value": raw, "measurand": measurand, "unit": unit} for raw in raws]}]}
+        (reading,) = [r for r in normaliser.records("CP1", "ocpp1.6", "MeterValues", request, {}, now)
+                      if isinstance(r, MeterReading)]
+        assert [s.value for s in reading.samples] == [units.tidy(convert(float(raw))) for raw in raws], unit
