@@ -262,7 +262,7 @@ class FastLane:
         self.published = 0
         self.acked = 0
         self.refused = 0  # PUBLISHes the broker acknowledged with an error reason code (MQTT 5)
-        self._heads: dict[str, tuple[bytes, int, bytes]] = {}  # topic -> `_head`
+        self._heads: dict[str, tuple[Callable[..., bytes], int, bytes]] = {}  # topic -> `_head`
 
     def attach(self, sock: Any) -> BatchedSocket | None:
         """Wrap the socket paho just opened; None when paho closed it again meanwhile."""
@@ -365,8 +365,7 @@ class FastLane:
                             continue
                     size = head[1] + len(payload)
                     if 128 <= size < 16384:  # the usual telemetry message: write_publish's framing, inline
-                        out += b"%c%c%c%s%c%c%s" % (0x32 | retain, size & 0x7F | 0x80, size >> 7, head[0],
-                                                    mid >> 8, mid & 0xFF, head[2])
+                        out += head[0](0x32 | retain, size & 0x7F | 0x80, size >> 7, head[2], mid)
                         out += payload
                     else:
                         write_publish(out, topic, payload, 1, retain, mid, v5)
@@ -375,12 +374,15 @@ class FastLane:
                 self.published += sent
         return bool(out)
 
-    def _head(self, topic: str) -> tuple[bytes, int, bytes]:
-        """What a QoS 1 PUBLISH to `topic` starts with (remembered per topic): the topic field, the
-        bytes of the remaining length that are not payload, the property list (MQTT 5: empty)."""
+    def _head(self, topic: str) -> tuple[Callable[..., bytes], int, bytes]:
+        """How a QoS 1 PUBLISH to `topic` with a two-byte remaining length starts (remembered per
+        topic): a struct's pack(first byte, the two length bytes, topic field, packet id) with
+        MQTT 5's empty property list as a fixed zero byte (one call: about two thirds of a bytes
+        format's cost), the bytes of the remaining length that are not payload, the topic field."""
         heads = self._heads
-        if len(heads) >= 65536:
+        if len(heads) >= 16384:
             heads.clear()
         tf = _topic_field(topic)  # ValueError: not a topic a client may publish to
-        head = heads[topic] = (tf, len(tf) + 2 + self.v5, b"\x00" if self.v5 else b"")
+        pack = struct.Struct(f">BBB{len(tf)}sH{'x' if self.v5 else ''}").pack
+        head = heads[topic] = (pack, len(tf) + 2 + self.v5, tf)
         return head

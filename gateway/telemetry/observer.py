@@ -78,7 +78,7 @@ class TelemetryObserver:
 
     def _normalise(self, exchange: Exchange) -> list[Record]:
         try:
-            return self.normaliser.records(exchange.charger_id, exchange.version.value, exchange.action,
+            return self.normaliser.records(exchange.charger_id, exchange.version, exchange.action,
                                            exchange.request, exchange.response, exchange.received_at,
                                            exchange.origin)
         except Exception:  # noqa: BLE001 - a payload the normaliser did not foresee
