@@ -215,7 +215,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--variants", default="off,on",
                     help="comma-separated: off, on, mqtt, influx, mqtt-qos0, on-qos0, on-mqtt311, on-thin "
-                         "(on = MQTT QoS 1 + InfluxDB v1; on-thin: retained_min_interval = 10)")
+                         "(on = MQTT QoS 1 + InfluxDB v1; on-thin: retained_min_interval = 10); a name ending in -b "
+                         "(off-b, on-b) is a second gateway set up as the name without it (A against A)")
     ap.add_argument("--repeat", type=int, default=5, help="rounds of all variants; medians are reported")
     ap.add_argument("--rate", type=float, default=1000.0,
                     help="MeterValues per second offered by all chargers together, the same for every variant "
