@@ -217,14 +217,12 @@ class Normaliser:
                     if raw is None:
                         continue
                 measurand, unit, phase, location, context, factor, kind, env = plan  # type: ignore[misc]
-                if factor is not None:
-                    if factor == 1.0:
-                        value = raw
-                    else:  # units.tidy, inline (as below)
-                        value = raw * factor
-                        value = (value * 1e6 + ROUNDER - ROUNDER) / 1e6 if -1e9 < value < 1e9 else tidy(value)
-                elif kind is not None:  # units.to_celsius, inline
-                    value = raw if kind == "C" else (raw - 32.0) * 5.0 / 9.0 if kind == "F" else raw - 273.15
+                if factor == 1.0:
+                    value = raw
+                elif factor is not None or kind is not None:
+                    # a factor, or units.to_celsius inline; then units.tidy inline
+                    value = (raw * factor if factor is not None else raw if kind == "C"
+                             else (raw - 32.0) * 5.0 / 9.0 if kind == "F" else raw - 273.15)
                     value = (value * 1e6 + ROUNDER - ROUNDER) / 1e6 if -1e9 < value < 1e9 else tidy(value)
                 else:
                     try:
